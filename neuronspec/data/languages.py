@@ -35,7 +35,9 @@ vi Vietnamese Latin | yo Yoruba Latin | zh Chinese Han | zu Zulu Latin
 """
 
 LANGUAGES: dict[str, Language] = {}
-for _entry in _TABLE.replace("\n", " ").split("|"):
+for _entry in _TABLE.replace("\n", "|").split("|"):
+    if not _entry.strip():
+        continue
     _code, _name, _script = _entry.split()
     LANGUAGES[_code] = Language(_code, _name, _script)
 
