@@ -1,0 +1,244 @@
+"""Load a study: ruamel.yaml round trip → `extends` merge → `--set` overrides → Pydantic.
+
+ruamel's round-trip loader keeps the line and column of every key and item, so any
+error — from the YAML parser, from Pydantic or from a later check — can be mapped back
+to `FILE:LINE:COL`. Merging `extends:` keeps each node's own position and remembers
+which file it came from.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from neuronspec.spec.errors import Location, Problem, StudyError
+from neuronspec.spec.models import Study
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass
+class SourceMap:
+    """Finds the file, line and column of a field path in the merged YAML tree."""
+
+    tree: CommentedMap
+    origin: dict[int, str] = field(default_factory=dict)  # id(container) -> file
+    overrides: dict[Path_, str] = field(default_factory=dict)  # path -> "a.b=value"
+    default_file: str = "<study>"
+
+    def locate(self, loc: Sequence[str | int]) -> tuple[Location, str]:
+        """Location of the deepest node of `loc` present in the tree, and its dotted path.
+
+        Elements of `loc` that are not keys/indices (Pydantic's union branch names) are skipped.
+        """
+        node: Any = self.tree
+        walked: list[str | int] = []
+        container, key = self.tree, None
+        for part in loc:
+            if isinstance(node, CommentedMap) and part in node:
+                container, key = node, part
+            elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+                container, key = node, part
+            else:
+                continue
+            walked.append(part)
+            node = node[part]
+        dotted = ".".join(str(p) for p in walked) if walked else ".".join(str(p) for p in loc if isinstance(p, (str, int)))
+        for path, text in self.overrides.items():
+            if tuple(walked[: len(path)]) == path and walked:
+                return Location("", 0, 0, override=text), dotted
+        file = self.origin.get(id(container), self.default_file)
+        line, col = _position(container, key)
+        return Location(file, line, col), dotted
+
+    def problem(self, loc: Sequence[str | int], message: str) -> Problem:
+        location, dotted = self.locate(loc)
+        return Problem(location, dotted, message)
+
+
+def _position(container: Any, key: str | int | None) -> tuple[int, int]:
+    try:
+        if key is None:
+            line, col = container.lc.line, container.lc.col
+        elif isinstance(container, CommentedMap):
+            line, col = container.lc.key(key)
+        else:
+            line, col = container.lc.item(key)
+        return line + 1, col + 1
+    except (AttributeError, KeyError, TypeError):
+        return 1, 1
+
+
+@dataclass
+class LoadedStudy:
+    study: Study
+    path: Path | None
+    source: SourceMap
+    text: str  # the study file's own text, for run records and diffs
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    return yaml
+
+
+def _parse(text: str, file: str) -> CommentedMap:
+    try:
+        data = _yaml().load(io.StringIO(text))
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise StudyError([Problem(Location(file, line, col), "", f"YAML syntax: {exc.problem or exc}")]) from None
+    if data is None:
+        data = CommentedMap()
+    if not isinstance(data, CommentedMap):
+        raise StudyError([Problem(Location(file, 1, 1), "", "a study must be a YAML mapping")])
+    return data
+
+
+def _mark_origin(node: Any, file: str, origin: dict[int, str]) -> None:
+    if isinstance(node, (CommentedMap, CommentedSeq)):
+        origin[id(node)] = file
+        children = node.values() if isinstance(node, CommentedMap) else node
+        for child in children:
+            _mark_origin(child, file, origin)
+
+
+def _merge(base: CommentedMap, over: CommentedMap) -> CommentedMap:
+    """Deep-merge mappings (lists and scalars in `over` replace those in `base`)."""
+    for key, value in over.items():
+        if isinstance(value, CommentedMap) and isinstance(base.get(key), CommentedMap):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+            # keep the overriding key's own position for error messages
+            try:
+                base.lc.data[key] = over.lc.data[key]
+            except (AttributeError, KeyError):
+                pass
+    return base
+
+
+def _read_tree(path: Path, origin: dict[int, str], seen: tuple[Path, ...] = ()) -> CommentedMap:
+    file = str(path)
+    if path.resolve() in seen:
+        raise StudyError([Problem(Location(file, 1, 1), "extends", "circular extends: " + " → ".join(map(str, seen + (path,))))])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StudyError([Problem(Location(file, 1, 1), "", f"cannot read study: {exc.strerror}")]) from None
+    tree = _parse(text, file)
+    _mark_origin(tree, file, origin)
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    if not isinstance(parent, str):
+        line, col = _position(tree, None)
+        raise StudyError([Problem(Location(file, line, col), "extends", "extends must be a path to another study")])
+    base_path = (path.parent / parent).resolve()
+    if not base_path.exists():
+        raise StudyError([Problem(Location(file, 1, 1), "extends", f"base study {parent!r} not found (looked at {base_path})")])
+    base = _read_tree(base_path, origin, seen + (path.resolve(),))
+    return _merge(base, tree)
+
+
+def parse_override(text: str) -> tuple[Path_, Any]:
+    """`detect.plnd.epsilon.quantile=0.95` → (('detect','plnd','epsilon','quantile'), 0.95)."""
+    if "=" not in text:
+        raise StudyError([Problem(Location("", 0, 0, override=text), "", "overrides look like dotted.key=value")])
+    dotted, raw = text.split("=", 1)
+    parts: list[str | int] = [int(p) if p.isdigit() else p for p in dotted.strip().split(".")]
+    try:
+        value = _yaml().load(io.StringIO(raw)) if raw.strip() else ""
+    except MarkedYAMLError as exc:
+        raise StudyError([Problem(Location("", 0, 0, override=text), dotted, f"value is not YAML: {exc.problem}")]) from None
+    return tuple(parts), value
+
+
+def apply_overrides(tree: CommentedMap, overrides: Iterable[str], source: SourceMap) -> None:
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = tree
+        for i, part in enumerate(path[:-1]):
+            nxt = path[i + 1]
+            if isinstance(node, CommentedSeq):
+                if not isinstance(part, int) or part >= len(node):
+                    raise StudyError([Problem(Location("", 0, 0, override=text), ".".join(map(str, path)), f"no item {part} here")])
+                node = node[part]
+                continue
+            if part not in node or not isinstance(node[part], (CommentedMap, CommentedSeq)):
+                node[part] = CommentedSeq() if isinstance(nxt, int) else CommentedMap()
+            node = node[part]
+        last = path[-1]
+        if isinstance(node, CommentedSeq) and isinstance(last, int) and last == len(node):
+            node.append(value)
+        else:
+            node[last] = value
+        source.overrides[path] = text
+
+
+def _problems_from_validation(exc: ValidationError, source: SourceMap) -> list[Problem]:
+    """Map Pydantic errors to located problems, one per field (union branches collapsed)."""
+    by_place: dict[str, tuple[Location, str, list[str]]] = {}
+    for err in exc.errors():
+        location, dotted = source.locate(err["loc"])
+        _, _, messages = by_place.setdefault(f"{location}|{dotted}", (location, dotted, []))
+        messages.append(err["msg"].removeprefix("Value error, "))
+    problems = []
+    for location, dotted, messages in by_place.values():
+        # A union yields one error per branch; type mismatches are noise when another branch says more.
+        specific = [m for m in messages if not m.startswith("Input should be a valid")] or messages
+        problems.append(Problem(location, dotted, "; ".join(dict.fromkeys(specific))))
+    return problems
+
+
+def load_study(path: str | Path | None = None, overrides: Sequence[str] = (), *, text: str | None = None, name: str = "<study>") -> LoadedStudy:
+    """Read, merge, override and validate a study. Raises `StudyError` listing every problem."""
+    origin: dict[int, str] = {}
+    if text is not None:
+        file = str(path) if path else name
+        tree = _parse(text, file)
+        _mark_origin(tree, file, origin)
+        if "extends" in tree:
+            raise StudyError([Problem(Location(file, 1, 1), "extends", "extends needs a study read from a file")])
+        study_path = Path(path) if path else None
+    else:
+        assert path is not None
+        study_path = Path(path)
+        file = str(study_path)
+        tree = _read_tree(study_path, origin)
+        text = study_path.read_text(encoding="utf-8")
+    tree = copy.copy(tree)
+    source = SourceMap(tree=tree, origin=origin, default_file=file)
+    apply_overrides(tree, overrides, source)
+    try:
+        study = Study.model_validate(_plain(tree))
+    except ValidationError as exc:
+        raise StudyError(_problems_from_validation(exc, source)) from None
+    from neuronspec.spec.references import check_references
+
+    problems = [source.problem(loc, msg) for loc, msg in check_references(study)]
+    if problems:
+        raise StudyError(problems)
+    return LoadedStudy(study=study, path=study_path, source=source, text=text)
+
+
+def _plain(node: Any) -> Any:
+    """ruamel containers → plain dicts/lists (Pydantic wants plain data)."""
+    if isinstance(node, CommentedMap):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, CommentedSeq):
+        return [_plain(v) for v in node]
+    for plain in (bool, int, float, str):  # ruamel's Scalar* subclasses → builtins, for clean JSON
+        if isinstance(node, plain):
+            return plain(node)
+    return node

@@ -1,0 +1,190 @@
+"""Pydantic models of a study file.
+
+A study declares *what* to measure; `neuronspec.plan` decides *how* and caches it.
+Every model forbids unknown keys so a typo is an error with a line number, not a
+silently ignored setting. Cross-references (sets → detectors, arms → partitions, …)
+are checked in `neuronspec.spec.references`, after field validation, so all field
+errors are reported together first.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from neuronspec.data.languages import LANGUAGES
+
+SITES = ("ffn", "attn.q", "attn.k", "attn.v", "attn.o")
+Site = Literal["ffn", "attn.q", "attn.k", "attn.v", "attn.o"]
+#: `attn` and `all` are shorthands accepted wherever a list of sites is.
+SITE_GROUPS: dict[str, tuple[str, ...]] = {"attn": SITES[1:], "all": SITES}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_language(code: str) -> str:
+    if code not in LANGUAGES:
+        raise ValueError(f"unknown language code {code!r}; use an ISO 639-1 code such as en, zh, fr, hi")
+    return code
+
+
+LanguageCode = Annotated[str, AfterValidator(_check_language)]
+
+
+def _check_range(value: tuple[int, int]) -> tuple[int, int]:
+    start, end = value
+    if start < 0 or end <= start:
+        raise ValueError(f"layer range [{start}, {end}] must satisfy 0 <= start < end")
+    return value
+
+
+LayerRange = Annotated[tuple[int, int], AfterValidator(_check_range)]
+
+
+def expand_sites(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        for site in SITE_GROUPS.get(name, (name,)):
+            if site not in out:
+                out.append(site)
+    return out
+
+
+class ModelSpec(Strict):
+    """Which checkpoint to study. `id` is an embedded name, a hub id, a folder or a .gguf file."""
+
+    id: str = Field("gemma-3-270m", description="Embedded name (gemma-3-270m, smollm2-135m), hub id, local folder or .gguf path.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    gguf_file: str | None = Field(None, description="GGUF file inside `id` when `id` is a folder or repo.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    device_map: Literal["auto"] | None = None
+
+
+class CorpusSpec(Strict):
+    """A text source and how much of it to use. Splits are deterministic and disjoint."""
+
+    source: str = Field(description="builtin:NAME, a local .jsonl/.txt/.parquet path ({lang} placeholder allowed) or hf:DATASET.")
+    split: Literal["detect", "eval", "all"] = "all"
+    docs_per_language: int | None = Field(None, gt=0)
+    max_tokens: int = Field(256, gt=1, description="Documents are truncated to this many tokens.")
+    eval_fraction: float = Field(0.3, gt=0, lt=1)
+    languages: list[LanguageCode] | None = Field(None, description="Subset of the study's languages (default: all).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Source-specific options (text_field, config, ...).")
+
+
+class Quantile(Strict):
+    quantile: float = Field(gt=0, lt=1, description="ε is this quantile of the scores pooled over languages, layers and neurons of a site.")
+
+
+Threshold = Annotated[Union[Annotated[float, Field(ge=0)], Quantile], Field(union_mode="left_to_right")]
+
+
+class PLNDSpec(Strict):
+    """Parallel Language-specific Neuron Detection (Zhao et al. 2024)."""
+
+    corpus: str = Field("detect", description="Name of a corpus in `corpora`.")
+    sites: list[Literal["ffn", "attn.q", "attn.k", "attn.v", "attn.o", "attn", "all"]] = Field(default_factory=lambda: ["ffn"], min_length=1)
+    epsilon: Threshold | dict[Site, Threshold] = Field(
+        default_factory=lambda: Quantile(quantile=0.99),
+        description="Importance threshold ε, absolute (≥ 0) or {quantile: q}; one for all sites or one per site.",
+    )
+    rule: Literal["all_docs", "topk_intersect"] = Field(
+        "all_docs",
+        description="all_docs: Imp ≥ ε for every document (the paper). topk_intersect: in the per-document top-k for every document (the reference code).",
+    )
+    top_k: dict[Site, int] = Field(default_factory=lambda: {"ffn": 2000, "attn.q": 1000, "attn.k": 1000, "attn.v": 1000, "attn.o": 1000})
+    token_reduce: Literal["mean", "sum"] = Field(
+        "mean", description="How a document's per-token importances combine: mean keeps ε comparable across document lengths."
+    )
+    batch_size: int = Field(8, gt=0)
+
+    def site_list(self) -> list[str]:
+        return expand_sites(list(self.sites))
+
+    def threshold(self, site: str) -> float | Quantile | None:
+        if isinstance(self.epsilon, dict):
+            return self.epsilon.get(site)  # type: ignore[call-overload]
+        return self.epsilon
+
+
+class DetectSpec(Strict):
+    plnd: PLNDSpec | None = None
+
+
+class DeactivateSpec(Strict):
+    """Switch neurons off (activations zeroed by hooks) while evaluating."""
+
+    neurons: str | None = Field(None, description="A named neuron set (see `neurons`) or a detector name.")
+    layers: str | list[str] | None = Field(None, description="Partition name(s) to restrict to (default: all layers).")
+    sites: list[Literal["ffn", "attn.q", "attn.k", "attn.v", "attn.o", "attn", "all"]] | None = Field(
+        None, description="Restrict to these sites: ffn, attn (all attention sites) or single sites."
+    )
+    random_like: str | None = Field(
+        None, description="Name of another deactivate arm: use as many random neurons per site and layer as it does."
+    )
+    seed: int | None = Field(None, description="Seed for random_like (default: the study seed).")
+
+    def partition_names(self) -> list[str]:
+        if self.layers is None:
+            return []
+        return [self.layers] if isinstance(self.layers, str) else list(self.layers)
+
+
+class ArmSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    deactivate: DeactivateSpec
+    description: str = ""
+
+
+class EvaluationSpec(Strict):
+    metric: Literal["perplexity", "choice", "generation"]
+    corpus: str = Field(description="Name of a corpus in `corpora`.")
+    on: Literal["self", "all"] = Field(
+        "all",
+        description="self: evaluate each language's arm only on that language; all: on every language (the language × language matrix).",
+    )
+    batch_size: int = Field(8, gt=0)
+    bootstrap: int = Field(1000, ge=0)
+    max_new_tokens: int = Field(48, gt=0)
+
+
+class ReportSpec(Strict):
+    baseline_language: LanguageCode = "en"
+    formats: list[Literal["json", "markdown", "png"]] = Field(default_factory=lambda: ["json", "markdown", "png"])
+
+
+class Study(Strict):
+    """A whole study: model, languages, corpora, detection, neuron sets, partitions, arms, evaluations."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    languages: list[LanguageCode] = Field(min_length=1)
+    corpora: dict[str, CorpusSpec] = Field(default_factory=dict)
+    detect: DetectSpec = Field(default_factory=DetectSpec)
+    neurons: dict[str, str] = Field(
+        default_factory=dict,
+        description="Named neuron sets by set algebra over detectors and other sets, e.g. 'plnd[lang] - plnd[others]'.",
+    )
+    partitions: dict[str, LayerRange] = Field(
+        default_factory=dict, description="Layer ranges [start, end) by name, e.g. understanding: [0, 4]."
+    )
+    arms: list[ArmSpec] = Field(default_factory=list)
+    evaluate: dict[str, EvaluationSpec] = Field(default_factory=dict)
+    report: ReportSpec = Field(default_factory=ReportSpec)
+    seed: int = 0
+
+    @field_validator("languages")
+    @classmethod
+    def _unique_languages(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("languages must be unique")
+        return value
+
+    def arm(self, name: str) -> ArmSpec | None:
+        return next((a for a in self.arms if a.name == name), None)
+

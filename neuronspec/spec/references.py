@@ -1,0 +1,141 @@
+"""Cross-reference checks that Pydantic's per-field validation cannot see.
+
+Each check returns `(field path, message)` pairs; the loader turns the path into
+`FILE:LINE:COL`. Checks that need the model (layer counts) run at plan time.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from neuronspec.spec.models import Study
+from neuronspec.spec.setexpr import SELECTORS, SetExprError, parse, refs, uses_template
+
+Issue = tuple[tuple[str | int, ...], str]
+
+
+def detectors(study: Study) -> list[str]:
+    """Names of the enabled detection methods; each is a family of per-language sets."""
+    return [name for name, spec in study.detect if spec is not None]
+
+
+def set_order(study: Study) -> tuple[list[str], set[str]]:
+    """Named sets in dependency order, and which of them are families. Assumes checks passed."""
+    families = set(detectors(study))
+    done: list[str] = []
+    pending = dict(study.neurons)
+    while pending:
+        for name, text in list(pending.items()):
+            deps = {r.name for r in refs(parse(text))} - families - set(done)
+            if not deps & set(pending) and not (deps - set(pending)):
+                if uses_template(parse(text), families):
+                    families.add(name)
+                done.append(name)
+                del pending[name]
+                break
+        else:
+            break
+    return done, families
+
+
+def check_references(study: Study) -> list[Issue]:
+    return list(_corpora(study)) + list(_sets(study)) + list(_arms(study)) + list(_report(study))
+
+
+def _corpora(study: Study) -> Iterator[Issue]:
+    for name, corpus in study.corpora.items():
+        for i, code in enumerate(corpus.languages or []):
+            if code not in study.languages:
+                yield ("corpora", name, "languages", i), f"{code!r} is not one of the study's languages {study.languages}"
+    if study.detect.plnd is not None and study.detect.plnd.corpus not in study.corpora:
+        yield ("detect", "plnd", "corpus"), _missing("corpus", study.detect.plnd.corpus, study.corpora)
+    for name, ev in study.evaluate.items():
+        if ev.corpus not in study.corpora:
+            yield ("evaluate", name, "corpus"), _missing("corpus", ev.corpus, study.corpora)
+
+
+def _sets(study: Study) -> Iterator[Issue]:
+    known = set(detectors(study)) | set(study.neurons)
+    graph: dict[str, set[str]] = {}
+    for name, text in study.neurons.items():
+        loc = ("neurons", name)
+        if name in detectors(study):
+            yield loc, f"{name!r} is already the name of a detector"
+        try:
+            tree = parse(text)
+        except SetExprError as exc:
+            yield loc, str(exc)
+            continue
+        graph[name] = set()
+        for ref in refs(tree):
+            if ref.name not in known:
+                yield loc, _missing("neuron set or detector", ref.name, known)
+            elif ref.name in study.neurons:
+                graph[name].add(ref.name)
+            sel = ref.selector
+            if sel is not None and sel not in SELECTORS and sel not in study.languages:
+                yield loc, f"[{sel}] is neither a selector ({', '.join(SELECTORS)}) nor one of the study's languages"
+    if _has_cycle(graph):
+        yield ("neurons",), "neuron sets refer to each other in a cycle"
+        return
+    order, families = set_order(study)
+    for name in order:
+        for ref in refs(parse(study.neurons[name])):
+            if ref.name in families and ref.selector is None:
+                yield ("neurons", name), f"{ref.name!r} has one set per language: pick one with [lang], [all], [any], [others] or [xx]"
+            if ref.name not in families and ref.name in study.neurons and ref.selector is not None:
+                yield ("neurons", name), f"{ref.name!r} is a single set; it takes no [{ref.selector}]"
+
+
+def _has_cycle(graph: dict[str, set[str]]) -> bool:
+    state: dict[str, int] = {}
+
+    def visit(node: str) -> bool:
+        if state.get(node) == 1:
+            return True
+        if state.get(node) == 2:
+            return False
+        state[node] = 1
+        if any(visit(n) for n in graph.get(node, ())):
+            return True
+        state[node] = 2
+        return False
+
+    return any(visit(n) for n in graph)
+
+
+def _arms(study: Study) -> Iterator[Issue]:
+    names = [a.name for a in study.arms]
+    known_sets = set(detectors(study)) | set(study.neurons)
+    for i, arm in enumerate(study.arms):
+        loc = ("arms", i)
+        if names.count(arm.name) > 1:
+            yield loc + ("name",), f"arm name {arm.name!r} is used more than once"
+        d = arm.deactivate
+        if (d.neurons is None) == (d.random_like is None):
+            yield loc + ("deactivate",), "give exactly one of `neurons` (a set) or `random_like` (another arm)"
+        if d.neurons is not None and d.neurons not in known_sets:
+            yield loc + ("deactivate", "neurons"), _missing("neuron set", d.neurons, known_sets)
+        for part in d.partition_names():
+            if part not in study.partitions:
+                yield loc + ("deactivate", "layers"), _missing("partition", part, study.partitions)
+        if d.random_like is not None:
+            target = study.arm(d.random_like)
+            if target is None:
+                yield loc + ("deactivate", "random_like"), _missing("arm", d.random_like, names)
+            elif target.deactivate.random_like is not None:
+                yield loc + ("deactivate", "random_like"), f"arm {d.random_like!r} is itself random; match a neuron-set arm"
+            if d.layers is not None or d.sites is not None:
+                yield loc + ("deactivate",), "random_like copies the matched arm's layers and sites; drop `layers`/`sites`"
+
+
+def _report(study: Study) -> Iterator[Issue]:
+    if study.arms and study.report.baseline_language not in study.languages:
+        yield ("report", "baseline_language"), (
+            f"{study.report.baseline_language!r} is not one of the study's languages; ΔEng/Δn-Eng need it (set report.baseline_language)"
+        )
+
+
+def _missing(kind: str, name: str, known: object) -> str:
+    options = ", ".join(sorted(known)) if known else "none defined"  # type: ignore[arg-type]
+    return f"no {kind} named {name!r} (defined: {options})"
