@@ -49,6 +49,11 @@ def _corpora(study: Study) -> Iterator[Issue]:
                 yield ("corpora", name, "languages", i), f"{code!r} is not one of the study's languages {study.languages}"
     if study.detect.plnd is not None and study.detect.plnd.corpus not in study.corpora:
         yield ("detect", "plnd", "corpus"), _missing("corpus", study.detect.plnd.corpus, study.corpora)
+    plnd = study.detect.plnd
+    if plnd is not None and isinstance(plnd.epsilon, dict):
+        for site in plnd.site_list():
+            if site not in plnd.epsilon:
+                yield ("detect", "plnd", "epsilon"), f"no ε for site {site!r} (give one per site in `sites`, or a single ε)"
     for name, ev in study.evaluate.items():
         if ev.corpus not in study.corpora:
             yield ("evaluate", name, "corpus"), _missing("corpus", ev.corpus, study.corpora)

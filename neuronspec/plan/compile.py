@@ -1,0 +1,152 @@
+"""Compile a validated study into a plan of stages.
+
+    corpus/NAME                      materialise + sample documents          (no model)
+    stats/plnd/LANG                  one forward pass over LANG's documents  (model)
+    select/plnd                      thresholds ε → relevant sets per language  (cheap)
+    sets                             named sets by set algebra                  (cheap)
+    mask/ARM                         an arm's neurons per language              (cheap)
+    eval/EVAL/base/LANG              the untouched model
+    eval/EVAL/ARM/MASKLANG@LANG      the model with ARM's MASKLANG set deactivated, on LANG
+
+Statistics are separate from selection so that changing ε, the set algebra, a partition
+or an arm re-runs no forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from neuronspec.data import corpus_identity
+from neuronspec.plan.graph import Plan, Stage
+from neuronspec.plan.identity import model_dims, model_identity
+from neuronspec.spec.errors import StudyError
+from neuronspec.spec.loader import LoadedStudy
+from neuronspec.spec.models import Quantile, Study, expand_sites
+from neuronspec.spec.references import detectors, set_order
+
+#: Bump a kind's version when its implementation changes what it computes.
+CODE_VERSIONS = {"corpus": 1, "stats.plnd": 1, "select.plnd": 1, "sets": 1, "mask": 1, "eval": 1}
+
+
+def compile_study(loaded: LoadedStudy) -> Plan:
+    study = loaded.study
+    identity = model_identity(study.model)
+    dims = model_dims(study.model, identity)
+    _check_partitions(loaded, dims["num_layers"])
+    plan = Plan(study.name, identity, dims, code_versions=dict(CODE_VERSIONS))
+
+    for name in _used_corpora(study):
+        c = study.corpora[name]
+        spec = c.model_dump(mode="json", exclude={"max_tokens"})
+        spec.update(languages=c.languages or study.languages, seed=study.seed, identity=corpus_identity(c.source, c.options))
+        plan.add(Stage(f"corpus/{name}", "corpus", spec, origin=("corpora", name)))
+
+    if study.detect.plnd is not None:
+        _add_plnd(plan, study)
+    detector_stages = [f"select/{d}" for d in detectors(study)]
+    if detector_stages or study.neurons:
+        order, families = set_order(study)
+        plan.add(Stage("sets", "sets", {
+            "neurons": {n: study.neurons[n] for n in order}, "order": order, "families": sorted(families),
+            "detectors": detectors(study), "languages": study.languages,
+        }, deps=tuple(detector_stages), origin=("neurons",)))
+    for i, arm in enumerate(study.arms):
+        _add_mask(plan, study, i)
+    for name, ev in study.evaluate.items():
+        _add_evals(plan, study, name)
+    return plan
+
+
+def _used_corpora(study: Study) -> list[str]:
+    used = [study.detect.plnd.corpus] if study.detect.plnd is not None else []
+    used += [ev.corpus for ev in study.evaluate.values()]
+    return list(dict.fromkeys(used))
+
+
+def _check_partitions(loaded: LoadedStudy, num_layers: int) -> None:
+    problems = []
+    for name, (start, end) in loaded.study.partitions.items():
+        if end > num_layers:
+            problems.append(loaded.source.problem(
+                ("partitions", name), f"layer range [{start}, {end}) ends past the model's {num_layers} layers (valid: 0..{num_layers})"))
+    if problems:
+        raise StudyError(problems)
+
+
+def _add_plnd(plan: Plan, study: Study) -> None:
+    p = study.detect.plnd
+    assert p is not None
+    corpus = study.corpora[p.corpus]
+    sites = p.site_list()
+    langs = corpus.languages or study.languages
+    missing = [lang for lang in study.languages if lang not in langs]
+    if missing:
+        plan.notes.append(f"detect corpus {p.corpus!r} has no documents for {missing}: PLND sets for them are empty")
+    stat_ids = []
+    for lang in langs:
+        spec: dict[str, Any] = {
+            "lang": lang, "corpus": p.corpus, "sites": sites, "token_reduce": p.token_reduce,
+            "batch_size": p.batch_size, "max_tokens": corpus.max_tokens,
+            "top_k": {s: p.top_k[s] for s in sites if s in p.top_k} if p.rule == "topk_intersect" else {},
+        }
+        stat_ids.append(plan.add(Stage(f"stats/plnd/{lang}", "stats.plnd", spec, deps=(f"corpus/{p.corpus}",),
+                                       model_bound=True, origin=("detect", "plnd"))).id)
+    epsilon = {}
+    for site in sites:
+        eps = p.threshold(site)  # never None: the reference checks require an ε per site
+        assert eps is not None
+        epsilon[site] = eps.model_dump() if isinstance(eps, Quantile) else float(eps)
+    plan.add(Stage("select/plnd", "select.plnd", {
+        "sites": sites, "epsilon": epsilon, "rule": p.rule, "languages": study.languages,
+        "top_k": {s: p.top_k[s] for s in sites} if p.rule == "topk_intersect" else {},
+    }, deps=tuple(stat_ids), origin=("detect", "plnd", "epsilon")))
+
+
+def _add_mask(plan: Plan, study: Study, index: int) -> None:
+    arm = study.arms[index]
+    d = arm.deactivate
+    if d.random_like is not None:
+        spec = {"random_like": d.random_like, "seed": study.seed if d.seed is None else d.seed, "dims": plan.dims}
+        deps: tuple[str, ...] = (f"mask/{d.random_like}", "sets")
+    else:
+        layers = [list(study.partitions[n]) for n in d.partition_names()] or None
+        spec = {"neurons": d.neurons, "layers": layers, "sites": expand_sites(list(d.sites)) if d.sites else None}
+        deps = ("sets",)
+    plan.add(Stage(f"mask/{arm.name}", "mask", spec, deps=deps, origin=("arms", index)))
+
+
+def arm_is_family(study: Study, arm_name: str) -> bool:
+    arm = study.arm(arm_name)
+    assert arm is not None
+    if arm.deactivate.random_like is not None:
+        return arm_is_family(study, arm.deactivate.random_like)
+    _, families = set_order(study)
+    return arm.deactivate.neurons in families
+
+
+def _add_evals(plan: Plan, study: Study, name: str) -> None:
+    ev = study.evaluate[name]
+    corpus = study.corpora[ev.corpus]
+    langs = corpus.languages or study.languages
+    base = {"metric": ev.metric, "batch_size": ev.batch_size, "bootstrap": ev.bootstrap, "seed": study.seed,
+            "max_tokens": corpus.max_tokens, "max_new_tokens": ev.max_new_tokens}
+    cdep = f"corpus/{ev.corpus}"
+    origin = ("evaluate", name)
+    for lang in langs:
+        plan.add(Stage(f"eval/{name}/base/{lang}", "eval", {**base, "lang": lang, "arm": None, "mask_lang": None},
+                       deps=(cdep,), model_bound=True, origin=origin))
+    for arm in study.arms:
+        mdep = f"mask/{arm.name}"
+        if arm_is_family(study, arm.name):
+            for mlang in study.languages:
+                for lang in langs:
+                    if ev.on == "self" and lang != mlang:
+                        continue
+                    plan.add(Stage(f"eval/{name}/{arm.name}/{mlang}@{lang}", "eval",
+                                   {**base, "lang": lang, "arm": arm.name, "mask_lang": mlang},
+                                   deps=(cdep, mdep), model_bound=True, origin=origin))
+        else:
+            for lang in langs:
+                plan.add(Stage(f"eval/{name}/{arm.name}/{lang}", "eval",
+                               {**base, "lang": lang, "arm": arm.name, "mask_lang": None},
+                               deps=(cdep, mdep), model_bound=True, origin=origin))

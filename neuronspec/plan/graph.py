@@ -1,0 +1,81 @@
+"""Stages and plans: the DAG a study compiles to.
+
+A stage's key hashes everything its result depends on — its kind and code version, its
+resolved spec, the keys of its inputs and (for model-bound stages) the model's identity —
+so a result is reused exactly when it would come out the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from typing import Any
+
+from neuronspec.plan.store import digest
+
+
+@dataclass
+class Stage:
+    id: str  # e.g. "stats/plnd/zh" — also what --force/--only match against
+    kind: str  # selects the implementation in neuronspec.plan.kinds
+    spec: dict[str, Any]  # resolved, JSON-able: what the stage computes from
+    deps: tuple[str, ...] = ()
+    model_bound: bool = False  # result depends on the model (key includes its identity)
+    key: str = ""
+    # where in the study this stage comes from, for error messages: a field path
+    origin: tuple[str | int, ...] = ()
+
+
+@dataclass
+class Plan:
+    study_name: str
+    model_identity: dict[str, Any]
+    dims: dict[str, Any]
+    stages: dict[str, Stage] = field(default_factory=dict)  # topological order (insertion order)
+    code_versions: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # warnings to show the user (e.g. unreachable thresholds)
+
+    def add(self, stage: Stage) -> Stage:
+        missing = [d for d in stage.deps if d not in self.stages]
+        if missing:
+            raise ValueError(f"stage {stage.id} depends on unknown stages {missing}")
+        if stage.id in self.stages:
+            raise ValueError(f"duplicate stage id {stage.id}")
+        stage.key = digest(
+            {
+                "kind": stage.kind,
+                "code": self.code_versions.get(stage.kind, 0),
+                "spec": stage.spec,
+                "deps": {d: self.stages[d].key for d in stage.deps},
+                "model": self.model_identity if stage.model_bound else None,
+            }
+        )
+        self.stages[stage.id] = stage
+        return stage
+
+    def select(self, patterns: list[str]) -> list[str]:
+        """Stage ids matching any glob pattern (a bare prefix like `eval` matches `eval/*`)."""
+        out = []
+        for sid in self.stages:
+            if any(fnmatch(sid, p) or sid.startswith(p.rstrip("/") + "/") or sid == p for p in patterns):
+                out.append(sid)
+        return out
+
+    def upstream(self, ids: list[str]) -> list[str]:
+        """`ids` and everything they depend on, in plan order."""
+        need: set[str] = set()
+        stack = list(ids)
+        while stack:
+            sid = stack.pop()
+            if sid not in need:
+                need.add(sid)
+                stack.extend(self.stages[sid].deps)
+        return [sid for sid in self.stages if sid in need]
+
+    def downstream(self, ids: list[str]) -> list[str]:
+        """`ids` and everything that depends on them, in plan order."""
+        hit = set(ids)
+        for sid, stage in self.stages.items():
+            if any(d in hit for d in stage.deps):
+                hit.add(sid)
+        return [sid for sid in self.stages if sid in hit]

@@ -1,0 +1,105 @@
+"""Model identity for cache keys — computed without loading weights.
+
+A cached result must never be reused for another model (lm-evaluation-harness keys its
+cache by name only). Identity is therefore a content digest: the GGUF's sha256 for
+embedded models, a digest of the weight files for local folders (memoised by size and
+mtime so a 14 GB checkpoint is hashed once), the resolved commit for hub ids.
+Layer counts and widths (`dims`) are memoised by identity too, so planning an unchanged
+study never imports transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from neuronspec.paths import user_cache
+from neuronspec.plan.store import digest, file_sha256, write_json
+from neuronspec.spec.models import ModelSpec
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".json", ".model", ".txt")
+
+
+def model_identity(spec: ModelSpec) -> dict[str, Any]:
+    from neuronspec.models.loading import embedded_digest, is_embedded
+
+    ident: dict[str, Any] = {"id": spec.id, "dtype": spec.dtype}
+    path = Path(spec.id).expanduser()
+    if is_embedded(spec.id):
+        ident["digest"] = embedded_digest(spec.id)
+    elif path.exists():
+        ident["digest"] = _path_digest(path, spec.gguf_file)
+    else:
+        ident["revision"] = _hub_revision(spec.id, spec.revision)
+    if spec.gguf_file:
+        ident["gguf_file"] = spec.gguf_file
+    return ident
+
+
+def _path_digest(path: Path, gguf_file: str | None) -> str:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    if gguf_file and path.is_dir():
+        files = [path / gguf_file] + [p for p in files if p.suffix == ".json"]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        h.update(_memo_sha256(f).encode())
+    return h.hexdigest()
+
+
+def _memo_sha256(path: Path) -> str:
+    stat = path.stat()
+    memo_dir = user_cache() / "digests"
+    memo_dir.mkdir(parents=True, exist_ok=True)
+    memo = memo_dir / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32] + ".json")
+    tag = [stat.st_size, stat.st_mtime_ns]
+    try:
+        saved = json.loads(memo.read_text())
+        if saved["tag"] == tag:
+            return saved["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    sha = file_sha256(path)
+    write_json(memo, {"path": str(path), "tag": tag, "sha256": sha})
+    return sha
+
+
+def _hub_revision(repo_id: str, revision: str | None) -> str:
+    """The commit a hub id resolves to: from the local HF cache if there, else asked of the hub."""
+    if revision and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+        return revision
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        ref = Path(HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
+        if ref.exists():
+            return ref.read_text().strip()
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(repo_id, revision=revision).sha or (revision or "main")
+    except Exception as exc:  # offline and not cached: the load would fail too
+        raise RuntimeError(
+            f"model {repo_id!r}: not an embedded name, not a local path, and its revision cannot be resolved "
+            f"({type(exc).__name__}: {exc}). Embedded models: see `neuronspec models`."
+        ) from exc
+
+
+def model_dims(spec: ModelSpec, identity: dict[str, Any]) -> dict[str, Any]:
+    """Layer count and site widths, read from the config once and memoised by identity."""
+    memo = user_cache() / "dims" / f"{digest(identity)[:32]}.json"
+    try:
+        return json.loads(memo.read_text())
+    except (OSError, ValueError):
+        pass
+    from neuronspec.models.loading import load_config
+    from neuronspec.models.sites import adapter_for
+
+    config = load_config(spec.id, revision=spec.revision, gguf_file=spec.gguf_file)
+    dims = adapter_for(config).dims(config)
+    out = {k: getattr(dims, k) for k in ("num_layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim")}
+    out["model_type"] = config.model_type
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    write_json(memo, out)
+    return out

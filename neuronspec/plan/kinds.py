@@ -1,0 +1,210 @@
+"""What each kind of stage computes: thin glue from cached inputs to the methods.
+
+Each function gets the run context, the stage and an empty output directory, reads its
+inputs from the store (already verified), and writes its files. Small results go in
+`result.json` (the report reads only JSON, so rendering never needs torch); tensors go in
+safetensors files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from neuronspec.plan.graph import Stage
+
+Compute = Callable[["RunContext", Stage, Path], None]  # type: ignore[name-defined]  # noqa: F821
+
+
+@dataclass(frozen=True)
+class Kind:
+    compute: Compute
+    description: str
+    loads_model: bool = False  # whether computing it needs the weights (not just identity)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=1, ensure_ascii=False, sort_keys=True), encoding="utf-8")
+
+
+# -- corpus -----------------------------------------------------------------------------
+def corpus(ctx: Any, stage: Stage, out: Path) -> None:
+    from neuronspec.data import load_corpus
+
+    s = stage.spec
+    docs = load_corpus(s["source"], s["languages"], split=s["split"], docs_per_language=s["docs_per_language"],
+                       seed=s["seed"], eval_fraction=s["eval_fraction"], options=s["options"])
+    for lang, items in docs.items():
+        _write_json(out / f"{lang}.json", [{"id": d.id, "lang": d.lang, "text": d.text, "meta": d.meta} for d in items])
+    _write_json(out / "result.json", {"languages": {lang: len(items) for lang, items in docs.items()}})
+
+
+def read_docs(entry: Any, lang: str) -> list[dict[str, Any]]:
+    path = entry.file(f"{lang}.json")
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+
+
+# -- PLND statistics ----------------------------------------------------------------------
+def stats_plnd(ctx: Any, stage: Stage, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    from neuronspec.methods.plnd import plnd_statistics
+    from neuronspec.models.forward import encode, iter_batches
+
+    s = stage.spec
+    docs = read_docs(ctx.input(stage, f"corpus/{s['corpus']}"), s["lang"])
+    lm = ctx.model()
+    encodings = [e for e in encode(lm.tokenizer, [d["text"] for d in docs], s["max_tokens"]) if len(e) >= 2]
+    dropped = len(docs) - len(encodings)
+    if not encodings:
+        raise ValueError(f"{stage.id}: no document of {s['lang']!r} has two or more tokens")
+    batches = iter_batches(encodings, batch_size=s["batch_size"], pad_id=_pad_id(lm.tokenizer))
+    tokens = sum(len(e) for e in encodings)
+    with ctx.progress(f"PLND statistics {s['lang']}", total=len(encodings)) as advance:
+        stats = plnd_statistics(lm.model, _to_device(batches, lm.model), s["sites"], token_reduce=s["token_reduce"],
+                                top_k=s["top_k"] or None, on_batch=advance)
+    tensors = {}
+    for site, st in stats.items():
+        tensors.update({k: v.contiguous() for k, v in st.to_tensors(site).items()})
+    save_file(tensors, str(out / "stats.safetensors"))
+    _write_json(out / "result.json", {"lang": s["lang"], "docs": len(encodings), "dropped_short_docs": dropped, "tokens": tokens})
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id)
+
+
+def _to_device(batches: Any, model: Any) -> Any:
+    device = next(model.parameters()).device
+    for b in batches:
+        yield type(b)(b.index, b.input_ids.to(device), b.attention_mask.to(device))
+
+
+def load_stats(entry: Any, sites: list[str]) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    from neuronspec.methods.plnd import SiteStats
+
+    tensors = load_file(str(entry.file("stats.safetensors")))
+    return {site: SiteStats.from_tensors(tensors, site) for site in sites}
+
+
+# -- selection ----------------------------------------------------------------------------
+def select_plnd(ctx: Any, stage: Stage, out: Path) -> None:
+    from neuronspec.methods.plnd import resolve_thresholds, select_relevant
+
+    s = stage.spec
+    stats = {dep.rsplit("/", 1)[1]: load_stats(ctx.input(stage, dep), s["sites"]) for dep in stage.deps}
+    thresholds = resolve_thresholds(stats, s["epsilon"]) if s["rule"] == "all_docs" else {}
+    relevant = select_relevant(stats, thresholds, s["rule"])
+    summary = {}
+    for lang, ns in relevant.items():
+        ns.save(out / f"plnd.{lang}.safetensors")
+        summary[lang] = ns.per_layer_counts()
+    _write_json(out / "result.json", {"thresholds": thresholds, "rule": s["rule"], "counts": _jsonable(summary)})
+
+
+def _jsonable(counts: Any) -> Any:
+    if isinstance(counts, dict):
+        return {str(k): _jsonable(v) for k, v in counts.items()}
+    return counts
+
+
+# -- named sets ---------------------------------------------------------------------------
+def sets(ctx: Any, stage: Stage, out: Path) -> None:
+    from neuronspec.methods.sets import evaluate_sets
+    from neuronspec.models.masks import NeuronSet
+
+    s = stage.spec
+    env: dict[str, Any] = {}
+    for det in s["detectors"]:
+        entry = ctx.input(stage, f"select/{det}")
+        env[det] = {lang: NeuronSet.load(entry.file(f"{det}.{lang}.safetensors")) for lang in s["languages"]
+                    if entry.file(f"{det}.{lang}.safetensors").exists()}
+    named = evaluate_sets(s["neurons"], env, s["languages"])
+    summary: dict[str, Any] = {}
+    for name, value in {**env, **named}.items():
+        if isinstance(value, dict):
+            for lang, ns in value.items():
+                ns.save(out / f"{name}.{lang}.safetensors")
+            summary[name] = {"family": True, "counts": {lang: ns.per_layer_counts() for lang, ns in value.items()},
+                             "jaccard": {a: {b: value[a].jaccard(value[b]) for b in value} for a in value}}
+        else:
+            value.save(out / f"{name}.safetensors")
+            summary[name] = {"family": False, "counts": value.per_layer_counts()}
+    _write_json(out / "result.json", _jsonable(summary))
+
+
+def load_set(entry: Any, name: str, lang: str | None) -> Any:
+    from neuronspec.models.masks import NeuronSet
+
+    path = entry.file(f"{name}.{lang}.safetensors" if lang else f"{name}.safetensors")
+    return NeuronSet.load(path) if path.exists() else NeuronSet.empty()
+
+
+# -- masks --------------------------------------------------------------------------------
+def mask(ctx: Any, stage: Stage, out: Path) -> None:
+    from neuronspec.models.sites import Dims
+
+    s = stage.spec
+    langs = ctx.study.languages
+    summary: dict[str, Any] = {}
+    if "random_like" in s:
+        target = ctx.input(stage, f"mask/{s['random_like']}")
+        dims = Dims(**{k: s["dims"][k] for k in ("num_layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim")})
+        family = target.json()["family"]
+        for i, lang in enumerate(langs if family else [None]):
+            matched = load_set(target, "mask", lang)
+            chosen = matched.random_like(dims, seed=s["seed"] + 1000 * i, exclude=matched)
+            _save_mask(out, summary, chosen, lang)
+        _write_json(out / "result.json", {"family": family, "counts": _jsonable(summary)})
+        return
+    entry = ctx.input(stage, "sets")
+    family = entry.json()[s["neurons"]]["family"]
+    layers = None
+    if s["layers"]:
+        layers = sorted({i for start, end in s["layers"] for i in range(start, end)})
+    for lang in langs if family else [None]:
+        chosen = load_set(entry, s["neurons"], lang).restrict(layers=layers, sites=s["sites"])
+        _save_mask(out, summary, chosen, lang)
+    _write_json(out / "result.json", {"family": family, "counts": _jsonable(summary)})
+
+
+def _save_mask(out: Path, summary: dict[str, Any], ns: Any, lang: str | None) -> None:
+    ns.save(out / (f"mask.{lang}.safetensors" if lang else "mask.safetensors"))
+    summary[lang or "*"] = {"total": ns.count(), "per_layer": ns.per_layer_counts()}
+
+
+# -- evaluation ---------------------------------------------------------------------------
+def evaluate(ctx: Any, stage: Stage, out: Path) -> None:
+    from neuronspec.data import Document
+    from neuronspec.evaluate import run_evaluator
+    from neuronspec.models.masks import NeuronSet, deactivate
+
+    s = stage.spec
+    corpus_dep = next(d for d in stage.deps if d.startswith("corpus/"))
+    docs = [Document(d["id"], d["lang"], d["text"], d["meta"]) for d in read_docs(ctx.input(stage, corpus_dep), s["lang"])]
+    neurons = NeuronSet.empty()
+    if s["arm"] is not None:
+        neurons = load_set(ctx.input(stage, f"mask/{s['arm']}"), "mask", s["mask_lang"])
+    lm = ctx.model()
+    options = {"batch_size": s["batch_size"], "max_tokens": s["max_tokens"], "bootstrap": s["bootstrap"],
+               "max_new_tokens": s["max_new_tokens"]}
+    label = f"{s['metric']} {s['arm'] or 'base'}" + (f" {s['mask_lang']}" if s["mask_lang"] else "") + f" on {s['lang']}"
+    with ctx.progress(label, total=None), deactivate(lm.model, neurons):
+        result = run_evaluator(s["metric"], lm.model, lm.tokenizer, docs, options, s["lang"], s["seed"])
+    result["deactivated"] = neurons.count()
+    _write_json(out / "result.json", result)
+
+
+KINDS: dict[str, Kind] = {
+    "corpus": Kind(corpus, "materialise and sample documents"),
+    "stats.plnd": Kind(stats_plnd, "PLND importance statistics (one forward pass)", loads_model=True),
+    "select.plnd": Kind(select_plnd, "threshold ε → language-relevant neurons"),
+    "sets": Kind(sets, "named neuron sets (set algebra)"),
+    "mask": Kind(mask, "an arm's neurons per language"),
+    "eval": Kind(evaluate, "evaluate the model (arm deactivated)", loads_model=True),
+}

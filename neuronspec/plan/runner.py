@@ -1,0 +1,160 @@
+"""Run a plan: compute stale stages in order, reuse the rest, explain why.
+
+The model is loaded lazily, the first time a stale stage needs its weights, so a fully
+cached run never imports transformers. Each finished stage is published to the store
+atomically before the next starts, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from neuronspec.plan.graph import Plan, Stage
+from neuronspec.plan.kinds import KINDS
+from neuronspec.plan.store import CorruptEntry, Entry, Store
+from neuronspec.spec.models import Study
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageStatus:
+    stage: Stage
+    state: str  # "cached" | "stale"
+    reasons: list[str] = field(default_factory=list)
+
+
+def _diff(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in old:
+                out.append(f"{sub} added ({new[key]!r})")
+            elif key not in new:
+                out.append(f"{sub} removed")
+            else:
+                out += _diff(old[key], new[key], sub)
+        return out
+    return [] if old == new else [f"{path or 'value'}: {old!r} → {new!r}"]
+
+
+def explain(plan: Plan, store: Store, check: bool = True) -> list[StageStatus]:
+    """Each stage's state and, for stale ones, why (compared with the study's last run)."""
+    index = store.read_index(plan.study_name)
+    out: list[StageStatus] = []
+    stale_ids: set[str] = set()
+    for sid, stage in plan.stages.items():
+        status = store.status(stage.key) if check else ("cached" if (store.entry_dir(stage.key) / "meta.json").exists() else "missing")
+        if status == "cached":
+            out.append(StageStatus(stage, "cached"))
+            continue
+        reasons: list[str] = []
+        if status == "corrupt":
+            reasons.append("cached artifact failed its checksum")
+        prev = index.get(sid)
+        if prev is None:
+            reasons.append("never run")
+        else:
+            reasons += [f"changed {d}" for d in _diff(prev.get("spec"), stage.spec)]
+            if prev.get("code") != plan.code_versions.get(stage.kind, 0):
+                reasons.append(f"code version {prev.get('code')} → {plan.code_versions.get(stage.kind, 0)}")
+            if stage.model_bound and prev.get("model") != plan.model_identity:
+                reasons += [f"model {d}" for d in _diff(prev.get("model"), plan.model_identity)]
+            for dep in stage.deps:
+                if dep in stale_ids or prev.get("deps", {}).get(dep) != plan.stages[dep].key:
+                    reasons.append(f"input {dep} changed")
+            if not reasons:
+                reasons.append("result not in the store (removed by gc, or interrupted)")
+        stale_ids.add(sid)
+        out.append(StageStatus(stage, "stale", reasons))
+    return out
+
+
+class RunContext:
+    """What a stage's compute function may use: the study, its inputs, the model, progress."""
+
+    def __init__(self, study: Study, plan: Plan, store: Store, progress_factory: Callable[..., Any] | None = None):
+        self.study, self.plan, self.store = study, plan, store
+        self._model: Any = None
+        self._progress_factory = progress_factory
+        self.model_load_seconds: float | None = None
+
+    def input(self, stage: Stage, dep: str) -> Entry:
+        if dep not in stage.deps:
+            raise KeyError(f"{stage.id} did not declare {dep} as an input")
+        return self.store.get(self.plan.stages[dep].key)
+
+    def model(self) -> Any:
+        if self._model is None:
+            from neuronspec.models.loading import load_model
+
+            m = self.study.model
+            start = time.perf_counter()
+            with self.progress(f"loading model {m.id}", total=None):
+                self._model = load_model(m.id, revision=m.revision, dtype=m.dtype, device=m.device,
+                                         device_map=m.device_map, gguf_file=m.gguf_file)
+            self.model_load_seconds = time.perf_counter() - start
+        return self._model
+
+    @contextmanager
+    def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        if self._progress_factory is None:
+            yield lambda n=1: None
+            return
+        with self._progress_factory(description, total) as advance:
+            yield advance
+
+
+@dataclass
+class RunResult:
+    statuses: list[StageStatus]
+    computed: list[str]
+    timings: dict[str, float]
+    model_load_seconds: float | None
+
+
+def run_plan(plan: Plan, store: Store, study: Study, *, force: list[str] = (), only: list[str] = (),  # type: ignore[assignment]
+             progress_factory: Callable[..., Any] | None = None, on_stage: Callable[[Stage, str], None] | None = None) -> RunResult:
+    """Compute what is stale (or forced); with `only`, just those stages and what they need."""
+    ctx = RunContext(study, plan, store, progress_factory)
+    forced = set(plan.downstream(plan.select(list(force)))) if force else set()
+    wanted = set(plan.upstream(plan.select(list(only)))) if only else set(plan.stages)
+    computed: list[str] = []
+    timings: dict[str, float] = {}
+    with store.lock():
+        statuses = explain(plan, store)
+        for st in statuses:
+            stage = st.stage
+            if stage.id not in wanted:
+                continue
+            if st.state == "cached" and stage.id not in forced:
+                continue
+            if on_stage:
+                on_stage(stage, "start")
+            start = time.perf_counter()
+            kind = KINDS[stage.kind]
+            store.put(stage.key, stage.id, stage.kind, lambda out, s=stage, k=kind: k.compute(ctx, s, out),
+                      info={"spec": stage.spec})
+            timings[stage.id] = time.perf_counter() - start
+            computed.append(stage.id)
+            store.write_index(plan.study_name, {stage.id: _index_entry(plan, stage)})
+            if on_stage:
+                on_stage(stage, "done")
+        # Record every stage's spec (cached ones too) so `plan` can explain future changes.
+        store.write_index(plan.study_name, {sid: _index_entry(plan, s) for sid, s in plan.stages.items()
+                                            if (store.entry_dir(s.key) / "meta.json").exists()})
+    return RunResult(statuses, computed, timings, ctx.model_load_seconds)
+
+
+def _index_entry(plan: Plan, stage: Stage) -> dict[str, Any]:
+    return {"key": stage.key, "spec": stage.spec, "code": plan.code_versions.get(stage.kind, 0),
+            "model": plan.model_identity if stage.model_bound else None,
+            "deps": {d: plan.stages[d].key for d in stage.deps}}
+
+
+__all__ = ["CorruptEntry", "RunContext", "RunResult", "StageStatus", "explain", "run_plan"]

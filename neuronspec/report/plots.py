@@ -1,0 +1,56 @@
+"""PNG plots of a run: neurons per layer, the language × language change matrix, overlaps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _plt():  # noqa: ANN202 - matplotlib is heavy; import only when plotting
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_plots(results: dict[str, Any], folder: Path) -> list[Path]:
+    written = []
+    plt = _plt()
+    for name, info in (results.get("sets") or {}).items():
+        if not info["family"]:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        layers = results["dims"]["num_layers"]
+        for lang, counts in info["counts"].items():
+            per_layer = [sum(site.get(str(i), 0) for site in counts.values()) for i in range(layers)]
+            ax.plot(range(layers), per_layer, marker="o", ms=3, label=lang)
+        ax.set(xlabel="layer", ylabel="neurons", title=f"{name}: neurons per layer")
+        ax.legend(ncol=3, fontsize=8)
+        fig.tight_layout()
+        path = folder / f"layers-{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    for ev_name, ev in results["evaluations"].items():
+        for arm, m in ev["matrices"].items():
+            import numpy as np
+
+            data = np.array([[m["change"][r].get(c) if m["change"][r].get(c) is not None else np.nan for c in m["cols"]] for r in m["rows"]])
+            fig, ax = plt.subplots(figsize=(1 + 0.7 * len(m["cols"]), 1 + 0.6 * len(m["rows"])))
+            im = ax.imshow(data, cmap="Reds" if ev["metric"] == "perplexity" else "Blues_r")
+            ax.set_xticks(range(len(m["cols"])), m["cols"])
+            ax.set_yticks(range(len(m["rows"])), m["rows"])
+            ax.set(xlabel="evaluated", ylabel="deactivated", title=f"{ev_name} / {arm}")
+            for i in range(data.shape[0]):
+                for j in range(data.shape[1]):
+                    if not np.isnan(data[i, j]):
+                        ax.text(j, i, f"{data[i, j]:.0f}", ha="center", va="center", fontsize=7)
+            fig.colorbar(im, ax=ax, shrink=0.8)
+            fig.tight_layout()
+            path = folder / f"matrix-{ev_name}-{arm}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written
