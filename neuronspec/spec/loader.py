@@ -8,7 +8,6 @@ which file it came from.
 
 from __future__ import annotations
 
-import copy
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,9 @@ class SourceMap:
     """Finds the file, line and column of a field path in the merged YAML tree."""
 
     tree: CommentedMap
-    origin: dict[int, str] = field(default_factory=dict)  # id(container) -> file
+    # (id(container), key) -> file; key None = the container itself. Per key, because
+    # `extends` merges keys of several files into one mapping.
+    origin: dict[tuple[int, Any], str] = field(default_factory=dict)
     overrides: dict[Path_, str] = field(default_factory=dict)  # path -> "a.b=value"
     default_file: str = "<study>"
 
@@ -55,7 +56,7 @@ class SourceMap:
         for path, text in self.overrides.items():
             if tuple(walked[: len(path)]) == path and walked:
                 return Location("", 0, 0, override=text), dotted
-        file = self.origin.get(id(container), self.default_file)
+        file = self.origin.get((id(container), key)) or self.origin.get((id(container), None), self.default_file)
         line, col = _position(container, key)
         return Location(file, line, col), dotted
 
@@ -105,21 +106,22 @@ def _parse(text: str, file: str) -> CommentedMap:
     return data
 
 
-def _mark_origin(node: Any, file: str, origin: dict[int, str]) -> None:
+def _mark_origin(node: Any, file: str, origin: dict[tuple[int, Any], str]) -> None:
     if isinstance(node, (CommentedMap, CommentedSeq)):
-        origin[id(node)] = file
-        children = node.values() if isinstance(node, CommentedMap) else node
-        for child in children:
-            _mark_origin(child, file, origin)
+        origin[(id(node), None)] = file
+        for key in node if isinstance(node, CommentedMap) else range(len(node)):
+            origin[(id(node), key)] = file
+            _mark_origin(node[key], file, origin)
 
 
-def _merge(base: CommentedMap, over: CommentedMap) -> CommentedMap:
+def _merge(base: CommentedMap, over: CommentedMap, origin: dict[tuple[int, Any], str]) -> CommentedMap:
     """Deep-merge mappings (lists and scalars in `over` replace those in `base`)."""
     for key, value in over.items():
         if isinstance(value, CommentedMap) and isinstance(base.get(key), CommentedMap):
-            _merge(base[key], value)
+            _merge(base[key], value, origin)
         else:
             base[key] = value
+            origin[(id(base), key)] = origin[(id(over), key)]
             # keep the overriding key's own position for error messages
             try:
                 base.lc.data[key] = over.lc.data[key]
@@ -128,7 +130,7 @@ def _merge(base: CommentedMap, over: CommentedMap) -> CommentedMap:
     return base
 
 
-def _read_tree(path: Path, origin: dict[int, str], seen: tuple[Path, ...] = ()) -> CommentedMap:
+def _read_tree(path: Path, origin: dict[tuple[int, Any], str], seen: tuple[Path, ...] = ()) -> CommentedMap:
     file = str(path)
     if path.resolve() in seen:
         raise StudyError([Problem(Location(file, 1, 1), "extends", "circular extends: " + " → ".join(map(str, seen + (path,))))])
@@ -148,7 +150,7 @@ def _read_tree(path: Path, origin: dict[int, str], seen: tuple[Path, ...] = ()) 
     if not base_path.exists():
         raise StudyError([Problem(Location(file, 1, 1), "extends", f"base study {parent!r} not found (looked at {base_path})")])
     base = _read_tree(base_path, origin, seen + (path.resolve(),))
-    return _merge(base, tree)
+    return _merge(base, tree, origin)
 
 
 def parse_override(text: str) -> tuple[Path_, Any]:
@@ -203,7 +205,7 @@ def _problems_from_validation(exc: ValidationError, source: SourceMap) -> list[P
 
 def load_study(path: str | Path | None = None, overrides: Sequence[str] = (), *, text: str | None = None, name: str = "<study>") -> LoadedStudy:
     """Read, merge, override and validate a study. Raises `StudyError` listing every problem."""
-    origin: dict[int, str] = {}
+    origin: dict[tuple[int, Any], str] = {}
     if text is not None:
         file = str(path) if path else name
         tree = _parse(text, file)
@@ -217,7 +219,6 @@ def load_study(path: str | Path | None = None, overrides: Sequence[str] = (), *,
         file = str(study_path)
         tree = _read_tree(study_path, origin)
         text = study_path.read_text(encoding="utf-8")
-    tree = copy.copy(tree)
     source = SourceMap(tree=tree, origin=origin, default_file=file)
     apply_overrides(tree, overrides, source)
     try:

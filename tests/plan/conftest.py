@@ -1,0 +1,62 @@
+"""A tiny saved model and a local multilingual corpus, so studies run end to end in seconds."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from neuronspec.models.testing import tiny_tokenizer
+from neuronspec.models.tiny import tiny_model
+
+# Three made-up "languages" over disjoint letter sets, so detection has something to find.
+ALPHABETS = {"en": "abcdefgh ", "fr": "ijklmnop ", "de": "qrstuvwx "}
+
+
+def make_corpus(path: Path, docs: int = 12, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for lang, letters in ALPHABETS.items():
+            for i in range(docs):
+                text = "".join(rng.choice(letters) for _ in range(rng.randint(20, 40)))
+                f.write(json.dumps({"id": f"{lang}-{i}", "lang": lang, "text": text}) + "\n")
+    return path
+
+
+STUDY = """\
+name: tiny
+model: {{id: {model}}}
+languages: [en, fr, de]
+corpora:
+  detect: {{source: {corpus}, split: detect, docs_per_language: 6, max_tokens: 32, eval_fraction: 0.4}}
+  ppl: {{source: {corpus}, split: eval, docs_per_language: 3, max_tokens: 32, eval_fraction: 0.4}}
+detect:
+  plnd: {{sites: [ffn, attn.v, attn.o], epsilon: {{quantile: 0.9}}, batch_size: 4}}
+neurons:
+  specific: plnd[lang] - plnd[others]
+partitions: {{early: [0, 2], late: [2, 3]}}
+arms:
+  - {{name: early, deactivate: {{neurons: specific, layers: early}}}}
+  - {{name: early-random, deactivate: {{random_like: early}}}}
+evaluate:
+  ppl: {{metric: perplexity, corpus: ppl, bootstrap: 50}}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def study_file(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
+    corpus = make_corpus(tmp_path / "corpus.jsonl")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(STUDY.format(model=tiny_model_dir, corpus=corpus))
+    return path

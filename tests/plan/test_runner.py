@@ -1,0 +1,133 @@
+"""The cached DAG: reuse, targeted invalidation, explanations, resume, corruption, concurrency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from neuronspec.plan.compile import compile_study
+from neuronspec.plan.runner import explain, run_plan
+from neuronspec.plan.store import Store
+from neuronspec.spec import load_study
+
+
+def run(path: Path, *overrides: str, **kw):  # noqa: ANN201
+    loaded = load_study(path, overrides)
+    plan = compile_study(loaded)
+    store = Store(path.parent / ".neuronspec")
+    return plan, store, run_plan(plan, store, loaded.study, **kw)
+
+
+def test_second_run_computes_nothing_and_never_loads_the_model(study_file: Path) -> None:
+    plan, store, first = run(study_file)
+    assert set(first.computed) == set(plan.stages)
+    assert first.model_load_seconds is not None
+    _, _, second = run(study_file)
+    assert second.computed == []
+    assert second.model_load_seconds is None
+    assert all(s.state == "cached" for s in explain(plan, store))
+
+
+def test_changing_epsilon_reruns_selection_and_downstream_but_no_forward_pass(study_file: Path) -> None:
+    run(study_file)
+    override = "detect.plnd.epsilon.quantile=0.8"
+    loaded = load_study(study_file, [override])
+    plan = compile_study(loaded)
+    store = Store(study_file.parent / ".neuronspec")
+    stale = {s.stage.id: s.reasons for s in explain(plan, store) if s.state == "stale"}
+    assert "select/plnd" in stale
+    assert any("epsilon.ffn.quantile: 0.9 → 0.8" in r for r in stale["select/plnd"])
+    assert not any(sid.startswith(("stats/", "corpus/")) or "/base/" in sid for sid in stale)
+    result = run_plan(plan, store, loaded.study)
+    assert set(result.computed) == set(stale)
+    assert not any(sid.startswith("stats/") for sid in result.computed)
+
+
+def test_force_and_only_select_by_glob(study_file: Path) -> None:
+    plan, _, first = run(study_file, only=["stats/plnd/en"])
+    assert first.computed == ["corpus/detect", "stats/plnd/en"]
+    _, _, forced = run(study_file, force=["select/plnd"])
+    assert "select/plnd" in forced.computed and "sets" in forced.computed
+    assert "stats/plnd/en" not in forced.computed
+
+
+def test_corrupt_entry_is_detected_and_recomputed(study_file: Path) -> None:
+    plan, store, _ = run(study_file)
+    entry = store.entry_dir(plan.stages["stats/plnd/fr"].key) / "stats.safetensors"
+    data = bytearray(entry.read_bytes())
+    data[-1] ^= 0xFF
+    entry.write_bytes(bytes(data))
+    reasons = {s.stage.id: s.reasons for s in explain(plan, store)}
+    assert reasons["stats/plnd/fr"] == ["cached artifact failed its checksum"]
+    _, _, again = run(study_file)
+    assert again.computed == ["stats/plnd/fr"]  # same result → downstream keys unchanged, still cached
+    assert store.status(plan.stages["stats/plnd/fr"].key) == "cached"
+
+
+def test_interrupt_leaves_finished_stages_and_resumes(study_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuronspec.plan import kinds
+
+    real = kinds.KINDS["eval"]
+
+    def interrupted(ctx, stage, out):  # noqa: ANN001, ANN202
+        (out / "result.json").write_text("{partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(kinds.KINDS, "eval", kinds.Kind(interrupted, real.description, real.loads_model))
+    with pytest.raises(KeyboardInterrupt):
+        run(study_file)
+    monkeypatch.setitem(kinds.KINDS, "eval", real)
+    plan, store, resumed = run(study_file)
+    assert not any(s.startswith(("stats/", "corpus/", "select/")) for s in resumed.computed)
+    assert all(s.startswith("eval/") for s in resumed.computed)
+    assert not list((store.root / "tmp").iterdir())
+
+
+KILLER = """
+import os, signal, sys
+from neuronspec.plan import kinds
+real = kinds.KINDS["eval"]
+def killed(ctx, stage, out):
+    (out / "result.json").write_text("{partial")
+    os.kill(os.getpid(), signal.SIGKILL)
+kinds.KINDS["eval"] = kinds.Kind(killed, real.description, real.loads_model)
+from neuronspec.cli import main
+sys.exit(main(["run", "-q", sys.argv[1]]))
+"""
+
+
+def test_sigkill_mid_stage_resumes_without_reading_partial_artifacts(study_file: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLER), str(study_file)], env=os.environ.copy(), capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    store = Store(study_file.parent / ".neuronspec")
+    assert list((store.root / "tmp").iterdir()), "the killed stage's partial output should sit in tmp/"
+    plan, store, resumed = run(study_file)
+    assert not any(s.startswith(("stats/", "corpus/")) for s in resumed.computed)
+    for stage in plan.stages.values():
+        assert store.status(stage.key) == "cached"
+
+
+def test_two_concurrent_runs_leave_a_consistent_store(study_file: Path) -> None:
+    cmd = [sys.executable, "-m", "neuronspec.cli", "run", "-q", str(study_file)]
+    procs = [subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+    plan = compile_study(load_study(study_file))
+    store = Store(study_file.parent / ".neuronspec")
+    assert all(store.status(s.key) == "cached" for s in plan.stages.values())
+
+
+def test_results_are_deterministic_for_a_seed(study_file: Path, tmp_path: Path) -> None:
+    from neuronspec.report.results import collect
+
+    plan, store, _ = run(study_file)
+    first = collect(plan, store)
+    _, _, _ = run(study_file, force=["corpus"])
+    assert collect(plan, store) == first
