@@ -1,0 +1,174 @@
+"""Per-token log-probabilities without materialising full-vocabulary logits.
+
+Gemma 3 270M has a 262,144-token vocabulary: float32 logits for a batch of 8x256 tokens
+are 2 GB. We run the base decoder (so any mask hooks inside it fire), keep only the hidden
+states at positions that predict a real token, and push those through the unembedding a
+chunk of tokens at a time: peak extra memory is `chunk_tokens x vocab` floats. The result
+equals `cross_entropy` of the full model's logits (tests check all six tiny archs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+# Logits per chunk: 2**25 floats = 128 MB in float32, i.e. 128 tokens at Gemma 3's 262k vocab.
+_CHUNK_ELEMENTS = 1 << 25
+
+
+def encode(tokenizer: Any, text: str, *, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of `text`, with BOS exactly as the tokenizer adds it (none for GPT-2)."""
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def pad_token_id(model: torch.nn.Module, tokenizer: Any = None) -> int:
+    """The id used for padding: the tokenizer's, else the config's, else EOS, else 0.
+
+    Padding positions are masked out, so the value only has to be a valid id.
+    """
+    for candidate in (
+        getattr(tokenizer, "pad_token_id", None),
+        getattr(getattr(model, "config", None), "pad_token_id", None),
+        getattr(tokenizer, "eos_token_id", None),
+        getattr(getattr(model, "config", None), "eos_token_id", None),
+    ):
+        if isinstance(candidate, (list, tuple)):
+            candidate = candidate[0] if candidate else None
+        if isinstance(candidate, int):
+            return candidate
+    return 0
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where inputs must go (the device of the first parameter)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _text_config(model: torch.nn.Module) -> Any:
+    config = model.config
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else config
+
+
+def finalize_logits(model: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """Apply the output transforms the model's forward applies after `lm_head`.
+
+    Gemma 2/3: `final_logit_softcapping` (cap * tanh(logits / cap)); Cohere: `logit_scale`
+    multiplies; Granite: `logits_scaling` divides. Anything else leaves logits untouched.
+    """
+    config = _text_config(model)
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    scale = getattr(config, "logit_scale", None)
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale != 1:
+        logits = logits * scale
+    divisor = getattr(config, "logits_scaling", None)
+    if isinstance(divisor, (int, float)) and not isinstance(divisor, bool) and divisor != 1:
+        logits = logits / divisor
+    return logits
+
+
+def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The base decoder (embeddings + blocks + final norm) whose output feeds `lm_head`."""
+    getter = getattr(model, "get_decoder", None)
+    decoder = getter() if callable(getter) else None
+    if decoder is None or decoder is model:
+        decoder = getattr(model, "base_model", None)
+    if decoder is None or decoder is model:
+        raise TypeError(f"{type(model).__name__} exposes no base decoder (get_decoder / base_model)")
+    return decoder
+
+
+def target_logprobs(
+    model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, *, chunk_tokens: int | None = None
+) -> torch.Tensor:
+    """log p(targets[i] | hidden[i]) for hidden [N, d] and targets [N], unembedded chunk-wise.
+
+    log_softmax runs in float32 whatever the model dtype, so bf16 models still give
+    comparable NLLs.
+    """
+    unembed = model.get_output_embeddings()
+    if unembed is None:
+        raise TypeError(f"{type(model).__name__} has no output embeddings (lm_head)")
+    n = hidden.shape[0]
+    out = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    if n == 0:
+        return out
+    if chunk_tokens is None:
+        vocab = int(getattr(unembed, "out_features", 0) or unembed.weight.shape[0])
+        chunk_tokens = max(1, _CHUNK_ELEMENTS // max(1, vocab))
+    for start in range(0, n, chunk_tokens):
+        stop = min(n, start + chunk_tokens)
+        logits = finalize_logits(model, unembed(hidden[start:stop])).float()  # [c, vocab]
+        logp = torch.log_softmax(logits, dim=-1)
+        out[start:stop] = logp.gather(1, targets[start:stop, None]).squeeze(1)
+        del logits, logp
+    return out
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped longest-first so similar lengths share a batch (little padding), and
+    the largest batch runs first (an out-of-memory error shows up immediately)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def token_logprobs(
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+    pad_id: int = 0,
+    chunk_tokens: int | None = None,
+) -> list[torch.Tensor]:
+    """For each sequence of n ids, the n-1 values log p(ids[t] | ids[:t]), t = 1..n-1.
+
+    Returned in input order as float32 CPU tensors. Batches are length-sorted and right
+    padded; padding never enters a prediction (attention mask) nor the output.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    decoder = decoder_of(model)
+    device = model_device(model)
+    results: list[torch.Tensor] = [torch.empty(0, dtype=torch.float32) for _ in sequences]
+    lengths = [len(s) for s in sequences]
+    scorable = [i for i, n in enumerate(lengths) if n >= 2]
+    for group in _batches([lengths[i] for i in scorable], batch_size):
+        members = [scorable[g] for g in group]
+        width = max(lengths[i] for i in members)
+        ids = torch.full((len(members), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(members), width), dtype=torch.long)
+        for row, i in enumerate(members):
+            ids[row, : lengths[i]] = torch.as_tensor(list(sequences[i]), dtype=torch.long)
+            attention[row, : lengths[i]] = 1
+        ids, attention = ids.to(device), attention.to(device)
+        hidden = decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
+        predicts = attention[:, 1:].bool()  # position t-1 predicts token t when t is real
+        flat = target_logprobs(model, hidden[:, :-1][predicts], ids[:, 1:][predicts], chunk_tokens=chunk_tokens)
+        for i, values in zip(members, flat.cpu().split([lengths[i] - 1 for i in members])):
+            results[i] = values
+    return results
+
+
+def text_logprobs(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 8,
+    max_tokens: int = 256,
+    chunk_tokens: int | None = None,
+) -> list[torch.Tensor]:
+    """`token_logprobs` of each text, tokenised with the tokenizer's BOS and truncated to
+    its first `max_tokens` tokens."""
+    sequences = [encode(tokenizer, t)[:max_tokens] for t in texts]
+    return token_logprobs(
+        model, sequences, batch_size=batch_size, pad_id=pad_token_id(model, tokenizer), chunk_tokens=chunk_tokens
+    )
