@@ -1,0 +1,108 @@
+"""The one way to run a batch: encode, length-sorted padded batches, headless forward.
+
+Statistics passes only need hooks inside the decoder, so :func:`hidden_forward` never
+touches the unembedding (most of Gemma 3 270M's compute) and stops right after the
+last layer that has a requested site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .sites import adapter_for
+
+
+def encode(tokenizer, texts: Sequence[str], max_tokens: int) -> list[list[int]]:  # noqa: ANN001
+    """Token ids per text with the tokenizer's own special tokens (BOS), truncated to `max_tokens`."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if not texts:
+        return []
+    enc = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_tokens)
+    return [list(ids) for ids in enc["input_ids"]]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Right-padded batch; ``index[b]`` is the position of row b in the original encodings."""
+
+    index: list[int]
+    input_ids: Tensor  # [B, T] int64
+    attention_mask: Tensor  # [B, T] int64, 1 = real token
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.attention_mask.sum(dim=1)
+
+
+def iter_batches(encodings: Sequence[Sequence[int]], *, batch_size: int, pad_id: int,
+                 token_budget: int | None = None) -> Iterator[Batch]:
+    """Batches of similar length (longest first, ties by index: deterministic), right-padded.
+
+    With `token_budget`, a batch also keeps B * T <= budget (a single sequence longer
+    than the budget still forms a batch of one).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for i, ids in enumerate(encodings):
+        if len(ids) == 0:
+            raise ValueError(f"encoding {i} is empty; drop empty documents before batching")
+    order = sorted(range(len(encodings)), key=lambda i: (-len(encodings[i]), i))
+    start = 0
+    while start < len(order):
+        width = len(encodings[order[start]])  # longest in this batch (sorted descending)
+        size = batch_size
+        if token_budget is not None:
+            size = max(1, min(batch_size, token_budget // width))
+        chunk = order[start:start + size]
+        start += len(chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.int64)
+        mask = torch.zeros((len(chunk), width), dtype=torch.int64)
+        for row, i in enumerate(chunk):
+            n = len(encodings[i])
+            ids[row, :n] = torch.as_tensor(encodings[i], dtype=torch.int64)
+            mask[row, :n] = 1
+        yield Batch(chunk, ids, mask)
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass early; never escapes hidden_forward."""
+
+    def __init__(self, hidden: Tensor) -> None:
+        super().__init__()
+        self.hidden = hidden
+
+
+def hidden_forward(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
+                   last_layer: int | None = None) -> Tensor:
+    """Run only the decoder stack; return hidden states [B, T, hidden].
+
+    With `last_layer`, stop right after that decoder layer and return its output
+    (before the final norm); otherwise return the stack's output (after the final norm).
+    Grad mode is left to the caller.
+    """
+    adapter = adapter_for(model.config)
+    base = adapter.base(model)
+    device = next(model.parameters()).device
+    kwargs = dict(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+    if last_layer is None:
+        return base(**kwargs).last_hidden_state
+    layers = adapter.layers(model)
+    if not 0 <= last_layer < len(layers):
+        raise ValueError(f"last_layer {last_layer} out of range [0, {len(layers)})")
+
+    def stop(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
+        raise _StopForward(output[0] if isinstance(output, tuple) else output)
+
+    handle = layers[last_layer].register_forward_hook(stop)
+    try:
+        base(**kwargs)
+    except _StopForward as done:
+        return done.hidden
+    finally:
+        handle.remove()
+    raise RuntimeError(f"decoder layer {last_layer} was never called")  # pragma: no cover
