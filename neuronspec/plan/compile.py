@@ -128,14 +128,16 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
     ev = study.evaluate[name]
     corpus = study.corpora[ev.corpus]
     langs = corpus.languages or study.languages
-    base = {"metric": ev.metric, "batch_size": ev.batch_size, "bootstrap": ev.bootstrap, "seed": study.seed,
-            "max_tokens": corpus.max_tokens, "max_new_tokens": ev.max_new_tokens}
+    base = {"metric": ev.metric, "seed": study.seed, "languages": study.languages,
+            "options": {"batch_size": ev.batch_size, "bootstrap": ev.bootstrap, "max_tokens": corpus.max_tokens, **ev.options}}
     cdep = f"corpus/{ev.corpus}"
     origin = ("evaluate", name)
     for lang in langs:
         plan.add(Stage(f"eval/{name}/base/{lang}", "eval", {**base, "lang": lang, "arm": None, "mask_lang": None},
                        deps=(cdep,), model_bound=True, origin=origin))
     for arm in study.arms:
+        if ev.arms is not None and arm.name not in ev.arms:
+            continue
         mdep = f"mask/{arm.name}"
         if arm_is_family(study, arm.name):
             for mlang in study.languages:

@@ -23,7 +23,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".json", ".model", "
 
 
 def model_identity(spec: ModelSpec) -> dict[str, Any]:
-    from neuronspec.models.loading import embedded_digest, is_embedded
+    from neuronspec.models.catalog import embedded_digest, is_embedded
 
     ident: dict[str, Any] = {"id": spec.id, "dtype": spec.dtype}
     path = Path(spec.id).expanduser()

@@ -181,7 +181,7 @@ def _save_mask(out: Path, summary: dict[str, Any], ns: Any, lang: str | None) ->
 # -- evaluation ---------------------------------------------------------------------------
 def evaluate(ctx: Any, stage: Stage, out: Path) -> None:
     from neuronspec.data import Document
-    from neuronspec.evaluate import run_evaluator
+    from neuronspec.evaluate import evaluator_options, run_evaluator
     from neuronspec.models.masks import NeuronSet, deactivate
 
     s = stage.spec
@@ -191,8 +191,10 @@ def evaluate(ctx: Any, stage: Stage, out: Path) -> None:
     if s["arm"] is not None:
         neurons = load_set(ctx.input(stage, f"mask/{s['arm']}"), "mask", s["mask_lang"])
     lm = ctx.model()
-    options = {"batch_size": s["batch_size"], "max_tokens": s["max_tokens"], "bootstrap": s["bootstrap"],
-               "max_new_tokens": s["max_new_tokens"]}
+    allowed = evaluator_options(s["metric"])
+    options = {k: v for k, v in s["options"].items() if k in allowed}
+    if "languages" in allowed:  # generation's language identification: the study's languages are the candidates
+        options["languages"] = s["languages"]
     label = f"{s['metric']} {s['arm'] or 'base'}" + (f" {s['mask_lang']}" if s["mask_lang"] else "") + f" on {s['lang']}"
     with ctx.progress(label, total=None), deactivate(lm.model, neurons):
         result = run_evaluator(s["metric"], lm.model, lm.tokenizer, docs, options, s["lang"], s["seed"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from neuronspec.data.languages import LANGUAGES
 
@@ -140,6 +140,14 @@ class ArmSpec(Strict):
     description: str = ""
 
 
+#: Evaluator-specific options a study may set (checked against the evaluators in tests).
+EVALUATION_OPTIONS: dict[str, tuple[str, ...]] = {
+    "perplexity": (),
+    "choice": ("normalize",),
+    "generation": ("max_new_tokens", "stop", "metric"),
+}
+
+
 class EvaluationSpec(Strict):
     metric: Literal["perplexity", "choice", "generation"]
     corpus: str = Field(description="Name of a corpus in `corpora`.")
@@ -147,9 +155,18 @@ class EvaluationSpec(Strict):
         "all",
         description="self: evaluate each language's arm only on that language; all: on every language (the language × language matrix).",
     )
+    arms: list[str] | None = Field(None, description="Arms to evaluate (default: all). The untouched model is always evaluated.")
     batch_size: int = Field(8, gt=0)
-    bootstrap: int = Field(1000, ge=0)
-    max_new_tokens: int = Field(48, gt=0)
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Evaluator options: choice: normalize; generation: max_new_tokens, stop, metric (rouge_l | fidelity).")
+
+    @model_validator(mode="after")
+    def _known_options(self) -> "EvaluationSpec":
+        unknown = sorted(set(self.options) - set(EVALUATION_OPTIONS[self.metric]))
+        if unknown:
+            allowed = ", ".join(EVALUATION_OPTIONS[self.metric]) or "none"
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} for metric {self.metric!r} (allowed: {allowed})")
+        return self
 
 
 class ReportSpec(Strict):

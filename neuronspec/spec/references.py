@@ -54,9 +54,13 @@ def _corpora(study: Study) -> Iterator[Issue]:
         for site in plnd.site_list():
             if site not in plnd.epsilon:
                 yield ("detect", "plnd", "epsilon"), f"no ε for site {site!r} (give one per site in `sites`, or a single ε)"
+    arm_names = [a.name for a in study.arms]
     for name, ev in study.evaluate.items():
         if ev.corpus not in study.corpora:
             yield ("evaluate", name, "corpus"), _missing("corpus", ev.corpus, study.corpora)
+        for i, arm in enumerate(ev.arms or []):
+            if arm not in arm_names:
+                yield ("evaluate", name, "arms", i), _missing("arm", arm, arm_names)
 
 
 def _sets(study: Study) -> Iterator[Issue]:

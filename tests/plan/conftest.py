@@ -15,7 +15,7 @@ from neuronspec.models.tiny import tiny_model
 ALPHABETS = {"en": "abcdefgh ", "fr": "ijklmnop ", "de": "qrstuvwx "}
 
 
-def make_corpus(path: Path, docs: int = 12, seed: int = 0) -> Path:
+def make_corpus(path: Path, docs: int = 20, seed: int = 0) -> Path:
     rng = random.Random(seed)
     with path.open("w") as f:
         for lang, letters in ALPHABETS.items():
