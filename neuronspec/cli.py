@@ -121,9 +121,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         if event == "done" and not args.quiet:
             err.print(f"[green]✓[/green] {stage.id}")
 
-    with _progress_factory_ctx(not args.quiet and sys.stderr.isatty()) as factory:
-        result = run_plan(plan, store, loaded.study, force=args.force or [], only=args.only or [],
-                          progress_factory=factory, on_stage=on_stage)
+    from neuronspec.data import CorpusError
+    from neuronspec.plan.runner import StageFailed
+
+    try:
+        with _progress_factory_ctx(not args.quiet and sys.stderr.isatty()) as factory:
+            result = run_plan(plan, store, loaded.study, force=args.force or [], only=args.only or [],
+                              progress_factory=factory, on_stage=on_stage)
+    except StageFailed as failed:
+        if isinstance(failed.error, CorpusError):  # the study asked for text that is not there: point at it
+            raise StudyError([loaded.source.problem(failed.stage.origin, str(failed.error))]) from None
+        err.print(f"[red]{failed}[/red]")
+        err.print("finished stages are cached; fix the cause and run again to resume")
+        return 1
     results = collect(plan, store, loaded.study.report.baseline_language)
     tables = result_tables(results)
     record, folder = write_run_record(loaded, plan, store, result, results, time.perf_counter() - started)

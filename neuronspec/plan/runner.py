@@ -21,6 +21,14 @@ from neuronspec.spec.models import Study
 log = logging.getLogger(__name__)
 
 
+class StageFailed(Exception):
+    """A stage's computation raised; finished stages stay cached, this one left nothing behind."""
+
+    def __init__(self, stage: Stage, error: BaseException):
+        self.stage, self.error = stage, error
+        super().__init__(f"stage {stage.id} failed: {type(error).__name__}: {error}")
+
+
 @dataclass
 class StageStatus:
     stage: Stage
@@ -138,8 +146,11 @@ def run_plan(plan: Plan, store: Store, study: Study, *, force: list[str] = (), o
                 on_stage(stage, "start")
             start = time.perf_counter()
             kind = KINDS[stage.kind]
-            store.put(stage.key, stage.id, stage.kind, lambda out, s=stage, k=kind: k.compute(ctx, s, out),
-                      info={"spec": stage.spec})
+            try:
+                store.put(stage.key, stage.id, stage.kind, lambda out, s=stage, k=kind: k.compute(ctx, s, out),
+                          info={"spec": stage.spec})
+            except Exception as exc:  # KeyboardInterrupt passes through untouched
+                raise StageFailed(stage, exc) from exc
             timings[stage.id] = time.perf_counter() - start
             computed.append(stage.id)
             store.write_index(plan.study_name, {stage.id: _index_entry(plan, stage)})
@@ -157,4 +168,4 @@ def _index_entry(plan: Plan, stage: Stage) -> dict[str, Any]:
             "deps": {d: plan.stages[d].key for d in stage.deps}}
 
 
-__all__ = ["CorruptEntry", "RunContext", "RunResult", "StageStatus", "explain", "run_plan"]
+__all__ = ["CorruptEntry", "StageFailed", "RunContext", "RunResult", "StageStatus", "explain", "run_plan"]

@@ -131,3 +131,13 @@ def test_results_are_deterministic_for_a_seed(study_file: Path, tmp_path: Path) 
     first = collect(plan, store)
     _, _, _ = run(study_file, force=["corpus"])
     assert collect(plan, store) == first
+
+
+def test_unmeetable_corpus_request_fails_with_study_position(study_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from neuronspec.cli import main
+
+    text = study_file.read_text().replace("docs_per_language: 3,", "docs_per_language: 500,")
+    study_file.write_text(text)
+    assert main(["run", "-q", str(study_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"{study_file}:6:3: corpora.ppl:" in err and "500 requested" in err
