@@ -118,6 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         err.print(f"[yellow]note:[/yellow] {note}")
 
     def on_stage(stage, event):  # noqa: ANN001, ANN202
+        if event == "corrupt":
+            err.print(f"[yellow]warning:[/yellow] cached {stage.id} failed its checksum; recomputing")
         if event == "done" and not args.quiet:
             err.print(f"[green]✓[/green] {stage.id}")
 
@@ -143,10 +145,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                           "results": results}, indent=1, ensure_ascii=False))
         return 0
     for table in tables:
-        console.print(table.to_rich())
+        if table.terminal:
+            console.print(table.to_rich())
     console.print(f"computed {len(result.computed)} of {len(plan.stages)} stages in {time.perf_counter() - started:.1f} s"
                   + (f" (model load {result.model_load_seconds:.1f} s)" if result.model_load_seconds else ""))
-    console.print(f"run record: {folder / 'record.json'}")
+    console.print(f"run record: {folder / 'record.json'}", soft_wrap=True)
     return 0
 
 

@@ -63,6 +63,7 @@ def explain(plan: Plan, store: Store, check: bool = True) -> list[StageStatus]:
             continue
         reasons: list[str] = []
         if status == "corrupt":
+            log.warning("%s: cached artifact failed its checksum; it will be recomputed", sid)
             reasons.append("cached artifact failed its checksum")
         prev = index.get(sid)
         if prev is None:
@@ -143,6 +144,8 @@ def run_plan(plan: Plan, store: Store, study: Study, *, force: list[str] = (), o
             if st.state == "cached" and stage.id not in forced:
                 continue
             if on_stage:
+                if "cached artifact failed its checksum" in st.reasons:
+                    on_stage(stage, "corrupt")
                 on_stage(stage, "start")
             start = time.perf_counter()
             kind = KINDS[stage.kind]

@@ -27,6 +27,8 @@ def write_plots(results: dict[str, Any], folder: Path) -> list[Path]:
             per_layer = [sum(site.get(str(i), 0) for site in counts.values()) for i in range(layers)]
             ax.plot(range(layers), per_layer, marker="o", ms=3, label=lang)
         ax.set(xlabel="layer", ylabel="neurons", title=f"{name}: neurons per layer")
+        ax.set_xticks(range(layers))
+        ax.tick_params(axis="x", labelsize=7)
         ax.legend(ncol=3, fontsize=8)
         fig.tight_layout()
         path = folder / f"layers-{name}.png"

@@ -44,6 +44,15 @@ def result_tables(results: dict[str, Any]) -> list[Table]:
                 per_site = [sum(counts.get(site, {}).values()) for site in SITE_ORDER]
                 t.add(name, lang, *per_site, sum(per_site))
         tables.append(t)
+        layers = results["dims"]["num_layers"]
+        lt = Table("neuron sets: size per layer", ["set", "language", "site"] + [str(i) for i in range(layers)], terminal=False)
+        for name, info in sets.items():
+            groups = info["counts"].items() if info["family"] else [("*", info["counts"])]
+            for lang, counts in groups:
+                for site in SITE_ORDER:
+                    if site in counts:
+                        lt.add(name, lang, site, *[counts[site].get(str(i), 0) for i in range(layers)])
+        tables.append(lt)
         for name, info in sets.items():
             if info["family"] and info.get("jaccard") and len(info["jaccard"]) > 1:
                 langs = list(info["jaccard"])

@@ -16,6 +16,7 @@ class Table:
     rows: list[list[str]] = field(default_factory=list)
     bold: set[tuple[int, int]] = field(default_factory=set)  # (row, col) cells to emphasise
     caption: str = ""
+    terminal: bool = True  # wide detail tables go to the Markdown report only
 
     def add(self, *cells: object) -> None:
         self.rows.append([str(c) for c in cells])
