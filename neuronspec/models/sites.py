@@ -296,15 +296,8 @@ class Gemma3Adapter(GatedAdapter):
         return getattr(inner, "language_model", inner)
 
 
-class GPT2Adapter(Adapter):
-    """GPT-2: Conv1D modules store weights as [in, out]; q/k/v are fused in ``c_attn``."""
-
-    model_types = ("gpt2",)
-
-    def dims(self, config) -> Dims:  # noqa: ANN001
-        heads = config.n_head
-        return Dims(config.n_layer, config.n_embd, config.n_inner or 4 * config.n_embd, heads, heads,
-                    config.n_embd // heads)
+class _TransformerHAdapter(Adapter):
+    """GPT-2 and BLOOM keep their decoder stack at ``model.transformer.h`` and end with ``ln_f``."""
 
     def base(self, model: nn.Module) -> nn.Module:
         return model.transformer
@@ -314,6 +307,17 @@ class GPT2Adapter(Adapter):
 
     def final_norm(self, model: nn.Module) -> nn.Module:
         return self.base(model).ln_f
+
+
+class GPT2Adapter(_TransformerHAdapter):
+    """GPT-2: Conv1D modules store weights as [in, out]; q/k/v are fused in ``c_attn``."""
+
+    model_types = ("gpt2",)
+
+    def dims(self, config) -> Dims:  # noqa: ANN001
+        heads = config.n_head
+        return Dims(config.n_layer, config.n_embd, config.n_inner or 4 * config.n_embd, heads, heads,
+                    config.n_embd // heads)
 
     def ffn_down(self, model: nn.Module, i: int) -> nn.Module:
         return self.layers(model)[i].mlp.c_proj
@@ -342,7 +346,7 @@ class GPT2Adapter(Adapter):
         return self.attn_out(model, i).weight.T
 
 
-class BloomAdapter(Adapter):
+class BloomAdapter(_TransformerHAdapter):
     """BLOOM: fused ``query_key_value`` laid out per head as [heads, 3, head_dim].
 
     BloomAttention._reshape views the fused output as (B, T, heads, 3, head_dim) and takes
@@ -358,15 +362,6 @@ class BloomAdapter(Adapter):
         heads = config.n_head
         return Dims(config.n_layer, config.hidden_size, 4 * config.hidden_size, heads, heads,
                     config.hidden_size // heads)
-
-    def base(self, model: nn.Module) -> nn.Module:
-        return model.transformer
-
-    def layers(self, model: nn.Module) -> nn.ModuleList:
-        return self.base(model).h
-
-    def final_norm(self, model: nn.Module) -> nn.Module:
-        return self.base(model).ln_f
 
     def ffn_down(self, model: nn.Module, i: int) -> nn.Module:
         return self.layers(model)[i].mlp.dense_4h_to_h
