@@ -193,29 +193,38 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 # -- models / corpora -------------------------------------------------------------------
-def cmd_models(args: argparse.Namespace) -> int:
-    from rich.table import Table
+def _list_table(title: str, rows: list[dict[str, Any]], columns: dict[str, Any], as_json: bool) -> None:
+    """Print `rows` as JSON (everything) or as a table of the chosen `columns` (name → formatter)."""
+    from neuronspec.report.tables import Table
 
+    if as_json:
+        print(json.dumps(rows, indent=1, default=str, ensure_ascii=False))
+        return
+    table = Table(title, list(columns))
+    for row in rows:
+        table.add(*[fmt(row) for fmt in columns.values()])
+    console.print(table.to_rich())
+
+
+def cmd_models(args: argparse.Namespace) -> int:
     from neuronspec.models.loading import list_embedded
 
-    rows = list_embedded()
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    table = Table(title="embedded models (work offline)", title_justify="left")
-    keys = list(rows[0]) if rows else []
-    for k in keys:
-        table.add_column(k)
-    for r in rows:
-        table.add_row(*[str(r.get(k, "")) for k in keys])
-    console.print(table)
-    console.print("Any hub id or local folder (Llama, Mistral, Qwen2, Gemma 3, GPT-2, BLOOM) works as model.id too.")
+    _list_table("embedded models (work offline)", list_embedded(), {
+        "name": lambda r: r["name"], "architecture": lambda r: r["architecture"], "size": lambda r: r["params"],
+        "languages": lambda r: r["languages"], "ready": lambda r: "yes" if r.get("installed") else "no",
+    }, args.json)
+    if not args.json:
+        console.print("Any hub id, local folder or .gguf file (Llama, Mistral, Qwen2, Gemma 3, GPT-2, BLOOM) works as model.id too.")
     return 0
 
 
-def cmd_corpora(args: argparse.Namespace) -> int:
-    from rich.table import Table
+def _docs_range(row: dict[str, Any]) -> str:
+    counts = row.get("docs_per_language") or {}
+    values = list(counts.values()) if isinstance(counts, dict) else []
+    return f"{min(values):,}–{max(values):,}" if values else "(not fetched)"
 
+
+def cmd_corpora(args: argparse.Namespace) -> int:
     from neuronspec.data import fetch_corpus, list_corpora
 
     if args.action == "fetch":
@@ -224,17 +233,12 @@ def cmd_corpora(args: argparse.Namespace) -> int:
             path = fetch_corpus(name, Path(args.from_path) if args.from_path else None)
             console.print(f"[green]✓[/green] {name}: {path}")
         return 0
-    rows = list_corpora()
-    if args.json:
-        print(json.dumps(rows, indent=1, default=str))
-        return 0
-    table = Table(title="built-in corpora", title_justify="left")
-    keys = list(rows[0]) if rows else []
-    for k in keys:
-        table.add_column(k)
-    for r in rows:
-        table.add_row(*[", ".join(map(str, v)) if isinstance(v, list) else str(v) for v in (r.get(k, "") for k in keys)])
-    console.print(table)
+    _list_table("built-in corpora (use as builtin:NAME)", list_corpora(), {
+        "name": lambda r: r["name"], "kind": lambda r: r["kind"],
+        "languages": lambda r: f"{len(r['languages'])}: " + " ".join(r["languages"][:12]) + (" …" if len(r["languages"]) > 12 else ""),
+        "docs / language": _docs_range, "MB": lambda r: f"{(r.get('bytes') or 0) / 1e6:.0f}",
+        "fetched": lambda r: "yes" if r.get("materialised") else "no",
+    }, args.json)
     return 0
 
 
