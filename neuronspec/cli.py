@@ -1,4 +1,4 @@
-"""`neuronspec` command line: validate, plan, run, schema, cache, models, corpora.
+"""`neuronspec` command line: validate, plan, run, runs, diff, report, init, schema, cache, models, corpora.
 
 Exit codes: 0 success, 1 a stage failed, 2 the study (or an argument) is invalid.
 """
@@ -104,42 +104,52 @@ def _progress_factory_ctx(enabled: bool) -> Iterator[Any]:
         yield factory
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from neuronspec.plan.runner import run_plan
+def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Sequence[str] = (), only: Sequence[str] = (),
+               quiet: bool = False, git_info: Any = True) -> tuple[Any, ...] | None:
+    """Run a compiled study, collect its results, write the run record and outputs.
+
+    Returns (run result, results, tables, record, folder), or None when a stage failed (already reported).
+    """
+    from neuronspec.data import CorpusError
+    from neuronspec.plan.runner import StageFailed, run_plan
     from neuronspec.report.records import write_run_record
     from neuronspec.report.render import result_tables, write_outputs
     from neuronspec.report.results import collect
 
-    started = time.perf_counter()
-    loaded = _load(args, args.file)
-    plan = _compile(loaded)
-    store = _store(args, loaded.path)
-    for note in plan.notes:
-        err.print(f"[yellow]note:[/yellow] {note}")
-
     def on_stage(stage, event):  # noqa: ANN001, ANN202
         if event == "corrupt":
             err.print(f"[yellow]warning:[/yellow] cached {stage.id} failed its checksum; recomputing")
-        if event == "done" and not args.quiet:
+        if event == "done" and not quiet:
             err.print(f"[green]✓[/green] {stage.id}")
 
-    from neuronspec.data import CorpusError
-    from neuronspec.plan.runner import StageFailed
-
     try:
-        with _progress_factory_ctx(not args.quiet and sys.stderr.isatty()) as factory:
-            result = run_plan(plan, store, loaded.study, force=args.force or [], only=args.only or [],
+        with _progress_factory_ctx(not quiet and sys.stderr.isatty()) as factory:
+            result = run_plan(plan, store, loaded.study, force=list(force), only=list(only),
                               progress_factory=factory, on_stage=on_stage)
     except StageFailed as failed:
         if isinstance(failed.error, CorpusError):  # the study asked for text that is not there: point at it
             raise StudyError([loaded.source.problem(failed.stage.origin, str(failed.error))]) from None
         err.print(f"[red]{failed}[/red]")
         err.print("finished stages are cached; fix the cause and run again to resume")
-        return 1
+        return None
     results = collect(plan, store, loaded.study.report.baseline_language)
     tables = result_tables(results)
-    record, folder = write_run_record(loaded, plan, store, result, results, time.perf_counter() - started)
+    record, folder = write_run_record(loaded, plan, store, result, results, time.perf_counter() - started, git_info=git_info)
     write_outputs(results, tables, folder, loaded.study.report.formats)
+    return result, results, tables, record, folder
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    loaded = _load(args, args.file)
+    plan = _compile(loaded)
+    store = _store(args, loaded.path)
+    for note in plan.notes:
+        err.print(f"[yellow]note:[/yellow] {note}")
+    done = _run_study(loaded, plan, store, started=started, force=args.force or [], only=args.only or [], quiet=args.quiet)
+    if done is None:
+        return 1
+    result, results, tables, record, folder = done
     if args.json:
         print(json.dumps({"run": record["run_id"], "folder": str(folder), "computed": result.computed,
                           "results": results}, indent=1, ensure_ascii=False))
@@ -150,6 +160,149 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"computed {len(result.computed)} of {len(plan.stages)} stages in {time.perf_counter() - started:.1f} s"
                   + (f" (model load {result.model_load_seconds:.1f} s)" if result.model_load_seconds else ""))
     console.print(f"run record: {folder / 'record.json'}", soft_wrap=True)
+    return 0
+
+
+def _print_tables(tables: list[Any]) -> None:
+    """Rich tables; one with more columns than the terminal fits is shown vertically (a block per row)."""
+    for table in tables:
+        wide = len(table.columns) > 2 and table.min_width() > console.width
+        console.print((table.vertical() if wide else table).to_rich())
+
+
+# -- runs -------------------------------------------------------------------------------
+def cmd_runs(args: argparse.Namespace) -> int:
+    from neuronspec.report.records import list_runs
+    from neuronspec.report.tables import Table
+
+    path = Path(args.study) if args.study else None
+    name = _load(args, args.study).study.name if args.study else None
+    store = _store(args, path)
+    runs = list_runs(store.root, name)[: args.limit or None]
+    if args.json:
+        print(json.dumps(runs, indent=1, ensure_ascii=False))
+        return 0
+    if not runs:
+        console.print(f"no runs in {store.root / 'runs'}" + (f" for study {name!r}" if name else ""))
+        return 0
+    t = Table(f"runs in {store.root} (newest first)", ["run", "study", "date", "computed", "cached", "duration", "commit"])
+    for r in runs:
+        commit = (r["commit"] or "")[:10] + ("*" if r.get("dirty") else "") if r.get("commit") else "–"
+        t.add(r["run_id"], r["study"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created") or 0)),
+              r["computed"], r["cached"], f"{r.get('seconds') or 0:.1f} s", commit)
+    t.caption = "commit*: the study file had uncommitted changes"
+    _print_tables([t])
+    return 0
+
+
+# -- diff -------------------------------------------------------------------------------
+def cmd_diff(args: argparse.Namespace) -> int:
+    from neuronspec.paths import study_store
+    from neuronspec.report import diff as D
+
+    if args.rev and len(args.refs) != 1:
+        err.print("[red]--rev REV compares one study file with its version at REV: give exactly one FILE[/red]")
+        return 2
+    if not args.rev and len(args.refs) != 2:
+        err.print("[red]diff needs two sides: A B (study files, REV:path, run ids), or --rev REV FILE[/red]")
+        return 2
+    stores = [study_store(Path(r), args.store) for r in args.refs if Path(r).is_file()] + [study_store(None, args.store)]
+    makers = ([lambda: D.rev_side(args.rev, args.refs[0], args.store)] if args.rev else []) + [
+        (lambda r=r: D.resolve_side(r, stores=stores, store=args.store)) for r in args.refs]
+    sides, problems = [], []
+    for make in makers:  # validate both sides, so every error is reported at once
+        try:
+            sides.append(make())
+        except StudyError as exc:
+            problems += exc.problems
+        except D.DiffError as exc:
+            err.print(f"[red]{exc}[/red]", soft_wrap=True)
+            return 2
+    if problems:
+        raise StudyError(problems)
+    a, b = sides
+    if args.run:
+        for side in (a, b):
+            if side.loaded is not None and side.missing():
+                err.print(f"running {side.label} ({len(side.missing())} stages)")
+                done = _run_study(side.loaded, _compile(side.loaded), side.store, started=time.perf_counter(),
+                                  quiet=args.quiet, git_info=side.git_info if side.kind == "rev" else True)
+                if done is None:
+                    return 1
+                side._results.clear()
+    d = D.diff_sides(a, b, show_all=args.all)
+    if args.json:
+        print(json.dumps(d, indent=1, ensure_ascii=False))
+        return 0
+    tables = D.diff_tables(d, a, b)
+    lines = D.messages(d, a, b)
+    if args.md:
+        print(f"## diff: {a.label} → {b.label}\n")
+        if d["identical"]:
+            print("no differences\n")
+        print("\n".join(t.to_markdown() for t in tables))
+        for line in lines:
+            print(f"> {line}\n")
+        return 0
+    if d["identical"]:
+        console.print(f"no differences between {a.label} and {b.label}")
+    _print_tables(tables)
+    for line in lines:
+        console.print(f"[yellow]note:[/yellow] {line}", soft_wrap=True)
+    return 0
+
+
+# -- report -----------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from neuronspec.paths import study_store
+    from neuronspec.report.html import run_summary, write_html_report
+    from neuronspec.report.records import find_run, read_record, results_from_record
+    from neuronspec.report.render import result_tables
+
+    stores = [study_store(Path(args.study) if args.study else None, args.store)]
+    try:
+        folder = find_run(args.run, stores)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        return 2
+    if folder is None:
+        err.print(f"[red]no run {args.run!r} in {stores[0] / 'runs'} (see `neuronspec runs`)[/red]")
+        return 2
+    record = read_record(folder)
+    saved = folder / "results.json"
+    results = json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else results_from_record(record)
+    tables = result_tables(results)
+    path = write_html_report(folder, record, tables)
+    if not args.quiet:
+        _print_tables([run_summary(record), *(t for t in tables if t.terminal)])
+    console.print(f"wrote {path}")
+    return 0
+
+
+# -- init -------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    import os
+
+    from neuronspec.spec.starter import SCHEMA_MODELINE, starter_study
+
+    out = Path(args.out) if args.out else Path("studies") / f"{args.name}.yaml"
+    if out.exists() and not args.force:
+        err.print(f"[red]{out} exists; pass --force to overwrite it[/red]")
+        return 2
+    schema, local = SCHEMA_MODELINE, Path.cwd() / "schemas" / "study.schema.json"
+    if not (out.parent / SCHEMA_MODELINE).exists() and local.exists():
+        schema = os.path.relpath(local, out.parent.resolve())
+    try:
+        text = starter_study(args.name, file=str(out), schema=schema)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    load_study(out)  # the starter must validate as written
+    console.print(f"wrote {out}; next: neuronspec plan {out}")
+    if not (out.parent / schema).exists():
+        console.print(f"for editor completion, write the schema it points at: neuronspec schema --out {out.parent / schema}")
     return 0
 
 
@@ -269,6 +422,39 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     sp.add_argument("-q", "--quiet", action="store_true")
     sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("runs", help="list past runs, newest first")
+    sp.add_argument("study", nargs="?", help="only this study's runs (and its store)")
+    sp.add_argument("--store")
+    sp.add_argument("-n", "--limit", type=int, help="show at most N runs")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_runs)
+
+    sp = sub.add_parser("diff", help="compare two studies or runs: changed fields, the stages they invalidate, metric and neuron-set deltas")
+    sp.add_argument("refs", nargs="+", metavar="SIDE",
+                    help="A B: each a study file, REV:path (a study at a git revision) or a run id; with --rev, one FILE")
+    sp.add_argument("--rev", metavar="REV", help="compare FILE at git revision REV (A) with the working tree (B)")
+    sp.add_argument("--store", help="artifact store holding the results and runs")
+    output = sp.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the diff as JSON")
+    output.add_argument("--md", action="store_true", help="print the diff as Markdown")
+    sp.add_argument("--all", action="store_true", help="also list metrics and sets that did not change")
+    sp.add_argument("--run", action="store_true", help="first run a study side that has no results yet")
+    sp.add_argument("-q", "--quiet", action="store_true")
+    sp.set_defaults(fn=cmd_diff)
+
+    sp = sub.add_parser("report", help="re-render a past run's tables and write a self-contained report.html")
+    sp.add_argument("run", help="run id (or unique prefix, `latest`, or the run folder)")
+    sp.add_argument("--study", help="study whose store holds the run")
+    sp.add_argument("--store")
+    sp.add_argument("-q", "--quiet", action="store_true", help="only write the HTML")
+    sp.set_defaults(fn=cmd_report)
+
+    sp = sub.add_parser("init", help="write a commented starter study")
+    sp.add_argument("name")
+    sp.add_argument("--out", help="path of the study (default: studies/NAME.yaml)")
+    sp.add_argument("--force", action="store_true", help="overwrite an existing file")
+    sp.set_defaults(fn=cmd_init)
 
     sp = sub.add_parser("schema", help="write the study JSON Schema")
     sp.add_argument("--out", default="schemas/study.schema.json", help="path, or - for stdout")

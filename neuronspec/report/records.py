@@ -1,12 +1,19 @@
 """Run records: what ran, with what, and what came out — one folder per run.
 
-`runs/RUN_ID/record.json` holds the resolved study, every stage key and its status,
-timings, package versions, the model identity, and the git commit / dirty state of the
-study file, so a result can always be traced to exactly what produced it.
+`runs/RUN_ID/record.json` holds the resolved study (and its text), every stage's key,
+spec, origin and status, timings, package and code versions, the model identity, the git
+commit / dirty state of the study file, and the headline metric of every evaluation stage
+with its confidence interval — so a result can always be traced to exactly what produced
+it, and compared (`neuronspec diff`) or re-rendered (`neuronspec report`) after the
+store has been garbage-collected.
+
+`runs/index.jsonl` has one line per run (appended, so concurrent runs do not clobber
+each other) for `neuronspec runs`; records missing from it are found by scanning.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import time
@@ -18,6 +25,9 @@ from typing import Any
 from neuronspec.plan.store import write_json
 
 _PACKAGES = ("neuronspec", "torch", "transformers", "pydantic", "safetensors", "datasets")
+INDEX = "index.jsonl"
+#: Keys of an evaluation result kept in the record (the rest — per-document lists — stays in the store).
+_HEADLINE = ("metric", "value", "ci", "higher_is_better", "docs", "tokens")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -30,44 +40,167 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+def git(cwd: Path, *args: str) -> str | None:
+    """Output of a read-only git command, or None (no git, not a repository, failed)."""
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def git_state(path: Path | None) -> dict[str, Any] | None:
-    """Commit of the repository holding the study, and whether the study file differs from it."""
-    if path is None:
+    """Commit of the repository holding the study, the study's path in it, and whether the file differs from it."""
+    if path is None or not path.exists():
         return None
     cwd = path.resolve().parent
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
+    commit = git(cwd, "rev-parse", "HEAD")
     if commit is None:
         return None
-    dirty = git("status", "--porcelain", "--", path.resolve().name)
-    return {"commit": commit, "study_dirty": bool(dirty)}
+    dirty = git(cwd, "status", "--porcelain", "--", path.resolve().name)
+    top = git(cwd, "rev-parse", "--show-toplevel")
+    rel = str(path.resolve().relative_to(Path(top).resolve())) if top else None
+    return {"commit": commit, "study_dirty": bool(dirty), "path": rel}
 
 
-def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: dict[str, Any], seconds: float) -> tuple[dict[str, Any], Path]:
+def eval_metrics(plan: Any, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Headline metric (value, CI, …) of every evaluation stage that has a result, by stage id."""
+    cells = {(name, c["arm"], c["mask_lang"], c["lang"]): c for name, ev in results["evaluations"].items() for c in ev["cells"]}
+    out: dict[str, dict[str, Any]] = {}
+    for sid, stage in plan.stages.items():
+        if stage.kind != "eval":
+            continue
+        s, name = stage.spec, sid.split("/")[1]
+        cell = cells.get((name, s["arm"], s["mask_lang"], s["lang"]))
+        if cell is not None:
+            out[sid] = {"evaluation": name, "kind": s["metric"], "arm": s["arm"], "mask_lang": s["mask_lang"],
+                        "lang": s["lang"], **{k: cell.get(k) for k in _HEADLINE}}
+    return out
+
+
+def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: dict[str, Any], seconds: float,
+                     git_info: dict[str, Any] | None | bool = True) -> tuple[dict[str, Any], Path]:
+    """Write `runs/RUN_ID/record.json` and append the run to the index.
+
+    `git_info=True` asks git about the study file; a study read from a revision passes its own.
+    """
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{plan.study_name}-{uuid.uuid4().hex[:6]}"
     folder = store.root / "runs" / run_id
     folder.mkdir(parents=True, exist_ok=True)
+    computed = set(result.computed)
     record = {
         "run_id": run_id,
         "study": loaded.study.model_dump(mode="json"),
+        "study_text": loaded.text,
         "study_file": str(loaded.path) if loaded.path else None,
         "overrides": list(loaded.source.overrides.values()),
         "model": plan.model_identity,
-        "stages": {sid: {"key": s.key, "kind": s.kind, "computed": sid in result.computed,
-                         "seconds": result.timings.get(sid)} for sid, s in plan.stages.items()},
+        "dims": plan.dims,
+        "code_versions": plan.code_versions,
+        "stage_order": list(plan.stages),  # JSON files sort keys; this keeps the plan's (topological) order
+        "stages": {sid: {"key": s.key, "kind": s.kind, "computed": sid in computed, "seconds": result.timings.get(sid),
+                         "spec": s.spec, "deps": list(s.deps), "origin": list(s.origin), "model_bound": s.model_bound}
+                   for sid, s in plan.stages.items()},
         "seconds": seconds,
         "model_load_seconds": result.model_load_seconds,
         "versions": package_versions(),
-        "git": git_state(loaded.path),
+        "git": git_state(loaded.path) if git_info is True else (git_info or None),
+        "baseline_language": results.get("baseline_language"),
         "metrics": {name: {k: ev[k] for k in ("metric", "base", "arms")} for name, ev in results["evaluations"].items()},
+        "stage_metrics": eval_metrics(plan, results),
+        "sets": results.get("sets"),
+        "masks": results.get("masks"),
         "created": time.time(),
     }
     write_json(folder / "record.json", record)
+    _append_index(store.root / "runs", record)
     return record, folder
+
+
+# -- listing ------------------------------------------------------------------------------
+def index_entry(record: dict[str, Any]) -> dict[str, Any]:
+    stages = record.get("stages", {})
+    computed = sum(1 for s in stages.values() if s.get("computed"))
+    g = record.get("git") or {}
+    return {"run_id": record["run_id"], "study": record.get("study", {}).get("name"), "study_file": record.get("study_file"),
+            "created": record.get("created"), "seconds": record.get("seconds"), "computed": computed,
+            "cached": len(stages) - computed, "model": (record.get("model") or {}).get("id"),
+            "commit": g.get("commit"), "dirty": g.get("study_dirty")}
+
+
+def _append_index(runs: Path, record: dict[str, Any]) -> None:
+    line = json.dumps(index_entry(record), ensure_ascii=False, sort_keys=True) + "\n"
+    with open(runs / INDEX, "a", encoding="utf-8") as f:  # one write of one line: appends do not interleave
+        f.write(line)
+
+
+def list_runs(store_root: Path, study: str | None = None) -> list[dict[str, Any]]:
+    """Index entries of the runs in a store, newest first (records missing from the index included)."""
+    runs = Path(store_root) / "runs"
+    entries: dict[str, dict[str, Any]] = {}
+    try:
+        lines = (runs / INDEX).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            e = json.loads(line)
+        except ValueError:  # a torn last line after a crash
+            continue
+        if (runs / e.get("run_id", "") / "record.json").exists():
+            entries[e["run_id"]] = e
+    if runs.is_dir():
+        for folder in runs.iterdir():
+            if folder.name not in entries and (folder / "record.json").exists():
+                try:
+                    entries[folder.name] = index_entry(read_record(folder))
+                except (OSError, ValueError, KeyError):
+                    continue
+    out = [e for e in entries.values() if study is None or e.get("study") == study]
+    return sorted(out, key=lambda e: (e.get("created") or 0, e["run_id"]), reverse=True)
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "record.json").read_text(encoding="utf-8"))
+
+
+def find_run(ref: str, stores: list[Path]) -> Path | None:
+    """The folder of run `ref`: a run folder or record.json path, a run id, a unique prefix, or `latest`."""
+    path = Path(ref)
+    if path.name == "record.json" and path.is_file():
+        return path.parent
+    if (path / "record.json").is_file():
+        return path
+    for root in dict.fromkeys(Path(s).resolve() for s in stores):
+        runs = root / "runs"
+        if ref == "latest":
+            listed = list_runs(root)
+            if listed:
+                return runs / listed[0]["run_id"]
+            continue
+        if (runs / ref / "record.json").is_file():
+            return runs / ref
+        if runs.is_dir() and "/" not in ref:
+            hits = [f for f in runs.iterdir() if f.name.startswith(ref) and (f / "record.json").is_file()]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                raise ValueError(f"run id prefix {ref!r} is ambiguous: " + ", ".join(sorted(h.name for h in hits)))
+    return None
+
+
+def results_from_record(record: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild a run's results (what `collect` gives) from its record alone, for runs whose store entries are gone."""
+    from neuronspec.report.results import derive
+
+    baseline = record.get("baseline_language") or record.get("study", {}).get("report", {}).get("baseline_language", "en")
+    out: dict[str, Any] = {"study": record.get("study", {}).get("name"), "baseline_language": baseline,
+                           "model": record.get("model"), "dims": record.get("dims") or {}, "evaluations": {},
+                           "sets": record.get("sets"), "masks": record.get("masks") or {}, "detection": {}}
+    metrics = record.get("stage_metrics") or {}
+    order = [sid for sid in record.get("stage_order", []) if sid in metrics]
+    for m in (metrics[sid] for sid in order + sorted(set(metrics) - set(order))):
+        out["evaluations"].setdefault(m["evaluation"], {"metric": m["kind"], "cells": []})["cells"].append(m)
+    for ev in out["evaluations"].values():
+        ev.update(derive(ev["metric"], ev["cells"], baseline))
+    return out

@@ -22,13 +22,33 @@ class Table:
         self.rows.append([str(c) for c in cells])
 
     def to_rich(self):  # noqa: ANN201 - rich is imported lazily
+        from rich.markup import escape
         from rich.table import Table as RichTable
 
-        t = RichTable(title=self.title, caption=self.caption or None, title_justify="left")
+        # Cells are plain text: escape them, or rich would swallow `[name]` as markup.
+        t = RichTable(title=escape(self.title), caption=escape(self.caption) or None, title_justify="left")
         for i, col in enumerate(self.columns):
-            t.add_column(col, justify="left" if i == 0 else "right", no_wrap=i == 0)
+            t.add_column(escape(col), justify="left" if i == 0 else "right", no_wrap=i == 0)
         for r, row in enumerate(self.rows):
-            t.add_row(*[f"[bold]{c}[/bold]" if (r, i) in self.bold else c for i, c in enumerate(row)])
+            t.add_row(*[f"[bold]{escape(c)}[/bold]" if (r, i) in self.bold else escape(c) for i, c in enumerate(row)])
+        return t
+
+    def min_width(self, wrap: int = 20) -> int:
+        """Characters the table needs without squeezing a column below its content (or `wrap`,
+        beyond which long text may wrap), plus rich's borders and padding."""
+        cols = [max([len(c)] + [len(r[i]) for r in self.rows if i < len(r)]) for i, c in enumerate(self.columns)]
+        return sum(min(c, wrap) for c in cols) + 3 * len(cols) + 1
+
+    def vertical(self) -> "Table":
+        """The same cells as one `column | value` block per row, for tables too wide to read side by side."""
+        t = Table(self.title, [self.columns[0] if self.columns else "", "value"], caption=self.caption)
+        for r, row in enumerate(self.rows):
+            t.add(row[0], "")
+            t.bold.add((len(t.rows) - 1, 0))
+            for i in range(1, len(row)):
+                t.add(f"  {self.columns[i]}", row[i])
+                if (r, i) in self.bold:
+                    t.bold.add((len(t.rows) - 1, 1))
         return t
 
     def to_markdown(self) -> str:

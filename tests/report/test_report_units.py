@@ -1,0 +1,114 @@
+"""Pieces of diff / init / tables that need no model: semantic spec diff, starter study, layouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from neuronspec.cli import main
+from neuronspec.report.diff import Named, apply_change, compress, spec_changes
+from neuronspec.report.tables import Table
+from neuronspec.spec import load_study
+from neuronspec.spec.starter import starter_study
+
+A = {
+    "name": "s", "languages": ["en", "fr"], "corpora": {"ppl": {"source": "x", "max_tokens": 32}},
+    "detect": {"plnd": None},
+    "arms": [{"name": "one", "deactivate": {"neurons": "n", "seed": None}},
+             {"name": "two", "deactivate": {"random_like": "one", "seed": None}}],
+}
+
+
+def b_side() -> dict:
+    import copy
+
+    b = copy.deepcopy(A)
+    b["languages"] = ["en", "fr", "de"]
+    b["corpora"]["ppl"]["max_tokens"] = 64
+    b["corpora"]["det"] = {"source": "y"}
+    b["detect"]["plnd"] = {"epsilon": 0.1}
+    b["arms"] = [{"name": "zero", "deactivate": {"neurons": "n", "seed": None}}, A["arms"][1], A["arms"][0]]
+    b["arms"][1] = {"name": "two", "deactivate": {"random_like": "one", "seed": 3}}
+    del b["arms"][2]  # arm "one" removed; "zero" inserted at the front
+    return b
+
+
+def test_spec_changes_match_arms_by_name_and_report_fields() -> None:
+    changes = {c.dotted: c for c in spec_changes(A, b_side())}
+    assert set(changes) == {"languages", "corpora.ppl.max_tokens", "corpora.det", "detect.plnd",
+                            "arms[one]", "arms[two].deactivate.seed", "arms[zero]"}
+    assert (changes["languages"].old, changes["languages"].new) == (["en", "fr"], ["en", "fr", "de"])
+    assert changes["corpora.det"].op == "added" and changes["detect.plnd"].op == "added"
+    assert changes["arms[one]"].op == "removed" and changes["arms[zero]"].op == "added"
+    assert changes["arms[two].deactivate.seed"].path[1] == Named("two")
+    assert spec_changes(A, A) == []
+
+
+def test_applying_every_change_turns_a_into_b_and_back() -> None:
+    b = b_side()
+    changes = spec_changes(A, b)
+    forward = A
+    for c in changes:
+        forward = apply_change(forward, c)
+    assert spec_changes(forward, b) == [] or {c.op for c in spec_changes(forward, b)} == {"reordered"}
+    back = b
+    for c in changes:
+        back = apply_change(back, c, reverse=True)
+    assert spec_changes(back, A) == [] or {c.op for c in spec_changes(back, A)} == {"reordered"}
+
+
+def test_reordering_arms_is_one_change() -> None:
+    b = dict(A, arms=list(reversed(A["arms"])))
+    (change,) = spec_changes(A, b)
+    assert change.op == "reordered" and change.dotted == "arms" and change.new == ["two", "one"]
+    assert apply_change(A, change)["arms"] == b["arms"]
+
+
+def test_compress_names_whole_sibling_groups_only() -> None:
+    universe = ["sets", "mask/a", "eval/p/a/en", "eval/p/a/fr", "eval/p/a/de", "eval/p/b/en"]
+    assert compress(["sets", "eval/p/a/en", "eval/p/a/fr", "eval/p/a/de"], universe) == "sets, eval/p/a/* (3)"
+    assert compress(["eval/p/a/en", "eval/p/a/fr"], universe) == "eval/p/a/en, eval/p/a/fr"
+    universe.append("eval/p/a/it")
+    assert compress(["eval/p/a/en", "eval/p/a/fr", "eval/p/a/de"], universe) == "eval/p/a/{en,fr,de}"
+
+
+def test_vertical_layout_keeps_every_cell() -> None:
+    t = Table("t", ["arm", "en", "fr"])
+    t.add("x[1]", "1.0", "2.0")
+    t.bold.add((0, 2))
+    v = t.vertical()
+    assert v.rows == [["x[1]", ""], ["  en", "1.0"], ["  fr", "2.0"]] and (2, 1) in v.bold
+    from rich.console import Console
+
+    console = Console(width=60, record=True)
+    console.print(t.to_rich())
+    assert "x[1]" in console.export_text()  # cells are not read as rich markup
+
+
+def test_init_writes_a_commented_starter_that_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "mine"]) == 0
+    path = tmp_path / "studies" / "mine.yaml"
+    text = path.read_text()
+    assert text.splitlines()[0] == "# yaml-language-server: $schema=../schemas/study.schema.json"
+    loaded = load_study(path)
+    assert loaded.study.name == "mine" and loaded.study.arms and loaded.study.detect.plnd is not None
+    assert sum(line.lstrip().startswith("#") for line in text.splitlines()) > 10  # commented
+    assert main(["init", "mine"]) == 2  # never overwrites silently
+    assert main(["init", "mine", "--force", "--out", str(tmp_path / "elsewhere" / "x.yaml")]) == 0
+    assert load_study(tmp_path / "elsewhere" / "x.yaml").study.name == "mine"
+    assert main(["init", "bad name"]) == 2
+    with pytest.raises(ValueError):
+        starter_study("-x")
+
+
+def test_starter_partitions_fit_the_embedded_model() -> None:
+    """The starter's partitions end at Gemma 3 270M's 18 layers (checked at plan time, so check here)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "s.yaml"
+        path.write_text(starter_study("s"))
+        study = load_study(path).study
+    assert max(end for _, end in study.partitions.values()) == 18
