@@ -395,6 +395,37 @@ def cmd_corpora(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- export -------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write an enhanced arm as a full Hugging Face model folder, for use by other tools."""
+    from neuronspec.enhance import Delta, export_model
+    from neuronspec.models.loading import load_model
+
+    loaded = _load(args, args.file)
+    arm = loaded.study.arm(args.arm)
+    if arm is None or arm.enhance is None:
+        enhance_arms = [a.name for a in loaded.study.arms if a.enhance is not None]
+        err.print(f"[red]{args.file}: no enhance arm named {args.arm!r} (enhance arms: {', '.join(enhance_arms) or 'none'})[/red]")
+        return 2
+    plan = _compile(loaded)
+    variants = [sid.rsplit("/", 1)[1] for sid in plan.stages if sid.startswith(f"enhance/{args.arm}/")]
+    lang = args.lang or (variants[0] if len(variants) == 1 else None)
+    if lang not in variants:
+        err.print(f"[red]arm {args.arm!r} has one fine-tune per language: pick one with --lang ({', '.join(variants)})[/red]")
+        return 2
+    store = _store(args, loaded.path)
+    stage = plan.stages[f"enhance/{args.arm}/{lang}"]
+    if store.status(stage.key) != "cached":
+        err.print(f"[red]{stage.id} has not run yet: neuronspec run {args.file} --only {stage.id}[/red]")
+        return 1
+    delta = Delta.load(store.get(stage.key).file("delta.safetensors"))
+    m = loaded.study.model
+    lm = load_model(m.id, revision=m.revision, dtype=m.dtype, device=m.device, gguf_file=m.gguf_file)
+    out = export_model(lm.model, lm.tokenizer, delta, args.out, overwrite=args.force)
+    console.print(f"wrote {out} ({args.arm}, {lang}: {len(delta)} changed tensors on top of {m.id})", soft_wrap=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neuronspec", description="Declarative, cached studies of language-specific neurons.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -449,6 +480,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--store")
     sp.add_argument("-q", "--quiet", action="store_true", help="only write the HTML")
     sp.set_defaults(fn=cmd_report)
+
+    sp = sub.add_parser("export", help="write an enhanced arm as a full Hugging Face model folder")
+    sp.add_argument("file")
+    sp.add_argument("arm")
+    sp.add_argument("--lang", help="which language's fine-tune (arms train one per language)")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--force", action="store_true", help="replace an existing folder")
+    study_args(sp)
+    sp.set_defaults(fn=cmd_export)
 
     sp = sub.add_parser("init", help="write a commented starter study")
     sp.add_argument("name")

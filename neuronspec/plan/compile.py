@@ -5,8 +5,9 @@
     select/plnd                      thresholds ε → relevant sets per language  (cheap)
     sets                             named sets by set algebra                  (cheap)
     mask/ARM                         an arm's neurons per language              (cheap)
+    enhance/ARM/LANG                 fine-tune only ARM's neurons on LANG text → a delta  (model)
     eval/EVAL/base/LANG              the untouched model
-    eval/EVAL/ARM/MASKLANG@LANG      the model with ARM's MASKLANG set deactivated, on LANG
+    eval/EVAL/ARM/MASKLANG@LANG      the model with ARM's MASKLANG set deactivated (or its delta applied), on LANG
 
 Statistics are separate from selection so that changing ε, the set algebra, a partition
 or an arm re-runs no forward pass.
@@ -25,7 +26,7 @@ from neuronspec.spec.models import Quantile, Study, expand_sites
 from neuronspec.spec.references import detectors, set_order
 
 #: Bump a kind's version when its implementation changes what it computes.
-CODE_VERSIONS = {"corpus": 1, "stats.plnd": 1, "select.plnd": 1, "sets": 1, "mask": 1, "eval": 1}
+CODE_VERSIONS = {"corpus": 1, "stats.plnd": 1, "select.plnd": 1, "sets": 1, "mask": 1, "enhance": 1, "eval": 1}
 
 
 def compile_study(loaded: LoadedStudy) -> Plan:
@@ -52,6 +53,8 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         }, deps=tuple(detector_stages), origin=("neurons",)))
     for i, arm in enumerate(study.arms):
         _add_mask(plan, study, i)
+        if arm.enhance is not None:
+            _add_enhance(plan, study, i)
     for name, ev in study.evaluate.items():
         _add_evals(plan, study, name)
     return plan
@@ -104,7 +107,7 @@ def _add_plnd(plan: Plan, study: Study) -> None:
 
 def _add_mask(plan: Plan, study: Study, index: int) -> None:
     arm = study.arms[index]
-    d = arm.deactivate
+    d = arm.selection
     if d.random_like is not None:
         spec = {"random_like": d.random_like, "seed": study.seed if d.seed is None else d.seed, "dims": plan.dims}
         deps: tuple[str, ...] = (f"mask/{d.random_like}", "sets")
@@ -115,13 +118,38 @@ def _add_mask(plan: Plan, study: Study, index: int) -> None:
     plan.add(Stage(f"mask/{arm.name}", "mask", spec, deps=deps, origin=("arms", index)))
 
 
+def _add_enhance(plan: Plan, study: Study, index: int) -> None:
+    """One neuron-restricted fine-tune per enhanced language; its result is a delta of the trained rows."""
+    arm = study.arms[index]
+    e = arm.enhance
+    assert e is not None
+    corpus = study.corpora[e.corpus]
+    family = arm_is_family(study, arm.name)
+    seed = study.seed if e.seed is None else e.seed
+    for lang in arm_languages(study, arm.name):
+        spec = {"lang": lang, "mask_lang": lang if family else None, "corpus": e.corpus, "docs": e.docs,
+                "max_tokens": corpus.max_tokens, "settings": e.settings(seed)}
+        plan.add(Stage(f"enhance/{arm.name}/{lang}", "enhance", spec, deps=(f"corpus/{e.corpus}", f"mask/{arm.name}"),
+                       model_bound=True, origin=("arms", index, "enhance")))
+
+
+def arm_languages(study: Study, arm_name: str) -> list[str]:
+    """The languages an arm has a variant for: one neuron set (and, for enhance, one fine-tune) each."""
+    arm = study.arm(arm_name)
+    assert arm is not None
+    if arm.enhance is not None:
+        target = study.arm(arm.enhance.random_like) if arm.enhance.random_like else arm
+        return list((target.enhance.languages if target and target.enhance else None) or study.languages)
+    return list(study.languages) if arm_is_family(study, arm_name) else []
+
+
 def arm_is_family(study: Study, arm_name: str) -> bool:
     arm = study.arm(arm_name)
     assert arm is not None
-    if arm.deactivate.random_like is not None:
-        return arm_is_family(study, arm.deactivate.random_like)
+    if arm.selection.random_like is not None:
+        return arm_is_family(study, arm.selection.random_like)
     _, families = set_order(study)
-    return arm.deactivate.neurons in families
+    return arm.selection.neurons in families
 
 
 def _add_evals(plan: Plan, study: Study, name: str) -> None:
@@ -133,22 +161,18 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
     cdep = f"corpus/{ev.corpus}"
     origin = ("evaluate", name)
     for lang in langs:
-        plan.add(Stage(f"eval/{name}/base/{lang}", "eval", {**base, "lang": lang, "arm": None, "mask_lang": None},
+        plan.add(Stage(f"eval/{name}/base/{lang}", "eval", {**base, "lang": lang, "arm": None, "arm_kind": None, "mask_lang": None},
                        deps=(cdep,), model_bound=True, origin=origin))
     for arm in study.arms:
         if ev.arms is not None and arm.name not in ev.arms:
             continue
-        mdep = f"mask/{arm.name}"
-        if arm_is_family(study, arm.name):
-            for mlang in study.languages:
-                for lang in langs:
-                    if ev.on == "self" and lang != mlang:
-                        continue
-                    plan.add(Stage(f"eval/{name}/{arm.name}/{mlang}@{lang}", "eval",
-                                   {**base, "lang": lang, "arm": arm.name, "mask_lang": mlang},
-                                   deps=(cdep, mdep), model_bound=True, origin=origin))
-        else:
+        arm_spec = {"arm": arm.name, "arm_kind": arm.kind}
+        variants = arm_languages(study, arm.name)
+        for mlang in variants or [None]:
+            dep = f"enhance/{arm.name}/{mlang}" if arm.enhance is not None else f"mask/{arm.name}"
             for lang in langs:
-                plan.add(Stage(f"eval/{name}/{arm.name}/{lang}", "eval",
-                               {**base, "lang": lang, "arm": arm.name, "mask_lang": None},
-                               deps=(cdep, mdep), model_bound=True, origin=origin))
+                if variants and ev.on == "self" and lang != mlang:
+                    continue
+                sid = f"eval/{name}/{arm.name}/" + (f"{mlang}@{lang}" if mlang else lang)
+                plan.add(Stage(sid, "eval", {**base, **arm_spec, "lang": lang, "mask_lang": mlang},
+                               deps=(cdep, dep), model_bound=True, origin=origin))

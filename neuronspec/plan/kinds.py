@@ -9,6 +9,7 @@ safetensors files.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -178,6 +179,30 @@ def _save_mask(out: Path, summary: dict[str, Any], ns: Any, lang: str | None) ->
     summary[lang or "*"] = {"total": ns.count(), "per_layer": ns.per_layer_counts()}
 
 
+# -- enhancement --------------------------------------------------------------------------
+def enhance(ctx: Any, stage: Stage, out: Path) -> None:
+    from neuronspec.enhance import EnhanceSettings, plot_losses, train_neurons
+
+    s = stage.spec
+    docs = read_docs(ctx.input(stage, f"corpus/{s['corpus']}"), s["lang"])
+    if s["docs"] is not None:
+        if len(docs) < s["docs"]:
+            raise ValueError(f"{stage.id}: corpus {s['corpus']!r} has {len(docs)} documents for {s['lang']!r}, {s['docs']} requested")
+        docs = docs[: s["docs"]]
+    arm = stage.id.split("/")[1]
+    neurons = load_set(ctx.input(stage, f"mask/{arm}"), "mask", s["mask_lang"])
+    lm = ctx.model()
+    settings = EnhanceSettings(**s["settings"])
+    total = settings.epochs * -(-len(docs) // settings.effective_batch)
+    with ctx.progress(f"enhance {arm} on {s['lang']}", total=total) as advance:
+        result = train_neurons(lm.model, lm.tokenizer, [d["text"] for d in docs], neurons, settings,
+                               on_step=lambda info: advance(1))
+    result.delta.save(out / "delta.safetensors")
+    summary = result.summary() | {"lang": s["lang"], "docs": len(docs), "neurons": neurons.count()}
+    _write_json(out / "result.json", summary)
+    plot_losses(result.losses, out / "loss.png", title=f"{arm} / {s['lang']}: training loss")
+
+
 # -- evaluation ---------------------------------------------------------------------------
 def evaluate(ctx: Any, stage: Stage, out: Path) -> None:
     from neuronspec.data import Document
@@ -187,16 +212,21 @@ def evaluate(ctx: Any, stage: Stage, out: Path) -> None:
     s = stage.spec
     corpus_dep = next(d for d in stage.deps if d.startswith("corpus/"))
     docs = [Document(d["id"], d["lang"], d["text"], d["meta"]) for d in read_docs(ctx.input(stage, corpus_dep), s["lang"])]
-    neurons = NeuronSet.empty()
-    if s["arm"] is not None:
-        neurons = load_set(ctx.input(stage, f"mask/{s['arm']}"), "mask", s["mask_lang"])
+    neurons, modified = NeuronSet.empty(), nullcontext()
     lm = ctx.model()
+    if s["arm_kind"] == "deactivate":
+        neurons = load_set(ctx.input(stage, f"mask/{s['arm']}"), "mask", s["mask_lang"])
+    elif s["arm_kind"] == "enhance":
+        from neuronspec.enhance import Delta, apply_delta
+
+        delta = Delta.load(ctx.input(stage, f"enhance/{s['arm']}/{s['mask_lang']}").file("delta.safetensors"))
+        modified = apply_delta(lm.model, delta)
     allowed = evaluator_options(s["metric"])
     options = {k: v for k, v in s["options"].items() if k in allowed}
     if "languages" in allowed:  # generation's language identification: the study's languages are the candidates
         options["languages"] = s["languages"]
     label = f"{s['metric']} {s['arm'] or 'base'}" + (f" {s['mask_lang']}" if s["mask_lang"] else "") + f" on {s['lang']}"
-    with ctx.progress(label, total=None), deactivate(lm.model, neurons):
+    with ctx.progress(label, total=None), deactivate(lm.model, neurons), modified:
         result = run_evaluator(s["metric"], lm.model, lm.tokenizer, docs, options, s["lang"], s["seed"])
     result["deactivated"] = neurons.count()
     _write_json(out / "result.json", result)
@@ -208,5 +238,6 @@ KINDS: dict[str, Kind] = {
     "select.plnd": Kind(select_plnd, "threshold ε → language-relevant neurons"),
     "sets": Kind(sets, "named neuron sets (set algebra)"),
     "mask": Kind(mask, "an arm's neurons per language"),
+    "enhance": Kind(enhance, "fine-tune only an arm's neurons → a delta", loads_model=True),
     "eval": Kind(evaluate, "evaluate the model (arm deactivated)", loads_model=True),
 }

@@ -35,6 +35,21 @@ def write_plots(results: dict[str, Any], folder: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    by_arm: dict[str, dict[str, list[float]]] = {}
+    for name, e in (results.get("enhance") or {}).items():
+        arm, lang = name.rsplit("/", 1)
+        by_arm.setdefault(arm, {})[lang] = e.get("losses") or []
+    for arm, curves in by_arm.items():
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for lang, losses in curves.items():
+            ax.plot(range(1, len(losses) + 1), losses, marker="o", ms=3, label=lang)
+        ax.set(xlabel="optimiser step", ylabel="training loss (NLL/token)", title=f"enhance {arm}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = folder / f"loss-{arm}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
     for ev_name, ev in results["evaluations"].items():
         for arm, m in ev["matrices"].items():
             import numpy as np

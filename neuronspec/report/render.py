@@ -66,6 +66,16 @@ def result_tables(results: dict[str, Any]) -> list[Table]:
             for lang, c in info["counts"].items():
                 t.add(arm, lang, c["total"], *[sum(c["per_layer"].get(s, {}).values()) for s in SITE_ORDER])
         tables.append(t)
+    if results.get("enhance"):
+        t = Table("enhance arms: neuron-restricted fine-tuning", ["arm / language", "neurons", "docs", "steps",
+                  "tokens", "loss first → last", "optimiser state", "full Adam would hold"])
+        for name, e in results["enhance"].items():
+            losses = e.get("losses") or []
+            t.add(name, e["neurons"], e["docs"], e["steps"], e["tokens"],
+                  f"{losses[0]:.3f} → {losses[-1]:.3f}" if losses else "–",
+                  f"{e['optimizer_state_bytes'] / 1e6:.2f} MB", f"{e['full_adam_state_bytes'] / 1e6:.0f} MB")
+        t.caption = "optimiser state is kept only for the trained rows/columns; parameters outside the set are never written"
+        tables.append(t)
     return tables
 
 

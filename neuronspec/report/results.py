@@ -46,6 +46,8 @@ def collect(plan: Plan, store: Store, baseline: str = "en") -> dict[str, Any]:
             out["masks"][sid.split("/", 1)[1]] = result
         elif stage.kind.startswith("select."):
             out["detection"][stage.kind.split(".", 1)[1]] = result
+        elif stage.kind == "enhance":
+            out.setdefault("enhance", {})[sid.split("/", 1)[1]] = result
         elif stage.kind.startswith("stats."):
             out["detection"].setdefault("stats", {})[sid] = result
     for name, ev in out["evaluations"].items():

@@ -115,8 +115,8 @@ class DetectSpec(Strict):
     plnd: PLNDSpec | None = None
 
 
-class DeactivateSpec(Strict):
-    """Switch neurons off (activations zeroed by hooks) while evaluating."""
+class NeuronSelection(Strict):
+    """Which neurons an arm touches: a named set (optionally restricted), or a random match of another arm."""
 
     neurons: str | None = Field(None, description="A named neuron set (see `neurons`) or a detector name.")
     layers: str | list[str] | None = Field(None, description="Partition name(s) to restrict to (default: all layers).")
@@ -124,7 +124,7 @@ class DeactivateSpec(Strict):
         None, description="Restrict to these sites: ffn, attn (all attention sites) or single sites."
     )
     random_like: str | None = Field(
-        None, description="Name of another deactivate arm: use as many random neurons per site and layer as it does."
+        None, description="Name of another arm of the same kind: use as many random neurons per site and layer as it does."
     )
     seed: int | None = Field(None, description="Seed for random_like (default: the study seed).")
 
@@ -134,10 +134,53 @@ class DeactivateSpec(Strict):
         return [self.layers] if isinstance(self.layers, str) else list(self.layers)
 
 
+class DeactivateSpec(NeuronSelection):
+    """Switch neurons off (activations zeroed by hooks) while evaluating."""
+
+
+class EnhanceSpec(NeuronSelection):
+    """Fine-tune only the selected neurons on documents of each language (MWork's enhancement).
+
+    Defaults are the paper's: lr 2e-6, 1 epoch, effective batch 32, sequence length 512,
+    gradient-norm clipping 0.3 (on the selected neurons' gradient), cosine schedule with 5% warm-up.
+    """
+
+    corpus: str = Field(description="Training corpus (name in `corpora`); keep it disjoint from evaluation corpora (split: detect).")
+    docs: int | None = Field(None, gt=0, description="Training documents per language (the paper sweeps 100 / 200 / 400 / 800).")
+    languages: list[LanguageCode] | None = Field(None, description="Languages to enhance, each with its own neurons and documents (default: all).")
+    lr: float = Field(2e-6, gt=0)
+    epochs: int = Field(1, gt=0)
+    effective_batch: int = Field(32, gt=0)
+    micro_batch: int = Field(4, gt=0)
+    seq_len: int = Field(512, gt=1)
+    max_grad_norm: float | None = Field(0.3, gt=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+
+    def settings(self, seed: int) -> dict[str, Any]:
+        keys = ("lr", "epochs", "effective_batch", "micro_batch", "seq_len", "max_grad_norm", "warmup_ratio", "schedule")
+        return {k: getattr(self, k) for k in keys} | {"seed": seed}
+
+
 class ArmSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    deactivate: DeactivateSpec
+    deactivate: DeactivateSpec | None = None
+    enhance: EnhanceSpec | None = None
     description: str = ""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ArmSpec":
+        if (self.deactivate is None) == (self.enhance is None):
+            raise ValueError("an arm either deactivates or enhances: give exactly one of `deactivate`, `enhance`")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "deactivate" if self.deactivate is not None else "enhance"
+
+    @property
+    def selection(self) -> NeuronSelection:
+        return self.deactivate if self.deactivate is not None else self.enhance  # type: ignore[return-value]
 
 
 #: Evaluator-specific options a study may set (checked against the evaluators in tests).

@@ -118,24 +118,33 @@ def _arms(study: Study) -> Iterator[Issue]:
     known_sets = set(detectors(study)) | set(study.neurons)
     for i, arm in enumerate(study.arms):
         loc = ("arms", i)
+        kind = arm.kind
+        sel = arm.selection
         if names.count(arm.name) > 1:
             yield loc + ("name",), f"arm name {arm.name!r} is used more than once"
-        d = arm.deactivate
-        if (d.neurons is None) == (d.random_like is None):
-            yield loc + ("deactivate",), "give exactly one of `neurons` (a set) or `random_like` (another arm)"
-        if d.neurons is not None and d.neurons not in known_sets:
-            yield loc + ("deactivate", "neurons"), _missing("neuron set", d.neurons, known_sets)
-        for part in d.partition_names():
+        if (sel.neurons is None) == (sel.random_like is None):
+            yield loc + (kind,), "give exactly one of `neurons` (a set) or `random_like` (another arm)"
+        if sel.neurons is not None and sel.neurons not in known_sets:
+            yield loc + (kind, "neurons"), _missing("neuron set", sel.neurons, known_sets)
+        for part in sel.partition_names():
             if part not in study.partitions:
-                yield loc + ("deactivate", "layers"), _missing("partition", part, study.partitions)
-        if d.random_like is not None:
-            target = study.arm(d.random_like)
+                yield loc + (kind, "layers"), _missing("partition", part, study.partitions)
+        if sel.random_like is not None:
+            target = study.arm(sel.random_like)
             if target is None:
-                yield loc + ("deactivate", "random_like"), _missing("arm", d.random_like, names)
-            elif target.deactivate.random_like is not None:
-                yield loc + ("deactivate", "random_like"), f"arm {d.random_like!r} is itself random; match a neuron-set arm"
-            if d.layers is not None or d.sites is not None:
-                yield loc + ("deactivate",), "random_like copies the matched arm's layers and sites; drop `layers`/`sites`"
+                yield loc + (kind, "random_like"), _missing("arm", sel.random_like, names)
+            elif target.kind != kind:
+                yield loc + (kind, "random_like"), f"arm {sel.random_like!r} is a {target.kind} arm; match an arm of the same kind"
+            elif target.selection.random_like is not None:
+                yield loc + (kind, "random_like"), f"arm {sel.random_like!r} is itself random; match a neuron-set arm"
+            if sel.layers is not None or sel.sites is not None:
+                yield loc + (kind,), "random_like copies the matched arm's layers and sites; drop `layers`/`sites`"
+        if arm.enhance is not None:
+            if arm.enhance.corpus not in study.corpora:
+                yield loc + ("enhance", "corpus"), _missing("corpus", arm.enhance.corpus, study.corpora)
+            for j, code in enumerate(arm.enhance.languages or []):
+                if code not in study.languages:
+                    yield loc + ("enhance", "languages", j), f"{code!r} is not one of the study's languages {study.languages}"
 
 
 def _report(study: Study) -> Iterator[Issue]:

@@ -60,3 +60,31 @@ def study_file(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyP
     path = tmp_path / "tiny.yaml"
     path.write_text(STUDY.format(model=tiny_model_dir, corpus=corpus))
     return path
+
+
+ENHANCE_STUDY = """\
+name: tiny-enhance
+model: {{id: {model}}}
+languages: [en, fr, de]
+corpora:
+  detect: {{source: {corpus}, split: detect, docs_per_language: 6, max_tokens: 32, eval_fraction: 0.4}}
+  ppl: {{source: {corpus}, split: eval, docs_per_language: 3, max_tokens: 32, eval_fraction: 0.4}}
+detect:
+  plnd: {{sites: [ffn, attn.v], epsilon: {{quantile: 0.8}}, batch_size: 4}}
+neurons:
+  specific: plnd[lang] - plnd[others]
+arms:
+  - {{name: tune, enhance: {{neurons: specific, corpus: detect, docs: 6, languages: [fr, de], lr: 0.01, effective_batch: 2, micro_batch: 2, seq_len: 32}}}}
+  - {{name: tune-random, enhance: {{random_like: tune, corpus: detect, docs: 6, lr: 0.01, effective_batch: 2, micro_batch: 2, seq_len: 32}}}}
+evaluate:
+  ppl: {{metric: perplexity, corpus: ppl, bootstrap: 20}}
+"""
+
+
+@pytest.fixture
+def enhance_study(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
+    corpus = make_corpus(tmp_path / "corpus.jsonl")
+    path = tmp_path / "enhance.yaml"
+    path.write_text(ENHANCE_STUDY.format(model=tiny_model_dir, corpus=corpus))
+    return path

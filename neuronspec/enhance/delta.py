@@ -1,0 +1,200 @@
+"""A fine-tune of selected neurons as data: only the rows/columns that changed.
+
+A :class:`Delta` maps parameter names to (dim, indices, values): ``param.index_select(dim,
+indices)`` is replaced by ``values``. It is tiny (proportional to the neurons), saved as
+one safetensors file written atomically, and applied to a loaded base model in place
+for as long as needed (:func:`apply_delta`), so an enhanced arm costs what the base
+model costs and the base is bit-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+_FORMAT = "neuronspec.Delta"
+_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class DeltaEntry:
+    """``param.index_select(dim, indices) <- values`` (values have the param's shape there)."""
+
+    dim: int
+    indices: Tensor  # int64 [k], sorted unique
+    values: Tensor
+
+    def __post_init__(self) -> None:
+        if self.indices.dim() != 1 or self.indices.dtype != torch.int64:
+            raise ValueError("indices must be a 1-D int64 tensor")
+        if not 0 <= self.dim < self.values.dim():
+            raise ValueError(f"dim {self.dim} out of range for values of shape {tuple(self.values.shape)}")
+        if self.values.shape[self.dim] != self.indices.numel():
+            raise ValueError(f"values have {self.values.shape[self.dim]} slices along dim {self.dim}, "
+                             f"indices {self.indices.numel()}")
+
+
+class Delta:
+    """The changed slices of a model, by parameter name, plus free-form string metadata."""
+
+    __slots__ = ("entries", "metadata")
+
+    def __init__(self, entries: Mapping[str, DeltaEntry] | None = None,
+                 metadata: Mapping[str, Any] | None = None) -> None:
+        self.entries: dict[str, DeltaEntry] = dict(sorted((entries or {}).items()))
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        return f"Delta({len(self.entries)} tensors, {self.num_values()} values)"
+
+    def num_values(self) -> int:
+        return sum(e.values.numel() for e in self.entries.values())
+
+    def nbytes(self) -> int:
+        return sum(e.values.numel() * e.values.element_size() + e.indices.numel() * 8 for e in self.entries.values())
+
+    def equal(self, other: Delta) -> bool:
+        """Same names, dims, indices and bit-identical values (metadata ignored)."""
+        return self.entries.keys() == other.entries.keys() and all(
+            a.dim == b.dim and torch.equal(a.indices, b.indices) and a.values.dtype == b.values.dtype
+            and torch.equal(a.values, b.values)
+            for a, b in ((self.entries[k], other.entries[k]) for k in self.entries))
+
+    # ---- persistence ------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """One safetensors file, written to a temp file in the same folder and renamed."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, Tensor] = {}
+        for name, e in self.entries.items():
+            tensors[f"{name}/indices"] = e.indices.detach().cpu().contiguous()
+            tensors[f"{name}/values"] = e.values.detach().cpu().contiguous()
+        meta = {"format": _FORMAT, "version": _VERSION,
+                "dims": json.dumps({n: e.dim for n, e in self.entries.items()}, sort_keys=True),
+                "metadata": json.dumps(self.metadata, sort_keys=True, default=str)}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Delta:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{path}: not a saved Delta (format {meta.get('format')!r})")
+        dims = json.loads(meta["dims"])
+        tensors = load_file(str(path))
+        entries = {name: DeltaEntry(int(dim), tensors[f"{name}/indices"], tensors[f"{name}/values"])
+                   for name, dim in dims.items()}
+        return cls(entries, json.loads(meta.get("metadata", "{}")))
+
+
+# ---- application --------------------------------------------------------------------
+
+
+def _targets(model: nn.Module, delta: Delta) -> list[tuple[Tensor, DeltaEntry]]:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    out = []
+    for name, e in delta.entries.items():
+        if name not in params:
+            raise KeyError(f"delta names {name!r}, which this model does not have")
+        p = params[name]
+        expected = list(p.shape)
+        expected[e.dim] = e.indices.numel()
+        if list(e.values.shape) != expected:
+            raise ValueError(f"{name}: delta values {tuple(e.values.shape)} do not fit parameter {tuple(p.shape)} "
+                             f"along dim {e.dim}")
+        if e.indices.numel() and (int(e.indices.min()) < 0 or int(e.indices.max()) >= p.shape[e.dim]):
+            raise ValueError(f"{name}: delta index out of range for size {p.shape[e.dim]} along dim {e.dim}")
+        out.append((p, e))
+    return out
+
+
+def write_delta(model: nn.Module, delta: Delta) -> list[tuple[Tensor, int, Tensor, Tensor]]:
+    """Write the delta into `model` in place; return (param, dim, indices, originals) to undo it."""
+    undo = []
+    with torch.no_grad():
+        for p, e in _targets(model, delta):
+            idx = e.indices.to(p.device)
+            undo.append((p, e.dim, idx, p.index_select(e.dim, idx)))
+            p.index_copy_(e.dim, idx, e.values.to(device=p.device, dtype=p.dtype))
+    return undo
+
+
+def _undo(undo: list[tuple[Tensor, int, Tensor, Tensor]]) -> None:
+    with torch.no_grad():
+        for p, dim, idx, original in reversed(undo):
+            p.index_copy_(dim, idx, original)
+
+
+@contextmanager
+def apply_delta(model: nn.Module, delta: Delta) -> Iterator[nn.Module]:
+    """Inside the block `model` carries the delta; on exit (also on error) the original
+    slices are written back, so the model is bit-identical to before."""
+    undo = write_delta(model, delta)
+    try:
+        yield model
+    finally:
+        _undo(undo)
+
+
+def merged_copy(model: nn.Module, delta: Delta) -> nn.Module:
+    """A deep copy of `model` with the delta written in (the original is untouched)."""
+    clone = copy.deepcopy(model)
+    write_delta(clone, delta)
+    return clone
+
+
+def export_model(model: nn.Module, tokenizer: Any, delta: Delta, out_dir: str | Path, *,
+                 overwrite: bool = False) -> Path:
+    """A full Hugging Face folder (``save_pretrained``) of `model` with the delta applied.
+
+    The folder is written under a temporary name next to `out_dir` and renamed when
+    complete; `model` itself is restored bit-identically. The delta file is included as
+    ``neuronspec_delta.safetensors`` for provenance.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        with apply_delta(model, delta):
+            model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        delta.save(tmp / "neuronspec_delta.safetensors")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
