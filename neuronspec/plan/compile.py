@@ -62,6 +62,7 @@ def compile_study(loaded: LoadedStudy) -> Plan:
 
 def _used_corpora(study: Study) -> list[str]:
     used = [study.detect.plnd.corpus] if study.detect.plnd is not None else []
+    used += [arm.enhance.corpus for arm in study.arms if arm.enhance is not None]
     used += [ev.corpus for ev in study.evaluate.values()]
     return list(dict.fromkeys(used))
 
