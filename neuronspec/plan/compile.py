@@ -3,6 +3,9 @@
     corpus/NAME                      materialise + sample documents          (no model)
     stats/plnd/LANG                  one forward pass over LANG's documents  (model)
     select/plnd                      thresholds ε → relevant sets per language  (cheap)
+    stats/act/CORPUS/LANG            one activation pass, shared by LAPE, LinguaFranca, Sharing  (model)
+    select/lape|linguafranca|sharing their neuron sets and analyses          (cheap)
+    analysis/logit_lens/LANG         per-layer language of the top tokens      (model)
     sets                             named sets by set algebra                  (cheap)
     mask/ARM                         an arm's neurons per language              (cheap)
     enhance/ARM/LANG                 fine-tune only ARM's neurons on LANG text → a delta  (model)
@@ -15,6 +18,7 @@ or an arm re-runs no forward pass.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from neuronspec.data import corpus_identity
@@ -23,10 +27,11 @@ from neuronspec.plan.identity import model_dims, model_identity
 from neuronspec.spec.errors import StudyError
 from neuronspec.spec.loader import LoadedStudy
 from neuronspec.spec.models import Quantile, Study, expand_sites
-from neuronspec.spec.references import detectors, set_order
+from neuronspec.spec.references import detectors, set_order, single_sets
 
 #: Bump a kind's version when its implementation changes what it computes.
-CODE_VERSIONS = {"corpus": 1, "stats.plnd": 1, "select.plnd": 1, "sets": 1, "mask": 1, "enhance": 1, "eval": 1}
+CODE_VERSIONS = {"corpus": 1, "stats.plnd": 1, "select.plnd": 1, "sets": 1, "mask": 1, "enhance": 1, "eval": 1,
+                 "stats.act": 1, "select.lape": 1, "select.linguafranca": 1, "select.sharing": 1, "logit_lens": 1}
 
 
 def compile_study(loaded: LoadedStudy) -> Plan:
@@ -44,12 +49,13 @@ def compile_study(loaded: LoadedStudy) -> Plan:
 
     if study.detect.plnd is not None:
         _add_plnd(plan, study)
+    _add_activation_methods(plan, study)
     detector_stages = [f"select/{d}" for d in detectors(study)]
     if detector_stages or study.neurons:
         order, families = set_order(study)
         plan.add(Stage("sets", "sets", {
             "neurons": {n: study.neurons[n] for n in order}, "order": order, "families": sorted(families),
-            "detectors": detectors(study), "languages": study.languages,
+            "detectors": detectors(study), "singles": single_sets(study), "languages": study.languages,
         }, deps=tuple(detector_stages), origin=("neurons",)))
     for i, arm in enumerate(study.arms):
         _add_mask(plan, study, i)
@@ -61,7 +67,9 @@ def compile_study(loaded: LoadedStudy) -> Plan:
 
 
 def _used_corpora(study: Study) -> list[str]:
-    used = [study.detect.plnd.corpus] if study.detect.plnd is not None else []
+    used = [spec.corpus for _, spec in study.detect if spec is not None]
+    if study.analyses.logit_lens is not None:
+        used.append(study.analyses.logit_lens.corpus)
     used += [arm.enhance.corpus for arm in study.arms if arm.enhance is not None]
     used += [ev.corpus for ev in study.evaluate.values()]
     return list(dict.fromkeys(used))
@@ -104,6 +112,55 @@ def _add_plnd(plan: Plan, study: Study) -> None:
         "sites": sites, "epsilon": epsilon, "rule": p.rule, "languages": study.languages,
         "top_k": {s: p.top_k[s] for s in sites} if p.rule == "topk_intersect" else {},
     }, deps=tuple(stat_ids), origin=("detect", "plnd", "epsilon")))
+
+
+def _add_activation_methods(plan: Plan, study: Study) -> None:
+    """LAPE, LinguaFranca and Sharing read one activation-statistics pass per corpus and
+    language — computed once even when several methods use the same corpus."""
+    d = study.detect
+    needs: dict[str, dict[str, Any]] = {}
+    for method, spec in (("lape", d.lape), ("linguafranca", d.linguafranca), ("sharing", d.sharing)):
+        if spec is None:
+            continue
+        need = needs.setdefault(spec.corpus, {"poolings": [], "gate_counts": False, "thresholds": [], "batch_size": spec.batch_size})
+        if method == "lape":
+            need["gate_counts"] |= spec.event == "gate"
+            if spec.event == "neuron":
+                need["thresholds"] = sorted(set(need["thresholds"]) | {0.0})
+        elif "mean" not in need["poolings"]:
+            need["poolings"].append("mean")
+    for corpus_name, need in needs.items():
+        corpus = study.corpora[corpus_name]
+        for lang in corpus.languages or study.languages:
+            plan.add(Stage(f"stats/act/{corpus_name}/{lang}", "stats.act",
+                           {**need, "lang": lang, "corpus": corpus_name, "max_tokens": corpus.max_tokens},
+                           deps=(f"corpus/{corpus_name}",), model_bound=True, origin=("corpora", corpus_name)))
+
+    def stats_deps(corpus_name: str) -> tuple[str, ...]:
+        return tuple(sid for sid in plan.stages if sid.startswith(f"stats/act/{corpus_name}/"))
+
+    if d.lape is not None:
+        plan.add(Stage("select/lape", "select.lape", d.lape.model_dump(exclude={"batch_size"}),
+                       deps=stats_deps(d.lape.corpus), origin=("detect", "lape")))
+    if d.linguafranca is not None:
+        langs = study.corpora[d.linguafranca.corpus].languages or study.languages
+        reachable = math.sqrt(len(langs) - 1)
+        if d.linguafranca.z_threshold >= reachable:
+            plan.notes.append(f"detect.linguafranca.z_threshold {d.linguafranca.z_threshold} is unreachable with "
+                              f"{len(langs)} languages (the largest possible z-score is √(n−1) = {reachable:.2f}): "
+                              "every key linguistic region will be empty")
+        plan.add(Stage("select/linguafranca", "select.linguafranca", d.linguafranca.model_dump(exclude={"batch_size"}),
+                       deps=stats_deps(d.linguafranca.corpus), origin=("detect", "linguafranca")))
+    if d.sharing is not None:
+        plan.add(Stage("select/sharing", "select.sharing", d.sharing.model_dump(exclude={"batch_size"}),
+                       deps=stats_deps(d.sharing.corpus), origin=("detect", "sharing")))
+    lens = study.analyses.logit_lens
+    if lens is not None:
+        corpus = study.corpora[lens.corpus]
+        for lang in corpus.languages or study.languages:
+            plan.add(Stage(f"analysis/logit_lens/{lang}", "logit_lens",
+                           {**lens.model_dump(), "lang": lang, "max_tokens": corpus.max_tokens, "languages": study.languages},
+                           deps=(f"corpus/{lens.corpus}",), model_bound=True, origin=("analyses", "logit_lens")))
 
 
 def _add_mask(plan: Plan, study: Study, index: int) -> None:

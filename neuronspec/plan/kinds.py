@@ -114,6 +114,110 @@ def _jsonable(counts: Any) -> Any:
     return counts
 
 
+# -- activation statistics and the methods built on them ---------------------------------
+def stats_act(ctx: Any, stage: Stage, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    from neuronspec.methods.activations import activation_statistics
+    from neuronspec.models.forward import encode, iter_batches
+
+    s = stage.spec
+    docs = read_docs(ctx.input(stage, f"corpus/{s['corpus']}"), s["lang"])
+    if not docs:
+        raise ValueError(f"{stage.id}: corpus {s['corpus']!r} has no documents for {s['lang']!r}")
+    lm = ctx.model()
+    encodings = encode(lm.tokenizer, [d["text"] for d in docs], s["max_tokens"])
+    batches = iter_batches(encodings, batch_size=s["batch_size"], pad_id=_pad_id(lm.tokenizer))
+    with ctx.progress(f"activation statistics {s['corpus']} {s['lang']}", total=len(encodings)) as advance:
+        stats = activation_statistics(lm.model, _to_device(batches, lm.model), poolings=s["poolings"],
+                                      thresholds=s["thresholds"], gate_counts=s["gate_counts"],
+                                      n_samples=len(encodings), on_batch=advance)
+    save_file(stats.to_tensors(), str(out / "activations.safetensors"))
+    _write_json(out / "result.json", {"lang": s["lang"], "docs": len(docs), "tokens": stats.tokens,
+                                      "ids": [d["id"] for d in docs]})
+
+
+def _load_activations(ctx: Any, stage: Stage) -> tuple[dict[str, Any], list[list[str]]]:
+    from safetensors.torch import load_file
+
+    from neuronspec.methods.activations import ActivationStats
+
+    by_lang, ids = {}, []
+    for dep in stage.deps:
+        entry = ctx.input(stage, dep)
+        by_lang[dep.rsplit("/", 1)[1]] = ActivationStats.from_tensors(load_file(str(entry.file("activations.safetensors"))))
+        ids.append(entry.json()["ids"])
+    return by_lang, ids
+
+
+def _require_parallel(stage: Stage, ids: list[list[str]]) -> None:
+    if any(x != ids[0] for x in ids):
+        raise ValueError(f"{stage.id} needs a parallel corpus (the same items, in the same order, in every language)")
+
+
+def select_lape(ctx: Any, stage: Stage, out: Path) -> None:
+    from neuronspec.methods.lape import activation_probabilities, lape
+
+    s = stage.spec
+    stats, _ = _load_activations(ctx, stage)
+    langs, probs = activation_probabilities(stats, event=s["event"])
+    result = lape(probs, langs, top_rate=s["top_rate"], filter_quantile=s["filter_quantile"], assign_quantile=s["assign_quantile"])
+    for lang, ns in result.sets.items():
+        ns.save(out / f"lape.{lang}.safetensors")
+    _write_json(out / "result.json", _jsonable(result.to_json()))
+
+
+def select_linguafranca(ctx: Any, stage: Stage, out: Path) -> None:
+    import warnings
+
+    from neuronspec.methods.linguafranca import linguafranca, plot_layer_scores, plot_similarity
+
+    s = stage.spec
+    stats, ids = _load_activations(ctx, stage)
+    _require_parallel(stage, ids)
+    layers = next(iter(stats.values())).num_layers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unreachable threshold is reported in result.json and by `plan`
+        result = linguafranca({lang: st.pooled["mean"] for lang, st in stats.items()}, layers, threshold=s["z_threshold"])
+    for lang, ns in result.regions.sets.items():
+        ns.save(out / f"linguafranca.{lang}.safetensors")
+    _write_json(out / "result.json", _jsonable(result.to_json()))
+    plot_similarity(result.similarity, result.lang_ids, result.item_ids, result.languages, out / "similarity.png")
+    plot_layer_scores(result.per_layer, out / "lrds-sads.png")
+
+
+def select_sharing(ctx: Any, stage: Stage, out: Path) -> None:
+    from neuronspec.methods.sharing import plot_shares, sharing
+
+    s = stage.spec
+    stats, ids = _load_activations(ctx, stage)
+    _require_parallel(stage, ids)
+    layers = next(iter(stats.values())).num_layers
+    result = sharing({lang: st.pooled["mean"] for lang, st in stats.items()}, layers, taus=s["thresholds"],
+                     set_tau=s["set_threshold"], min_fraction=s["min_fraction"])
+    for lang, ns in result.specific.items():
+        ns.save(out / f"sharing.{lang}.safetensors")
+    result.all_shared.save(out / "sharing.all_shared.safetensors")
+    _write_json(out / "result.json", _jsonable(result.to_json()))
+    plot_shares(result.shares[str(result.set_tau)], out / "sharing.png")
+
+
+def logit_lens(ctx: Any, stage: Stage, out: Path) -> None:
+    from neuronspec.methods.logit_lens import TokenClassifier, logit_lens as lens
+    from neuronspec.models.forward import encode, iter_batches
+
+    s = stage.spec
+    docs = read_docs(ctx.input(stage, next(d for d in stage.deps if d.startswith("corpus/"))), s["lang"])
+    lm = ctx.model()
+    batches = iter_batches(encode(lm.tokenizer, [d["text"] for d in docs], s["max_tokens"]), batch_size=s["batch_size"],
+                           pad_id=_pad_id(lm.tokenizer))
+    classifier = TokenClassifier(lm.tokenizer, s["languages"])
+    with ctx.progress(f"logit lens {s['lang']}", total=None):
+        counts = lens(lm.model, _to_device(batches, lm.model), s["lang"], classifier, top_k=s["top_k"],
+                      positions=s["positions"], final_norm=s["final_norm"])
+    _write_json(out / "result.json", counts.to_json())
+
+
 # -- named sets ---------------------------------------------------------------------------
 def sets(ctx: Any, stage: Stage, out: Path) -> None:
     from neuronspec.methods.sets import evaluate_sets
@@ -125,6 +229,9 @@ def sets(ctx: Any, stage: Stage, out: Path) -> None:
         entry = ctx.input(stage, f"select/{det}")
         env[det] = {lang: NeuronSet.load(entry.file(f"{det}.{lang}.safetensors")) for lang in s["languages"]
                     if entry.file(f"{det}.{lang}.safetensors").exists()}
+    for single in s.get("singles", []):
+        det = single.split(".", 1)[0]
+        env[single] = NeuronSet.load(ctx.input(stage, f"select/{det}").file(f"{single}.safetensors"))
     named = evaluate_sets(s["neurons"], env, s["languages"])
     summary: dict[str, Any] = {}
     for name, value in {**env, **named}.items():
@@ -236,6 +343,11 @@ KINDS: dict[str, Kind] = {
     "corpus": Kind(corpus, "materialise and sample documents"),
     "stats.plnd": Kind(stats_plnd, "PLND importance statistics (one forward pass)", loads_model=True),
     "select.plnd": Kind(select_plnd, "threshold ε → language-relevant neurons"),
+    "stats.act": Kind(stats_act, "activation statistics (one forward pass)", loads_model=True),
+    "select.lape": Kind(select_lape, "LAPE language-specific neurons"),
+    "select.linguafranca": Kind(select_linguafranca, "LinguaFranca similarity, LRDS/SADS, key linguistic regions"),
+    "select.sharing": Kind(select_sharing, "Sharing Matters neuron categories"),
+    "logit_lens": Kind(logit_lens, "logit lens: language of each layer's top tokens", loads_model=True),
     "sets": Kind(sets, "named neuron sets (set algebra)"),
     "mask": Kind(mask, "an arm's neurons per language"),
     "enhance": Kind(enhance, "fine-tune only an arm's neurons → a delta", loads_model=True),

@@ -35,6 +35,12 @@ def write_plots(results: dict[str, Any], folder: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    if results.get("logit_lens"):
+        from neuronspec.methods.logit_lens import LensCounts, plot_logit_lens
+
+        counts = {lang: LensCounts(r["language"], r["layers"], r["final_norm"], r["top_k"], r["positions"], r["counts"], r["totals"], r["labels"])
+                  for lang, r in results["logit_lens"].items()}
+        written.append(plot_logit_lens(counts, folder / "logit-lens.png"))
     by_arm: dict[str, dict[str, list[float]]] = {}
     for name, e in (results.get("enhance") or {}).items():
         arm, lang = name.rsplit("/", 1)

@@ -66,6 +66,7 @@ def result_tables(results: dict[str, Any]) -> list[Table]:
             for lang, c in info["counts"].items():
                 t.add(arm, lang, c["total"], *[sum(c["per_layer"].get(s, {}).values()) for s in SITE_ORDER])
         tables.append(t)
+    tables += _method_tables(results)
     if results.get("enhance"):
         t = Table("enhance arms: neuron-restricted fine-tuning", ["arm / language", "neurons", "docs", "steps",
                   "tokens", "loss first → last", "optimiser state", "full Adam would hold"])
@@ -76,6 +77,59 @@ def result_tables(results: dict[str, Any]) -> list[Table]:
                   f"{e['optimizer_state_bytes'] / 1e6:.2f} MB", f"{e['full_adam_state_bytes'] / 1e6:.0f} MB")
         t.caption = "optimiser state is kept only for the trained rows/columns; parameters outside the set are never written"
         tables.append(t)
+    return tables
+
+
+def _method_tables(results: dict[str, Any]) -> list[Table]:
+    """LinguaFranca, Sharing Matters, LAPE and logit-lens summaries."""
+    tables: list[Table] = []
+    det = results.get("detection", {})
+    lf = det.get("linguafranca")
+    if lf:
+        regions = lf["regions"]
+        t = Table("LinguaFranca: language vs meaning (pooled FFN activations, parallel corpus)", ["measure", "value"])
+        t.add("LRDS (same language − different language)", fmt(lf["scores"]["lrds"], 4))
+        t.add("SADS (same meaning − different meaning)", fmt(lf["scores"]["sads"], 4))
+        t.add(f"SKLR (key linguistic regions, z > {regions['threshold']})", regions["sklr"])
+        for lang, n in regions["counts"].items():
+            t.add(f"  region size {lang}", n)
+        t.caption = regions["warning"] or f"largest reachable z-score with these languages: {regions['max_reachable_z']:.2f}"
+        tables.append(t)
+        per_layer = lf["per_layer"]
+        lt = Table("LinguaFranca: LRDS and SADS per layer", ["layer", "LRDS", "SADS"], terminal=False)
+        for i, (a, b) in enumerate(zip(per_layer["lrds"], per_layer["sads"])):
+            lt.add(i, fmt(a, 4), fmt(b, 4))
+        tables.append(lt)
+    sh = det.get("sharing")
+    if sh:
+        cats = sh["categories"]
+        t = Table("Sharing Matters: share of neurons per category (averaged over items)", ["τ"] + cats)
+        for tau, shares in sh["shares"].items():
+            t.add(tau, *[f"{100 * shares['overall'][c]:.1f}%" for c in cats])
+        t.caption = f"sets at τ={sh['set_tau']}: all-shared {sh['all_shared_count']} neurons (sharing.all_shared); specific per language: {sh['specific_counts']}"
+        tables.append(t)
+    lape = det.get("lape")
+    if lape:
+        t = Table("LAPE: language-specific neurons by activation-probability entropy", ["language", "neurons"])
+        for lang, n in lape["counts"].items():
+            t.add(lang, n)
+        t.caption = f"{lape['selected']} lowest-entropy neurons kept of {lape['candidates']} past the filter (p > {lape['filter_value']:.3f})"
+        tables.append(t)
+    lens = results.get("logit_lens")
+    if lens:
+        any_lang = next(iter(lens.values()))
+        layers = any_lang["layers"]
+        t = Table("logit lens: share of top tokens in English / the prompt's language, by layer", ["prompt", "category"] + [str(i) for i in layers], terminal=False)
+        for lang, r in lens.items():
+            for cat in ("english", "prompt", "other"):
+                t.add(lang, cat, *[f"{100 * v:.0f}" for v in r["ratios"][cat]])
+        t.caption = "final norm applied before the unembedding" if any_lang["final_norm"] else "no final norm (as in the PLND paper's figure)"
+        tables.append(t)
+        mid = len(layers) // 2
+        st = Table("logit lens summary", ["prompt", f"English share, layer {layers[mid]}", "prompt-language share, last layer"])
+        for lang, r in lens.items():
+            st.add(lang, f"{100 * r['ratios']['english'][mid]:.0f}%", f"{100 * r['ratios']['prompt'][-1]:.0f}%")
+        tables.append(st)
     return tables
 
 
@@ -91,7 +145,13 @@ def write_outputs(results: dict[str, Any], tables: list[Table], folder: Path, fo
         path.write_text(f"# {results['study']}\n\n" + "\n".join(t.to_markdown() for t in tables), encoding="utf-8")
         written.append(path)
     if "png" in formats:
+        import shutil
+
         from neuronspec.report.plots import write_plots
 
         written += write_plots(results, folder)
+        for png in results.get("plots", []):  # plots a method drew in its own stage
+            target = folder / Path(png).name
+            shutil.copyfile(png, target)
+            written.append(target)
     return written

@@ -46,6 +46,9 @@ def collect(plan: Plan, store: Store, baseline: str = "en") -> dict[str, Any]:
             out["masks"][sid.split("/", 1)[1]] = result
         elif stage.kind.startswith("select."):
             out["detection"][stage.kind.split(".", 1)[1]] = result
+            out.setdefault("plots", []).extend(str(p) for p in sorted(path.parent.glob("*.png")))
+        elif stage.kind == "logit_lens":
+            out.setdefault("logit_lens", {})[stage.spec["lang"]] = result
         elif stage.kind == "enhance":
             out.setdefault("enhance", {})[sid.split("/", 1)[1]] = result
         elif stage.kind.startswith("stats."):

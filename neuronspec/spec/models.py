@@ -111,8 +111,55 @@ class PLNDSpec(Strict):
         return self.epsilon
 
 
+class LapeSpec(Strict):
+    """LAPE (Tang et al. 2024): language-specific neurons by low entropy of activation probability."""
+
+    corpus: str = Field("detect", description="Name of a corpus in `corpora`.")
+    top_rate: float = Field(0.01, gt=0, le=1, description="Keep this share of neurons with the lowest entropy.")
+    filter_quantile: float = Field(0.95, gt=0, lt=1, description="Drop neurons whose largest probability is below this quantile of all p.")
+    assign_quantile: float = Field(0.95, gt=0, lt=1, description="Assign a kept neuron to languages whose p exceeds this quantile.")
+    event: Literal["gate", "neuron"] = Field("gate", description="gate: act(gate·x) > 0 (the paper's code); neuron: the ffn neuron > 0.")
+    batch_size: int = Field(8, gt=0)
+
+
+class LinguaFrancaSpec(Strict):
+    """Key linguistic regions (Zeng et al. 2024) from a parallel corpus: neurons whose
+    contribution to same-language similarity has a z-score across languages above the threshold."""
+
+    corpus: str = Field(description="A parallel corpus (same items in every language), e.g. builtin:bible.")
+    z_threshold: float = Field(2.0, gt=0, description="Paper: 2. With n languages the largest possible z-score is √(n−1).")
+    batch_size: int = Field(8, gt=0)
+
+
+class SharingSpec(Strict):
+    """Sharing Matters (Wang et al. 2024): per parallel item, is a neuron active in all, some, one or no languages."""
+
+    corpus: str = Field(description="A parallel corpus (same items in every language).")
+    thresholds: list[float] = Field(default_factory=lambda: [0.0], min_length=1, description="Activation thresholds τ to sweep.")
+    set_threshold: float | None = Field(None, description="τ for the sets `sharing` (specific) and `sharing.all_shared` (default: the first τ).")
+    min_fraction: float = Field(0.5, gt=0, le=1, description="A neuron is in a set when its category holds for at least this share of items.")
+    batch_size: int = Field(8, gt=0)
+
+
 class DetectSpec(Strict):
     plnd: PLNDSpec | None = None
+    lape: LapeSpec | None = None
+    linguafranca: LinguaFrancaSpec | None = None
+    sharing: SharingSpec | None = None
+
+
+class LogitLensSpec(Strict):
+    """Project each layer's residual stream to the vocabulary and classify the top tokens' language."""
+
+    corpus: str = Field(description="Prompts per language (a corpus name).")
+    final_norm: bool = Field(True, description="Apply the final norm before the unembedding (the PLND paper's figure does not).")
+    top_k: int = Field(1, gt=0)
+    positions: Literal["last", "all"] = "last"
+    batch_size: int = Field(8, gt=0)
+
+
+class AnalysesSpec(Strict):
+    logit_lens: LogitLensSpec | None = None
 
 
 class NeuronSelection(Strict):
@@ -226,6 +273,7 @@ class Study(Strict):
     languages: list[LanguageCode] = Field(min_length=1)
     corpora: dict[str, CorpusSpec] = Field(default_factory=dict)
     detect: DetectSpec = Field(default_factory=DetectSpec)
+    analyses: AnalysesSpec = Field(default_factory=AnalysesSpec)
     neurons: dict[str, str] = Field(
         default_factory=dict,
         description="Named neuron sets by set algebra over detectors and other sets, e.g. 'plnd[lang] - plnd[others]'.",

@@ -19,6 +19,11 @@ def detectors(study: Study) -> list[str]:
     return [name for name, spec in study.detect if spec is not None]
 
 
+def single_sets(study: Study) -> list[str]:
+    """Detector outputs that are one set for the whole study, not one per language."""
+    return ["sharing.all_shared"] if study.detect.sharing is not None else []
+
+
 def set_order(study: Study) -> tuple[list[str], set[str]]:
     """Named sets in dependency order, and which of them are families. Assumes checks passed."""
     families = set(detectors(study))
@@ -26,7 +31,7 @@ def set_order(study: Study) -> tuple[list[str], set[str]]:
     pending = dict(study.neurons)
     while pending:
         for name, text in list(pending.items()):
-            deps = {r.name for r in refs(parse(text))} - families - set(done)
+            deps = {r.name for r in refs(parse(text))} - families - set(done) - set(single_sets(study))
             if not deps & set(pending) and not (deps - set(pending)):
                 if uses_template(parse(text), families):
                     families.add(name)
@@ -47,8 +52,11 @@ def _corpora(study: Study) -> Iterator[Issue]:
         for i, code in enumerate(corpus.languages or []):
             if code not in study.languages:
                 yield ("corpora", name, "languages", i), f"{code!r} is not one of the study's languages {study.languages}"
-    if study.detect.plnd is not None and study.detect.plnd.corpus not in study.corpora:
-        yield ("detect", "plnd", "corpus"), _missing("corpus", study.detect.plnd.corpus, study.corpora)
+    for method, spec in study.detect:
+        if spec is not None and spec.corpus not in study.corpora:
+            yield ("detect", method, "corpus"), _missing("corpus", spec.corpus, study.corpora)
+    if study.analyses.logit_lens is not None and study.analyses.logit_lens.corpus not in study.corpora:
+        yield ("analyses", "logit_lens", "corpus"), _missing("corpus", study.analyses.logit_lens.corpus, study.corpora)
     plnd = study.detect.plnd
     if plnd is not None and isinstance(plnd.epsilon, dict):
         for site in plnd.site_list():
@@ -64,7 +72,7 @@ def _corpora(study: Study) -> Iterator[Issue]:
 
 
 def _sets(study: Study) -> Iterator[Issue]:
-    known = set(detectors(study)) | set(study.neurons)
+    known = set(detectors(study)) | set(single_sets(study)) | set(study.neurons)
     graph: dict[str, set[str]] = {}
     for name, text in study.neurons.items():
         loc = ("neurons", name)
@@ -115,7 +123,7 @@ def _has_cycle(graph: dict[str, set[str]]) -> bool:
 
 def _arms(study: Study) -> Iterator[Issue]:
     names = [a.name for a in study.arms]
-    known_sets = set(detectors(study)) | set(study.neurons)
+    known_sets = set(detectors(study)) | set(single_sets(study)) | set(study.neurons)
     for i, arm in enumerate(study.arms):
         loc = ("arms", i)
         kind = arm.kind

@@ -88,3 +88,51 @@ def enhance_study(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.Monk
     path = tmp_path / "enhance.yaml"
     path.write_text(ENHANCE_STUDY.format(model=tiny_model_dir, corpus=corpus))
     return path
+
+
+def make_parallel_corpus(path: Path, items: int = 16, seed: int = 0) -> Path:
+    """The same items in every language: item k is a "translation" with the same letter pattern."""
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for i in range(items):
+            pattern = [rng.randrange(8) if rng.random() > 0.15 else -1 for _ in range(rng.randint(15, 30))]
+            for lang, letters in ALPHABETS.items():
+                text = "".join(letters[p] if p >= 0 else " " for p in pattern)
+                f.write(json.dumps({"id": f"item-{i}", "lang": lang, "text": text}) + "\n")
+    return path
+
+
+METHODS_STUDY = """\
+name: tiny-methods
+model: {{id: {model}}}
+languages: [en, fr, de]
+corpora:
+  parallel: {{source: {corpus}, docs_per_language: 12, max_tokens: 32}}
+detect:
+  lape: {{corpus: parallel, top_rate: 0.05}}
+  linguafranca: {{corpus: parallel, z_threshold: {z}}}
+  sharing: {{corpus: parallel, thresholds: [0.0, 0.05]}}
+analyses:
+  logit_lens: {{corpus: parallel}}
+neurons:
+  regions: linguafranca[lang]
+  lape_only: lape[lang] - sharing.all_shared
+arms:
+  - {{name: regions, deactivate: {{neurons: regions}}}}
+  - {{name: shared, deactivate: {{neurons: sharing.all_shared}}}}
+evaluate:
+  ppl: {{metric: perplexity, corpus: parallel, bootstrap: 20}}
+"""
+
+
+@pytest.fixture
+def methods_study(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
+    corpus = make_parallel_corpus(tmp_path / "parallel.jsonl")
+
+    def write(z: float = 1.0) -> Path:
+        path = tmp_path / "methods.yaml"
+        path.write_text(METHODS_STUDY.format(model=tiny_model_dir, corpus=corpus, z=z))
+        return path
+
+    return write
