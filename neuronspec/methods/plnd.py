@@ -17,8 +17,10 @@ All neurons are scored in parallel from one forward pass:
   q_d·k_d (times the model's score scaling) from the attention scores and measure the
   squared change of the attention probabilities, summed over keys; a K neuron sums over
   the query heads of its group. q and k are taken as attention sees them (after RoPE and
-  Gemma's q/k norms). Computed in chunks of head dimensions so no [B,H,D,T,T] tensor is
-  ever materialised whole.
+  Gemma's q/k norms). This is the one expensive score, O(B·H·T·S·D): it is computed in
+  cache-sized chunks of (query head, query block, head dimension, key), only over the keys
+  a query block can see (causal / sliding-window masks leave about half of them out), and
+  no [B,H,D,T,S] tensor is ever materialised whole.
 
 Statistics stream over documents in O(neurons) memory: running minimum (for the
 ∀-documents rule), sums and sums of squares (means, spreads), and per-site top-k hit
@@ -30,6 +32,7 @@ left out of every score.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,8 +46,11 @@ from neuronspec.models.masks import NeuronSet
 from neuronspec.models.sites import Adapter, Dims, adapter_for, site_width
 
 QK_SITES = ("attn.q", "attn.k")
-#: elements of the [B,H,c,T,T] probability tensor per chunk — bounds q/k scoring memory
-QK_CHUNK_ELEMENTS = 1 << 24
+#: elements of one perturbed-probability chunk [rows, block, D, span]: 2 MB, so each chunk's
+#: addcmul → softmax → subtract → norm runs in cache instead of streaming through memory
+QK_CHUNK_ELEMENTS = 1 << 19
+#: at most this many queries per chunk; small blocks follow a causal mask's triangle closely
+QK_QUERY_BLOCK = 16
 
 
 @dataclass
@@ -106,46 +112,142 @@ def _reduce(per_token: Tensor, token_weight: Tensor, how: str) -> Tensor:
     return total
 
 
-def qk_token_importance(query: Tensor, key: Tensor, mask: Tensor | None, scaling: float,
-                        softcap: float | None = None, chunk_elements: int = QK_CHUNK_ELEMENTS) -> tuple[Tensor, Tensor]:
-    """Per-token q and k importances, ([B,T,H*D], [B,T,Hkv*D]).
+def _key_spans(allowed: Tensor, block: int) -> list[tuple[int, int, int, int]]:
+    """(t0, t1, lo, hi) per block of `block` queries: keys lo..hi-1 hold every key any of them can see.
+
+    allowed [T, S] bool. Keys outside a block's span have probability exactly 0 for all its
+    queries, before and after a perturbation (exp underflows at the mask's dtype minimum), so
+    dropping them changes nothing.
+    """
+    t, s = allowed.shape
+    pos = torch.arange(s, device=allowed.device)
+    first = torch.where(allowed, pos, s).amin(1).tolist()
+    last = torch.where(allowed, pos, -1).amax(1).tolist()
+    spans = []
+    for t0 in range(0, t, block):
+        t1 = min(t, t0 + block)
+        lo, hi = min(first[t0:t1]), max(last[t0:t1]) + 1
+        if hi > lo:
+            spans.append((t0, t1, lo, hi))
+    return spans
+
+
+def _run_chunks(fn: Callable[[Any], None], chunks: list[Any], device: torch.device) -> None:
+    """fn(chunk) for every chunk; chunks write disjoint parts of one output.
+
+    On CPU with n > 1 intra-op threads, n Python threads each take whole chunks and run
+    their ops single-threaded (torch releases the GIL inside ops). Thousands of small ops
+    then need no fork/join of OpenMP threads each: on a shared, busy machine, where one of
+    the OpenMP threads is often descheduled, every such join waits for it, and the q/k
+    score slowed down several times more than the forward pass did.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads <= 1 or len(chunks) < 2:
+        for c in chunks:
+            fn(c)
+        return
+    torch.set_num_threads(1)  # process-wide; new worker threads pick it up, restored below
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in pool.map(fn, chunks):
+                pass
+    finally:
+        torch.set_num_threads(threads)
+
+
+def qk_head_importance(query: Tensor, key: Tensor, mask: Tensor | None, scaling: float,
+                       softcap: float | None = None, chunk_elements: int = QK_CHUNK_ELEMENTS,
+                       needed: Tensor | None = None) -> Tensor:
+    """Per-token, per-head-dimension q/k importance [B, H, T, D] (the K score sums H over a group).
 
     query [B,H,T,D], key [B,Hkv,S,D] (post-RoPE), mask additive [B,1|H,T,S] or None (causal).
+    Entry (b,h,t,d) = Σ_s (softmax_s(ℓ_ts − c_tsd) − softmax_s(ℓ_ts))² with ℓ the attention
+    logits (scaled, soft-capped, masked as the model does) and c_tsd = scaling·q_td·k_sd.
+    With `needed` [B,T] bool, only those queries are guaranteed (e.g. not padding): whole
+    blocks of queries that none of a document's rows needs are skipped and left 0.
     """
     q, k = query.float(), key.float()
     b, h, t, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
     group = h // hkv
-    k = k.repeat_interleave(group, dim=1)  # query head j reads KV head j // group, as repeat_kv does
+    rows = b * h
+    # one row per (batch, query head); the KV head of query head j is j // group (as repeat_kv)
+    qs = (q * scaling).reshape(rows, t, d)
+    kt = k.transpose(-1, -2).repeat_interleave(group, dim=1).reshape(rows, d, s)  # [rows, D, S]
+    raw = torch.bmm(qs, kt)  # [rows, T, S]
     if mask is None:
-        mask = torch.full((t, s), float("-inf")).triu(s - t + 1)[None, None]
-    mask = mask[..., :s].float()
-    cap: Callable[[Tensor], Tensor] = (lambda x: torch.tanh(x / softcap) * softcap) if softcap else (lambda x: x)
-    raw = scaling * (q @ k.transpose(-1, -2))  # [B,H,T,S]
-    probs = torch.softmax(cap(raw) + mask, dim=-1)
-    out = torch.empty(b, h, d, t)
-    step = max(1, chunk_elements // max(1, b * h * t * s))
-    for d0 in range(0, d, step):
-        d1 = min(d, d0 + step)
-        term = scaling * torch.einsum("bhtc,bhsc->bhcts", q[..., d0:d1], k[..., d0:d1])
-        changed = torch.softmax(cap(raw[:, :, None] - term) + mask[:, :, None], dim=-1)
-        out[:, :, d0:d1] = (changed - probs[:, :, None]).pow(2).sum(-1)
-    q_imp = out.permute(0, 3, 1, 2).reshape(b, t, h * d)
-    k_imp = out.view(b, hkv, group, d, t).sum(2).permute(0, 3, 1, 2).reshape(b, t, hkv * d)
+        mask = torch.full((t, s), float("-inf"), device=q.device).triu(s - t + 1)[None, None]
+    mask = mask[..., :s].float().expand(b, h, t, s).reshape(rows, t, s)
+    logits = (torch.tanh(raw / softcap) * softcap if softcap else raw) + mask
+    probs = torch.softmax(logits, dim=-1)
+    out = torch.zeros(rows, t, d, device=q.device)
+    # rows (b, h) needed per query position, as a Python list per block below
+    need = (torch.ones(b, t, dtype=torch.bool) if needed is None else needed.bool().cpu()).repeat_interleave(h, 0)
+    block = max(1, min(t, QK_QUERY_BLOCK, chunk_elements // max(1, d * s)))
+    chunks = []
+    for t0, t1, lo, hi in _key_spans((probs > 0).any(0), block):
+        live = need[:, t0:t1].any(1).nonzero().flatten()
+        if not live.numel():
+            continue
+        first, end = int(live[0]), int(live[-1]) + 1  # length-sorted batches: a prefix of the rows
+        step = max(1, chunk_elements // ((t1 - t0) * d * (hi - lo)))
+        chunks += [(slice(r0, min(end, r0 + step)), t0, t1, lo, hi) for r0 in range(first, end, step)]
+
+    def score(chunk: tuple[slice, int, int, int, int]) -> None:
+        r, t0, t1, lo, hi = chunk
+        qc = qs[r, t0:t1, :, None]            # [r, tb, D, 1]
+        kc = kt[r, None, :, lo:hi]            # [r, 1, D, span]
+        if softcap:
+            x = torch.addcmul(raw[r, t0:t1, None, lo:hi], qc, kc, value=-1.0)
+            x = x.div_(softcap).tanh_().mul_(softcap).add_(mask[r, t0:t1, None, lo:hi])
+        else:  # logits minus this dimension's term, for every dimension at once
+            x = torch.addcmul(logits[r, t0:t1, None, lo:hi], qc, kc, value=-1.0)
+        x = torch.softmax(x, dim=-1).sub_(probs[r, t0:t1, None, lo:hi])
+        out[r, t0:t1] = torch.linalg.vector_norm(x, dim=-1).square_()
+
+    _run_chunks(score, chunks, q.device)
+    return out.view(b, h, t, d)
+
+
+def qk_token_importance(query: Tensor, key: Tensor, mask: Tensor | None, scaling: float,
+                        softcap: float | None = None, chunk_elements: int = QK_CHUNK_ELEMENTS) -> tuple[Tensor, Tensor]:
+    """Per-token q and k importances, ([B,T,H*D], [B,T,Hkv*D]); see :func:`qk_head_importance`."""
+    imp = qk_head_importance(query, key, mask, scaling, softcap, chunk_elements)
+    b, h, t, d = imp.shape
+    hkv = key.shape[1]
+    q_imp = imp.permute(0, 2, 1, 3).reshape(b, t, h * d)
+    k_imp = imp.view(b, hkv, h // hkv, t, d).sum(2).permute(0, 2, 1, 3).reshape(b, t, hkv * d)
     return q_imp, k_imp
 
 
 class _Scorer:
-    """Hooks that turn one forward pass into per-document importances for every site."""
+    """Hooks that turn one forward pass into per-document importances for every site.
+
+    Each hook reduces over tokens first and applies the per-neuron weight norms once per
+    document: Σ_t w_t a_{t,k}² ‖W[:,k]‖² = (Σ_t w_t a_{t,k}²)·‖W[:,k]‖². Activations are
+    read in place (no float() copies when they already are float32) and only [B, width]
+    results are kept.
+    """
 
     def __init__(self, model: torch.nn.Module, sites: list[str], token_reduce: str):
         self.model, self.sites, self.how = model, sites, token_reduce
         self.adapter: Adapter = adapter_for(model)
         self.dims: Dims = self.adapter.dims(model.config)
-        self.weights: torch.Tensor | None = None  # [B,T] token weights of the batch being scored
+        self.weights: Tensor | None = None  # [B,T] token weights of the batch being scored
+        self.denom: Tensor | None = None  # [B,1] what the token sum is divided by (1 for "sum")
         self.batch = _BatchScores()
         self._norms: dict[tuple[str, int], Tensor] = {}
         self.softcap = getattr(getattr(model.config, "get_text_config", lambda: model.config)(), "attn_logit_softcapping", None)
+
+    def start_batch(self, attention_mask: Tensor) -> None:
+        self.weights = token_weights(attention_mask)
+        count = self.weights.sum(1, keepdim=True)
+        self.denom = count.clamp_min(1) if self.how == "mean" else torch.ones_like(count)
+        self.batch = _BatchScores()
+
+    def _token_sum(self, x2: Tensor) -> Tensor:
+        """[B,T,W] → [B,W]: Σ_t w_t x2_t / denom."""
+        return torch.bmm(self.weights[:, None, :].to(x2.dtype), x2.reshape(x2.shape[0], x2.shape[1], -1))[:, 0] / self.denom
 
     def _down_norm2(self, i: int) -> Tensor:
         if ("ffn", i) not in self._norms:
@@ -157,14 +259,19 @@ class _Scorer:
             self._norms[("o", i)] = self.adapter.o_weight(self.model, i).detach().float().pow(2).sum(0)
         return self._norms[("o", i)]
 
-    def _v_gram(self, i: int) -> Tensor:
-        """[Hkv, D, G, G]: inner products of the W_o columns that one V neuron feeds."""
+    def _v_gram(self, i: int) -> list[tuple[int, int, Tensor]]:
+        """(g, h, c) for g <= h: c [Hkv*D] = the inner product of the W_o columns of query heads g
+        and h of a group at V neuron (kv head, dim), doubled off the diagonal (the Gram matrix is
+        symmetric), so ‖Δ_t‖² = Σ_(g<=h) c · z_g z_h."""
         if ("v", i) not in self._norms:
             d = self.dims
+            group = d.heads // d.kv_heads
             w = self.adapter.o_weight(self.model, i).detach().float()
-            w = w.view(w.shape[0], d.kv_heads, d.heads // d.kv_heads, d.head_dim)
-            self._norms[("v", i)] = torch.einsum("xkgd,xkhd->kdgh", w, w)
-        return self._norms[("v", i)]
+            w = w.view(w.shape[0], d.kv_heads, group, d.head_dim)
+            # pair by pair: an einsum here batches tiny [G,X]@[X,G] products over (kv head, dim), far slower
+            self._norms[("v", i)] = [(g, h, (w[:, :, g] * w[:, :, h]).sum(0).flatten() * (1.0 if g == h else 2.0))  # type: ignore[assignment]
+                                     for g in range(group) for h in range(g, group)]
+        return self._norms[("v", i)]  # type: ignore[return-value]
 
     def hooks(self) -> list[Any]:
         handles = []
@@ -177,29 +284,37 @@ class _Scorer:
 
     def _ffn_hook(self, i: int) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
-            a = args[0].detach().float()
-            self.batch.put("ffn", i, _reduce(a.pow(2) * self._down_norm2(i), self.weights, self.how))
+            a = args[0].detach().float()  # no copy when already float32
+            self.batch.put("ffn", i, self._token_sum(a.square()) * self._down_norm2(i))
         return hook
 
     def _attn_out_hook(self, i: int) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
             z = args[0].detach().float()
             if "attn.o" in self.sites:
-                self.batch.put("attn.o", i, _reduce(z.pow(2) * self._o_norm2(i), self.weights, self.how))
+                self.batch.put("attn.o", i, self._token_sum(z.square()) * self._o_norm2(i))
             if "attn.v" in self.sites:
+                # zeroing V neuron (kv head, d) zeroes z_(g,d) for every query head g of the group:
+                # ‖Δ_t‖² = z_tᵀ G z_t, reduced over tokens pair by pair (a few [B,T,Hkv*D] products)
                 d = self.dims
                 b, t = z.shape[:2]
-                zz = z.view(b, t, d.kv_heads, d.heads // d.kv_heads, d.head_dim)
-                per_tok = torch.einsum("btkgd,kdgh,btkhd->btkd", zz, self._v_gram(i), zz).reshape(b, t, -1)
-                self.batch.put("attn.v", i, _reduce(per_tok, self.weights, self.how))
+                zz = z.reshape(b, t, d.kv_heads, d.heads // d.kv_heads, d.head_dim)
+                imp = z.new_zeros(b, d.kv_heads * d.head_dim)
+                for g, h, coef in self._v_gram(i):
+                    imp += self._token_sum(zz[:, :, :, g] * zz[:, :, :, h]) * coef
+                self.batch.put("attn.v", i, imp)
         return hook
 
     def on_attention(self, layer: int, query: Tensor, key: Tensor, mask: Tensor | None, scaling: float, module: Any) -> None:
-        q_imp, k_imp = qk_token_importance(query.detach(), key.detach(), additive_mask(mask), scaling, self.softcap)
+        imp = qk_head_importance(query.detach(), key.detach(), additive_mask(mask), scaling, self.softcap,
+                                 needed=self.weights > 0)  # [B,H,T,D], 0 where the weight is 0
+        b, h, _, d = imp.shape
+        hkv = key.shape[1]
+        per_head = torch.einsum("bhtd,bt->bhd", imp, self.weights.to(imp.dtype)) / self.denom[:, :, None]
         if "attn.q" in self.sites:
-            self.batch.put("attn.q", layer, _reduce(q_imp, self.weights, self.how))
-        if "attn.k" in self.sites:
-            self.batch.put("attn.k", layer, _reduce(k_imp, self.weights, self.how))
+            self.batch.put("attn.q", layer, per_head.reshape(b, h * d))
+        if "attn.k" in self.sites:  # a K neuron feeds every query head of its group
+            self.batch.put("attn.k", layer, per_head.view(b, hkv, h // hkv, d).sum(2).reshape(b, hkv * d))
 
 
 def token_weights(attention_mask: Tensor, skip_first: bool = True) -> Tensor:
@@ -228,8 +343,7 @@ def plnd_statistics(
     want_qk = [s for s in sites if s in QK_SITES]
     try:
         for batch in batches:
-            scorer.weights = token_weights(batch.attention_mask).to(batch.input_ids.device)
-            scorer.batch = _BatchScores()
+            scorer.start_batch(batch.attention_mask.to(batch.input_ids.device))
             if want_qk:
                 with capture_attention(model, scorer.on_attention, set(range(dims.num_layers))):
                     hidden_forward(model, batch.input_ids, batch.attention_mask)
@@ -237,7 +351,7 @@ def plnd_statistics(
                 hidden_forward(model, batch.input_ids, batch.attention_mask)
             for site in sites:
                 per_layer = scorer.batch.scores[site]
-                imp = torch.stack([per_layer[i].cpu() for i in range(dims.num_layers)], dim=1)
+                imp = torch.stack([per_layer[i] for i in range(dims.num_layers)], dim=1).cpu()  # [B, layers, width]
                 stats[site].update(imp, (top_k or {}).get(site))
             if on_batch:
                 on_batch(batch.input_ids.shape[0])
