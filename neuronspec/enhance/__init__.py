@@ -4,7 +4,14 @@
 ``apply_delta`` (restored on exit), ``merged_copy`` or ``export_model``.
 """
 
-from .delta import Delta, DeltaEntry, apply_delta, export_model, merged_copy, write_delta
+from .delta import (
+    Delta,
+    DeltaEntry,
+    apply_delta,
+    export_model,
+    merged_copy,
+    write_delta,
+)
 from .plots import plot_losses
 from .settings import SCHEDULES, EnhanceSettings, lr_at
 from .train import (

@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from neuronspec.tensorfiles import save_tensors
 
 _FORMAT = "neuronspec.Delta"
 _VERSION = "1"
@@ -79,8 +81,6 @@ class Delta:
     # ---- persistence ------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """One safetensors file, written to a temp file in the same folder and renamed."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, Tensor] = {}
         for name, e in self.entries.items():
             tensors[f"{name}/indices"] = e.indices.detach().cpu().contiguous()
@@ -88,15 +88,7 @@ class Delta:
         meta = {"format": _FORMAT, "version": _VERSION,
                 "dims": json.dumps({n: e.dim for n, e in self.entries.items()}, sort_keys=True),
                 "metadata": json.dumps(self.metadata, sort_keys=True, default=str)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return save_tensors(tensors, path, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> Delta:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,13 +9,10 @@ from pathlib import Path
 def plot_losses(losses: Sequence[float], path: str | Path, *, title: str | None = None,
                 lrs: Sequence[float] | None = None) -> Path:
     """Loss per optimiser step (and the learning rate on a second axis when given)."""
-    import matplotlib
+    from neuronspec.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     steps = range(1, len(losses) + 1)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, list(losses), marker="o" if len(losses) <= 50 else None, ms=3, label="loss")
@@ -28,13 +23,4 @@ def plot_losses(losses: Sequence[float], path: str | Path, *, title: str | None 
         ax2.set_ylabel("learning rate")
         ax2.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_figure(fig, path)

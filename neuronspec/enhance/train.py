@@ -35,7 +35,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..evaluate.logprobs import _CHUNK_ELEMENTS, decoder_of, model_device, pad_token_id, target_logprobs
+from ..evaluate.logprobs import (
+    _CHUNK_ELEMENTS,
+    decoder_of,
+    model_device,
+    pad_token_id,
+    target_logprobs,
+)
 from ..models.forward import encode, iter_batches
 from ..models.masks import NeuronSet
 from ..models.sites import adapter_for, site_width

@@ -5,7 +5,12 @@ model's own modules, so neuron masks applied as forward hooks take effect. Resul
 dataclasses with `to_dict()` (JSON-ready) and are deterministic for a seed.
 """
 
-from neuronspec.evaluate.choice import ChoiceItem, ChoiceResult, load_choice_items, multiple_choice
+from neuronspec.evaluate.choice import (
+    ChoiceItem,
+    ChoiceResult,
+    load_choice_items,
+    multiple_choice,
+)
 from neuronspec.evaluate.fidelity import fidelity
 from neuronspec.evaluate.generation import GenerationResult, generation
 from neuronspec.evaluate.logprobs import text_logprobs, token_logprobs

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from neuronspec.evaluate.perplexity import PerplexityResult, ppl_increase
 from neuronspec.models.masks import NeuronSet
+from neuronspec.plotting import pyplot, save_figure
 
 
 class UnreachableThresholdWarning(UserWarning):
@@ -280,19 +281,10 @@ def linguafranca(by_language: Mapping[str, Tensor], num_layers: int, *, threshol
 # ---- plots ------------------------------------------------------------------------
 
 
-def _plt():  # noqa: ANN202 - matplotlib is heavy; import only when plotting
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_similarity(sim: Tensor, lang_ids: Tensor, item_ids: Tensor, languages: Sequence[str], path: str | Path,
                     title: str = "activation similarity") -> Path:
     """Heatmap of the similarity map, samples grouped in language blocks (items in order inside)."""
-    plt = _plt()
+    plt = pyplot()
     lang_ids, item_ids = torch.as_tensor(lang_ids), torch.as_tensor(item_ids)
     order = sorted(range(len(lang_ids)), key=lambda i: (int(lang_ids[i]), int(item_ids[i])))
     s = sim[order][:, order].float().numpy()
@@ -309,17 +301,13 @@ def plot_similarity(sim: Tensor, lang_ids: Tensor, item_ids: Tensor, languages: 
     ax.set_title(title)
     fig.colorbar(im, ax=ax, shrink=0.8, label="cosine similarity")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_layer_scores(per_layer: Mapping[str, Sequence[float]], path: str | Path,
                       title: str = "LRDS / SADS per layer") -> Path:
     """LRDS and SADS (lines) against layer."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for name in ("lrds", "sads"):
         values = list(per_layer.get(name, []))
@@ -328,8 +316,4 @@ def plot_layer_scores(per_layer: Mapping[str, Sequence[float]], path: str | Path
     ax.set(xlabel="layer", ylabel="similarity difference", title=title)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -294,10 +294,9 @@ def logit_lens_from_states(model: nn.Module, states: Tensor, language: str, clas
 
 def plot_logit_lens(results: Mapping[str, LensCounts], path: str | Path, title: str | None = None) -> Path:
     """One panel per prompt language: share of English / prompt-language / other tokens per layer."""
-    import matplotlib
+    from neuronspec.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     langs = list(results)
@@ -321,8 +320,4 @@ def plot_logit_lens(results: Mapping[str, LensCounts], path: str | Path, title: 
     norm = "with final norm" if some is None or some.final_norm else "without final norm"
     fig.suptitle(title or f"logit lens ({norm}, top-{some.top_k if some else 1})")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

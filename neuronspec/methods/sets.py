@@ -11,7 +11,7 @@ from functools import reduce
 from typing import Union
 
 from neuronspec.models.masks import NeuronSet
-from neuronspec.spec.setexpr import BinOp, Expr, Ref, parse, uses_template
+from neuronspec.spec.setexpr import Expr, Ref, parse, uses_template
 
 Family = dict[str, NeuronSet]
 Value = Union[Family, NeuronSet]

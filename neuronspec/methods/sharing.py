@@ -166,10 +166,9 @@ def sharing(by_language: Mapping[str, Tensor], num_layers: int, *, taus: Sequenc
 
 def plot_shares(shares: Mapping[str, Any], path: str | Path, title: str = "neuron sharing per layer") -> Path:
     """Stacked bars of the category shares per layer (one :func:`category_shares` result)."""
-    import matplotlib
+    from neuronspec.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     per_layer = shares["per_layer"]
     layers = len(per_layer[CATEGORIES[0]])
@@ -183,8 +182,4 @@ def plot_shares(shares: Mapping[str, Any], path: str | Path, title: str = "neuro
     ax.set(xlabel="layer", ylabel="share of neurons", ylim=(0, 1), title=title)
     ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

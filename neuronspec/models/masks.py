@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from neuronspec.tensorfiles import save_tensors
 
 from .sites import SITES, Dims, HookPoint, adapter_for, check_site, site_width
 
@@ -167,18 +167,8 @@ class NeuronSet:
     # ---- persistence ------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write as safetensors (keys ``site/layer``), atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"{s}/{l}": t.contiguous() for s, ls in self._data.items() for l, t in ls.items()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"format": _FORMAT, "version": _VERSION})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return save_tensors(tensors, path, {"format": _FORMAT, "version": _VERSION})
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronSet:

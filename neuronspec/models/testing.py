@@ -19,7 +19,14 @@ CHARS = "".join(chr(c) for c in range(32, 32 + 96 - len(SPECIALS)))  # space .. 
 
 def tiny_tokenizer() -> Any:
     """A character-level fast tokenizer: 96 ids, BOS prepended, unknown chars -> <unk>."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+    )
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate((*SPECIALS, *CHARS))}
@@ -44,7 +51,11 @@ def tiny_loaded(arch: str, seed: int = 0, **overrides: object) -> LoadedModel:
 def tiny_gemma3_multimodal(seed: int = 0) -> Any:
     """A tiny Gemma3ForConditionalGeneration (SigLIP tower + the tiny gemma3 text config)."""
     import torch
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        SiglipVisionConfig,
+    )
 
     from .tiny import tiny_config
 

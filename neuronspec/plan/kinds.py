@@ -170,7 +170,11 @@ def select_lape(ctx: Any, stage: Stage, out: Path) -> None:
 def select_linguafranca(ctx: Any, stage: Stage, out: Path) -> None:
     import warnings
 
-    from neuronspec.methods.linguafranca import linguafranca, plot_layer_scores, plot_similarity
+    from neuronspec.methods.linguafranca import (
+        linguafranca,
+        plot_layer_scores,
+        plot_similarity,
+    )
 
     s = stage.spec
     stats, ids = _load_activations(ctx, stage)
@@ -203,7 +207,8 @@ def select_sharing(ctx: Any, stage: Stage, out: Path) -> None:
 
 
 def logit_lens(ctx: Any, stage: Stage, out: Path) -> None:
-    from neuronspec.methods.logit_lens import TokenClassifier, logit_lens as lens
+    from neuronspec.methods.logit_lens import TokenClassifier
+    from neuronspec.methods.logit_lens import logit_lens as lens
     from neuronspec.models.forward import encode, iter_batches
 
     s = stage.spec

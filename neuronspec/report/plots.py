@@ -5,19 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
-def _plt():  # noqa: ANN202 - matplotlib is heavy; import only when plotting
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from neuronspec.plotting import pyplot, save_figure
 
 
 def write_plots(results: dict[str, Any], folder: Path) -> list[Path]:
     written = []
-    plt = _plt()
+    plt = pyplot()
     for name, info in (results.get("sets") or {}).items():
         if not info["family"]:
             continue
@@ -32,9 +25,7 @@ def write_plots(results: dict[str, Any], folder: Path) -> list[Path]:
         ax.legend(ncol=3, fontsize=8)
         fig.tight_layout()
         path = folder / f"layers-{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, path))
     if results.get("logit_lens"):
         from neuronspec.methods.logit_lens import LensCounts, plot_logit_lens
 
@@ -53,9 +44,7 @@ def write_plots(results: dict[str, Any], folder: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = folder / f"loss-{arm}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, path))
     for ev_name, ev in results["evaluations"].items():
         for arm, m in ev["matrices"].items():
             import numpy as np
@@ -73,7 +62,5 @@ def write_plots(results: dict[str, Any], folder: Path) -> list[Path]:
             fig.colorbar(im, ax=ax, shrink=0.8)
             fig.tight_layout()
             path = folder / f"matrix-{ev_name}-{arm}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(path)
+            written.append(save_figure(fig, path))
     return written

@@ -2,7 +2,15 @@
 
 from neuronspec.spec.errors import Location, Problem, StudyError
 from neuronspec.spec.loader import LoadedStudy, load_study
-from neuronspec.spec.models import SITES, ArmSpec, CorpusSpec, ModelSpec, PLNDSpec, Quantile, Study
+from neuronspec.spec.models import (
+    SITES,
+    ArmSpec,
+    CorpusSpec,
+    ModelSpec,
+    PLNDSpec,
+    Quantile,
+    Study,
+)
 
 __all__ = [
     "SITES", "ArmSpec", "CorpusSpec", "LoadedStudy", "Location", "ModelSpec", "PLNDSpec", "Problem",
