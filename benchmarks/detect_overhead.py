@@ -11,8 +11,9 @@ Everything runs on the SAME batches (``forward.encode`` + ``iter_batches``):
 * ``ppl`` / ``ppl masked``: :func:`perplexity` without and with a realistic mask (1,000 random
   ffn + attention neurons under :func:`deactivate`; bar: within 5%);
 * peak memory of each configuration for N and 2N documents, each in a fresh subprocess
-  (Linux: VmHWM after resetting it through /proc/self/clear_refs; CUDA: max_memory_allocated),
-  which must not grow with the number of documents.
+  (Linux: VmHWM after resetting it through /proc/self/clear_refs, with the weights' pages made
+  resident first and glibc returning freed blocks at once; CUDA: max_memory_allocated), which
+  must not grow with the number of documents.
 
 The machine this runs on may be shared and noisy: every configuration is warmed up once, then
 timed in `--repeats` rounds; a round times the baseline, then each configuration, and a
@@ -203,6 +204,11 @@ def memory_probe(args: argparse.Namespace) -> dict[str, Any]:
 
     with torch.no_grad():  # warm-up of one batch: lazy allocations of the model itself are not the method's
         hidden_forward(model, batches[0].input_ids, batches[0].attention_mask)
+        # Weights may be memory-mapped from the checkpoint: pages of the embedding table become
+        # resident as new tokens are looked up, which would count as "growth" with more documents.
+        # Touch every page now so that the peak below measures allocations only.
+        for t in [*model.parameters(), *model.buffers()]:
+            t.sum()
     fn = fns[args.memory_probe]
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -241,7 +247,10 @@ def run_probe(args: argparse.Namespace, config: str, docs: int) -> dict[str, Any
            "--batch-size", str(args.batch_size), "--model", args.model, "--device", args.device,
            "--languages", ",".join(args.languages), "--corpus", args.corpus, "--threads", str(args.threads),
            "--mask-neurons", str(args.mask_neurons)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    # A fixed mmap threshold turns off glibc's adaptive one, so freed tensors go back to the OS
+    # at once: RSS then follows live memory instead of what earlier frees left in the heap.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"memory probe {config} ({docs} docs) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
