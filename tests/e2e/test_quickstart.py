@@ -29,7 +29,18 @@ def _require_embedded() -> None:
         pytest.skip("embedded model not installed: pip install 'neuronspec[embedded]'")
 
 
-def test_embedded_model_loads_offline_and_has_sensible_perplexity() -> None:
+@pytest.fixture
+def say(capsys: pytest.CaptureFixture[str]):  # noqa: ANN201
+    """Print to the terminal even under `pytest -q`: these tests report what they measure."""
+
+    def emit(*parts: object) -> None:
+        with capsys.disabled():
+            print(*parts)
+
+    return emit
+
+
+def test_embedded_model_loads_offline_and_has_sensible_perplexity(say) -> None:  # noqa: ANN001
     _require_embedded()
     import torch
 
@@ -45,18 +56,18 @@ def test_embedded_model_loads_offline_and_has_sensible_perplexity() -> None:
     start = time.perf_counter()
     lm = load_model("gemma-3-270m")
     cached_s = time.perf_counter() - start
-    print(f"\ngemma-3-270m: first load {first_s:.1f} s (converts the GGUF once per machine), cached load {cached_s:.1f} s")
+    say(f"\ngemma-3-270m: first load {first_s:.1f} s (converts the GGUF once per machine), cached load {cached_s:.1f} s")
     docs = load_corpus("builtin:wikilingua", ["en", "zh", "fr", "ru", "hi"], split="eval", docs_per_language=4)
     ppl = {}
     for lang, items in docs.items():
         ppl[lang] = perplexity(lm.model, lm.tokenizer, [d.text for d in items], max_tokens=96, bootstrap=0).ppl
-    print("perplexity on 4 WikiLingua documents per language:", {k: round(v, 1) for k, v in ppl.items()})
+    say("perplexity on 4 WikiLingua documents per language:", {k: round(v, 1) for k, v in ppl.items()})
     assert all(math.isfinite(v) for v in ppl.values())
     assert ppl["en"] < 100
     assert all(v < 1000 for v in ppl.values())
 
 
-def test_quickstart_shows_language_specific_effect(tmp_path: Path) -> None:
+def test_quickstart_shows_language_specific_effect(tmp_path: Path, say) -> None:  # noqa: ANN001
     """Deactivating a language's specific neurons must hurt that language much more than
     (a) the same number of random neurons and (b) it hurts the other languages.
 
@@ -75,10 +86,10 @@ def test_quickstart_shows_language_specific_effect(tmp_path: Path) -> None:
     ev = out["results"]["evaluations"]["ppl"]
     specific, random = ev["arms"]["specific"], ev["arms"]["random"]
     matrix = ev["matrices"]["specific"]["change"]
-    print(f"\nquickstart cold run: {cold:.0f} s, {len(out['computed'])} stages")
-    print("base ppl:", ev["base"])
-    print("% ppl change, specific:", {k: round(v, 1) for k, v in specific["change"].items()})
-    print("% ppl change, random:  ", {k: round(v, 1) for k, v in random["change"].items()})
+    say(f"\nquickstart cold run: {cold:.0f} s, {len(out['computed'])} stages")
+    say("base ppl:", ev["base"])
+    say("% ppl change, specific:", {k: round(v, 1) for k, v in specific["change"].items()})
+    say("% ppl change, random:  ", {k: round(v, 1) for k, v in random["change"].items()})
     for lang in [x for x in ev["languages"] if x != "en"]:
         own = specific["change"][lang]
         assert own > 2 * max(random["change"][lang], 1.0), (lang, own, random["change"][lang])
@@ -90,4 +101,4 @@ def test_quickstart_shows_language_specific_effect(tmp_path: Path) -> None:
     warm = time.perf_counter() - start
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["computed"] == []
-    print(f"unchanged re-run: {warm:.1f} s, no stage computed")
+    say(f"unchanged re-run: {warm:.1f} s, no stage computed")
