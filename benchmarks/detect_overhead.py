@@ -111,7 +111,8 @@ def realistic_mask(model: torch.nn.Module, total: int, seed: int = 0) -> Any:
 
 # ---- the measured workloads ----------------------------------------------------------------
 def workloads(model: torch.nn.Module, tokenizer: Any, batches: list[Any], texts: list[str],
-              args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
+              args: argparse.Namespace) -> tuple[dict[str, Callable[[], Any]], Any]:
+    """The timed callables by name, and the mask that "ppl masked" applies."""
     from neuronspec.evaluate.perplexity import perplexity
     from neuronspec.methods.plnd import plnd_statistics
     from neuronspec.models.forward import hidden_forward
@@ -137,8 +138,7 @@ def workloads(model: torch.nn.Module, tokenizer: Any, batches: list[Any], texts:
     out: dict[str, Callable[[], Any]] = {"forward": forward}
     out.update({name: plnd(sites) for name, sites in SITE_CONFIGS.items()})
     out.update({"ppl": ppl, "ppl masked": ppl_masked})
-    out["_mask_size"] = lambda: mask.count()  # type: ignore[assignment]
-    return out
+    return out, mask
 
 
 def sync(device: str) -> None:
@@ -199,7 +199,7 @@ def memory_probe(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = load(args.model, args.device)
     texts = corpus_texts(args.model, args.docs, args.languages, args.corpus)
     batches = make_batches(tokenizer, texts, args.max_tokens, args.batch_size, args.device)
-    fns = workloads(model, tokenizer, batches, texts, args)
+    fns, _ = workloads(model, tokenizer, batches, texts, args)
     from neuronspec.models.forward import hidden_forward
 
     with torch.no_grad():  # warm-up of one batch: lazy allocations of the model itself are not the method's
@@ -250,7 +250,7 @@ def run_probe(args: argparse.Namespace, config: str, docs: int) -> dict[str, Any
     # A fixed mmap threshold turns off glibc's adaptive one, so freed tensors go back to the OS
     # at once: RSS then follows live memory instead of what earlier frees left in the heap.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"memory probe {config} ({docs} docs) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -267,6 +267,7 @@ def main() -> None:
     p.add_argument("--corpus", default="builtin:wikilingua")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up (medians reported)")
     p.add_argument("--mask-neurons", type=int, default=1000)
+    p.add_argument("--ppl-docs", type=int, help="documents for the perplexity comparison (default: all N)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--skip-memory", action="store_true")
@@ -286,15 +287,22 @@ def main() -> None:
     batches = make_batches(tokenizer, texts, args.max_tokens, args.batch_size, args.device)
     tokens = int(sum(int(b.attention_mask.sum()) for b in batches))
     padded = int(sum(b.attention_mask.numel() for b in batches))
-    fns = workloads(model, tokenizer, batches, texts, args)
-    mask_size = fns.pop("_mask_size")()
-    print(f"{args.model}: {len(texts)} docs, {len(batches)} batches of <= {args.batch_size}, {tokens} tokens "
-          f"({padded} with padding), {args.repeats} rounds, {torch.get_num_threads()} threads, "
-          f"load average {load_start[0]:.1f}", file=sys.stderr)
+    ppl_texts = texts[: args.ppl_docs or len(texts)]
+    fns, mask = workloads(model, tokenizer, batches, ppl_texts, args)
+    mask_size = mask.count()
+    header = (f"{args.model}: {len(texts)} docs x <= {args.max_tokens} tokens, {len(batches)} batches of <= "
+              f"{args.batch_size}, {tokens} tokens ({padded} with padding); perplexity on {len(ppl_texts)} docs, "
+              f"mask of {mask_size} random neurons; {args.repeats} rounds, {torch.get_num_threads()} threads, "
+              f"device {args.device}")
+    print(header, file=sys.stderr)
 
     timing = paired_rounds(fns["forward"], {n: fns[n] for n in SITE_CONFIGS}, args.repeats, args.device, "detect")
+    ppl_tokens = tokens
     timing["forward"] = timing.pop("base")
     if not args.skip_ppl:
+        from neuronspec.models.forward import encode
+
+        ppl_tokens = sum(len(e) for e in encode(tokenizer, ppl_texts, args.max_tokens))  # tokens read, as above
         ppl = paired_rounds(fns["ppl"], {"ppl masked": fns["ppl masked"]}, args.repeats, args.device, "ppl")
         timing["ppl"] = ppl.pop("base")
         timing.update(ppl)
@@ -308,12 +316,13 @@ def main() -> None:
                 memory[config][str(n)] = run_probe(args, config, n)
 
     # ---- report -----------------------------------------------------------------------------
+    print(header)
     rows, verdicts = [], {}
     for name in ["forward", *SITE_CONFIGS, "ppl", "ppl masked"]:
         if name not in timing:
             continue
         t = timing[name]
-        t["tokens_per_s"] = tokens / t["wall_s"]
+        t["tokens_per_s"] = (ppl_tokens if name.startswith("ppl") else tokens) / t["wall_s"]
         bar = BARS.get(name)
         ok = None if bar is None or "ratio" not in t else t["ratio"] <= bar
         if ok is not None:
@@ -364,7 +373,7 @@ def main() -> None:
 
 def _table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     print()
     print(line(header))
     print("  ".join("-" * w for w in widths))

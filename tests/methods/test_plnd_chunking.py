@@ -10,7 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuronspec.methods.plnd import _key_spans, plnd_statistics, qk_head_importance, token_weights
+from neuronspec.methods.plnd import (
+    _key_spans,
+    plnd_statistics,
+    qk_head_importance,
+    token_weights,
+)
 from neuronspec.models.forward import iter_batches
 from neuronspec.models.tiny import tiny_model
 
@@ -85,3 +90,35 @@ def test_long_documents_match_one_block_at_a_time(arch: str) -> None:
         total = sum(s[site].sum for s in single)
         assert torch.allclose(whole[site].sum, total, rtol=1e-4, atol=1e-12)
         assert torch.allclose(whole[site].min, torch.stack([s[site].min for s in single]).amin(0), rtol=1e-4, atol=1e-12)
+
+
+def test_key_whose_probability_underflows_is_not_dropped() -> None:
+    """Key 0 is visible but at exp(-250) ≈ 0 for the second query block; removing dimension 0's
+    term brings it back, so spans must come from the mask, not from where probabilities are > 0."""
+    torch.manual_seed(0)
+    b, h, t, d = 1, 1, 20, 4
+    q, k = torch.randn(b, h, t, d) * 0.1, torch.randn(b, h, t, d) * 0.1
+    k[:, :, 0, 0] = -50.0
+    q[:, :, 16:, 0] = 50.0
+    mask = _mask(b, t, [t], None)
+    want = _direct(q, k, mask, 0.1, None)
+    assert want[0, 0, 16:, 0].min() > 1e-3  # the effect is real (key 0 gets ~1/17 of the mass)
+    got = qk_head_importance(q, k, mask, 0.1, None)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-9)
+
+
+def test_worker_threads_give_the_single_thread_result() -> None:
+    """Many chunks on 2 threads go through the Python worker pool; threads are restored after."""
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 4, 50, 8), torch.randn(2, 2, 50, 8)
+    mask = _mask(2, 50, [50, 41], None)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = qk_head_importance(q, k, mask, 0.3, chunk_elements=256)
+        torch.set_num_threads(2)
+        two = qk_head_importance(q, k, mask, 0.3, chunk_elements=256)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert torch.allclose(one, two, rtol=1e-6, atol=0)
