@@ -2,6 +2,7 @@
 
     python benchmarks/detect_overhead.py [--docs 32 --max-tokens 128 --batch-size 8 --model gemma-3-270m]
     python benchmarks/detect_overhead.py --model tiny-llama --docs 8 --repeats 2   # smoke run, seconds
+    python benchmarks/detect_overhead.py --model random-llama-1b --dtype bfloat16 --device cuda  # GPU, no download
 
 Everything runs on the SAME batches (``forward.encode`` + ``iter_batches``):
 
@@ -51,8 +52,39 @@ BARS = {"plnd ffn": 1.15, "plnd all": 2.0, "ppl masked": 1.05}
 MASK_SITES = ("ffn", "attn.q", "attn.k", "attn.v", "attn.o")
 
 
+#: Llama-shaped models with random weights, for throughput and memory at scale without downloads
+#: (hidden, layers, intermediate, heads, kv heads); vocabulary 32,000 like Llama-2.
+RANDOM_LLAMAS = {
+    "random-llama-1b": (2048, 16, 5632, 32, 4),   # TinyLlama-1.1B's shape
+    "random-llama-3b": (3200, 26, 8640, 32, 32),  # OpenLLaMA-3B's shape
+    "random-llama-7b": (4096, 32, 11008, 32, 32),  # Llama-2-7B's shape
+    "random-llama-small": (256, 4, 688, 4, 2),     # CPU smoke test of this path
+}
+
+
 # ---- setup ---------------------------------------------------------------------------------
-def load(model_name: str, device: str) -> tuple[torch.nn.Module, Any]:
+def random_llama(name: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    """A randomly initialised Llama of a preset shape, built directly on `device` in `dtype`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hidden, layers, inter, heads, kv = RANDOM_LLAMAS[name]
+    config = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=inter,
+                         num_attention_heads=heads, num_key_value_heads=kv, vocab_size=32000,
+                         max_position_embeddings=4096, attn_implementation="sdpa")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def load(model_name: str, device: str, dtype: str = "float32") -> tuple[torch.nn.Module, Any]:
+    if model_name in RANDOM_LLAMAS:
+        from neuronspec.models.testing import tiny_tokenizer
+
+        return random_llama(model_name, device, getattr(torch, dtype)).eval(), tiny_tokenizer()
     if model_name.startswith("tiny-"):
         from neuronspec.models.testing import tiny_tokenizer
         from neuronspec.models.tiny import tiny_model
@@ -61,14 +93,14 @@ def load(model_name: str, device: str) -> tuple[torch.nn.Module, Any]:
     else:
         from neuronspec.models.loading import load_model
 
-        lm = load_model(model_name)
+        lm = load_model(model_name, dtype=dtype)
         model, tokenizer = lm.model, lm.tokenizer
     return model.to(device).eval(), tokenizer
 
 
 def corpus_texts(model_name: str, n_docs: int, languages: list[str], source: str) -> list[str]:
     """`n_docs` documents, languages interleaved; tiny models get deterministic synthetic text."""
-    if model_name.startswith("tiny-"):
+    if model_name.startswith(("tiny-", "random-")):
         rng = random.Random(0)
         words = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "north", "quiet", "seven"]
         return [" ".join(rng.choice(words) for _ in range(rng.randint(20, 60))) for _ in range(n_docs)]
@@ -196,7 +228,7 @@ def _rss_kb(field: str) -> int:
 
 def memory_probe(args: argparse.Namespace) -> dict[str, Any]:
     """Run configuration `args.memory_probe` once over `args.docs` documents; peak memory above the start."""
-    model, tokenizer = load(args.model, args.device)
+    model, tokenizer = load(args.model, args.device, args.dtype)
     texts = corpus_texts(args.model, args.docs, args.languages, args.corpus)
     batches = make_batches(tokenizer, texts, args.max_tokens, args.batch_size, args.device)
     fns, _ = workloads(model, tokenizer, batches, texts, args)
@@ -246,7 +278,7 @@ def run_probe(args: argparse.Namespace, config: str, docs: int) -> dict[str, Any
     cmd = [sys.executable, __file__, "--memory-probe", config, "--docs", str(docs), "--max-tokens", str(args.max_tokens),
            "--batch-size", str(args.batch_size), "--model", args.model, "--device", args.device,
            "--languages", ",".join(args.languages), "--corpus", args.corpus, "--threads", str(args.threads),
-           "--mask-neurons", str(args.mask_neurons)]
+           "--mask-neurons", str(args.mask_neurons), "--dtype", args.dtype]
     # A fixed mmap threshold turns off glibc's adaptive one, so freed tensors go back to the OS
     # at once: RSS then follows live memory instead of what earlier frees left in the heap.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
@@ -262,7 +294,9 @@ def main() -> None:
     p.add_argument("--docs", type=int, default=32, help="documents N (memory is also measured with 2N)")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--model", default="gemma-3-270m", help="embedded/hub model, or tiny-<arch> (e.g. tiny-llama)")
+    p.add_argument("--model", default="gemma-3-270m",
+                   help=f"embedded/hub model, tiny-<arch> (e.g. tiny-llama), or one of {', '.join(RANDOM_LLAMAS)}")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--languages", type=lambda s: s.split(","), default=["en", "zh"])
     p.add_argument("--corpus", default="builtin:wikilingua")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up (medians reported)")
@@ -282,7 +316,7 @@ def main() -> None:
         return
 
     load_start = os.getloadavg()
-    model, tokenizer = load(args.model, args.device)
+    model, tokenizer = load(args.model, args.device, args.dtype)
     texts = corpus_texts(args.model, args.docs, args.languages, args.corpus)
     batches = make_batches(tokenizer, texts, args.max_tokens, args.batch_size, args.device)
     tokens = int(sum(int(b.attention_mask.sum()) for b in batches))

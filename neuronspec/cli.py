@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a stage failed, 2 the study (or an argument) is invalid
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -50,8 +51,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 err.print(f"[red]{problem}[/red]", soft_wrap=True)
             continue
         s = loaded.study
-        console.print(f"[green]ok[/green] {path}: study {s.name!r}, {len(s.languages)} languages, "
-                      f"{len(s.arms)} arms, {len(s.evaluate)} evaluations")
+        console.print(f"[green]ok[/green] {path}: study {s.name!r}, " + (f"{len(s.models)} models, " if s.models else "")
+                      + f"{len(s.languages)} languages, {len(s.arms)} arms, {len(s.evaluate)} evaluations")
     return 2 if failed else 0
 
 
@@ -60,23 +61,32 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from neuronspec.plan.runner import explain
+    from neuronspec.plan.variants import compile_variants, notes
 
     loaded = _load(args, args.file)
-    plan = _compile(loaded)
-    statuses = explain(plan, _store(args, loaded.path))
+    variants = compile_variants(loaded)  # one plan per model of the study
+    store = _store(args, loaded.path)
+    blocks = [(v, explain(v.plan, store)) for v in variants]
     if args.json:
-        print(json.dumps([{"stage": s.stage.id, "kind": s.stage.kind, "key": s.stage.key, "state": s.state,
-                           "reasons": s.reasons, "deps": list(s.stage.deps)} for s in statuses], indent=1))
+        print(json.dumps([{"stage": s.stage.id, **({"model": v.name} if v.name else {}), "kind": s.stage.kind, "key": s.stage.key,
+                           "state": s.state, "reasons": s.reasons, "deps": list(s.stage.deps)}
+                          for v, statuses in blocks for s in statuses], indent=1))
         return 0
-    table = Table(title=f"plan of {plan.study_name} ({len(statuses)} stages)", title_justify="left")
-    for col in ("stage", "state", "why"):
-        table.add_column(col)
-    for s in statuses:
-        state = "[green]cached[/green]" if s.state == "cached" else "[yellow]stale[/yellow]"
-        table.add_row(s.stage.id, state, "; ".join(s.reasons))
-    console.print(table)
-    for note in plan.notes:
+    first_of: dict[str, str] = {}  # stage key → the model whose block lists it first (corpora are shared)
+    for v, statuses in blocks:
+        title = f"plan of {v.plan.study_name} ({len(statuses)} stages)" + (f", {v.label}" if v.name else "")
+        table = Table(title=title, title_justify="left")
+        for col in ("stage", "state", "why"):
+            table.add_column(col)
+        for s in statuses:
+            state = "[green]cached[/green]" if s.state == "cached" else "[yellow]stale[/yellow]"
+            shared = first_of.setdefault(s.stage.key, str(v.name))
+            why = f"shared with model {shared}: computed once" if shared != str(v.name) and s.state == "stale" else "; ".join(s.reasons)
+            table.add_row(s.stage.id, state, why)
+        console.print(table)
+    for note in notes(variants):
         console.print(f"[yellow]note:[/yellow] {note}")
+    statuses = [s for _, block in blocks for s in block]
     stale = sum(s.state == "stale" for s in statuses)
     console.print(f"{stale} stale, {len(statuses) - stale} cached")
     return 0
@@ -99,12 +109,19 @@ def _progress_factory_ctx(enabled: bool) -> Iterator[Any]:
     )
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True) as progress:
+                  TimeElapsedColumn(), TextColumn("{task.fields[rate]}"), console=err, transient=True) as progress:
         @contextmanager
         def factory(description: str, total: int | None) -> Iterator[Any]:
-            task = progress.add_task(description, total=total)
+            task = progress.add_task(description, total=total, rate="")
+            start, seen = time.perf_counter(), [0]
+
+            def advance(n: int = 1, tokens: int = 0) -> None:
+                seen[0] += tokens
+                rate = f"{seen[0] / max(time.perf_counter() - start, 1e-9):,.0f} tokens/s" if seen[0] else ""
+                progress.update(task, advance=n, rate=rate)
+
             try:
-                yield lambda n=1: progress.advance(task, n)
+                yield advance
             finally:
                 progress.remove_task(task)
 
@@ -115,13 +132,17 @@ def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Seq
                quiet: bool = False, git_info: Any = True) -> tuple[Any, ...] | None:
     """Run a compiled study, collect its results, write the run record and outputs.
 
+    `plan` is a one-model study's Plan or the study's variants (neuronspec.plan.variants: one per model).
     Returns (run result, results, tables, record, folder), or None when a stage failed (already reported).
     """
     from neuronspec.data import CorpusError
     from neuronspec.plan.runner import StageFailed, run_plan
+    from neuronspec.plan.variants import as_variants, run_variants
     from neuronspec.report.records import write_run_record
     from neuronspec.report.render import result_tables, write_outputs
-    from neuronspec.report.results import collect
+    from neuronspec.report.results import collect_study
+
+    variants = as_variants(loaded, plan)
 
     def on_stage(stage, event):  # noqa: ANN001, ANN202
         if event == "corrupt":
@@ -129,29 +150,62 @@ def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Seq
         if event == "done" and not quiet:
             err.print(f"[green]✓[/green] {stage.id}")
 
+    def on_variant(v):  # noqa: ANN001, ANN202
+        if not quiet:
+            err.print(f"[bold]{v.label}[/bold]")
+
     try:
         with _progress_factory_ctx(not quiet and sys.stderr.isatty()) as factory:
-            result = run_plan(plan, store, loaded.study, force=list(force), only=list(only),
-                              progress_factory=factory, on_stage=on_stage)
+            result = run_variants(variants, lambda v: run_plan(v.plan, store, v.loaded.study, force=list(force), only=list(only),
+                                                               progress_factory=factory, on_stage=on_stage), on_variant)
     except StageFailed as failed:
         if isinstance(failed.error, CorpusError):  # the study asked for text that is not there: point at it
             raise StudyError([loaded.source.problem(failed.stage.origin, str(failed.error))]) from None
         err.print(f"[red]{failed}[/red]")
         err.print("finished stages are cached; fix the cause and run again to resume")
         return None
-    results = collect(plan, store, loaded.study.report.baseline_language)
+    results = collect_study(loaded, variants, store)
     tables = result_tables(results)
-    record, folder = write_run_record(loaded, plan, store, result, results, time.perf_counter() - started, git_info=git_info)
+    record, folder = write_run_record(loaded, variants, store, result, results, time.perf_counter() - started, git_info=git_info)
     write_outputs(results, tables, folder, loaded.study.report.formats)
     return result, results, tables, record, folder
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from neuronspec.plan.variants import compile_variants, run_variants
+
     started = time.perf_counter()
     loaded = _load(args, args.file)
-    plan = _compile(loaded)
+    plan = compile_variants(loaded)  # one plan per model of the study (usually one)
     store = _store(args, loaded.path)
-    for note in plan.notes:
+    from neuronspec import distributed
+
+    if not distributed.launched():
+        return _run_and_print(args, loaded, plan, store, started)
+    # Started by torchrun / accelerate launch as one of several data-parallel ranks: all compute,
+    # rank 0 alone writes the cache and prints.
+    import torch.distributed as dist
+
+    from neuronspec.plan.runner import StageFailed, run_plan
+
+    world = distributed.init_from_env(plan[0].loaded.study.model.device)
+    try:
+        if world.main:
+            err.print(f"data-parallel run over {world.size} ranks ({dist.get_backend()} backend)")
+            return _run_and_print(args, loaded, plan, store, started)
+        try:
+            run_variants(plan, lambda v: run_plan(v.plan, store, v.loaded.study, force=list(args.force or []), only=list(args.only or [])))
+        except StageFailed:
+            return 1  # rank 0 reports the error
+        return 0
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_and_print(args: argparse.Namespace, loaded: Any, plan: Any, store: Any, started: float) -> int:
+    from neuronspec.plan.variants import notes
+
+    for note in notes(plan):
         err.print(f"[yellow]note:[/yellow] {note}")
     done = _run_study(loaded, plan, store, started=started, force=args.force or [], only=args.only or [], quiet=args.quiet)
     if done is None:
@@ -164,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for table in tables:
         if table.terminal:
             console.print(table.to_rich())
-    console.print(f"computed {len(result.computed)} of {len(plan.stages)} stages in {time.perf_counter() - started:.1f} s"
+    console.print(f"computed {len(result.computed)} of {sum(len(v.plan.stages) for v in plan)} stages in {time.perf_counter() - started:.1f} s"
                   + (f" (model load {result.model_load_seconds:.1f} s)" if result.model_load_seconds else ""))
     console.print(f"run record: {folder / 'record.json'}", soft_wrap=True)
     return 0
@@ -205,6 +259,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 # -- diff -------------------------------------------------------------------------------
 def cmd_diff(args: argparse.Namespace) -> int:
     from neuronspec.paths import study_store
+    from neuronspec.plan.variants import compile_variants
     from neuronspec.report import diff as D
 
     if args.rev and len(args.refs) != 1:
@@ -232,7 +287,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         for side in (a, b):
             if side.loaded is not None and side.missing():
                 err.print(f"running {side.label} ({len(side.missing())} stages)")
-                done = _run_study(side.loaded, _compile(side.loaded), side.store, started=time.perf_counter(),
+                done = _run_study(side.loaded, compile_variants(side.loaded), side.store, started=time.perf_counter(),
                                   quiet=args.quiet, git_info=side.git_info if side.kind == "rev" else True)
                 if done is None:
                     return 1
@@ -344,9 +399,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
             table.add_row(str(e["stage"]), str(e["kind"]), str(e["key"])[:12], f"{e['bytes'] / 1024:.0f} KiB")
         console.print(table)
         return 0
+    from neuronspec.plan.variants import all_stages, compile_variants
+
     keep: set[str] = set()
     for path in args.keep or []:
-        keep |= {s.key for s in _compile(_load(args, path)).stages.values()}
+        keep |= {s.key for s in all_stages(compile_variants(_load(args, path))).values()}
     removed, freed = store.gc(keep)
     console.print(f"removed {removed} entries ({freed / 1e6:.1f} MB); kept those of {len(args.keep or [])} studies")
     return 0
@@ -414,6 +471,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         enhance_arms = [a.name for a in loaded.study.arms if a.enhance is not None]
         err.print(f"[red]{args.file}: no enhance arm named {args.arm!r} (enhance arms: {', '.join(enhance_arms) or 'none'})[/red]")
         return 2
+    if loaded.study.models:  # a multi-model study: the arm was trained once per model
+        if args.model not in loaded.study.models:
+            err.print(f"[red]{args.file} names several models: pick one with --model ({', '.join(loaded.study.models)})[/red]")
+            return 2
+        loaded = dataclasses.replace(loaded, study=loaded.study.variants()[args.model])
     plan = _compile(loaded)
     variants = [sid.rsplit("/", 1)[1] for sid in plan.stages if sid.startswith(f"enhance/{args.arm}/")]
     lang = args.lang or (variants[0] if len(variants) == 1 else None)
@@ -492,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file")
     sp.add_argument("arm")
     sp.add_argument("--lang", help="which language's fine-tune (arms train one per language)")
+    sp.add_argument("--model", help="which model's fine-tune, in a study with `models`")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--force", action="store_true", help="replace an existing folder")
     study_args(sp)

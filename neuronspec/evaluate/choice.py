@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from neuronspec.distributed import parallel_map
 from neuronspec.evaluate._items import item_field
 from neuronspec.evaluate._stats import bootstrap_ratio
 from neuronspec.evaluate.logprobs import encode, pad_token_id, token_logprobs
@@ -93,6 +94,7 @@ def multiple_choice(
     items: Sequence[Any],
     *,
     batch_size: int = 8,
+    batch_tokens: int | None = None,
     max_tokens: int = 256,
     normalize: Normalize = "none",
     bootstrap: int = 1000,
@@ -130,10 +132,17 @@ def multiple_choice(
             scored.append(min(len(cont), len(ids) - 1))
             owners.append((index, c, str(choice)))
 
-    logprobs = token_logprobs(model, sequences, batch_size=batch_size, pad_id=pad_token_id(model, tokenizer))
+    pad = pad_token_id(model, tokenizer)
+
+    def continuation_logprob(part: list[tuple[list[int], int]]) -> list[float]:
+        logprobs = token_logprobs(model, [ids for ids, _ in part], batch_size=batch_size, pad_id=pad,
+                                  batch_tokens=batch_tokens)
+        return [float(lp[len(lp) - k :].double().sum()) for lp, (_, k) in zip(logprobs, part)]
+
+    # under torch.distributed each rank scores its shard of the sequences
+    totals = parallel_map(continuation_logprob, list(zip(sequences, scored)))
     scores: list[list[float]] = [[] for _ in labels]
-    for (index, _, choice), lp, k in zip(owners, logprobs, scored):
-        total = float(lp[len(lp) - k :].double().sum())
+    for (index, _, choice), total, k in zip(owners, totals, scored):
         if normalize == "length":
             total /= max(k, 1)
         elif normalize == "chars":

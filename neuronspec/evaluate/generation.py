@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from neuronspec.distributed import parallel_map
 from neuronspec.evaluate._items import item_field, item_id
 from neuronspec.evaluate._stats import bootstrap_ratio
 from neuronspec.evaluate.fidelity import candidates, canonical, detect, detector
@@ -130,9 +131,10 @@ def generation(
     detector(pool)  # fail fast (missing lingua, unsupported language) before decoding anything
     prompts = [str(item_field(it, "prompt", fallback_text=True)) for it in items]
     references = [str(item_field(it, "reference")) for it in items]
-    outputs = greedy_generate(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, max_tokens=max_tokens,
-        stop=tuple(stop),
+    outputs = parallel_map(  # under torch.distributed each rank decodes its shard of the prompts
+        lambda part: greedy_generate(model, tokenizer, part, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                     max_tokens=max_tokens, stop=tuple(stop)),
+        prompts,
     )
     scores = [rouge_l(out, ref) for out, ref in zip(outputs, references)]
     detected = detect(outputs, pool)

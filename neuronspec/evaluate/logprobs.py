@@ -14,6 +14,9 @@ from typing import Any
 
 import torch
 
+from neuronspec import progress
+from neuronspec.models.forward import length_groups
+
 # Logits per chunk: 2**25 floats = 128 MB in float32, i.e. 128 tokens at Gemma 3's 262k vocab.
 _CHUNK_ELEMENTS = 1 << 25
 
@@ -112,13 +115,6 @@ def target_logprobs(
     return out
 
 
-def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped longest-first so similar lengths share a batch (little padding), and
-    the largest batch runs first (an out-of-memory error shows up immediately)."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 @torch.no_grad()
 def token_logprobs(
     model: torch.nn.Module,
@@ -127,20 +123,20 @@ def token_logprobs(
     batch_size: int = 8,
     pad_id: int = 0,
     chunk_tokens: int | None = None,
+    batch_tokens: int | None = None,
 ) -> list[torch.Tensor]:
     """For each sequence of n ids, the n-1 values log p(ids[t] | ids[:t]), t = 1..n-1.
 
     Returned in input order as float32 CPU tensors. Batches are length-sorted and right
-    padded; padding never enters a prediction (attention mask) nor the output.
+    padded (at most `batch_size` sequences and, when set, `batch_tokens` padded tokens);
+    padding never enters a prediction (attention mask) nor the output.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     decoder = decoder_of(model)
     device = model_device(model)
     results: list[torch.Tensor] = [torch.empty(0, dtype=torch.float32) for _ in sequences]
     lengths = [len(s) for s in sequences]
     scorable = [i for i, n in enumerate(lengths) if n >= 2]
-    for group in _batches([lengths[i] for i in scorable], batch_size):
+    for group in length_groups([lengths[i] for i in scorable], batch_size, batch_tokens):
         members = [scorable[g] for g in group]
         width = max(lengths[i] for i in members)
         ids = torch.full((len(members), width), pad_id, dtype=torch.long)
@@ -154,6 +150,7 @@ def token_logprobs(
         flat = target_logprobs(model, hidden[:, :-1][predicts], ids[:, 1:][predicts], chunk_tokens=chunk_tokens)
         for i, values in zip(members, flat.cpu().split([lengths[i] - 1 for i in members])):
             results[i] = values
+        progress.advance(len(members), tokens=sum(lengths[i] for i in members))
     return results
 
 
@@ -165,10 +162,10 @@ def text_logprobs(
     batch_size: int = 8,
     max_tokens: int = 256,
     chunk_tokens: int | None = None,
+    batch_tokens: int | None = None,
 ) -> list[torch.Tensor]:
     """`token_logprobs` of each text, tokenised with the tokenizer's BOS and truncated to
     its first `max_tokens` tokens."""
     sequences = [encode(tokenizer, t)[:max_tokens] for t in texts]
-    return token_logprobs(
-        model, sequences, batch_size=batch_size, pad_id=pad_token_id(model, tokenizer), chunk_tokens=chunk_tokens
-    )
+    return token_logprobs(model, sequences, batch_size=batch_size, pad_id=pad_token_id(model, tokenizer),
+                          chunk_tokens=chunk_tokens, batch_tokens=batch_tokens)

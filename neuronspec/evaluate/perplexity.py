@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from neuronspec.distributed import parallel_map
 from neuronspec.evaluate._items import item_text
 from neuronspec.evaluate._stats import bootstrap_ratio
 from neuronspec.evaluate.logprobs import text_logprobs
@@ -40,6 +41,7 @@ def perplexity(
     texts: Sequence[Any],
     *,
     batch_size: int = 8,
+    batch_tokens: int | None = None,
     max_tokens: int = 256,
     bootstrap: int = 1000,
     seed: int = 0,
@@ -50,9 +52,15 @@ def perplexity(
     the token-weighted perplexity each time; `bootstrap=0` skips it.
     """
     strings = [item_text(t) for t in texts]
-    logprobs = text_logprobs(model, tokenizer, strings, batch_size=batch_size, max_tokens=max_tokens)
-    doc_nll = [float(-lp.double().sum()) for lp in logprobs]
-    doc_tokens = [int(lp.numel()) for lp in logprobs]
+
+    def score(part: list[str]) -> list[tuple[float, int]]:  # (summed NLL, predicted tokens) per document
+        logprobs = text_logprobs(model, tokenizer, part, batch_size=batch_size, max_tokens=max_tokens,
+                                 batch_tokens=batch_tokens)
+        return [(float(-lp.double().sum()), int(lp.numel())) for lp in logprobs]
+
+    scored = parallel_map(score, strings)  # under torch.distributed each rank scores its shard
+    doc_nll = [nll for nll, _ in scored]
+    doc_tokens = [n for _, n in scored]
     total_tokens = sum(doc_tokens)
     if total_tokens == 0:
         raise ValueError(f"perplexity needs at least one document with 2+ tokens; got {len(strings)} documents")

@@ -72,12 +72,12 @@ class SiteStats:
     n_docs: int = 0
 
     @classmethod
-    def zeros(cls, layers: int, width: int) -> SiteStats:
+    def zeros(cls, layers: int, width: int, device: torch.device | str = "cpu") -> SiteStats:
         return cls(
-            min=torch.full((layers, width), float("inf")),
-            sum=torch.zeros(layers, width, dtype=torch.float64),
-            sumsq=torch.zeros(layers, width, dtype=torch.float64),
-            topk_hits=torch.zeros(layers, width, dtype=torch.int64),
+            min=torch.full((layers, width), float("inf"), device=device),
+            sum=torch.zeros(layers, width, dtype=torch.float64, device=device),
+            sumsq=torch.zeros(layers, width, dtype=torch.float64, device=device),
+            topk_hits=torch.zeros(layers, width, dtype=torch.int64, device=device),
         )
 
     def update(self, imp: Tensor, k: int | None) -> None:
@@ -91,6 +91,17 @@ class SiteStats:
             top = flat.topk(min(k, flat.shape[1]), dim=1).indices.reshape(-1)
             self.topk_hits.view(-1).index_add_(0, top, torch.ones_like(top))
         self.n_docs += imp.shape[0]
+
+    def to(self, device: torch.device | str) -> SiteStats:
+        return SiteStats(self.min.to(device), self.sum.to(device), self.sumsq.to(device), self.topk_hits.to(device), self.n_docs)
+
+    def all_reduce(self) -> SiteStats:
+        """The statistics over every rank's documents (MIN of minima, SUM of the rest); see neuronspec.distributed."""
+        from neuronspec import distributed
+
+        n = int(distributed.all_reduce(torch.tensor([self.n_docs], dtype=torch.int64))[0])
+        return SiteStats(distributed.all_reduce(self.min, "min"), distributed.all_reduce(self.sum),
+                         distributed.all_reduce(self.sumsq), distributed.all_reduce(self.topk_hits), n)
 
     def to_tensors(self, site: str) -> dict[str, Tensor]:
         return {f"{site}/min": self.min, f"{site}/sum": self.sum, f"{site}/sumsq": self.sumsq,
@@ -345,7 +356,8 @@ def plnd_statistics(
     """Stream `batches` through `model` once and return per-site running statistics."""
     scorer = _Scorer(model, sites, token_reduce)
     dims = scorer.dims
-    stats = {s: SiteStats.zeros(dims.num_layers, site_width(dims, s)) for s in sites}
+    device = next(model.parameters()).device  # statistics stay there (float32/64) until the pass ends
+    stats = {s: SiteStats.zeros(dims.num_layers, site_width(dims, s), device) for s in sites}
     handles = scorer.hooks()
     want_qk = [s for s in sites if s in QK_SITES]
     try:
@@ -358,14 +370,15 @@ def plnd_statistics(
                 hidden_forward(model, batch.input_ids, batch.attention_mask)
             for site in sites:
                 per_layer = scorer.batch.scores[site]
-                imp = torch.stack([per_layer[i] for i in range(dims.num_layers)], dim=1).cpu()  # [B, layers, width]
+                # [B, layers, width]; .to(): with device_map="auto" the layers live on several devices
+                imp = torch.stack([per_layer[i].to(device) for i in range(dims.num_layers)], dim=1)
                 stats[site].update(imp, (top_k or {}).get(site))
             if on_batch:
                 on_batch(batch.input_ids.shape[0])
     finally:
         for h in handles:
             h.remove()
-    return stats
+    return {site: st.to("cpu") for site, st in stats.items()}
 
 
 def resolve_thresholds(stats: dict[str, dict[str, SiteStats]], epsilon: dict[str, Any]) -> dict[str, float]:

@@ -31,6 +31,7 @@ from neuronspec.models.masks import NeuronSet
 
 CATEGORIES: tuple[str, ...] = ("all_shared", "partial_shared", "specific", "non_activated")
 _ITEM_CHUNK = 64
+_COLORS = {"all_shared": "#1b7837", "partial_shared": "#7fbf7b", "specific": "#af8dc3", "non_activated": "#d9d9d9"}
 
 
 def stack_languages(by_language: Mapping[str, Tensor] | Tensor) -> tuple[Tensor, list[str] | None]:
@@ -57,6 +58,58 @@ def categorize(acts: Tensor, tau: float = 0.0) -> Tensor:
     code[k == 1] = 2
     code[k == 0] = 3
     return code
+
+
+def item_categories(by_language: Mapping[str, Tensor] | Tensor, items: Sequence[int] | None = None,
+                    tau: float = 0.0) -> Tensor:
+    """Category code per (item, neuron) for a subset of the items, [len(items), D] int8
+    (:func:`categorize` of those rows; all items when `items` is None)."""
+    acts, _ = stack_languages(by_language)
+    if items is not None:
+        acts = acts[:, torch.as_tensor(list(items), dtype=torch.int64)]
+    return categorize(acts, tau)
+
+
+def attribution_by_category(codes: Tensor, attributions: Tensor, layers: Sequence[int]) -> dict[str, Any]:
+    """How the |attribution| mass splits over the categories, overall and per layer.
+
+    `codes` [items, L*I] are :func:`item_categories` (layer-major columns); `attributions`
+    [items, len(layers), I] — or [n_lang, items, len(layers), I], pooled over languages — hold
+    each item's attribution to the neurons of the attributed `layers`. Per category: ``share``
+    of Σ|attribution| (the shares sum to 1), ``mean_abs`` |attribution| per (language, item,
+    neuron) in the category (None when empty), signed ``mean``, and ``count`` of (item, neuron)
+    pairs in the category (per language). The same per layer (share of that layer's mass).
+    """
+    a = attributions.double()
+    if a.dim() == 3:
+        a = a[None]
+    if a.dim() != 4:
+        raise ValueError(f"attributions must be [items, layers, I] or [languages, items, layers, I], got {tuple(attributions.shape)}")
+    n_lang, items, n_layers, width = a.shape
+    if codes.shape[0] != items or codes.shape[1] % width:
+        raise ValueError(f"categories {tuple(codes.shape)} do not match attributions {tuple(attributions.shape)}")
+    if len(layers) != n_layers:
+        raise ValueError(f"{len(layers)} layers named for attributions of {n_layers}")
+    c = codes.view(items, -1, width)[:, torch.as_tensor(list(layers), dtype=torch.int64)].long()  # [items, layers, I]
+    onehot = torch.stack([c == i for i in range(len(CATEGORIES))]).double()  # [4, items, layers, I]
+    mass = torch.einsum("citk,litk->ct", onehot, a.abs())  # [4, layers]
+    signed = torch.einsum("citk,litk->ct", onehot, a)
+    count = onehot.sum((1, 3))  # [4, layers] (item, neuron) pairs
+
+    def summary(m: Tensor, s: Tensor, n: Tensor) -> dict[str, Any]:
+        total = float(m.sum())
+        return {"share": [float(x) / total if total > 0 else 0.0 for x in m],
+                "mean_abs": [float(x) / (n_lang * float(k)) if k > 0 else None for x, k in zip(m, n)],
+                "mean": [float(x) / (n_lang * float(k)) if k > 0 else None for x, k in zip(s, n)],
+                "count": [int(k) for k in n]}
+
+    overall = summary(mass.sum(1), signed.sum(1), count.sum(1))
+    per_layer = [summary(mass[:, j], signed[:, j], count[:, j]) for j in range(n_layers)]
+    return {"categories": list(CATEGORIES), "layers": [int(l) for l in layers], "items": items, "languages": n_lang,
+            "total_abs": float(mass.sum()),
+            "overall": {cat: {k: v[i] for k, v in overall.items()} for i, cat in enumerate(CATEGORIES)},
+            "per_layer": {cat: {k: [p[k][i] for p in per_layer] for k in ("share", "mean_abs", "count")}
+                          for i, cat in enumerate(CATEGORIES)}}
 
 
 def category_frequency(acts: Tensor, tau: float = 0.0) -> tuple[Tensor, Tensor]:
@@ -174,12 +227,33 @@ def plot_shares(shares: Mapping[str, Any], path: str | Path, title: str = "neuro
     layers = len(per_layer[CATEGORIES[0]])
     fig, ax = plt.subplots(figsize=(7.5, 3.5))
     bottom = [0.0] * layers
-    colors = {"all_shared": "#1b7837", "partial_shared": "#7fbf7b", "specific": "#af8dc3", "non_activated": "#d9d9d9"}
     for cat in CATEGORIES:
         values = per_layer[cat]
-        ax.bar(range(layers), values, bottom=bottom, color=colors[cat], label=cat.replace("_", "-"), width=0.85)
+        ax.bar(range(layers), values, bottom=bottom, color=_COLORS[cat], label=cat.replace("_", "-"), width=0.85)
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set(xlabel="layer", ylabel="share of neurons", ylim=(0, 1), title=title)
+    ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_attribution(attribution: Mapping[str, Any], path: str | Path,
+                     title: str = "share of |attribution| per layer by neuron category") -> Path:
+    """Stacked bars of each category's share of the |attribution| mass per attributed layer
+    (one :func:`attribution_by_category` result)."""
+    from neuronspec.plotting import pyplot, save_figure
+
+    plt = pyplot()
+    layers = attribution["layers"]
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
+    bottom = [0.0] * len(layers)
+    for cat in CATEGORIES:
+        values = attribution["per_layer"][cat]["share"]
+        ax.bar(range(len(layers)), values, bottom=bottom, color=_COLORS[cat], label=cat.replace("_", "-"), width=0.85)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_xticks(range(len(layers)), [str(l) for l in layers])
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set(xlabel="layer", ylabel="share of |attribution|", ylim=(0, 1), title=title)
     ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
     return save_figure(fig, path)

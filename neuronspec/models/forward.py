@@ -39,27 +39,34 @@ class Batch:
         return self.attention_mask.sum(dim=1)
 
 
-def iter_batches(encodings: Sequence[Sequence[int]], *, batch_size: int, pad_id: int,
-                 token_budget: int | None = None) -> Iterator[Batch]:
-    """Batches of similar length (longest first, ties by index: deterministic), right-padded.
+def length_groups(lengths: Sequence[int], batch_size: int, token_budget: int | None = None) -> list[list[int]]:
+    """Indices grouped longest-first (ties by index: deterministic) so similar lengths share a
+    batch: little padding, and the largest batch runs first (out-of-memory shows at once).
 
-    With `token_budget`, a batch also keeps B * T <= budget (a single sequence longer
-    than the budget still forms a batch of one).
+    With `token_budget`, a group also keeps size × longest <= budget (a single sequence
+    longer than the budget still forms a group of one).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups, start = [], 0
+    while start < len(order):
+        size = batch_size
+        if token_budget is not None:
+            size = max(1, min(batch_size, token_budget // max(1, lengths[order[start]])))
+        groups.append(order[start:start + size])
+        start += size
+    return groups
+
+
+def iter_batches(encodings: Sequence[Sequence[int]], *, batch_size: int, pad_id: int,
+                 token_budget: int | None = None) -> Iterator[Batch]:
+    """Right-padded batches of `length_groups` (see there for batch_size / token_budget)."""
     for i, ids in enumerate(encodings):
         if len(ids) == 0:
             raise ValueError(f"encoding {i} is empty; drop empty documents before batching")
-    order = sorted(range(len(encodings)), key=lambda i: (-len(encodings[i]), i))
-    start = 0
-    while start < len(order):
-        width = len(encodings[order[start]])  # longest in this batch (sorted descending)
-        size = batch_size
-        if token_budget is not None:
-            size = max(1, min(batch_size, token_budget // width))
-        chunk = order[start:start + size]
-        start += len(chunk)
+    for chunk in length_groups([len(e) for e in encodings], batch_size, token_budget):
+        width = len(encodings[chunk[0]])  # longest in this batch (sorted descending)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.int64)
         mask = torch.zeros((len(chunk), width), dtype=torch.int64)
         for row, i in enumerate(chunk):

@@ -317,6 +317,16 @@ def load_config(id: str = DEFAULT_MODEL, *, revision: str | None = None, gguf_fi
     return AutoConfig.from_pretrained(id, revision=revision, **({"gguf_file": gguf_file} if gguf_file else {}))
 
 
+def resolve_device(device: str) -> str:
+    """`auto`: the first CUDA GPU, else Apple's MPS, else the CPU; anything else as given."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
 def load_model(id: str = DEFAULT_MODEL, *, revision: str | None = None, dtype: str | torch.dtype = "float32",
                device: str = "cpu", device_map: str | dict | None = None,
                gguf_file: str | None = None) -> LoadedModel:
@@ -325,6 +335,7 @@ def load_model(id: str = DEFAULT_MODEL, *, revision: str | None = None, dtype: s
     Local GGUF files are converted once to a safetensors folder in the user cache.
     """
     torch_dtype = _resolve_dtype(dtype)
+    device = resolve_device(device)
     t0 = time.perf_counter()
     path = Path(id).expanduser()
     converted = False

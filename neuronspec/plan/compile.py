@@ -5,6 +5,7 @@
     select/plnd                      thresholds ε → relevant sets per language  (cheap)
     stats/act/CORPUS/LANG            one activation pass, shared by LAPE, LinguaFranca, Sharing  (model)
     select/lape|linguafranca|sharing their neuron sets and analyses          (cheap)
+    attr/sharing/LANG                attribution of the output to ffn neurons, first items  (model)
     analysis/logit_lens/LANG         per-layer language of the top tokens      (model)
     sets                             named sets by set algebra                  (cheap)
     mask/ARM                         an arm's neurons per language              (cheap)
@@ -31,14 +32,23 @@ from neuronspec.spec.references import detectors, set_order, single_sets
 
 #: Bump a kind's version when its implementation changes what it computes.
 CODE_VERSIONS = {"corpus": 1, "stats.plnd": 1, "select.plnd": 1, "sets": 1, "mask": 1, "enhance": 1, "eval": 1,
-                 "stats.act": 1, "select.lape": 1, "select.linguafranca": 1, "select.sharing": 1, "logit_lens": 1}
+                 "stats.act": 1, "select.lape": 1, "select.linguafranca": 1, "select.sharing": 1, "logit_lens": 1,
+                 "attr.sharing": 1}
+
+
+#: fields that change how documents are batched, not what is computed: not in selection keys
+BATCHING = {"batch_size", "batch_tokens"}
 
 
 def compile_study(loaded: LoadedStudy) -> Plan:
     study = loaded.study
+    if study.models:  # never fall back to the default `model` of a multi-model study
+        raise StudyError([loaded.source.problem(("models",), "a study with `models` compiles to one plan per model "
+                                                "(neuronspec.plan.variants.compile_variants)")])
     identity = model_identity(study.model)
     dims = model_dims(study.model, identity)
     _check_partitions(loaded, dims["num_layers"])
+    _check_attribution_layers(loaded, dims["num_layers"])
     plan = Plan(study.name, identity, dims, code_versions=dict(CODE_VERSIONS))
 
     for name in _used_corpora(study):
@@ -85,6 +95,15 @@ def _check_partitions(loaded: LoadedStudy, num_layers: int) -> None:
         raise StudyError(problems)
 
 
+def _check_attribution_layers(loaded: LoadedStudy, num_layers: int) -> None:
+    sharing = loaded.study.detect.sharing
+    attribution = sharing.attribution if sharing is not None else None
+    bad = [l for l in (attribution.layers or []) if l >= num_layers] if attribution is not None else []
+    if bad:
+        raise StudyError([loaded.source.problem(("detect", "sharing", "attribution", "layers"),
+                                                f"layers {bad} past the model's {num_layers} layers (valid: 0..{num_layers - 1})")])
+
+
 def _add_plnd(plan: Plan, study: Study) -> None:
     p = study.detect.plnd
     assert p is not None
@@ -98,7 +117,7 @@ def _add_plnd(plan: Plan, study: Study) -> None:
     for lang in langs:
         spec: dict[str, Any] = {
             "lang": lang, "corpus": p.corpus, "sites": sites, "token_reduce": p.token_reduce,
-            "batch_size": p.batch_size, "max_tokens": corpus.max_tokens,
+            **p.batching(), "max_tokens": corpus.max_tokens,
             "top_k": {s: p.top_k[s] for s in sites if s in p.top_k} if p.rule == "topk_intersect" else {},
         }
         stat_ids.append(plan.add(Stage(f"stats/plnd/{lang}", "stats.plnd", spec, deps=(f"corpus/{p.corpus}",),
@@ -122,7 +141,7 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
     for method, spec in (("lape", d.lape), ("linguafranca", d.linguafranca), ("sharing", d.sharing)):
         if spec is None:
             continue
-        need = needs.setdefault(spec.corpus, {"poolings": [], "gate_counts": False, "thresholds": [], "batch_size": spec.batch_size})
+        need = needs.setdefault(spec.corpus, {"poolings": [], "gate_counts": False, "thresholds": [], **spec.batching()})
         if method == "lape":
             need["gate_counts"] |= spec.event == "gate"
             if spec.event == "neuron":
@@ -140,7 +159,7 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
         return tuple(sid for sid in plan.stages if sid.startswith(f"stats/act/{corpus_name}/"))
 
     if d.lape is not None:
-        plan.add(Stage("select/lape", "select.lape", d.lape.model_dump(exclude={"batch_size"}),
+        plan.add(Stage("select/lape", "select.lape", d.lape.model_dump(exclude=BATCHING),
                        deps=stats_deps(d.lape.corpus), origin=("detect", "lape")))
     if d.linguafranca is not None:
         langs = study.corpora[d.linguafranca.corpus].languages or study.languages
@@ -149,18 +168,40 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
             plan.notes.append(f"detect.linguafranca.z_threshold {d.linguafranca.z_threshold} is unreachable with "
                               f"{len(langs)} languages (the largest possible z-score is √(n−1) = {reachable:.2f}): "
                               "every key linguistic region will be empty")
-        plan.add(Stage("select/linguafranca", "select.linguafranca", d.linguafranca.model_dump(exclude={"batch_size"}),
+        plan.add(Stage("select/linguafranca", "select.linguafranca", d.linguafranca.model_dump(exclude=BATCHING),
                        deps=stats_deps(d.linguafranca.corpus), origin=("detect", "linguafranca")))
     if d.sharing is not None:
-        plan.add(Stage("select/sharing", "select.sharing", d.sharing.model_dump(exclude={"batch_size"}),
-                       deps=stats_deps(d.sharing.corpus), origin=("detect", "sharing")))
+        attr = d.sharing.attribution
+        # without `attribution`, the stage's spec and inputs are exactly what they were before it existed
+        spec = d.sharing.model_dump(exclude=BATCHING | ({"attribution"} if attr is None else set()))
+        plan.add(Stage("select/sharing", "select.sharing", spec,
+                       deps=stats_deps(d.sharing.corpus) + _add_sharing_attribution(plan, study),
+                       origin=("detect", "sharing")))
     lens = study.analyses.logit_lens
     if lens is not None:
         corpus = study.corpora[lens.corpus]
         for lang in corpus.languages or study.languages:
             plan.add(Stage(f"analysis/logit_lens/{lang}", "logit_lens",
-                           {**lens.model_dump(), "lang": lang, "max_tokens": corpus.max_tokens, "languages": study.languages},
+                           {**lens.model_dump(exclude=BATCHING), **lens.batching(), "lang": lang, "max_tokens": corpus.max_tokens, "languages": study.languages},
                            deps=(f"corpus/{lens.corpus}",), model_bound=True, origin=("analyses", "logit_lens")))
+
+
+def _add_sharing_attribution(plan: Plan, study: Study) -> tuple[str, ...]:
+    """attr/sharing/LANG: attributions of the first `docs` items of the sharing corpus (none without `attribution`)."""
+    sharing = study.detect.sharing
+    attr = sharing.attribution if sharing is not None else None
+    if sharing is None or attr is None:
+        return ()
+    corpus = study.corpora[sharing.corpus]
+    # what the chosen method computes from: ig's quadrature fields do not touch activation_norm's key
+    method = attr.model_dump(exclude=set() if attr.method == "ig" else {"steps", "step_batch", "probes"})
+    ids = []
+    for lang in corpus.languages or study.languages:
+        spec = {"lang": lang, "corpus": sharing.corpus, "max_tokens": corpus.max_tokens, **sharing.batching(),
+                "attribution": method}
+        ids.append(plan.add(Stage(f"attr/sharing/{lang}", "attr.sharing", spec, deps=(f"corpus/{sharing.corpus}",),
+                                  model_bound=True, origin=("detect", "sharing", "attribution"))).id)
+    return tuple(ids)
 
 
 def _add_mask(plan: Plan, study: Study, index: int) -> None:
@@ -215,7 +256,7 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
     corpus = study.corpora[ev.corpus]
     langs = corpus.languages or study.languages
     base = {"metric": ev.metric, "seed": study.seed, "languages": study.languages,
-            "options": {"batch_size": ev.batch_size, "bootstrap": ev.bootstrap, "max_tokens": corpus.max_tokens, **ev.options}}
+            "options": {**ev.batching(), "bootstrap": ev.bootstrap, "max_tokens": corpus.max_tokens, **ev.options}}
     cdep = f"corpus/{ev.corpus}"
     origin = ("evaluate", name)
     for lang in langs:

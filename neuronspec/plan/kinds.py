@@ -24,6 +24,7 @@ class Kind:
     compute: Compute
     description: str
     loads_model: bool = False  # whether computing it needs the weights (not just identity)
+    data_parallel: bool = False  # under torch.distributed every rank computes its shard (see neuronspec.distributed)
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -51,8 +52,9 @@ def read_docs(entry: Any, lang: str) -> list[dict[str, Any]]:
 def stats_plnd(ctx: Any, stage: Stage, out: Path) -> None:
     from safetensors.torch import save_file
 
+    from neuronspec import distributed
     from neuronspec.methods.plnd import plnd_statistics
-    from neuronspec.models.forward import encode, iter_batches
+    from neuronspec.models.forward import encode
 
     s = stage.spec
     docs = read_docs(ctx.input(stage, f"corpus/{s['corpus']}"), s["lang"])
@@ -61,16 +63,16 @@ def stats_plnd(ctx: Any, stage: Stage, out: Path) -> None:
     dropped = len(docs) - len(encodings)
     if not encodings:
         raise ValueError(f"{stage.id}: no document of {s['lang']!r} has two or more tokens")
-    batches = iter_batches(encodings, batch_size=s["batch_size"], pad_id=_pad_id(lm.tokenizer))
-    tokens = sum(len(e) for e in encodings)
-    with ctx.progress(f"PLND statistics {s['lang']}", total=len(encodings)) as advance:
-        stats = plnd_statistics(lm.model, _to_device(batches, lm.model), s["sites"], token_reduce=s["token_reduce"],
-                                top_k=s["top_k"] or None, on_batch=advance)
+    local = distributed.shard(encodings)  # all of them outside torch.distributed
+    with ctx.progress(f"PLND statistics {s['lang']}", total=len(local)) as advance:
+        stats = plnd_statistics(lm.model, _batches(local, s, lm, advance), s["sites"],
+                                token_reduce=s["token_reduce"], top_k=s["top_k"] or None)
     tensors = {}
     for site, st in stats.items():
-        tensors.update({k: v.contiguous() for k, v in st.to_tensors(site).items()})
+        tensors.update({k: v.contiguous() for k, v in st.all_reduce().to_tensors(site).items()})
     save_file(tensors, str(out / "stats.safetensors"))
-    _write_json(out / "result.json", {"lang": s["lang"], "docs": len(encodings), "dropped_short_docs": dropped, "tokens": tokens})
+    _write_json(out / "result.json", {"lang": s["lang"], "docs": len(encodings), "dropped_short_docs": dropped,
+                                      "tokens": sum(len(e) for e in encodings)})
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -78,10 +80,19 @@ def _pad_id(tokenizer: Any) -> int:
     return int(pad if pad is not None else tokenizer.eos_token_id)
 
 
-def _to_device(batches: Any, model: Any) -> Any:
-    device = next(model.parameters()).device
-    for b in batches:
+def _batches(encodings: list[list[int]], spec: dict[str, Any], lm: Any, advance: Callable[..., None]) -> Any:
+    """Length-sorted batches (batch_size, and batch_tokens when set) on the model's device.
+
+    Progress advances once the consumer has finished a batch (the code after `yield`), by
+    its documents and real tokens, so the bar's rate is tokens/s of the whole pass.
+    """
+    from neuronspec.models.forward import iter_batches
+
+    device = next(lm.model.parameters()).device
+    for b in iter_batches(encodings, batch_size=spec["batch_size"], pad_id=_pad_id(lm.tokenizer),
+                          token_budget=spec.get("batch_tokens")):
         yield type(b)(b.index, b.input_ids.to(device), b.attention_mask.to(device))
+        advance(len(b.index), tokens=int(b.attention_mask.sum()))
 
 
 def load_stats(entry: Any, sites: list[str]) -> dict[str, Any]:
@@ -118,20 +129,22 @@ def _jsonable(counts: Any) -> Any:
 def stats_act(ctx: Any, stage: Stage, out: Path) -> None:
     from safetensors.torch import save_file
 
-    from neuronspec.methods.activations import activation_statistics
-    from neuronspec.models.forward import encode, iter_batches
+    from neuronspec import distributed
+    from neuronspec.methods.activations import ActivationStats, activation_statistics
+    from neuronspec.models.forward import encode
 
     s = stage.spec
     docs = read_docs(ctx.input(stage, f"corpus/{s['corpus']}"), s["lang"])
-    if not docs:
-        raise ValueError(f"{stage.id}: corpus {s['corpus']!r} has no documents for {s['lang']!r}")
+    world = distributed.world()
+    if len(docs) < world.size:
+        raise ValueError(f"{stage.id}: {len(docs)} documents cannot be split over {world.size} ranks")
     lm = ctx.model()
-    encodings = encode(lm.tokenizer, [d["text"] for d in docs], s["max_tokens"])
-    batches = iter_batches(encodings, batch_size=s["batch_size"], pad_id=_pad_id(lm.tokenizer))
-    with ctx.progress(f"activation statistics {s['corpus']} {s['lang']}", total=len(encodings)) as advance:
-        stats = activation_statistics(lm.model, _to_device(batches, lm.model), poolings=s["poolings"],
-                                      thresholds=s["thresholds"], gate_counts=s["gate_counts"],
-                                      n_samples=len(encodings), on_batch=advance)
+    local = distributed.shard(encode(lm.tokenizer, [d["text"] for d in docs], s["max_tokens"]))
+    with ctx.progress(f"activation statistics {s['corpus']} {s['lang']}", total=len(local)) as advance:
+        stats = activation_statistics(lm.model, _batches(local, s, lm, advance), poolings=s["poolings"],
+                                      thresholds=s["thresholds"], gate_counts=s["gate_counts"], n_samples=len(local))
+    # contiguous shards in rank order: concatenating them restores document order
+    stats = ActivationStats.concat(distributed.gather(stats))
     save_file(stats.to_tensors(), str(out / "activations.safetensors"))
     _write_json(out / "result.json", {"lang": s["lang"], "docs": len(docs), "tokens": stats.tokens,
                                       "ids": [d["id"] for d in docs]})
@@ -209,16 +222,15 @@ def select_sharing(ctx: Any, stage: Stage, out: Path) -> None:
 def logit_lens(ctx: Any, stage: Stage, out: Path) -> None:
     from neuronspec.methods.logit_lens import TokenClassifier
     from neuronspec.methods.logit_lens import logit_lens as lens
-    from neuronspec.models.forward import encode, iter_batches
+    from neuronspec.models.forward import encode
 
     s = stage.spec
     docs = read_docs(ctx.input(stage, next(d for d in stage.deps if d.startswith("corpus/"))), s["lang"])
     lm = ctx.model()
-    batches = iter_batches(encode(lm.tokenizer, [d["text"] for d in docs], s["max_tokens"]), batch_size=s["batch_size"],
-                           pad_id=_pad_id(lm.tokenizer))
+    encodings = encode(lm.tokenizer, [d["text"] for d in docs], s["max_tokens"])
     classifier = TokenClassifier(lm.tokenizer, s["languages"])
-    with ctx.progress(f"logit lens {s['lang']}", total=None):
-        counts = lens(lm.model, _to_device(batches, lm.model), s["lang"], classifier, top_k=s["top_k"],
+    with ctx.progress(f"logit lens {s['lang']}", total=len(encodings)) as advance:
+        counts = lens(lm.model, _batches(encodings, s, lm, advance), s["lang"], classifier, top_k=s["top_k"],
                       positions=s["positions"], final_norm=s["final_norm"])
     _write_json(out / "result.json", counts.to_json())
 
@@ -320,6 +332,7 @@ def evaluate(ctx: Any, stage: Stage, out: Path) -> None:
     from neuronspec.data import Document
     from neuronspec.evaluate import evaluator_options, run_evaluator
     from neuronspec.models.masks import NeuronSet, deactivate
+    from neuronspec.progress import reporting
 
     s = stage.spec
     corpus_dep = next(d for d in stage.deps if d.startswith("corpus/"))
@@ -338,7 +351,7 @@ def evaluate(ctx: Any, stage: Stage, out: Path) -> None:
     if "languages" in allowed:  # generation's language identification: the study's languages are the candidates
         options["languages"] = s["languages"]
     label = f"{s['metric']} {s['arm'] or 'base'}" + (f" {s['mask_lang']}" if s["mask_lang"] else "") + f" on {s['lang']}"
-    with ctx.progress(label, total=None), deactivate(lm.model, neurons), modified:
+    with ctx.progress(label, total=None) as advance, reporting(advance), deactivate(lm.model, neurons), modified:
         result = run_evaluator(s["metric"], lm.model, lm.tokenizer, docs, options, s["lang"], s["seed"])
     result["deactivated"] = neurons.count()
     _write_json(out / "result.json", result)
@@ -346,9 +359,9 @@ def evaluate(ctx: Any, stage: Stage, out: Path) -> None:
 
 KINDS: dict[str, Kind] = {
     "corpus": Kind(corpus, "materialise and sample documents"),
-    "stats.plnd": Kind(stats_plnd, "PLND importance statistics (one forward pass)", loads_model=True),
+    "stats.plnd": Kind(stats_plnd, "PLND importance statistics (one forward pass)", loads_model=True, data_parallel=True),
     "select.plnd": Kind(select_plnd, "threshold ε → language-relevant neurons"),
-    "stats.act": Kind(stats_act, "activation statistics (one forward pass)", loads_model=True),
+    "stats.act": Kind(stats_act, "activation statistics (one forward pass)", loads_model=True, data_parallel=True),
     "select.lape": Kind(select_lape, "LAPE language-specific neurons"),
     "select.linguafranca": Kind(select_linguafranca, "LinguaFranca similarity, LRDS/SADS, key linguistic regions"),
     "select.sharing": Kind(select_sharing, "Sharing Matters neuron categories"),
@@ -356,5 +369,5 @@ KINDS: dict[str, Kind] = {
     "sets": Kind(sets, "named neuron sets (set algebra)"),
     "mask": Kind(mask, "an arm's neurons per language"),
     "enhance": Kind(enhance, "fine-tune only an arm's neurons → a delta", loads_model=True),
-    "eval": Kind(evaluate, "evaluate the model (arm deactivated)", loads_model=True),
+    "eval": Kind(evaluate, "evaluate the model (arm deactivated)", loads_model=True, data_parallel=True),
 }

@@ -8,11 +8,14 @@ atomically before the next starts, so an interrupted run resumes where it stoppe
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from neuronspec import distributed
 from neuronspec.plan.graph import Plan, Stage
 from neuronspec.plan.kinds import KINDS
 from neuronspec.plan.store import CorruptEntry, Entry, Store
@@ -103,17 +106,21 @@ class RunContext:
             from neuronspec.models.loading import load_model
 
             m = self.study.model
+            if m.device_map is not None and distributed.world().size > 1:
+                raise ValueError("model.device_map (one model spread over several GPUs) cannot be combined with a "
+                                 "data-parallel run yet: run one process with device_map, or several with device: cuda")
             start = time.perf_counter()
             with self.progress(f"loading model {m.id}", total=None):
-                self._model = load_model(m.id, revision=m.revision, dtype=m.dtype, device=m.device,
+                self._model = load_model(m.id, revision=m.revision, dtype=m.dtype, device=distributed.rank_device(m.device),
                                          device_map=m.device_map, gguf_file=m.gguf_file)
             self.model_load_seconds = time.perf_counter() - start
         return self._model
 
     @contextmanager
     def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        if self._progress_factory is None:
-            yield lambda n=1: None
+        """A bar for a long step: `advance(n, tokens=0)` after each n items (tokens, when given, show as tokens/s)."""
+        if self._progress_factory is None or not distributed.world().main:
+            yield lambda n=1, tokens=0: None
             return
         with self._progress_factory(description, total) as advance:
             yield advance
@@ -129,40 +136,60 @@ class RunResult:
 
 def run_plan(plan: Plan, store: Store, study: Study, *, force: list[str] = (), only: list[str] = (),  # type: ignore[assignment]
              progress_factory: Callable[..., Any] | None = None, on_stage: Callable[[Stage, str], None] | None = None) -> RunResult:
-    """Compute what is stale (or forced); with `only`, just those stages and what they need."""
+    """Compute what is stale (or forced); with `only`, just those stages and what they need.
+
+    Under torch.distributed (see neuronspec.distributed) every rank calls this: rank 0 decides
+    what is stale and holds the store's lock; data-parallel kinds (statistics, evaluation) run
+    on every rank over its shard of the documents, the rest on rank 0 alone; only rank 0
+    publishes, and all ranks agree that a stage succeeded before any goes on to the next.
+    """
+    world = distributed.world()
     ctx = RunContext(study, plan, store, progress_factory)
     forced = set(plan.downstream(plan.select(list(force)))) if force else set()
     wanted = set(plan.upstream(plan.select(list(only)))) if only else set(plan.stages)
     computed: list[str] = []
     timings: dict[str, float] = {}
-    with store.lock():
-        statuses = explain(plan, store)
-        for st in statuses:
-            stage = st.stage
-            if stage.id not in wanted:
-                continue
-            if st.state == "cached" and stage.id not in forced:
-                continue
-            if on_stage:
-                if "cached artifact failed its checksum" in st.reasons:
+    with store.lock() if world.main else nullcontext():
+        statuses = explain(plan, store) if world.main else []
+        todo = [st for st in statuses if st.stage.id in wanted and (st.state == "stale" or st.stage.id in forced)]
+        todo_ids = distributed.broadcast([st.stage.id for st in todo])
+        for sid in todo_ids:
+            stage = plan.stages[sid]
+            if on_stage and world.main:
+                if any("cached artifact failed its checksum" in st.reasons for st in todo if st.stage.id == sid):
                     on_stage(stage, "corrupt")
                 on_stage(stage, "start")
             start = time.perf_counter()
-            kind = KINDS[stage.kind]
-            try:
-                store.put(stage.key, stage.id, stage.kind, lambda out, s=stage, k=kind: k.compute(ctx, s, out),
-                          info={"spec": stage.spec})
-            except Exception as exc:  # KeyboardInterrupt passes through untouched
-                raise StageFailed(stage, exc) from exc
+            _compute(ctx, stage, world)
             timings[stage.id] = time.perf_counter() - start
             computed.append(stage.id)
-            store.write_index(plan.study_name, {stage.id: _index_entry(plan, stage)})
-            if on_stage:
+            if world.main:
+                store.write_index(plan.study_name, {stage.id: _index_entry(plan, stage)})
+            if on_stage and world.main:
                 on_stage(stage, "done")
         # Record every stage's spec (cached ones too) so `plan` can explain future changes.
-        store.write_index(plan.study_name, {sid: _index_entry(plan, s) for sid, s in plan.stages.items()
-                                            if (store.entry_dir(s.key) / "meta.json").exists()})
+        if world.main:
+            store.write_index(plan.study_name, {sid: _index_entry(plan, s) for sid, s in plan.stages.items()
+                                                if (store.entry_dir(s.key) / "meta.json").exists()})
     return RunResult(statuses, computed, timings, ctx.model_load_seconds)
+
+
+def _compute(ctx: RunContext, stage: Stage, world: distributed.World) -> None:
+    """Compute one stage into the store (rank 0), or help compute it (other ranks of a data-parallel kind)."""
+    kind = KINDS[stage.kind]
+    error: BaseException | None = None
+    try:
+        if world.main:
+            ctx.store.put(stage.key, stage.id, stage.kind, lambda out: kind.compute(ctx, stage, out), info={"spec": stage.spec})
+        elif kind.data_parallel:  # the same computation; its reduced result is rank 0's to publish
+            with tempfile.TemporaryDirectory(prefix="neuronspec-rank") as tmp:
+                kind.compute(ctx, stage, Path(tmp))
+    except Exception as exc:  # KeyboardInterrupt passes through untouched
+        error = exc
+    if world.size > 1 and not distributed.all_ok(error is None) and error is None:
+        error = RuntimeError("another rank failed (its error is reported by that rank)")
+    if error is not None:
+        raise StageFailed(stage, error) from error
 
 
 def _index_entry(plan: Plan, stage: Stage) -> dict[str, Any]:

@@ -103,9 +103,10 @@ class Side:
 
 
 def _compile(loaded: LoadedStudy) -> Plan:
-    from neuronspec.plan.compile import compile_study
+    """The study's stages; a multi-model study's as one plan of `MODEL:STAGE` ids."""
+    from neuronspec.plan.variants import compile_variants, merged_plan
 
-    return compile_study(loaded)
+    return merged_plan(compile_variants(loaded))
 
 
 def _study_side(label: str, kind: str, loaded: LoadedStudy, store_path: Path, store: str | Path | None,

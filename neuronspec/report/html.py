@@ -35,7 +35,10 @@ def run_summary(record: dict[str, Any]) -> Table:
     t.add("date", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("created") or 0)))
     t.add("stages", f"{computed} computed, {len(stages) - computed} cached")
     t.add("duration", f"{record.get('seconds') or 0:.1f} s")
-    t.add("model", f"{model.get('id')} ({model.get('dtype')}, {str(model.get('digest') or model.get('revision') or '')[:12]})")
+    models = record.get("models") or {None: model}  # a multi-model study: one line per model
+    for name, m in models.items():
+        t.add(f"model {name}" if name else "model",
+              f"{m.get('id')} ({m.get('dtype')}, {str(m.get('digest') or m.get('revision') or '')[:12]})")
     t.add("git", f"{g['commit'][:10]}{' (study modified)' if g.get('study_dirty') else ''}" if g.get("commit") else "not in git")
     if record.get("overrides"):
         t.add("overrides", ", ".join(record["overrides"]))
@@ -53,7 +56,9 @@ def table_html(table: Table) -> str:
     return f"<h2>{escape(table.title)}</h2>\n<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>\n{caption}\n"
 
 
-def render_html(title: str, tables: list[Table], images: list[Path], study_text: str | None = None) -> str:
+def render_html(title: str, tables: list[Table], images: list[Path], study_text: str | None = None,
+                root: Path | None = None) -> str:
+    """`images` are captioned by their path below `root` (a multi-model run keeps each model's plots in a subfolder)."""
     parts = [f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{escape(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{escape(title)}</h1>"]
     parts += [table_html(t) for t in tables]
@@ -61,7 +66,8 @@ def render_html(title: str, tables: list[Table], images: list[Path], study_text:
         parts.append("<h2>plots</h2>")
     for img in images:
         data = base64.b64encode(img.read_bytes()).decode("ascii")
-        parts.append(f'<figure><img alt="{escape(img.stem)}" src="data:image/png;base64,{data}"><figcaption>{escape(img.stem)}</figcaption></figure>')
+        name = str(img.relative_to(root).with_suffix("")) if root is not None else img.stem
+        parts.append(f'<figure><img alt="{escape(name)}" src="data:image/png;base64,{data}"><figcaption>{escape(name)}</figcaption></figure>')
     if study_text:
         parts.append(f"<h2>study</h2><details><summary>study file as run</summary><pre>{escape(study_text)}</pre></details>")
     parts.append("</body></html>\n")
@@ -70,10 +76,10 @@ def render_html(title: str, tables: list[Table], images: list[Path], study_text:
 
 def write_html_report(folder: Path, record: dict[str, Any], tables: list[Table]) -> Path:
     """`folder/report.html` with the run summary, `tables`, and every PNG in the folder."""
-    images = sorted(Path(folder).glob("*.png"))
+    images = sorted(Path(folder).glob("*.png")) + sorted(Path(folder).glob("*/*.png"))
     title = f"neuronspec: {record.get('study', {}).get('name')} — run {record.get('run_id')}"
     path = Path(folder) / "report.html"
     tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(render_html(title, [run_summary(record), *tables], images, record.get("study_text")), encoding="utf-8")
+    tmp.write_text(render_html(title, [run_summary(record), *tables], images, record.get("study_text"), Path(folder)), encoding="utf-8")
     tmp.replace(path)
     return path

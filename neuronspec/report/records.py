@@ -82,9 +82,17 @@ def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: d
                      git_info: dict[str, Any] | None | bool = True) -> tuple[dict[str, Any], Path]:
     """Write `runs/RUN_ID/record.json` and append the run to the index.
 
+    `plan` is a one-model study's Plan or a study's variants (neuronspec.plan.variants). With
+    several models, stages are listed as MODEL:STAGE, and each model's identity, dims,
+    metrics, sets and masks are kept under `variants`, beside the `dynamics` comparison.
     `git_info=True` asks git about the study file; a study read from a revision passes its own.
     """
-    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{plan.study_name}-{uuid.uuid4().hex[:6]}"
+    from neuronspec.plan.variants import all_stages, as_variants, is_multi
+
+    variants = as_variants(loaded, plan)
+    multi, first = is_multi(variants), variants[0].plan
+    stages = all_stages(variants)
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{loaded.study.name}-{uuid.uuid4().hex[:6]}"
     folder = store.root / "runs" / run_id
     folder.mkdir(parents=True, exist_ok=True)
     computed = set(result.computed)
@@ -94,27 +102,39 @@ def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: d
         "study_text": loaded.text,
         "study_file": str(loaded.path) if loaded.path else None,
         "overrides": list(loaded.source.overrides.values()),
-        "model": plan.model_identity,
-        "dims": plan.dims,
-        "code_versions": plan.code_versions,
-        "stage_order": list(plan.stages),  # JSON files sort keys; this keeps the plan's (topological) order
+        "model": None if multi else first.model_identity,
+        "dims": None if multi else first.dims,
+        "code_versions": first.code_versions,
+        "stage_order": list(stages),  # JSON files sort keys; this keeps the plan's (topological) order
         "stages": {sid: {"key": s.key, "kind": s.kind, "computed": sid in computed, "seconds": result.timings.get(sid),
                          "spec": s.spec, "deps": list(s.deps), "origin": list(s.origin), "model_bound": s.model_bound}
-                   for sid, s in plan.stages.items()},
+                   for sid, s in stages.items()},
         "seconds": seconds,
         "model_load_seconds": result.model_load_seconds,
         "versions": package_versions(),
         "git": git_state(loaded.path) if git_info is True else (git_info or None),
         "baseline_language": results.get("baseline_language"),
-        "metrics": {name: {k: ev[k] for k in ("metric", "base", "arms")} for name, ev in results["evaluations"].items()},
-        "stage_metrics": eval_metrics(plan, results),
-        "sets": results.get("sets"),
-        "masks": results.get("masks"),
         "created": time.time(),
     }
+    if multi:
+        record["models"] = {v.name: v.plan.model_identity for v in variants}
+        record["variants"] = {v.name: {"study": v.plan.study_name, "model": v.plan.model_identity, "dims": v.plan.dims,
+                                       "stage_order": list(v.plan.stages), **_outcome(v.plan, results["variants"][v.name])}
+                              for v in variants}
+        # all models' headline metrics by MODEL:STAGE too, as `diff` looks them up
+        record["stage_metrics"] = {v.stage_id(sid): m for v in variants for sid, m in record["variants"][v.name]["stage_metrics"].items()}
+        record["dynamics"] = results["dynamics"]
+    else:
+        record.update(_outcome(first, results))
     write_json(folder / "record.json", record)
     _append_index(store.root / "runs", record)
     return record, folder
+
+
+def _outcome(plan: Any, results: dict[str, Any]) -> dict[str, Any]:
+    """What a record keeps of one model's results: enough for `report` and `diff` once the store is gone."""
+    return {"metrics": {name: {k: ev[k] for k in ("metric", "base", "arms")} for name, ev in results["evaluations"].items()},
+            "stage_metrics": eval_metrics(plan, results), "sets": results.get("sets"), "masks": results.get("masks")}
 
 
 # -- listing ------------------------------------------------------------------------------
@@ -124,8 +144,13 @@ def index_entry(record: dict[str, Any]) -> dict[str, Any]:
     g = record.get("git") or {}
     return {"run_id": record["run_id"], "study": record.get("study", {}).get("name"), "study_file": record.get("study_file"),
             "created": record.get("created"), "seconds": record.get("seconds"), "computed": computed,
-            "cached": len(stages) - computed, "model": (record.get("model") or {}).get("id"),
+            "cached": len(stages) - computed, "model": ", ".join(m.get("id") or "?" for m in _models(record).values()) or None,
             "commit": g.get("commit"), "dirty": g.get("study_dirty")}
+
+
+def _models(record: dict[str, Any]) -> dict[str | None, dict[str, Any]]:
+    """Model identities of a run by name (a one-model run: {None: identity})."""
+    return record.get("models") or ({None: record["model"]} if record.get("model") else {})
 
 
 def _append_index(runs: Path, record: dict[str, Any]) -> None:
@@ -194,6 +219,11 @@ def results_from_record(record: dict[str, Any]) -> dict[str, Any]:
     from neuronspec.report.results import derive
 
     baseline = record.get("baseline_language") or record.get("study", {}).get("report", {}).get("baseline_language", "en")
+    if record.get("variants"):  # several models: each from its own part of the record
+        by_model = {name: results_from_record({**v, "study": {"name": v["study"]}, "baseline_language": baseline})
+                    for name, v in record["variants"].items()}
+        return {"study": record.get("study", {}).get("name"), "baseline_language": baseline, "models": record.get("models"),
+                "variants": by_model, "dynamics": record.get("dynamics")}
     out: dict[str, Any] = {"study": record.get("study", {}).get("name"), "baseline_language": baseline,
                            "model": record.get("model"), "dims": record.get("dims") or {}, "evaluations": {},
                            "sets": record.get("sets"), "masks": record.get("masks") or {}, "detection": {}}

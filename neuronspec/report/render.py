@@ -12,6 +12,15 @@ SITE_ORDER = ("ffn", "attn.q", "attn.k", "attn.v", "attn.o")
 
 
 def result_tables(results: dict[str, Any]) -> list[Table]:
+    if "variants" in results:  # several models: each model's tables (titled by model), then the comparison
+        from neuronspec.report.dynamics import dynamics_table
+
+        tables = []
+        for model, sub in results["variants"].items():
+            for t in result_tables(sub):
+                t.title = f"{model}: {t.title}"
+                tables.append(t)
+        return tables + [dynamics_table(results["dynamics"])]
     tables: list[Table] = []
     base_lang = results.get("baseline_language", "en")
     for name, ev in results["evaluations"].items():
@@ -145,13 +154,27 @@ def write_outputs(results: dict[str, Any], tables: list[Table], folder: Path, fo
         path.write_text(f"# {results['study']}\n\n" + "\n".join(t.to_markdown() for t in tables), encoding="utf-8")
         written.append(path)
     if "png" in formats:
-        import shutil
+        written += _write_pngs(results, folder)
+    return written
 
-        from neuronspec.report.plots import write_plots
 
-        written += write_plots(results, folder)
-        for png in results.get("plots", []):  # plots a method drew in its own stage
-            target = folder / Path(png).name
-            shutil.copyfile(png, target)
-            written.append(target)
+def _write_pngs(results: dict[str, Any], folder: Path) -> list[Path]:
+    """The run's plots; with several models, each model's in a subfolder named after it,
+    and the across-models LRDS/SADS plot beside them."""
+    import shutil
+
+    from neuronspec.report.plots import write_plots
+
+    if "variants" in results:
+        from neuronspec.report.dynamics import plot_dynamics
+
+        written = [p for model, sub in results["variants"].items() for p in _write_pngs(sub, folder / model)]
+        path = plot_dynamics(results["dynamics"], folder / "dynamics-lrds-sads.png")
+        return written + ([path] if path else [])
+    folder.mkdir(parents=True, exist_ok=True)
+    written = write_plots(results, folder)
+    for png in results.get("plots", []):  # plots a method drew in its own stage
+        target = folder / Path(png).name
+        shutil.copyfile(png, target)
+        written.append(target)
     return written

@@ -58,6 +58,21 @@ def collect(plan: Plan, store: Store, baseline: str = "en") -> dict[str, Any]:
     return out
 
 
+def collect_study(loaded: Any, variants: list[Any], store: Store) -> dict[str, Any]:
+    """`collect` for a study's variants (neuronspec.plan.variants): a one-model study's results
+    as they are; with several models, each model's results under `variants` and the side-by-side
+    `dynamics` comparison."""
+    from neuronspec.plan.variants import is_multi
+    from neuronspec.report.dynamics import dynamics
+
+    baseline = loaded.study.report.baseline_language
+    if not is_multi(variants):
+        return collect(variants[0].plan, store, baseline)
+    by_model = {v.name: collect(v.plan, store, baseline) for v in variants}
+    return {"study": loaded.study.name, "baseline_language": baseline,
+            "models": {v.name: v.plan.model_identity for v in variants}, "variants": by_model, "dynamics": dynamics(by_model)}
+
+
 def _lookup(cells: list[dict[str, Any]]) -> dict[tuple[Any, Any, str], dict[str, Any]]:
     return {(c["arm"], c["mask_lang"], c["lang"]): c for c in cells}
 

@@ -150,6 +150,11 @@ def _read_tree(path: Path, origin: dict[tuple[int, Any], str], seen: tuple[Path,
     if not base_path.exists():
         raise StudyError([Problem(Location(file, 1, 1), "extends", f"base study {parent!r} not found (looked at {base_path})")])
     base = _read_tree(base_path, origin, seen + (path.resolve(),))
+    # `model` and `models` replace each other: extending a one-model study with `models:`
+    # runs that same study on several models.
+    for mine, theirs in (("model", "models"), ("models", "model")):
+        if mine in tree and theirs in base:
+            del base[theirs]
     return _merge(base, tree, origin)
 
 

@@ -17,10 +17,15 @@ from pydantic import (
     ConfigDict,
     Field,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from neuronspec.data.languages import LANGUAGES
+
+#: Names of studies, arms and models: safe in file names, stage ids and run ids.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+ModelName = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 SITES = ("ffn", "attn.q", "attn.k", "attn.v", "attn.o")
 Site = Literal["ffn", "attn.q", "attn.k", "attn.v", "attn.o"]
@@ -90,7 +95,20 @@ class Quantile(Strict):
 Threshold = Annotated[Union[Annotated[float, Field(ge=0)], Quantile], Field(union_mode="left_to_right")]
 
 
-class PLNDSpec(Strict):
+class Batching(Strict):
+    """How documents are grouped into forward passes (length-sorted, so padding stays small)."""
+
+    batch_size: int = Field(8, gt=0, description="Documents per forward pass (at most).")
+    batch_tokens: int | None = Field(
+        None, gt=0, description="Token budget per forward pass, padding included (documents × longest ≤ budget): "
+                                "long documents go in small batches, short ones in large.")
+
+    def batching(self) -> dict[str, int]:
+        """For a stage's spec: batch_tokens only when set, so studies without it keep their cache keys."""
+        return {"batch_size": self.batch_size, **({"batch_tokens": self.batch_tokens} if self.batch_tokens else {})}
+
+
+class PLNDSpec(Batching):
     """Parallel Language-specific Neuron Detection (Zhao et al. 2024)."""
 
     corpus: str = Field("detect", description="Name of a corpus in `corpora`.")
@@ -107,7 +125,6 @@ class PLNDSpec(Strict):
     token_reduce: Literal["mean", "sum"] = Field(
         "mean", description="How a document's per-token importances combine: mean keeps ε comparable across document lengths."
     )
-    batch_size: int = Field(8, gt=0)
 
     def site_list(self) -> list[str]:
         return expand_sites(list(self.sites))
@@ -118,7 +135,7 @@ class PLNDSpec(Strict):
         return self.epsilon
 
 
-class LapeSpec(Strict):
+class LapeSpec(Batching):
     """LAPE (Tang et al. 2024): language-specific neurons by low entropy of activation probability."""
 
     corpus: str = Field("detect", description="Name of a corpus in `corpora`.")
@@ -126,26 +143,55 @@ class LapeSpec(Strict):
     filter_quantile: float = Field(0.95, gt=0, lt=1, description="Drop neurons whose largest probability is below this quantile of all p.")
     assign_quantile: float = Field(0.95, gt=0, lt=1, description="Assign a kept neuron to languages whose p exceeds this quantile.")
     event: Literal["gate", "neuron"] = Field("gate", description="gate: act(gate·x) > 0 (the paper's code); neuron: the ffn neuron > 0.")
-    batch_size: int = Field(8, gt=0)
 
 
-class LinguaFrancaSpec(Strict):
+class LinguaFrancaSpec(Batching):
     """Key linguistic regions (Zeng et al. 2024) from a parallel corpus: neurons whose
     contribution to same-language similarity has a z-score across languages above the threshold."""
 
     corpus: str = Field(description="A parallel corpus (same items in every language), e.g. builtin:bible.")
     z_threshold: float = Field(2.0, gt=0, description="Paper: 2. With n languages the largest possible z-score is √(n−1).")
-    batch_size: int = Field(8, gt=0)
 
 
-class SharingSpec(Strict):
+class AttributionSpec(Strict):
+    """How much of the model's output each neuron category accounts for: per item and ffn neuron,
+    Integrated Gradients of the item's log-probability (or the cheap |activation|·‖W_down[:,k]‖)."""
+
+    method: Literal["ig", "activation_norm"] = Field(
+        "ig", description="ig: Integrated Gradients of Σ log p(own tokens) w.r.t. each layer's ffn neurons (baseline: the "
+                          "layer zeroed); costs about probes + steps forward (+ steps backward) passes per item and layer, "
+                          "each holding batch_size × step_batch sequences. activation_norm: (mean over tokens of |a_k|)·‖W_down[:,k]‖ "
+                          "from one forward pass, no gradients (the Sharing Matters notebooks).")
+    steps: int = Field(32, ge=2, description="ig: gradient nodes of the quadrature per item and layer (forward + backward "
+                                             "passes; time grows linearly). Must be ≥ probes.")
+    step_batch: int = Field(8, gt=0, description="ig: α values per forward/backward pass (memory grows linearly, passes shrink).")
+    probes: int = Field(17, ge=2, description="ig: forward-only probes of f on a log-spaced α grid that place the adaptive "
+                                              "quadrature's nodes (one pass each per item and layer).")
+    docs: int = Field(8, gt=0, description="Items per language to attribute (the first ones; the same items in every "
+                                           "language). ig costs ~steps forward+backward passes per item and layer: keep it "
+                                           "small on CPU.")
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, description="Layers to attribute (default: all); ig time grows linearly with their number.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AttributionSpec":
+        if self.method == "ig" and self.probes > self.steps:
+            raise ValueError(f"the adaptive quadrature needs steps >= probes, got steps {self.steps} < probes {self.probes}")
+        if self.layers is not None and len(set(self.layers)) != len(self.layers):
+            raise ValueError("layers must be unique")
+        return self
+
+
+class SharingSpec(Batching):
     """Sharing Matters (Wang et al. 2024): per parallel item, is a neuron active in all, some, one or no languages."""
 
     corpus: str = Field(description="A parallel corpus (same items in every language).")
     thresholds: list[float] = Field(default_factory=lambda: [0.0], min_length=1, description="Activation thresholds τ to sweep.")
     set_threshold: float | None = Field(None, description="τ for the sets `sharing` (specific) and `sharing.all_shared` (default: the first τ).")
     min_fraction: float = Field(0.5, gt=0, le=1, description="A neuron is in a set when its category holds for at least this share of items.")
-    batch_size: int = Field(8, gt=0)
+    attribution: AttributionSpec | None = Field(
+        None, description="Attribute the output to the neurons of each category at the set τ (stages attr/sharing/LANG): "
+                          "share of |attribution| per category, overall and per layer.")
 
 
 class DetectSpec(Strict):
@@ -155,14 +201,13 @@ class DetectSpec(Strict):
     sharing: SharingSpec | None = None
 
 
-class LogitLensSpec(Strict):
+class LogitLensSpec(Batching):
     """Project each layer's residual stream to the vocabulary and classify the top tokens' language."""
 
     corpus: str = Field(description="Prompts per language (a corpus name).")
     final_norm: bool = Field(True, description="Apply the final norm before the unembedding (the PLND paper's figure does not).")
     top_k: int = Field(1, gt=0)
     positions: Literal["last", "all"] = "last"
-    batch_size: int = Field(8, gt=0)
 
 
 class AnalysesSpec(Strict):
@@ -217,7 +262,7 @@ class EnhanceSpec(NeuronSelection):
 
 
 class ArmSpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     deactivate: DeactivateSpec | None = None
     enhance: EnhanceSpec | None = None
     description: str = ""
@@ -245,7 +290,7 @@ EVALUATION_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-class EvaluationSpec(Strict):
+class EvaluationSpec(Batching):
     metric: Literal["perplexity", "choice", "generation"]
     corpus: str = Field(description="Name of a corpus in `corpora`.")
     on: Literal["self", "all"] = Field(
@@ -253,7 +298,6 @@ class EvaluationSpec(Strict):
         description="self: evaluate each language's arm only on that language; all: on every language (the language × language matrix).",
     )
     arms: list[str] | None = Field(None, description="Arms to evaluate (default: all). The untouched model is always evaluated.")
-    batch_size: int = Field(8, gt=0)
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none).")
     options: dict[str, Any] = Field(default_factory=dict, description="Evaluator options: choice: normalize; generation: max_new_tokens, stop, metric (rouge_l | fidelity).")
 
@@ -263,6 +307,8 @@ class EvaluationSpec(Strict):
         if unknown:
             allowed = ", ".join(EVALUATION_OPTIONS[self.metric]) or "none"
             raise ValueError(f"unknown option(s) {', '.join(unknown)} for metric {self.metric!r} (allowed: {allowed})")
+        if self.batch_tokens is not None and self.metric == "generation":
+            raise ValueError("batch_tokens is not supported for generation (decoding batches by batch_size)")
         return self
 
 
@@ -272,11 +318,16 @@ class ReportSpec(Strict):
 
 
 class Study(Strict):
-    """A whole study: model, languages, corpora, detection, neuron sets, partitions, arms, evaluations."""
+    """A whole study: model(s), languages, corpora, detection, neuron sets, partitions, arms, evaluations."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     model: ModelSpec = Field(default_factory=ModelSpec)
+    models: dict[ModelName, ModelSpec] = Field(
+        default_factory=dict,
+        description="Several models (sizes, checkpoints, revisions) by name, instead of `model`: every method runs "
+                    "per model and the report compares them side by side (LRDS, SADS, SKLR, set sizes, perplexity).",
+    )
     languages: list[LanguageCode] = Field(min_length=1)
     corpora: dict[str, CorpusSpec] = Field(default_factory=dict)
     detect: DetectSpec = Field(default_factory=DetectSpec)
@@ -300,6 +351,27 @@ class Study(Strict):
             raise ValueError("languages must be unique")
         return value
 
+    @model_serializer(mode="wrap")
+    def _omit_unused_model(self, handler: Any) -> Any:
+        # A multi-model study's dump must validate again: leave out the default `model` it does not use.
+        data = handler(self)
+        if self.models and isinstance(data, dict):
+            data.pop("model", None)
+        return data
+
     def arm(self, name: str) -> ArmSpec | None:
         return next((a for a in self.arms if a.name == name), None)
+
+    def variants(self) -> dict[str | None, "Study"]:
+        """One single-model study per entry of `models` (named STUDY@MODEL), or `{None: self}`.
+
+        Each variant compiles and caches like any one-model study, so its stages are keyed by
+        its own model's identity; stages that do not touch the model (corpora) are shared.
+        """
+        if not self.models:
+            return {None: self}
+        if "model" in self.model_fields_set:
+            raise ValueError("give either `model` or `models`, not both")
+        return {name: self.model_copy(update={"name": f"{self.name}@{name}", "model": spec, "models": {}})
+                for name, spec in self.models.items()}
 

@@ -44,7 +44,13 @@ def set_order(study: Study) -> tuple[list[str], set[str]]:
 
 
 def check_references(study: Study) -> list[Issue]:
-    return list(_corpora(study)) + list(_sets(study)) + list(_arms(study)) + list(_report(study))
+    return list(_models(study)) + list(_corpora(study)) + list(_sets(study)) + list(_arms(study)) + list(_report(study))
+
+
+def _models(study: Study) -> Iterator[Issue]:
+    if study.models and "model" in study.model_fields_set:
+        yield ("model",), (f"give either `model` (one model) or `models` (several, by name: {', '.join(study.models)}), "
+                           "not both; move this model into `models` under a name")
 
 
 def _corpora(study: Study) -> Iterator[Issue]:

@@ -72,3 +72,29 @@ def test_ppl_increase() -> None:
     assert ppl_increase(20.0, 10.0) == pytest.approx(-50.0)
     with pytest.raises(ValueError):
         ppl_increase(0.0, 1.0)
+
+
+def test_token_budget_changes_batching_not_the_result(char_tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """batch_tokens packs length-sorted documents to a padded-token budget; the per-document
+    NLL is the same as with plain batches (padding never enters a prediction)."""
+    import neuronspec.evaluate.logprobs as logprobs
+
+    shapes: list[tuple[int, int]] = []
+    decoder = logprobs.decoder_of
+
+    def recording(model):  # noqa: ANN001, ANN202
+        inner = decoder(model)
+
+        def call(input_ids, **kw):  # noqa: ANN001, ANN202
+            shapes.append(tuple(input_ids.shape))
+            return inner(input_ids=input_ids, **kw)
+        return call
+
+    model = tiny_model("llama")
+    plain = perplexity(model, char_tokenizer, TEXTS, batch_size=8, bootstrap=0)
+    monkeypatch.setattr(logprobs, "decoder_of", recording)
+    packed = perplexity(model, char_tokenizer, TEXTS, batch_size=8, batch_tokens=80, bootstrap=0)
+    assert all(b * t <= 80 or b == 1 for b, t in shapes) and len(shapes) > 1
+    assert sorted(b for b, _ in shapes) != [len(TEXTS)]
+    assert packed.doc_nll == pytest.approx(plain.doc_nll, rel=1e-5)
+    assert packed.doc_tokens == plain.doc_tokens

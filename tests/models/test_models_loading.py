@@ -129,3 +129,14 @@ def test_real_gemma_3_270m(monkeypatch: pytest.MonkeyPatch) -> None:
         with deactivate(lm.model, ffn0):
             assert not torch.allclose(lm.model(**ids).logits, ref)
     assert torch.isfinite(ref).all()
+
+
+def test_auto_device_resolves_to_what_this_machine_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuronspec.models.loading import resolve_device
+
+    assert resolve_device("cuda:1") == "cuda:1" and resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"

@@ -136,3 +136,8 @@ def methods_study(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.Monk
         return path
 
     return write
+
+
+@pytest.fixture
+def parallel_corpus(tmp_path: Path) -> Path:
+    return make_parallel_corpus(tmp_path / "parallel.jsonl")

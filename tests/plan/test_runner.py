@@ -141,3 +141,14 @@ def test_unmeetable_corpus_request_fails_with_study_position(study_file: Path, c
     assert main(["run", "-q", str(study_file)]) == 2
     err = capsys.readouterr().err
     assert f"{study_file}:6:3: corpora.ppl:" in err and "500 requested" in err
+
+
+def test_batch_tokens_reaches_the_stages_only_when_set(study_file: Path) -> None:
+    """Unset, the stage specs (so the cache keys of existing studies) are as before; set, the
+    statistics and evaluation stages receive the budget."""
+    plain = compile_study(load_study(study_file))
+    assert all("batch_tokens" not in s.spec and "batch_tokens" not in s.spec.get("options", {}) for s in plain.stages.values())
+    packed = compile_study(load_study(study_file, ["detect.plnd.batch_tokens=64", "evaluate.ppl.batch_tokens=48"]))
+    assert packed.stages["stats/plnd/en"].spec["batch_tokens"] == 64
+    assert packed.stages["eval/ppl/base/en"].spec["options"]["batch_tokens"] == 48
+    assert packed.stages["corpus/detect"].key == plain.stages["corpus/detect"].key
