@@ -215,9 +215,7 @@ def _run_and_print(args: argparse.Namespace, loaded: Any, plan: Any, store: Any,
         print(json.dumps({"run": record["run_id"], "folder": str(folder), "computed": result.computed,
                           "results": results}, indent=1, ensure_ascii=False))
         return 0
-    for table in tables:
-        if table.terminal:
-            console.print(table.to_rich())
+    _print_tables([t for t in tables if t.terminal])
     console.print(f"computed {len(result.computed)} of {sum(len(v.plan.stages) for v in plan)} stages in {time.perf_counter() - started:.1f} s"
                   + (f" (model load {result.model_load_seconds:.1f} s)" if result.model_load_seconds else ""))
     console.print(f"run record: {folder / 'record.json'}", soft_wrap=True)

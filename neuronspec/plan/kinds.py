@@ -157,6 +157,8 @@ def _load_activations(ctx: Any, stage: Stage) -> tuple[dict[str, Any], list[list
 
     by_lang, ids = {}, []
     for dep in stage.deps:
+        if not dep.startswith("stats/act/"):  # e.g. select/sharing's attribution inputs
+            continue
         entry = ctx.input(stage, dep)
         by_lang[dep.rsplit("/", 1)[1]] = ActivationStats.from_tensors(load_file(str(entry.file("activations.safetensors"))))
         ids.append(entry.json()["ids"])
@@ -215,8 +217,104 @@ def select_sharing(ctx: Any, stage: Stage, out: Path) -> None:
     for lang, ns in result.specific.items():
         ns.save(out / f"sharing.{lang}.safetensors")
     result.all_shared.save(out / "sharing.all_shared.safetensors")
-    _write_json(out / "result.json", _jsonable(result.to_json()))
+    summary = _jsonable(result.to_json())
+    attr_deps = [d for d in stage.deps if d.startswith("attr/")]
+    if attr_deps:
+        summary["attribution"] = _sharing_attribution(ctx, stage, attr_deps, stats, ids[0], result.set_tau, out)
+    _write_json(out / "result.json", summary)
     plot_shares(result.shares[str(result.set_tau)], out / "sharing.png")
+
+
+def _sharing_attribution(ctx: Any, stage: Stage, deps: list[str], stats: dict[str, Any], ids: list[str], tau: float,
+                         out: Path) -> dict[str, Any]:
+    """select/sharing's `attribution` section: the |attribution| mass of each category at τ, from the
+    attr/sharing/LANG stages; each item's categories come from the same items' pooled activations."""
+    import torch
+    from safetensors.torch import load_file
+
+    from neuronspec.methods.sharing import attribution_by_category, item_categories, plot_attribution
+
+    infos = {dep.rsplit("/", 1)[1]: ctx.input(stage, dep) for dep in deps}
+    langs = [lang for lang in stats if lang in infos]
+    meta = {lang: infos[lang].json() for lang in langs}
+    first = meta[langs[0]]
+    for lang in langs:
+        if meta[lang]["ids"] != ids[: len(meta[lang]["ids"])] or meta[lang]["ids"] != first["ids"]:
+            raise ValueError(f"{stage.id}: the attributed items of {lang!r} are not the first items of the sharing corpus")
+    attributions = torch.stack([load_file(str(infos[lang].file("attributions.safetensors")))["attributions"] for lang in langs])
+    codes = item_categories({lang: stats[lang].pooled["mean"] for lang in stats}, range(len(first["ids"])), tau)
+    section = attribution_by_category(codes, attributions, first["layers"])
+    section.update(method=first["method"], tau=tau, ids=first["ids"], attributed_languages=langs,
+                   per_language={lang: {c: v["share"] for c, v in attribution_by_category(
+                       codes, attributions[i], first["layers"])["overall"].items()} for i, lang in enumerate(langs)})
+    if first["method"] == "ig":
+        section.update(steps=first["steps"], rule=first["rule"],
+                       max_abs_completeness_gap=max(meta[lang]["max_abs_completeness_gap"] for lang in langs),
+                       max_relative_completeness_gap=max(meta[lang]["max_relative_completeness_gap"] for lang in langs))
+    plot_attribution(section, out / "sharing-attribution.png",
+                     title=f"share of |attribution| per layer by neuron category (τ={tau}, {first['method']})")
+    return section
+
+
+# -- attribution of the output to ffn neurons (Sharing Matters) --------------------------
+def attr_sharing(ctx: Any, stage: Stage, out: Path) -> None:
+    """Per item and ffn neuron, IG (or |a|·‖W_down‖) for the first `docs` items of LANG.
+
+    IG runs one layer at a time over the same batches, so progress counts items × layers;
+    each (batch, layer) is an independent integral, so this equals one call over all layers.
+    """
+    import warnings
+
+    import torch
+    from safetensors.torch import save_file
+
+    from neuronspec.methods.activations import activation_statistics
+    from neuronspec.methods.attribution import (
+        CompletenessWarning,
+        IGResult,
+        activation_norm_scores,
+        integrated_gradients,
+    )
+    from neuronspec.models.forward import encode
+    from neuronspec.models.sites import adapter_for
+
+    s, a = stage.spec, stage.spec["attribution"]
+    docs = read_docs(ctx.input(stage, f"corpus/{s['corpus']}"), s["lang"])[: a["docs"]]
+    if not docs:
+        raise ValueError(f"{stage.id}: corpus {s['corpus']!r} has no documents for {s['lang']!r}")
+    lm = ctx.model()
+    num_layers = adapter_for(lm.model.config).dims(lm.model.config).num_layers
+    layers = list(range(num_layers)) if a["layers"] is None else list(a["layers"])
+    encodings = encode(lm.tokenizer, [d["text"] for d in docs], s["max_tokens"])
+    summary: dict[str, Any] = {"lang": s["lang"], "method": a["method"], "docs": len(docs), "ids": [d["id"] for d in docs],
+                               "layers": layers, "tokens": sum(len(e) for e in encodings)}
+    if a["method"] == "ig":
+        parts = []
+        with ctx.progress(f"integrated gradients {s['lang']} ({len(layers)} layers)", total=len(encodings) * len(layers)) as advance:
+            for layer in layers:
+                parts.append(integrated_gradients(lm.model, _batches(encodings, s, lm, advance), layers=[layer],
+                                                  steps=a["steps"], step_batch=a["step_batch"], probes=a["probes"],
+                                                  n_samples=len(encodings), tolerance=None))
+        result = IGResult(layers, torch.cat([p.attributions for p in parts], 1), parts[0].f_input,
+                          torch.cat([p.f_baseline for p in parts], 1), a["steps"], parts[0].rule)
+        gap = result.completeness_gap
+        relative = gap.abs() / (result.f_input[:, None] - result.f_baseline).double().abs().clamp_min(0.1)
+        tensors = result.to_tensors()
+        summary.update(result.to_json(), max_relative_completeness_gap=float(relative.max()),
+                       f_input=result.f_input.tolist(), f_baseline=result.f_baseline.tolist(),
+                       completeness_gap=gap.tolist())
+        if float(relative.max()) > 0.05:
+            warnings.warn(f"{stage.id}: Integrated Gradients miss f(a) - f(0) by up to {float(relative.max()):.1%} "
+                          f"with {a['steps']} steps; raise detect.sharing.attribution.steps (and probes)",
+                          CompletenessWarning, stacklevel=2)
+    else:
+        with ctx.progress(f"activation norms {s['lang']}", total=len(encodings)) as advance:
+            stats = activation_statistics(lm.model, _batches(encodings, s, lm, advance), poolings=["mean_abs"],
+                                          thresholds=(), n_samples=len(encodings))
+        scores = activation_norm_scores(lm.model, stats.pooled["mean_abs"])[:, layers]
+        tensors = {"attributions": scores.contiguous(), "layers": torch.tensor(layers, dtype=torch.int64)}
+    save_file(tensors, str(out / "attributions.safetensors"))
+    _write_json(out / "result.json", summary)
 
 
 def logit_lens(ctx: Any, stage: Stage, out: Path) -> None:
@@ -365,6 +463,8 @@ KINDS: dict[str, Kind] = {
     "select.lape": Kind(select_lape, "LAPE language-specific neurons"),
     "select.linguafranca": Kind(select_linguafranca, "LinguaFranca similarity, LRDS/SADS, key linguistic regions"),
     "select.sharing": Kind(select_sharing, "Sharing Matters neuron categories"),
+    "attr.sharing": Kind(attr_sharing, "attribution of the output to ffn neurons (Integrated Gradients or |a|·‖W_down‖)",
+                         loads_model=True, data_parallel=False),
     "logit_lens": Kind(logit_lens, "logit lens: language of each layer's top tokens", loads_model=True),
     "sets": Kind(sets, "named neuron sets (set algebra)"),
     "mask": Kind(mask, "an arm's neurons per language"),

@@ -49,16 +49,28 @@ def write_plots(results: dict[str, Any], folder: Path) -> list[Path]:
         for arm, m in ev["matrices"].items():
             import numpy as np
 
+            from matplotlib.colors import SymLogNorm
+            from matplotlib.patches import Rectangle
+
             data = np.array([[m["change"][r].get(c) if m["change"][r].get(c) is not None else np.nan for c in m["cols"]] for r in m["rows"]])
             fig, ax = plt.subplots(figsize=(1 + 0.7 * len(m["cols"]), 1 + 0.6 * len(m["rows"])))
-            im = ax.imshow(data, cmap="Reds" if ev["metric"] == "perplexity" else "Blues_r")
+            # changes span orders of magnitude (+1 % … +10⁶ %) and may be negative (enhancement):
+            # a symmetric log scale around 0 keeps every cell readable
+            top = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0
+            norm = SymLogNorm(linthresh=1.0, vmin=-max(top, 1.0), vmax=max(top, 1.0), base=10)
+            im = ax.imshow(data, cmap="RdBu_r" if ev["metric"] == "perplexity" else "RdBu", norm=norm)
             ax.set_xticks(range(len(m["cols"])), m["cols"])
             ax.set_yticks(range(len(m["rows"])), m["rows"])
-            ax.set(xlabel="evaluated", ylabel="deactivated", title=f"{ev_name} / {arm}")
+            verb = "enhanced" if m.get("effect") == "improvement" else "deactivated"
+            ax.set(xlabel="evaluated", ylabel=verb, title=f"{ev_name} / {arm}: % change")
             for i in range(data.shape[0]):
                 for j in range(data.shape[1]):
                     if not np.isnan(data[i, j]):
-                        ax.text(j, i, f"{data[i, j]:.0f}", ha="center", va="center", fontsize=7)
+                        v = data[i, j]
+                        ax.text(j, i, f"{v:.0f}" if abs(v) < 1e4 else f"{v:.0e}", ha="center", va="center", fontsize=7)
+                if m["rows"][i] in m["cols"]:  # outline the diagonal: the language's own set
+                    j = m["cols"].index(m["rows"][i])
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
             fig.colorbar(im, ax=ax, shrink=0.8)
             fig.tight_layout()
             path = folder / f"matrix-{ev_name}-{arm}.png"

@@ -42,7 +42,9 @@ def result_tables(results: dict[str, Any]) -> list[Table]:
                 mt.add(ml, *[fmt(m["change"][ml].get(lang), 1, signed=True) for lang in m["cols"]])
                 if ml in m["cols"]:
                     mt.bold.add((r, 1 + m["cols"].index(ml)))
-            mt.caption = f"diagonal is the largest change in its row for {m['diagonal_largest']} of {m['rows_with_diagonal']} languages"
+            effect = m.get("effect", "damage")  # runs recorded before "effect" existed were all deactivations
+            mt.caption = (f"the diagonal (the language's own set) is the largest {effect} in its row for "
+                          f"{m['diagonal_largest']} of {m['rows_with_diagonal']} languages")
             tables.append(mt)
     sets = results.get("sets") or {}
     if sets:
@@ -117,6 +119,8 @@ def _method_tables(results: dict[str, Any]) -> list[Table]:
             t.add(tau, *[f"{100 * shares['overall'][c]:.1f}%" for c in cats])
         t.caption = f"sets at τ={sh['set_tau']}: all-shared {sh['all_shared_count']} neurons (sharing.all_shared); specific per language: {sh['specific_counts']}"
         tables.append(t)
+        if sh.get("attribution"):
+            tables.append(_attribution_table(sh["attribution"]))
     lape = det.get("lape")
     if lape:
         t = Table("LAPE: language-specific neurons by activation-probability entropy", ["language", "neurons"])
@@ -140,6 +144,25 @@ def _method_tables(results: dict[str, Any]) -> list[Table]:
             st.add(lang, f"{100 * r['ratios']['english'][mid]:.0f}%", f"{100 * r['ratios']['prompt'][-1]:.0f}%")
         tables.append(st)
     return tables
+
+
+def _attribution_table(at: dict[str, Any]) -> Table:
+    """Sharing Matters: how much of the output each neuron category accounts for."""
+    method = "Integrated Gradients" if at["method"] == "ig" else "|activation|·‖W_down‖"
+    t = Table(f"Sharing Matters: attribution by category ({method}, τ={at['tau']})",
+              ["category", "share of |attribution|", "mean |attribution|", "neurons·items"])
+    for cat in at["categories"]:
+        o = at["overall"][cat]
+        t.add(cat, f"{100 * o['share']:.1f}%", "–" if o["mean_abs"] is None else f"{o['mean_abs']:.3g}", o["count"])
+    layers = at["layers"]
+    span = f"layers {layers[0]}–{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else f"layers {layers}"
+    caption = (f"{at['items']} items × {at['languages']} languages, {span}; each item's categories from its pooled "
+               "activations; mean over (language, item, neuron)")
+    if at["method"] == "ig":
+        caption += (f"; {at['steps']} {at['rule']} steps, completeness gap ≤ {at['max_abs_completeness_gap']:.3g} nats "
+                    f"({100 * at['max_relative_completeness_gap']:.1f}% of |f(a) − f(0)|)")
+    t.caption = caption
+    return t
 
 
 def write_outputs(results: dict[str, Any], tables: list[Table], folder: Path, formats: list[str]) -> list[Path]:

@@ -39,7 +39,7 @@ def collect(plan: Plan, store: Store, baseline: str = "en") -> dict[str, Any]:
             name = sid.split("/")[1]
             s = stage.spec
             out["evaluations"].setdefault(name, {"metric": s["metric"], "cells": []})["cells"].append(
-                {"arm": s["arm"], "mask_lang": s["mask_lang"], "lang": s["lang"], **result})
+                {"arm": s["arm"], "arm_kind": s.get("arm_kind"), "mask_lang": s["mask_lang"], "lang": s["lang"], **result})
         elif stage.kind == "sets":
             out["sets"] = result
         elif stage.kind == "mask":
@@ -103,10 +103,14 @@ def derive(metric: str, cells: list[dict[str, Any]], baseline: str) -> dict[str,
             m = {ml: {lang: change(metric, cell.get((None, None, lang), {}).get("value"),
                                    cell.get((arm, ml, lang), {}).get("value")) for lang in langs} for ml in masks}
             if any(v is not None for ml in m for lang, v in m[ml].items() if lang != ml):
-                worse = (lambda a, b: a > b) if metric == "perplexity" else (lambda a, b: a < b)
+                # deactivation should hurt its own language most; enhancement should help it most
+                enhance = any(c.get("arm_kind") == "enhance" for c in cells if c["arm"] == arm)
+                higher = (metric == "perplexity") != enhance  # perplexity: damage = higher; accuracy: damage = lower
+                beats = (lambda a, b: a >= b) if higher else (lambda a, b: a <= b)
                 diag_wins = sum(1 for ml in masks if m[ml].get(ml) is not None and all(
-                    v is None or k == ml or worse(m[ml][ml], v) or m[ml][ml] == v for k, v in m[ml].items()))
+                    v is None or k == ml or beats(m[ml][ml], v) for k, v in m[ml].items()))
                 matrices[arm] = {"rows": masks, "cols": langs, "change": m, "diagonal_largest": diag_wins,
-                                 "rows_with_diagonal": sum(1 for ml in masks if ml in langs)}
+                                 "rows_with_diagonal": sum(1 for ml in masks if ml in langs),
+                                 "effect": "improvement" if enhance else "damage"}
     base = {lang: cell.get((None, None, lang), {}).get("value") for lang in langs}
     return {"languages": langs, "base": base, "arms": rows, "matrices": matrices}

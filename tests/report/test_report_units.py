@@ -112,3 +112,27 @@ def test_starter_partitions_fit_the_embedded_model() -> None:
         path.write_text(starter_study("s"))
         study = load_study(path).study
     assert max(end for _, end in study.partitions.values()) == 18
+
+
+def _cells(arm: str, kind: str, table: dict[str, dict[str, float]], base: dict[str, float]) -> list[dict]:
+    cells = [{"arm": None, "arm_kind": None, "mask_lang": None, "lang": lang, "value": v} for lang, v in base.items()]
+    cells += [{"arm": arm, "arm_kind": kind, "mask_lang": ml, "lang": lang, "value": v}
+              for ml, row in table.items() for lang, v in row.items()]
+    return cells
+
+
+def test_matrix_diagonal_counts_damage_for_deactivation_and_improvement_for_enhancement() -> None:
+    from neuronspec.report.results import derive
+
+    base = {"en": 10.0, "zh": 20.0, "hi": 40.0}
+    # rows: the language whose set is deactivated / enhanced; perplexities per evaluated language
+    table = {"en": {"en": 9.0, "zh": 20.0, "hi": 40.0},    # en's own change is the most negative
+             "zh": {"en": 10.0, "zh": 30.0, "hi": 40.0},   # zh's own change is the most positive
+             "hi": {"en": 11.0, "zh": 20.0, "hi": 44.0}}   # +10 % own vs +10 % en: a tie counts
+    off = derive("perplexity", _cells("off", "deactivate", table, base), "en")["matrices"]["off"]
+    assert off["effect"] == "damage" and off["diagonal_largest"] == 2  # zh, hi
+    assert off["change"]["zh"]["zh"] == pytest.approx(50.0)
+    up = derive("perplexity", _cells("up", "enhance", table, base), "en")["matrices"]["up"]
+    assert up["effect"] == "improvement" and up["diagonal_largest"] == 1  # en only
+    acc = derive("accuracy", _cells("off", "deactivate", table, base), "en")["matrices"]["off"]
+    assert acc["diagonal_largest"] == 1  # for accuracy, damage is the lowest change: en
