@@ -10,7 +10,7 @@ equals `cross_entropy` of the full model's logits (tests check all six tiny arch
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -124,16 +124,20 @@ def token_logprobs(
     pad_id: int = 0,
     chunk_tokens: int | None = None,
     batch_tokens: int | None = None,
+    reduce: Literal["none", "sum"] = "none",
 ) -> list[torch.Tensor]:
     """For each sequence of n ids, the n-1 values log p(ids[t] | ids[:t]), t = 1..n-1.
 
-    Returned in input order as float32 CPU tensors. Batches are length-sorted and right
+    Returned in input order as float32 CPU tensors; with reduce="sum", each sequence's sum
+    as a 0-d float64 tensor, summed on the model's device, so no per-token values reach the
+    host (what perplexity needs over large corpora). Batches are length-sorted and right
     padded (at most `batch_size` sequences and, when set, `batch_tokens` padded tokens);
     padding never enters a prediction (attention mask) nor the output.
     """
     decoder = decoder_of(model)
     device = model_device(model)
-    results: list[torch.Tensor] = [torch.empty(0, dtype=torch.float32) for _ in sequences]
+    empty = torch.zeros((), dtype=torch.float64) if reduce == "sum" else torch.empty(0, dtype=torch.float32)
+    results: list[torch.Tensor] = [empty for _ in sequences]
     lengths = [len(s) for s in sequences]
     scorable = [i for i, n in enumerate(lengths) if n >= 2]
     for group in length_groups([lengths[i] for i in scorable], batch_size, batch_tokens):
@@ -148,8 +152,11 @@ def token_logprobs(
         hidden = decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
         predicts = attention[:, 1:].bool()  # position t-1 predicts token t when t is real
         flat = target_logprobs(model, hidden[:, :-1][predicts], ids[:, 1:][predicts], chunk_tokens=chunk_tokens)
-        for i, values in zip(members, flat.cpu().split([lengths[i] - 1 for i in members])):
-            results[i] = values
+        parts = flat.split([lengths[i] - 1 for i in members])
+        if reduce == "sum":
+            parts = torch.stack([v.double().sum() for v in parts]).cpu().unbind()
+        for i, values in zip(members, parts):
+            results[i] = values.cpu()
         progress.advance(len(members), tokens=sum(lengths[i] for i in members))
     return results
 

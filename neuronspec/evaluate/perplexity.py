@@ -17,7 +17,7 @@ import torch
 from neuronspec.distributed import parallel_map
 from neuronspec.evaluate._items import item_text
 from neuronspec.evaluate._stats import bootstrap_ratio
-from neuronspec.evaluate.logprobs import text_logprobs
+from neuronspec.evaluate.logprobs import encode, pad_token_id, token_logprobs
 
 
 @dataclass
@@ -54,9 +54,10 @@ def perplexity(
     strings = [item_text(t) for t in texts]
 
     def score(part: list[str]) -> list[tuple[float, int]]:  # (summed NLL, predicted tokens) per document
-        logprobs = text_logprobs(model, tokenizer, part, batch_size=batch_size, max_tokens=max_tokens,
-                                 batch_tokens=batch_tokens)
-        return [(float(-lp.double().sum()), int(lp.numel())) for lp in logprobs]
+        sequences = [encode(tokenizer, t)[:max_tokens] for t in part]
+        sums = token_logprobs(model, sequences, batch_size=batch_size, pad_id=pad_token_id(model, tokenizer),
+                              batch_tokens=batch_tokens, reduce="sum")
+        return [(-float(total), max(len(q) - 1, 0)) for total, q in zip(sums, sequences)]
 
     scored = parallel_map(score, strings)  # under torch.distributed each rank scores its shard
     doc_nll = [nll for nll, _ in scored]
