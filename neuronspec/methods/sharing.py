@@ -15,6 +15,12 @@ n languages it is then
 Shares are fractions of a layer's neurons in each category, averaged over items (and over
 all layers for "overall"). The all-shared *set* used by the deactivation arm collects the
 neurons that are all-shared for at least ``min_fraction`` of the items.
+
+How much of the output each category accounts for: :func:`item_categories` gives the
+per-item category of every neuron for the attributed items, and
+:func:`attribution_by_category` splits per-item attributions (Integrated Gradients or the
+cheap score of :mod:`neuronspec.methods.attribution`) over the categories — each
+category's share of the |attribution| mass, overall and per layer.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ from neuronspec.plan.store import write_json
 _PACKAGES = ("neuronspec", "torch", "transformers", "pydantic", "safetensors", "datasets")
 INDEX = "index.jsonl"
 #: Keys of an evaluation result kept in the record (the rest — per-document lists — stays in the store).
-_HEADLINE = ("metric", "value", "ci", "higher_is_better", "docs", "tokens")
+#: kept per evaluation in the record; per-document NLL and tokens let `report` recompute paired CIs without the cache
+_HEADLINE = ("metric", "value", "ci", "higher_is_better", "docs", "tokens", "doc_nll", "doc_tokens")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -73,8 +74,8 @@ def eval_metrics(plan: Any, results: dict[str, Any]) -> dict[str, dict[str, Any]
         s, name = stage.spec, sid.split("/")[1]
         cell = cells.get((name, s["arm"], s["mask_lang"], s["lang"]))
         if cell is not None:
-            out[sid] = {"evaluation": name, "kind": s["metric"], "arm": s["arm"], "mask_lang": s["mask_lang"],
-                        "lang": s["lang"], **{k: cell.get(k) for k in _HEADLINE}}
+            out[sid] = {"evaluation": name, "kind": s["metric"], "arm": s["arm"], "arm_kind": s.get("arm_kind"),
+                        "mask_lang": s["mask_lang"], "lang": s["lang"], **{k: cell[k] for k in _HEADLINE if k in cell}}
     return out
 
 

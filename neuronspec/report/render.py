@@ -33,11 +33,22 @@ def result_tables(results: dict[str, Any]) -> list[Table]:
             t.add(arm, *[fmt(row["change"].get(lang), 1, signed=True) for lang in langs],
                   fmt(row["delta_eng"], 1, True), fmt(row["delta_n_eng"], 1, True), fmt(row["delta"], 1, True))
         t.caption = ("base row: the untouched model's value; arm rows: each language's own set deactivated"
-                     " (family arms) or the arm's single set, evaluated on that language")
+                     " or enhanced (family arms) or the arm's single set, evaluated on that language")
         tables.append(t)
+        if any(ci for row in ev["arms"].values() for ci in (row.get("change_ci") or {}).values()):
+            ct = Table(f"{name}: {unit} with paired 95% CI", ["arm"] + langs, terminal=False)
+            for arm, row in ev["arms"].items():
+                ci = row.get("change_ci") or {}
+                ct.add(arm, *[fmt(row["change"].get(lang), 2, signed=True)
+                              + (f" [{fmt(ci[lang][0], 2, True)}, {fmt(ci[lang][1], 2, True)}]" if ci.get(lang) else "")
+                              for lang in langs])
+            ct.caption = ("documents resampled together for the base model and the arm (1,000 resamples): an interval "
+                          "that excludes 0 is an effect of the arm, not of which documents were drawn")
+            tables.append(ct)
         for arm, m in ev["matrices"].items():
-            mt = Table(f"{name}: {arm} — deactivated language (rows) × evaluated language (columns), {unit}",
-                       ["deactivated"] + m["cols"])
+            verb = "enhanced" if m.get("effect") == "improvement" else "deactivated"
+            mt = Table(f"{name}: {arm} — {verb} language (rows) × evaluated language (columns), {unit}",
+                       [verb] + m["cols"])
             for r, ml in enumerate(m["rows"]):
                 mt.add(ml, *[fmt(m["change"][ml].get(lang), 1, signed=True) for lang in m["cols"]])
                 if ml in m["cols"]:
@@ -72,7 +83,7 @@ def result_tables(results: dict[str, Any]) -> list[Table]:
                     jt.add(a, *[fmt(info["jaccard"][a][b], 2) for b in langs])
                 tables.append(jt)
     if results.get("masks"):
-        t = Table("arms: neurons deactivated", ["arm", "language", "total"] + list(SITE_ORDER))
+        t = Table("arms: neurons deactivated or enhanced", ["arm", "language", "total"] + list(SITE_ORDER))
         for arm, info in results["masks"].items():
             for lang, c in info["counts"].items():
                 t.add(arm, lang, c["total"], *[sum(c["per_layer"].get(s, {}).values()) for s in SITE_ORDER])
@@ -150,17 +161,17 @@ def _attribution_table(at: dict[str, Any]) -> Table:
     """Sharing Matters: how much of the output each neuron category accounts for."""
     method = "Integrated Gradients" if at["method"] == "ig" else "|activation|·‖W_down‖"
     t = Table(f"Sharing Matters: attribution by category ({method}, τ={at['tau']})",
-              ["category", "share of |attribution|", "mean |attribution|", "neurons·items"])
+              ["category", "share of abs. attribution", "mean abs. attribution", "neurons·items"])
     for cat in at["categories"]:
         o = at["overall"][cat]
         t.add(cat, f"{100 * o['share']:.1f}%", "–" if o["mean_abs"] is None else f"{o['mean_abs']:.3g}", o["count"])
     layers = at["layers"]
     span = f"layers {layers[0]}–{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else f"layers {layers}"
     caption = (f"{at['items']} items × {at['languages']} languages, {span}; each item's categories from its pooled "
-               "activations; mean over (language, item, neuron)")
+               "activations; share of the summed absolute attribution, mean over (language, item, neuron)")
     if at["method"] == "ig":
         caption += (f"; {at['steps']} {at['rule']} steps, completeness gap ≤ {at['max_abs_completeness_gap']:.3g} nats "
-                    f"({100 * at['max_relative_completeness_gap']:.1f}% of |f(a) − f(0)|)")
+                    f"({100 * at['max_relative_completeness_gap']:.1f}% of f(a) − f(0))")
     t.caption = caption
     return t
 

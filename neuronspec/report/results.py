@@ -73,6 +73,25 @@ def collect_study(loaded: Any, variants: list[Any], store: Store) -> dict[str, A
             "models": {v.name: v.plan.model_identity for v in variants}, "variants": by_model, "dynamics": dynamics(by_model)}
 
 
+def paired_change_ci(metric: str, base: dict[str, Any] | None, arm: dict[str, Any] | None,
+                     resamples: int = 1000, seed: int = 0) -> list[float] | None:
+    """95% CI of the % perplexity change, resampling documents *paired* (the same documents
+    for base and arm), so it measures the arm's effect, not how the documents vary.
+    None when the cells are not perplexities over the same documents."""
+    import numpy as np
+
+    from neuronspec.evaluate._stats import bootstrap_ratio
+
+    if metric != "perplexity" or not base or not arm or "doc_nll" not in base or "doc_nll" not in arm:
+        return None
+    if base["doc_tokens"] != arm["doc_tokens"]:
+        return None
+    diff = np.asarray(arm["doc_nll"], dtype=np.float64) - np.asarray(base["doc_nll"], dtype=np.float64)
+    lo, hi = bootstrap_ratio(diff, np.asarray(base["doc_tokens"], dtype=np.float64), resamples=resamples, seed=seed,
+                             transform=lambda x: 100.0 * np.expm1(x))
+    return None if lo is None else [lo, hi]
+
+
 def _lookup(cells: list[dict[str, Any]]) -> dict[tuple[Any, Any, str], dict[str, Any]]:
     return {(c["arm"], c["mask_lang"], c["lang"]): c for c in cells}
 
@@ -88,15 +107,17 @@ def derive(metric: str, cells: list[dict[str, Any]], baseline: str) -> dict[str,
         family = any(c["mask_lang"] is not None for c in cells if c["arm"] == arm)
         per_lang: dict[str, float | None] = {}
         values: dict[str, float | None] = {}
+        cis: dict[str, list[float] | None] = {}
         for lang in langs:
             c = cell.get((arm, lang if family else None, lang))
             b = cell.get((None, None, lang))
             values[lang] = c["value"] if c else None
             per_lang[lang] = change(metric, b["value"] if b else None, c["value"] if c else None)
+            cis[lang] = paired_change_ci(metric, b, c)
         eng = per_lang.get(baseline)
         others = [v for k, v in per_lang.items() if k != baseline and v is not None]
         n_eng = mean(others) if others else None
-        rows[arm] = {"values": values, "change": per_lang, "delta_eng": eng, "delta_n_eng": n_eng,
+        rows[arm] = {"values": values, "change": per_lang, "change_ci": cis, "delta_eng": eng, "delta_n_eng": n_eng,
                      "delta": (eng - n_eng) if eng is not None and n_eng is not None else None, "family": family}
         if family:
             masks = list(dict.fromkeys(c["mask_lang"] for c in cells if c["arm"] == arm))

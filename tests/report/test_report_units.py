@@ -136,3 +136,21 @@ def test_matrix_diagonal_counts_damage_for_deactivation_and_improvement_for_enha
     assert up["effect"] == "improvement" and up["diagonal_largest"] == 1  # en only
     acc = derive("accuracy", _cells("off", "deactivate", table, base), "en")["matrices"]["off"]
     assert acc["diagonal_largest"] == 1  # for accuracy, damage is the lowest change: en
+
+
+def test_paired_change_ci_brackets_the_change_and_needs_the_same_documents() -> None:
+    import math
+
+    from neuronspec.report.results import paired_change_ci
+
+    base = {"doc_nll": [10.0, 20.0, 30.0, 12.0], "doc_tokens": [5, 10, 15, 6]}
+    shifted = {"doc_nll": [x + 0.1 * t for x, t in zip(base["doc_nll"], base["doc_tokens"])], "doc_tokens": base["doc_tokens"]}
+    lo, hi = paired_change_ci("perplexity", base, shifted)
+    # every document's NLL rises by 0.1 per token: the change is exactly e^0.1 − 1 in every resample
+    assert lo == pytest.approx(100 * math.expm1(0.1)) and hi == pytest.approx(100 * math.expm1(0.1))
+    noisy = {"doc_nll": [11.0, 19.0, 33.0, 12.0], "doc_tokens": base["doc_tokens"]}
+    lo, hi = paired_change_ci("perplexity", base, noisy)
+    change = 100 * math.expm1((sum(noisy["doc_nll"]) - sum(base["doc_nll"])) / sum(base["doc_tokens"]))
+    assert lo < change < hi
+    assert paired_change_ci("perplexity", base, {**noisy, "doc_tokens": [5, 10, 15, 7]}) is None
+    assert paired_change_ci("choice", base, noisy) is None
