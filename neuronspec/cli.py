@@ -199,6 +199,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1  # rank 0 reports the error
         return 0
     finally:
+        # Leave together: a rank that tears its group down while rank 0 is still writing the
+        # report can take gloo's connection threads down with it (seen as SIGABRT under load).
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -67,6 +67,10 @@ def compile_study(loaded: LoadedStudy) -> Plan:
             "neurons": {n: study.neurons[n] for n in order}, "order": order, "families": sorted(families),
             "detectors": detectors(study), "singles": single_sets(study), "languages": study.languages,
         }, deps=tuple(detector_stages), origin=("neurons",)))
+    if study.model.dtype != "float32" and any(arm.enhance is not None for arm in study.arms):
+        plan.notes.append(f"enhance arms with model.dtype {study.model.dtype}: the trained neurons are written into "
+                          f"{study.model.dtype} weights, where updates below its resolution (about 0.4 % of a weight "
+                          "for bfloat16) vanish; use dtype: float32 for enhancement")
     for i, arm in enumerate(study.arms):
         _add_mask(plan, study, i)
         if arm.enhance is not None:

@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from neuronspec.data import CorpusError, CorpusWarning, corpus_identity, fetch_corpus, list_corpora, load_corpus
-from neuronspec.data import packages, store
+from neuronspec.data import (
+    CorpusError,
+    CorpusWarning,
+    corpus_identity,
+    fetch_corpus,
+    list_corpora,
+    load_corpus,
+    packages,
+    store,
+)
 from neuronspec.data.builtin import bible, get, multiemo, udhr, wiki, wikilingua
 
 # The fake packages are not the files the builtins pin; that warning is asserted once, below.

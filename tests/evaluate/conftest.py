@@ -18,7 +18,14 @@ CHARACTERS = (
 
 def build_char_tokenizer():
     """A `PreTrainedTokenizerFast` with one token per character and BOS added, like Gemma's."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+    )
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIALS + list(CHARACTERS))}

@@ -6,7 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from neuronspec.methods.activations import ActivationStats, activation_statistics, gate_module
+from neuronspec.methods.activations import (
+    ActivationStats,
+    activation_statistics,
+    gate_module,
+)
 from neuronspec.models.forward import hidden_forward, iter_batches
 from neuronspec.models.sites import adapter_for
 from neuronspec.models.tiny import ARCHITECTURES, tiny_model

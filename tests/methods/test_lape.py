@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from neuronspec.methods.activations import ActivationStats
-from neuronspec.methods.lape import activation_probabilities, entropy, lape, quantile_value
+from neuronspec.methods.lape import (
+    activation_probabilities,
+    entropy,
+    lape,
+    quantile_value,
+)
 
 
 def _direct(probs: torch.Tensor, langs, top_rate, q_filter, q_assign):

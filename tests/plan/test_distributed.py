@@ -30,7 +30,7 @@ from neuronspec.spec import load_study
 def torchrun(study: Path, store: Path, nproc: int = 2) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "neuronspec", "run", str(study), "--store", str(store), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
 
 

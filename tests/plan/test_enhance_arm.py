@@ -55,3 +55,12 @@ def test_export_writes_a_model_that_reproduces_the_enhanced_arm(enhance_study: P
         want = lm.model(ids).logits
     with torch.no_grad():
         assert torch.allclose(exported(ids).logits, want, atol=1e-5)
+
+
+def test_enhancing_a_low_precision_model_is_noted(enhance_study) -> None:  # noqa: ANN001
+    from neuronspec.plan.compile import compile_study
+    from neuronspec.spec import load_study
+
+    assert not compile_study(load_study(enhance_study)).notes
+    notes = compile_study(load_study(enhance_study, ["model.dtype=bfloat16"])).notes
+    assert any("enhance arms with model.dtype bfloat16" in n for n in notes)

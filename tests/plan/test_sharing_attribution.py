@@ -24,19 +24,10 @@ from neuronspec.spec.errors import StudyError
 
 
 def make_parallel_corpus(path: Path, items: int = 12) -> Path:
-    """Item k is the same letter pattern written in three made-up alphabets (as tests/plan/conftest.py does)."""
-    import json
-    import random
+    from tiny_studies import make_parallel_corpus as parallel
 
-    rng = random.Random(1)
-    alphabets = {"en": "abcdefgh ", "fr": "ijklmnop ", "de": "qrstuvwx "}
-    with path.open("w") as f:
-        for i in range(items):
-            pattern = [rng.randrange(8) if rng.random() > 0.15 else -1 for _ in range(rng.randint(15, 30))]
-            for lang, letters in alphabets.items():
-                text = "".join(letters[p] if p >= 0 else " " for p in pattern)
-                f.write(json.dumps({"id": f"item-{i}", "lang": lang, "text": text}) + "\n")
-    return path
+    return parallel(path, items=items, seed=1)
+
 
 STUDY = """\
 name: tiny-attr

@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-ALPHABETS = {"en": "abcdefgh ", "fr": "ijklmnop ", "de": "qrstuvwx "}
+from tiny_studies import STUDY as BASE_STUDY
+from tiny_studies import make_corpus  # noqa: F401  (the report tests' corpus)
 
-STUDY = """\
-# yaml-language-server: $schema=../schemas/study.schema.json
-name: tiny
-model: {{id: {model}}}
-languages: [en, fr, de]
-corpora:
-  detect: {{source: {corpus}, split: detect, docs_per_language: 6, max_tokens: 32, eval_fraction: 0.4}}
-  ppl: {{source: {corpus}, split: eval, docs_per_language: 3, max_tokens: 32, eval_fraction: 0.4}}
-detect:
-  plnd: {{sites: [ffn, attn.v, attn.o], epsilon: {{quantile: 0.9}}, batch_size: 4}}
-neurons:
-  specific: plnd[lang] - plnd[others]
-partitions: {{early: [0, 2], late: [2, 3]}}
-arms:
-  - {{name: early, deactivate: {{neurons: specific, layers: early}}}}
-  - {{name: early-random, deactivate: {{random_like: early}}}}
-evaluate:
-  ppl: {{metric: perplexity, corpus: ppl, bootstrap: 50}}
-report: {{formats: [json, markdown, png]}}
-"""
+#: the plan tests' tiny study, with the schema modeline and every report format
+STUDY = "# yaml-language-server: $schema=../schemas/study.schema.json\n" + BASE_STUDY + "report: {{formats: [json, markdown, png]}}\n"
 
 
 def edit(text: str, epsilon: str = "0.8") -> str:
@@ -39,16 +20,6 @@ def edit(text: str, epsilon: str = "0.8") -> str:
     return (text.replace("quantile: 0.9", f"quantile: {epsilon}")
             .replace("{random_like: early}", "{random_like: early, seed: 7}")
             .replace("arms:\n", "arms:\n  - {name: late, deactivate: {neurons: specific, layers: late}}\n"))
-
-
-def make_corpus(path: Path, docs: int = 20, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    with path.open("w") as f:
-        for lang, letters in ALPHABETS.items():
-            for i in range(docs):
-                text = "".join(rng.choice(letters) for _ in range(rng.randint(20, 40)))
-                f.write(json.dumps({"id": f"{lang}-{i}", "lang": lang, "text": text}) + "\n")
-    return path
 
 
 def git(repo: Path, *args: str) -> str:

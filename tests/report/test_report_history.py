@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from report_helpers import STUDY, History, git
 
 from neuronspec import cli
 from neuronspec.cli import main
@@ -14,8 +15,6 @@ from neuronspec.plan.store import Store
 from neuronspec.report.records import read_record
 from neuronspec.report.tables import fmt
 from neuronspec.spec import load_study
-
-from report_helpers import STUDY, History, git
 
 
 @pytest.fixture
