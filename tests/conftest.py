@@ -6,6 +6,21 @@ when other processes compete). One thread makes the unit tier fast and steady; t
 end-to-end tier raises it again for the real model.
 """
 
+from pathlib import Path
+
+import pytest
 import torch
 
+from neuronspec.models.testing import tiny_tokenizer
+from neuronspec.models.tiny import tiny_model
+
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama and the character tokenizer saved as a model folder (for studies)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder

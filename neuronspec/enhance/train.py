@@ -43,8 +43,8 @@ from ..evaluate.logprobs import (
     target_logprobs,
 )
 from ..models.forward import encode, iter_batches
-from ..models.masks import NeuronSet
-from ..models.sites import adapter_for, site_width
+from ..models.masks import NeuronSet, check_fits
+from ..models.sites import adapter_for
 from .delta import Delta, DeltaEntry
 from .settings import EnhanceSettings, lr_at
 
@@ -92,13 +92,9 @@ def selected_slices(model: nn.Module, neurons: NeuronSet) -> dict[str, tuple[int
     and layers (e.g. q and k neurons of GPT-2 share ``c_attn``)."""
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
+    check_fits(neurons, dims)
     found: dict[str, tuple[int, list[Tensor]]] = {}
     for site, layer, idx in neurons.items():
-        if layer >= dims.num_layers:
-            raise ValueError(f"{site}: layer {layer} out of range, model has {dims.num_layers} layers")
-        width = site_width(dims, site)
-        if int(idx.max()) >= width:
-            raise ValueError(f"{site} layer {layer}: index {int(idx.max())} out of range, width is {width}")
         for sl in adapter.weight_slices(model, layer, site):
             coords = sl.index_fn(idx)
             dim, parts = found.setdefault(sl.name, (sl.dim, []))

@@ -222,15 +222,19 @@ def _derive_seed(seed: int, site: str, layer: int) -> int:
 # ---- application --------------------------------------------------------------------
 
 
-def _validated(model: nn.Module, neurons: NeuronSet):  # noqa: ANN202
-    adapter = adapter_for(model)
-    dims = adapter.dims(model.config)
+def check_fits(neurons: NeuronSet, dims: Dims) -> None:
+    """Raise if a neuron lies outside the model: a layer past its depth or an index past a site's width."""
     for site, layer, idx in neurons.items():
         if layer >= dims.num_layers:
             raise ValueError(f"{site}: layer {layer} out of range, model has {dims.num_layers} layers")
         width = site_width(dims, site)
         if int(idx.max()) >= width:
             raise ValueError(f"{site} layer {layer}: index {int(idx.max())} out of range, width is {width}")
+
+
+def _validated(model: nn.Module, neurons: NeuronSet):  # noqa: ANN202
+    adapter = adapter_for(model)
+    check_fits(neurons, adapter.dims(model.config))
     return adapter
 
 

@@ -12,16 +12,6 @@ from typing import Iterator
 import pytest
 from report_helpers import STUDY, History, edit, git, make_corpus
 
-from neuronspec.models.testing import tiny_tokenizer
-from neuronspec.models.tiny import tiny_model
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
