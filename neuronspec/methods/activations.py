@@ -95,6 +95,8 @@ class ActivationStats:
         """Stack the samples of several passes (rows in order) and add their counts."""
         if not parts:
             raise ValueError("nothing to concatenate")
+        if len(parts) == 1:  # one pass (every single-process run): nothing to stack, no copy
+            return parts[0]
         first = parts[0]
         for p in parts[1:]:
             if (p.num_layers, p.width, p.hidden, p.thresholds, sorted(p.pooled)) != (

@@ -151,12 +151,12 @@ def run_plan(plan: Plan, store: Store, study: Study, *, force: list[str] = (), o
     timings: dict[str, float] = {}
     with store.lock() if world.main else nullcontext():
         statuses = explain(plan, store) if world.main else []
-        todo = [st for st in statuses if st.stage.id in wanted and (st.state == "stale" or st.stage.id in forced)]
-        todo_ids = distributed.broadcast([st.stage.id for st in todo])
-        for sid in todo_ids:
+        reasons = {st.stage.id: st.reasons for st in statuses
+                   if st.stage.id in wanted and (st.state == "stale" or st.stage.id in forced)}
+        for sid in distributed.broadcast(list(reasons)):
             stage = plan.stages[sid]
             if on_stage and world.main:
-                if any("cached artifact failed its checksum" in st.reasons for st in todo if st.stage.id == sid):
+                if "cached artifact failed its checksum" in reasons[sid]:
                     on_stage(stage, "corrupt")
                 on_stage(stage, "start")
             start = time.perf_counter()
