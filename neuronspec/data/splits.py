@@ -2,9 +2,11 @@
 
 Both are functions of *item ids* only, never of positions or of which other documents exist:
 
-- an item is in the eval split when sha256(source + id) falls below `eval_fraction`, so a
-  parallel item lands in the same split in every language, neurons are never detected on
-  text they are then evaluated on, and adding documents to a corpus never moves old ones;
+- an item is in the eval split when sha256("split", seed, id) falls below `eval_fraction`, so
+  a parallel item lands in the same split in every language, neurons are never detected on
+  text they are then evaluated on, and adding documents to a corpus never moves old ones.
+  The source is not part of it: the same file named by a relative or an absolute path, or
+  read through `hf:json`, splits the same way (the item id is the identity);
 - a sample of n items is the n ids with the smallest sha256(seed + id). This is a seeded
   shuffle that is identical on every platform and Python version, and the sample of 100 is
   a prefix of the sample of 200 with the same seed.
@@ -28,21 +30,22 @@ def _unit(text: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def eval_score(source: str, item_id: str) -> float:
-    """Where an item falls in [0, 1); it belongs to eval when the score is below the fraction."""
-    return _unit(f"{source.strip()}\x1f{item_id}")
+def eval_score(seed: int, item_id: str) -> float:
+    """Where an item falls in [0, 1); it belongs to eval when the score is below the fraction.
+    Salted apart from `shuffled`, so the eval split is not the head of the sample order."""
+    return _unit(f"split\x1f{seed}\x1f{item_id}")
 
 
-def in_eval(source: str, item_id: str, eval_fraction: float) -> bool:
-    return eval_score(source, item_id) < eval_fraction
+def in_eval(seed: int, item_id: str, eval_fraction: float) -> bool:
+    return eval_score(seed, item_id) < eval_fraction
 
 
-def split_ids(source: str, ids: Iterable[str], split: Split, eval_fraction: float) -> list[str]:
+def split_ids(seed: int, ids: Iterable[str], split: Split, eval_fraction: float) -> list[str]:
     """The ids of `ids` that belong to `split`, in their given order."""
     if split == "all":
         return list(ids)
     want_eval = split == "eval"
-    return [i for i in ids if in_eval(source, i, eval_fraction) == want_eval]
+    return [i for i in ids if in_eval(seed, i, eval_fraction) == want_eval]
 
 
 def shuffled(ids: Iterable[str], seed: int) -> list[str]:
@@ -72,10 +75,10 @@ def select(
         by_lang = {lang: {d.id: d for d in docs[lang]} for lang in languages}
         first = languages[0]
         common = [d.id for d in docs[first] if all(d.id in by_lang[lang] for lang in languages)]
-        chosen = split_ids(source, common, split, eval_fraction)
+        chosen = split_ids(seed, common, split, eval_fraction)
         if n is not None:
             if len(chosen) < n:
-                poorest, count = _poorest(docs, languages, source, split, eval_fraction)
+                poorest, count = _poorest(docs, languages, seed, split, eval_fraction)
                 where = f"present in all of {', '.join(languages)}" if len(languages) > 1 else f"for {first!r}"
                 fewest = f" (fewest: {poorest!r} with {count})" if len(languages) > 1 else ""
                 raise corpus_error(
@@ -91,7 +94,7 @@ def select(
     out: dict[str, list[Document]] = {}
     for lang in languages:
         by_id = {d.id: d for d in docs[lang]}
-        chosen = split_ids(source, by_id, split, eval_fraction)
+        chosen = split_ids(seed, by_id, split, eval_fraction)
         if n is not None:
             if len(chosen) < n:
                 raise corpus_error(
@@ -105,9 +108,9 @@ def select(
 
 
 def _poorest(
-    docs: Mapping[str, Sequence[Document]], languages: Sequence[str], source: str, split: Split, eval_fraction: float
+    docs: Mapping[str, Sequence[Document]], languages: Sequence[str], seed: int, split: Split, eval_fraction: float
 ) -> tuple[str, int]:
     """The language with the fewest documents in the split (the one to blame) and its count."""
-    counts = {lang: len(split_ids(source, (d.id for d in docs[lang]), split, eval_fraction)) for lang in languages}
+    counts = {lang: len(split_ids(seed, (d.id for d in docs[lang]), split, eval_fraction)) for lang in languages}
     lang = min(languages, key=counts.__getitem__)
     return lang, counts[lang]

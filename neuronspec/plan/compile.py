@@ -23,18 +23,13 @@ import math
 from typing import Any
 
 from neuronspec.data import corpus_identity
+from neuronspec.plan import kinds as K
 from neuronspec.plan.graph import Plan, Stage
 from neuronspec.plan.identity import model_dims, model_identity
 from neuronspec.spec.errors import StudyError
 from neuronspec.spec.loader import LoadedStudy
 from neuronspec.spec.models import Quantile, Study, expand_sites
 from neuronspec.spec.references import detectors, set_order, single_sets
-
-#: Bump a kind's version when its implementation changes what it computes.
-CODE_VERSIONS = {"corpus": 1, "stats.plnd": 1, "select.plnd": 1, "sets": 1, "mask": 1, "enhance": 1, "eval": 1,
-                 "stats.act": 1, "select.lape": 1, "select.linguafranca": 1, "select.sharing": 1, "logit_lens": 1,
-                 "attr.sharing": 1}
-
 
 #: fields that change how documents are batched, not what is computed: not in selection keys
 BATCHING = {"batch_size", "batch_tokens"}
@@ -49,12 +44,13 @@ def compile_study(loaded: LoadedStudy) -> Plan:
     dims = model_dims(study.model, identity)
     _check_partitions(loaded, dims["num_layers"])
     _check_attribution_layers(loaded, dims["num_layers"])
-    plan = Plan(study.name, identity, dims, code_versions=dict(CODE_VERSIONS))
+    plan = Plan(study.name, identity, dims, code=K.code_fingerprints())
 
     for name in _used_corpora(study):
         c = study.corpora[name]
-        spec = c.model_dump(mode="json", exclude={"max_tokens"})
-        spec.update(languages=c.languages or study.languages, seed=study.seed, identity=corpus_identity(c.source, c.options))
+        spec = K.CorpusStage(source=c.source, split=c.split, docs_per_language=c.docs_per_language,
+                             eval_fraction=c.eval_fraction, languages=c.languages or study.languages, options=c.options,
+                             seed=study.seed, identity=corpus_identity(c.source, c.options))
         plan.add(Stage(f"corpus/{name}", "corpus", spec, origin=("corpora", name)))
 
     if study.detect.plnd is not None:
@@ -63,10 +59,10 @@ def compile_study(loaded: LoadedStudy) -> Plan:
     detector_stages = [f"select/{d}" for d in detectors(study)]
     if detector_stages or study.neurons:
         order, families = set_order(study)
-        plan.add(Stage("sets", "sets", {
-            "neurons": {n: study.neurons[n] for n in order}, "order": order, "families": sorted(families),
-            "detectors": detectors(study), "singles": single_sets(study), "languages": study.languages,
-        }, deps=tuple(detector_stages), origin=("neurons",)))
+        plan.add(Stage("sets", "sets", K.Sets(
+            neurons={n: study.neurons[n] for n in order}, order=order, families=sorted(families),
+            detectors=detectors(study), singles=single_sets(study), languages=study.languages,
+        ), deps=tuple(detector_stages), origin=("neurons",)))
     if study.model.dtype != "float32" and any(arm.enhance is not None for arm in study.arms):
         plan.notes.append(f"enhance arms with model.dtype {study.model.dtype}: the trained neurons are written into "
                           f"{study.model.dtype} weights, where updates below its resolution (about 0.4 % of a weight "
@@ -119,22 +115,21 @@ def _add_plnd(plan: Plan, study: Study) -> None:
         plan.notes.append(f"detect corpus {p.corpus!r} has no documents for {missing}: PLND sets for them are empty")
     stat_ids = []
     for lang in langs:
-        spec: dict[str, Any] = {
-            "lang": lang, "corpus": p.corpus, "sites": sites, "token_reduce": p.token_reduce,
-            **p.batching(), "max_tokens": corpus.max_tokens,
-            "top_k": {s: p.top_k[s] for s in sites if s in p.top_k} if p.rule == "topk_intersect" else {},
-        }
+        spec = K.PlndStats(
+            lang=lang, corpus=p.corpus, sites=sites, token_reduce=p.token_reduce, **p.batching(), max_tokens=corpus.max_tokens,
+            top_k={s: p.top_k[s] for s in sites if s in p.top_k} if p.rule == "topk_intersect" else {},
+        )
         stat_ids.append(plan.add(Stage(f"stats/plnd/{lang}", "stats.plnd", spec, deps=(f"corpus/{p.corpus}",),
-                                       model_bound=True, origin=("detect", "plnd"))).id)
-    epsilon = {}
+                                       model_bound=True, origin=("detect", "plnd"), lang=lang)).id)
+    epsilon: dict[str, float | Quantile] = {}
     for site in sites:
         eps = p.threshold(site)  # never None: the reference checks require an ε per site
         assert eps is not None
-        epsilon[site] = eps.model_dump() if isinstance(eps, Quantile) else float(eps)
-    plan.add(Stage("select/plnd", "select.plnd", {
-        "sites": sites, "epsilon": epsilon, "rule": p.rule, "languages": study.languages,
-        "top_k": {s: p.top_k[s] for s in sites} if p.rule == "topk_intersect" else {},
-    }, deps=tuple(stat_ids), origin=("detect", "plnd", "epsilon")))
+        epsilon[site] = eps if isinstance(eps, Quantile) else float(eps)
+    plan.add(Stage("select/plnd", "select.plnd", K.PlndSelect(
+        sites=sites, epsilon=epsilon, rule=p.rule, languages=study.languages,
+        top_k={s: p.top_k[s] for s in sites} if p.rule == "topk_intersect" else {},
+    ), deps=tuple(stat_ids), origin=("detect", "plnd", "epsilon")))
 
 
 def _add_activation_methods(plan: Plan, study: Study) -> None:
@@ -156,14 +151,14 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
         corpus = study.corpora[corpus_name]
         for lang in corpus.languages or study.languages:
             plan.add(Stage(f"stats/act/{corpus_name}/{lang}", "stats.act",
-                           {**need, "lang": lang, "corpus": corpus_name, "max_tokens": corpus.max_tokens},
-                           deps=(f"corpus/{corpus_name}",), model_bound=True, origin=("corpora", corpus_name)))
+                           K.ActStats(**need, lang=lang, corpus=corpus_name, max_tokens=corpus.max_tokens),
+                           deps=(f"corpus/{corpus_name}",), model_bound=True, origin=("corpora", corpus_name), lang=lang))
 
     def stats_deps(corpus_name: str) -> tuple[str, ...]:
-        return tuple(sid for sid in plan.stages if sid.startswith(f"stats/act/{corpus_name}/"))
+        return tuple(sid for sid, s in plan.stages.items() if s.kind == "stats.act" and s.spec.corpus == corpus_name)
 
     if d.lape is not None:
-        plan.add(Stage("select/lape", "select.lape", d.lape.model_dump(exclude=BATCHING),
+        plan.add(Stage("select/lape", "select.lape", K.LapeSelect(**d.lape.model_dump(exclude=BATCHING)),
                        deps=stats_deps(d.lape.corpus), origin=("detect", "lape")))
     if d.linguafranca is not None:
         langs = study.corpora[d.linguafranca.corpus].languages or study.languages
@@ -172,12 +167,13 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
             plan.notes.append(f"detect.linguafranca.z_threshold {d.linguafranca.z_threshold} is unreachable with "
                               f"{len(langs)} languages (the largest possible z-score is √(n−1) = {reachable:.2f}): "
                               "every key linguistic region will be empty")
-        plan.add(Stage("select/linguafranca", "select.linguafranca", d.linguafranca.model_dump(exclude=BATCHING),
+        plan.add(Stage("select/linguafranca", "select.linguafranca",
+                       K.LinguaFrancaSelect(**d.linguafranca.model_dump(exclude=BATCHING)),
                        deps=stats_deps(d.linguafranca.corpus), origin=("detect", "linguafranca")))
     if d.sharing is not None:
-        attr = d.sharing.attribution
-        # without `attribution`, the stage's spec and inputs are exactly what they were before it existed
-        spec = d.sharing.model_dump(exclude=BATCHING | ({"attribution"} if attr is None else set()))
+        spec = K.SharingSelect(corpus=d.sharing.corpus, thresholds=d.sharing.thresholds,
+                               set_threshold=d.sharing.set_threshold, min_fraction=d.sharing.min_fraction,
+                               attribution=d.sharing.attribution)
         plan.add(Stage("select/sharing", "select.sharing", spec,
                        deps=stats_deps(d.sharing.corpus) + _add_sharing_attribution(plan, study),
                        origin=("detect", "sharing")))
@@ -186,8 +182,9 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
         corpus = study.corpora[lens.corpus]
         for lang in corpus.languages or study.languages:
             plan.add(Stage(f"analysis/logit_lens/{lang}", "logit_lens",
-                           {**lens.model_dump(exclude=BATCHING), **lens.batching(), "lang": lang, "max_tokens": corpus.max_tokens, "languages": study.languages},
-                           deps=(f"corpus/{lens.corpus}",), model_bound=True, origin=("analyses", "logit_lens")))
+                           K.LogitLens(**lens.model_dump(exclude=BATCHING), **lens.batching(), lang=lang,
+                                       max_tokens=corpus.max_tokens, languages=study.languages),
+                           deps=(f"corpus/{lens.corpus}",), model_bound=True, origin=("analyses", "logit_lens"), lang=lang))
 
 
 def _add_sharing_attribution(plan: Plan, study: Study) -> tuple[str, ...]:
@@ -197,14 +194,15 @@ def _add_sharing_attribution(plan: Plan, study: Study) -> tuple[str, ...]:
     if sharing is None or attr is None:
         return ()
     corpus = study.corpora[sharing.corpus]
-    # what the chosen method computes from: ig's quadrature fields do not touch activation_norm's key
-    method = attr.model_dump(exclude=set() if attr.method == "ig" else {"steps", "step_batch", "probes"})
+    ig = attr.method == "ig"  # ig's quadrature fields do not touch activation_norm's key
     ids = []
     for lang in corpus.languages or study.languages:
-        spec = {"lang": lang, "corpus": sharing.corpus, "max_tokens": corpus.max_tokens, **sharing.batching(),
-                "attribution": method}
+        spec = K.SharingAttribution(lang=lang, corpus=sharing.corpus, max_tokens=corpus.max_tokens, **sharing.batching(),
+                                    method=attr.method, docs=attr.docs, layers=attr.layers,
+                                    steps=attr.steps if ig else None, step_batch=attr.step_batch if ig else None,
+                                    probes=attr.probes if ig else None)
         ids.append(plan.add(Stage(f"attr/sharing/{lang}", "attr.sharing", spec, deps=(f"corpus/{sharing.corpus}",),
-                                  model_bound=True, origin=("detect", "sharing", "attribution"))).id)
+                                  model_bound=True, origin=("detect", "sharing", "attribution"), lang=lang)).id)
     return tuple(ids)
 
 
@@ -212,13 +210,14 @@ def _add_mask(plan: Plan, study: Study, index: int) -> None:
     arm = study.arms[index]
     d = arm.selection
     if d.random_like is not None:
-        spec = {"random_like": d.random_like, "seed": study.seed if d.seed is None else d.seed, "dims": plan.dims}
+        spec = K.Mask(random_like=d.random_like, seed=study.seed if d.seed is None else d.seed,
+                      dims=K.ModelDims(**{f: plan.dims[f] for f in K.ModelDims.model_fields}))
         deps: tuple[str, ...] = (f"mask/{d.random_like}", "sets")
     else:
-        layers = [list(study.partitions[n]) for n in d.partition_names()] or None
-        spec = {"neurons": d.neurons, "layers": layers, "sites": expand_sites(list(d.sites)) if d.sites else None}
+        layers = [study.partitions[n] for n in d.partition_names()] or None
+        spec = K.Mask(neurons=d.neurons, layers=layers, sites=expand_sites(list(d.sites)) if d.sites else None)
         deps = ("sets",)
-    plan.add(Stage(f"mask/{arm.name}", "mask", spec, deps=deps, origin=("arms", index)))
+    plan.add(Stage(f"mask/{arm.name}", "mask", spec, deps=deps, origin=("arms", index), arm=arm.name))
 
 
 def _add_enhance(plan: Plan, study: Study, index: int) -> None:
@@ -230,10 +229,10 @@ def _add_enhance(plan: Plan, study: Study, index: int) -> None:
     family = arm_is_family(study, arm.name)
     seed = study.seed if e.seed is None else e.seed
     for lang in arm_languages(study, arm.name):
-        spec = {"lang": lang, "mask_lang": lang if family else None, "corpus": e.corpus, "docs": e.docs,
-                "max_tokens": corpus.max_tokens, "settings": e.settings(seed)}
+        spec = K.Enhance(lang=lang, mask_lang=lang if family else None, corpus=e.corpus, docs=e.docs,
+                         max_tokens=corpus.max_tokens, settings=K.Settings(**e.settings(seed)))
         plan.add(Stage(f"enhance/{arm.name}/{lang}", "enhance", spec, deps=(f"corpus/{e.corpus}", f"mask/{arm.name}"),
-                       model_bound=True, origin=("arms", index, "enhance")))
+                       model_bound=True, origin=("arms", index, "enhance"), lang=lang, arm=arm.name))
 
 
 def arm_languages(study: Study, arm_name: str) -> list[str]:
@@ -262,10 +261,10 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
     base = {"metric": ev.metric, "seed": study.seed, "languages": study.languages,
             "options": {**ev.batching(), "bootstrap": ev.bootstrap, "max_tokens": corpus.max_tokens, **ev.options}}
     cdep = f"corpus/{ev.corpus}"
-    origin = ("evaluate", name)
+    where: dict[str, Any] = {"model_bound": True, "origin": ("evaluate", name), "evaluation": name}
     for lang in langs:
-        plan.add(Stage(f"eval/{name}/base/{lang}", "eval", {**base, "lang": lang, "arm": None, "arm_kind": None, "mask_lang": None},
-                       deps=(cdep,), model_bound=True, origin=origin))
+        plan.add(Stage(f"eval/{name}/base/{lang}", "eval", K.Evaluation(**base, lang=lang, arm=None, arm_kind=None, mask_lang=None),
+                       deps=(cdep,), lang=lang, **where))
     for arm in study.arms:
         if ev.arms is not None and arm.name not in ev.arms:
             continue
@@ -277,5 +276,5 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
                 if variants and ev.on == "self" and lang != mlang:
                     continue
                 sid = f"eval/{name}/{arm.name}/" + (f"{mlang}@{lang}" if mlang else lang)
-                plan.add(Stage(sid, "eval", {**base, **arm_spec, "lang": lang, "mask_lang": mlang},
-                               deps=(cdep, dep), model_bound=True, origin=origin))
+                plan.add(Stage(sid, "eval", K.Evaluation(**base, **arm_spec, lang=lang, mask_lang=mlang),
+                               deps=(cdep, dep), lang=lang, arm=arm.name, **where))

@@ -1,29 +1,41 @@
 """Stages and plans: the DAG a study compiles to.
 
-A stage's key hashes everything its result depends on — its kind and code version, its
-resolved spec, the keys of its inputs and (for model-bound stages) the model's identity —
-so a result is reused exactly when it would come out the same.
+A stage's key hashes everything its result depends on — its kind and the fingerprint of
+the code computing it, its typed spec (as canonical JSON), the keys of its inputs and (for
+model-bound stages) the model's identity — so a result is reused exactly when it would
+come out the same.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from neuronspec.plan.store import digest
+
+if TYPE_CHECKING:
+    from neuronspec.plan.fingerprint import Fingerprint
+    from neuronspec.plan.kinds import StageSpec
 
 
 @dataclass
 class Stage:
     id: str  # e.g. "stats/plnd/zh" — also what --force/--only match against
     kind: str  # selects the implementation in neuronspec.plan.kinds
-    spec: dict[str, Any]  # resolved, JSON-able: what the stage computes from
+    spec: StageSpec  # the kind's typed spec: what the stage computes from
     deps: tuple[str, ...] = ()
     model_bound: bool = False  # result depends on the model (key includes its identity)
     key: str = ""
     # where in the study this stage comes from, for error messages: a field path
     origin: tuple[str | int, ...] = ()
+    # its place in the study (not part of the key): read these, never parse the id
+    lang: str | None = None  # the language it computes for / evaluates on
+    arm: str | None = None
+    evaluation: str | None = None
+
+    def spec_json(self) -> dict[str, Any]:
+        return self.spec.model_dump(mode="json")
 
 
 @dataclass
@@ -32,7 +44,7 @@ class Plan:
     model_identity: dict[str, Any]
     dims: dict[str, Any]
     stages: dict[str, Stage] = field(default_factory=dict)  # topological order (insertion order)
-    code_versions: dict[str, int] = field(default_factory=dict)
+    code: dict[str, Fingerprint] = field(default_factory=dict)  # kind → fingerprint of the code computing it
     notes: list[str] = field(default_factory=list)  # warnings to show the user (e.g. unreachable thresholds)
 
     def add(self, stage: Stage) -> Stage:
@@ -41,17 +53,29 @@ class Plan:
             raise ValueError(f"stage {stage.id} depends on unknown stages {missing}")
         if stage.id in self.stages:
             raise ValueError(f"duplicate stage id {stage.id}")
+        from neuronspec.plan.kinds import KINDS
+
+        expected = KINDS[stage.kind].spec
+        if type(stage.spec) is not expected:
+            raise TypeError(f"stage {stage.id}: a {stage.kind} stage's spec is a {expected.__name__}, "
+                            f"not {type(stage.spec).__name__}")
         stage.key = digest(
             {
                 "kind": stage.kind,
-                "code": self.code_versions.get(stage.kind, 0),
-                "spec": stage.spec,
+                "code": self.code[stage.kind].digest,
+                "spec": stage.spec_json(),
                 "deps": {d: self.stages[d].key for d in stage.deps},
                 "model": self.model_identity if stage.model_bound else None,
             }
         )
         self.stages[stage.id] = stage
         return stage
+
+    @property
+    def code_versions(self) -> dict[str, str]:
+        """kind → code fingerprint, for the kinds this plan uses (what run records keep)."""
+        used = {s.kind for s in self.stages.values()}
+        return {k: f.digest for k, f in self.code.items() if k in used}
 
     def select(self, patterns: list[str]) -> list[str]:
         """Stage ids matching any glob pattern (a bare prefix like `eval` matches `eval/*`)."""

@@ -1,9 +1,27 @@
-"""What each kind of stage computes: thin glue from cached inputs to the methods.
+"""Stage kinds: what each kind of stage computes, from what, and with which code.
 
-Each function gets the run context, the stage and an empty output directory, reads its
-inputs from the store (already verified), and writes its files. Small results go in
-`result.json` (the report reads only JSON, so rendering never needs torch); tensors go in
-safetensors files.
+A kind is one typed object (`Kind`):
+
+* **spec** — a frozen Pydantic model (a `StageSpec`) of everything the result depends on.
+  `plan/compile.py` builds it from the study; the stage key hashes its canonical JSON (with
+  the input keys, the model identity and the code fingerprint), so two stages with equal
+  specs share one result. Fields that do not change the result (batching of a selection,
+  an arm's name) stay out of it; facts about a stage's place in the study (its language,
+  arm, evaluation) are typed fields of the `Stage`, not parsed from its id.
+* **compute** — `compute(ctx, stage, spec, out)`: reads its inputs from the store (already
+  verified) through `ctx.input`, and writes its files into the empty folder `out`. Small
+  results go in `result.json` (the report reads only JSON, so rendering needs no torch);
+  tensors in safetensors files. Import heavy modules inside the function.
+* **code fingerprint** — computed, never kept by hand (`neuronspec.plan.fingerprint`): the
+  compute function, its spec class, the helpers of this module they call and every
+  neuronspec module they import, transitively. Comments, whitespace and docstrings do not
+  count; any other edit recomputes the kind's stages and `plan` says which file changed.
+  A module the code reaches without an import statement (dispatch by name) must be listed
+  in `Kind.modules`.
+
+To add a kind: write its spec class and compute function here, register
+`KINDS["my.kind"] = Kind(MySpec, my_compute, "what it does", ...)`, and add its stages in
+`plan/compile.py` with `Stage(id, "my.kind", MySpec(...), deps=...)`.
 """
 
 from __future__ import annotations
@@ -12,19 +30,52 @@ import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from neuronspec.plan.fingerprint import CodeRef, Fingerprint, fingerprints
 from neuronspec.plan.graph import Stage
+from neuronspec.spec.models import AttributionSpec, Quantile
 
-Compute = Callable[["RunContext", Stage, Path], None]  # type: ignore[name-defined]  # noqa: F821
+if TYPE_CHECKING:
+    from neuronspec.plan.runner import RunContext
+
+
+class StageSpec(BaseModel):
+    """What a stage computes from: frozen, no unknown fields, JSON-able (its key hashes the JSON)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class Batched(StageSpec):
+    """Specs of stages that run the model over documents: how they are grouped into forward passes."""
+
+    batch_size: int
+    batch_tokens: int | None = None
 
 
 @dataclass(frozen=True)
 class Kind:
-    compute: Compute
+    spec: type[StageSpec]
+    compute: Callable[..., None]  # (ctx: RunContext, stage: Stage, spec: <spec>, out: Path) -> None
     description: str
     loads_model: bool = False  # whether computing it needs the weights (not just identity)
     data_parallel: bool = False  # under torch.distributed every rank computes its shard (see neuronspec.distributed)
+    modules: tuple[str, ...] = ()  # neuronspec modules its code reaches without an import statement
+
+    @property
+    def code(self) -> CodeRef:
+        return CodeRef(__name__, (self.compute.__name__, self.spec.__name__), self.modules)
+
+
+def code_fingerprints(kinds: Iterable[str] | None = None, root: Path | None = None) -> dict[str, Fingerprint]:
+    """The code fingerprint of each kind (all by default), read from the source under `root`."""
+    names = list(KINDS) if kinds is None else list(kinds)
+    return fingerprints({k: KINDS[k].code for k in names}, root)
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -32,12 +83,22 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 # -- corpus -----------------------------------------------------------------------------
-def corpus(ctx: Any, stage: Stage, out: Path) -> None:
+class CorpusStage(StageSpec):
+    source: str
+    split: Literal["detect", "eval", "all"]
+    docs_per_language: int | None
+    eval_fraction: float
+    languages: list[str]
+    options: dict[str, Any]
+    seed: int
+    identity: dict[str, Any]  # what the text is (package digest, file digests, dataset revision)
+
+
+def corpus(ctx: RunContext, stage: Stage, s: CorpusStage, out: Path) -> None:
     from neuronspec.data import load_corpus
 
-    s = stage.spec
-    docs = load_corpus(s["source"], s["languages"], split=s["split"], docs_per_language=s["docs_per_language"],
-                       seed=s["seed"], eval_fraction=s["eval_fraction"], options=s["options"])
+    docs = load_corpus(s.source, s.languages, split=s.split, docs_per_language=s.docs_per_language,
+                       seed=s.seed, eval_fraction=s.eval_fraction, options=s.options)
     for lang, items in docs.items():
         _write_json(out / f"{lang}.json", [{"id": d.id, "lang": d.lang, "text": d.text, "meta": d.meta} for d in items])
     _write_json(out / "result.json", {"languages": {lang: len(items) for lang, items in docs.items()}})
@@ -49,29 +110,37 @@ def read_docs(entry: Any, lang: str) -> list[dict[str, Any]]:
 
 
 # -- PLND statistics ----------------------------------------------------------------------
-def stats_plnd(ctx: Any, stage: Stage, out: Path) -> None:
+class PlndStats(Batched):
+    lang: str
+    corpus: str
+    sites: list[str]
+    token_reduce: Literal["mean", "sum"]
+    max_tokens: int
+    top_k: dict[str, int]  # only for rule topk_intersect
+
+
+def stats_plnd(ctx: RunContext, stage: Stage, s: PlndStats, out: Path) -> None:
     from safetensors.torch import save_file
 
     from neuronspec import distributed
     from neuronspec.methods.plnd import plnd_statistics
     from neuronspec.models.forward import encode
 
-    s = stage.spec
-    docs = read_docs(ctx.input(stage, f"corpus/{s['corpus']}"), s["lang"])
+    docs = read_docs(ctx.input(stage, f"corpus/{s.corpus}"), s.lang)
     lm = ctx.model()
-    encodings = [e for e in encode(lm.tokenizer, [d["text"] for d in docs], s["max_tokens"]) if len(e) >= 2]
+    encodings = [e for e in encode(lm.tokenizer, [d["text"] for d in docs], s.max_tokens) if len(e) >= 2]
     dropped = len(docs) - len(encodings)
     if not encodings:
-        raise ValueError(f"{stage.id}: no document of {s['lang']!r} has two or more tokens")
+        raise ValueError(f"{stage.id}: no document of {s.lang!r} has two or more tokens")
     local = distributed.shard(encodings)  # all of them outside torch.distributed
-    with ctx.progress(f"PLND statistics {s['lang']}", total=len(local)) as advance:
-        stats = plnd_statistics(lm.model, _batches(local, s, lm, advance), s["sites"],
-                                token_reduce=s["token_reduce"], top_k=s["top_k"] or None)
+    with ctx.progress(f"PLND statistics {s.lang}", total=len(local)) as advance:
+        stats = plnd_statistics(lm.model, _batches(local, s, lm, advance), s.sites,
+                                token_reduce=s.token_reduce, top_k=s.top_k or None)
     tensors = {}
     for site, st in stats.items():
         tensors.update({k: v.contiguous() for k, v in st.all_reduce().to_tensors(site).items()})
     save_file(tensors, str(out / "stats.safetensors"))
-    _write_json(out / "result.json", {"lang": s["lang"], "docs": len(encodings), "dropped_short_docs": dropped,
+    _write_json(out / "result.json", {"lang": s.lang, "docs": len(encodings), "dropped_short_docs": dropped,
                                       "tokens": sum(len(e) for e in encodings)})
 
 
@@ -80,7 +149,7 @@ def _pad_id(tokenizer: Any) -> int:
     return int(pad if pad is not None else tokenizer.eos_token_id)
 
 
-def _batches(encodings: list[list[int]], spec: dict[str, Any], lm: Any, advance: Callable[..., None]) -> Any:
+def _batches(encodings: list[list[int]], spec: Batched, lm: Any, advance: Callable[..., None]) -> Any:
     """Length-sorted batches (batch_size, and batch_tokens when set) on the model's device.
 
     Progress advances once the consumer has finished a batch (the code after `yield`), by
@@ -89,8 +158,8 @@ def _batches(encodings: list[list[int]], spec: dict[str, Any], lm: Any, advance:
     from neuronspec.models.forward import iter_batches
 
     device = next(lm.model.parameters()).device
-    for b in iter_batches(encodings, batch_size=spec["batch_size"], pad_id=_pad_id(lm.tokenizer),
-                          token_budget=spec.get("batch_tokens")):
+    for b in iter_batches(encodings, batch_size=spec.batch_size, pad_id=_pad_id(lm.tokenizer),
+                          token_budget=spec.batch_tokens):
         yield type(b)(b.index, b.input_ids.to(device), b.attention_mask.to(device))
         advance(len(b.index), tokens=int(b.attention_mask.sum()))
 
@@ -105,18 +174,25 @@ def load_stats(entry: Any, sites: list[str]) -> dict[str, Any]:
 
 
 # -- selection ----------------------------------------------------------------------------
-def select_plnd(ctx: Any, stage: Stage, out: Path) -> None:
+class PlndSelect(StageSpec):
+    sites: list[str]
+    epsilon: dict[str, float | Quantile]
+    rule: Literal["all_docs", "topk_intersect"]
+    languages: list[str]
+    top_k: dict[str, int]
+
+
+def select_plnd(ctx: RunContext, stage: Stage, s: PlndSelect, out: Path) -> None:
     from neuronspec.methods.plnd import resolve_thresholds, select_relevant
 
-    s = stage.spec
-    stats = {dep.rsplit("/", 1)[1]: load_stats(ctx.input(stage, dep), s["sites"]) for dep in stage.deps}
-    thresholds = resolve_thresholds(stats, s["epsilon"]) if s["rule"] == "all_docs" else {}
-    relevant = select_relevant(stats, thresholds, s["rule"])
+    stats = {ctx.plan.stages[dep].lang: load_stats(ctx.input(stage, dep), s.sites) for dep in stage.deps}
+    thresholds = resolve_thresholds(stats, s.json_dict()["epsilon"]) if s.rule == "all_docs" else {}
+    relevant = select_relevant(stats, thresholds, s.rule)
     summary = {}
     for lang, ns in relevant.items():
         ns.save(out / f"plnd.{lang}.safetensors")
         summary[lang] = ns.per_layer_counts()
-    _write_json(out / "result.json", {"thresholds": thresholds, "rule": s["rule"], "counts": _jsonable(summary)})
+    _write_json(out / "result.json", {"thresholds": thresholds, "rule": s.rule, "counts": _jsonable(summary)})
 
 
 def _jsonable(counts: Any) -> Any:
@@ -126,41 +202,49 @@ def _jsonable(counts: Any) -> Any:
 
 
 # -- activation statistics and the methods built on them ---------------------------------
-def stats_act(ctx: Any, stage: Stage, out: Path) -> None:
+class ActStats(Batched):
+    lang: str
+    corpus: str
+    max_tokens: int
+    poolings: list[str]
+    gate_counts: bool
+    thresholds: list[float]
+
+
+def stats_act(ctx: RunContext, stage: Stage, s: ActStats, out: Path) -> None:
     from safetensors.torch import save_file
 
     from neuronspec import distributed
     from neuronspec.methods.activations import ActivationStats, activation_statistics
     from neuronspec.models.forward import encode
 
-    s = stage.spec
-    docs = read_docs(ctx.input(stage, f"corpus/{s['corpus']}"), s["lang"])
+    docs = read_docs(ctx.input(stage, f"corpus/{s.corpus}"), s.lang)
     world = distributed.world()
     if len(docs) < world.size:
         raise ValueError(f"{stage.id}: {len(docs)} documents cannot be split over {world.size} ranks")
     lm = ctx.model()
-    local = distributed.shard(encode(lm.tokenizer, [d["text"] for d in docs], s["max_tokens"]))
-    with ctx.progress(f"activation statistics {s['corpus']} {s['lang']}", total=len(local)) as advance:
-        stats = activation_statistics(lm.model, _batches(local, s, lm, advance), poolings=s["poolings"],
-                                      thresholds=s["thresholds"], gate_counts=s["gate_counts"], n_samples=len(local))
+    local = distributed.shard(encode(lm.tokenizer, [d["text"] for d in docs], s.max_tokens))
+    with ctx.progress(f"activation statistics {s.corpus} {s.lang}", total=len(local)) as advance:
+        stats = activation_statistics(lm.model, _batches(local, s, lm, advance), poolings=s.poolings,
+                                      thresholds=s.thresholds, gate_counts=s.gate_counts, n_samples=len(local))
     # contiguous shards in rank order: concatenating them restores document order
     stats = ActivationStats.concat(distributed.gather(stats))
     save_file(stats.to_tensors(), str(out / "activations.safetensors"))
-    _write_json(out / "result.json", {"lang": s["lang"], "docs": len(docs), "tokens": stats.tokens,
+    _write_json(out / "result.json", {"lang": s.lang, "docs": len(docs), "tokens": stats.tokens,
                                       "ids": [d["id"] for d in docs]})
 
 
-def _load_activations(ctx: Any, stage: Stage) -> tuple[dict[str, Any], list[list[str]]]:
+def _load_activations(ctx: RunContext, stage: Stage) -> tuple[dict[str, Any], list[list[str]]]:
     from safetensors.torch import load_file
 
     from neuronspec.methods.activations import ActivationStats
 
     by_lang, ids = {}, []
     for dep in stage.deps:
-        if not dep.startswith("stats/act/"):  # e.g. select/sharing's attribution inputs
+        if ctx.plan.stages[dep].kind != "stats.act":  # e.g. select/sharing's attribution inputs
             continue
         entry = ctx.input(stage, dep)
-        by_lang[dep.rsplit("/", 1)[1]] = ActivationStats.from_tensors(load_file(str(entry.file("activations.safetensors"))))
+        by_lang[ctx.plan.stages[dep].lang] = ActivationStats.from_tensors(load_file(str(entry.file("activations.safetensors"))))
         ids.append(entry.json()["ids"])
     return by_lang, ids
 
@@ -170,19 +254,31 @@ def _require_parallel(stage: Stage, ids: list[list[str]]) -> None:
         raise ValueError(f"{stage.id} needs a parallel corpus (the same items, in the same order, in every language)")
 
 
-def select_lape(ctx: Any, stage: Stage, out: Path) -> None:
+class LapeSelect(StageSpec):
+    corpus: str
+    top_rate: float
+    filter_quantile: float
+    assign_quantile: float
+    event: Literal["gate", "neuron"]
+
+
+def select_lape(ctx: RunContext, stage: Stage, s: LapeSelect, out: Path) -> None:
     from neuronspec.methods.lape import activation_probabilities, lape
 
-    s = stage.spec
     stats, _ = _load_activations(ctx, stage)
-    langs, probs = activation_probabilities(stats, event=s["event"])
-    result = lape(probs, langs, top_rate=s["top_rate"], filter_quantile=s["filter_quantile"], assign_quantile=s["assign_quantile"])
+    langs, probs = activation_probabilities(stats, event=s.event)
+    result = lape(probs, langs, top_rate=s.top_rate, filter_quantile=s.filter_quantile, assign_quantile=s.assign_quantile)
     for lang, ns in result.sets.items():
         ns.save(out / f"lape.{lang}.safetensors")
     _write_json(out / "result.json", _jsonable(result.to_json()))
 
 
-def select_linguafranca(ctx: Any, stage: Stage, out: Path) -> None:
+class LinguaFrancaSelect(StageSpec):
+    corpus: str
+    z_threshold: float
+
+
+def select_linguafranca(ctx: RunContext, stage: Stage, s: LinguaFrancaSelect, out: Path) -> None:
     import warnings
 
     from neuronspec.methods.linguafranca import (
@@ -191,13 +287,12 @@ def select_linguafranca(ctx: Any, stage: Stage, out: Path) -> None:
         plot_similarity,
     )
 
-    s = stage.spec
     stats, ids = _load_activations(ctx, stage)
     _require_parallel(stage, ids)
     layers = next(iter(stats.values())).num_layers
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an unreachable threshold is reported in result.json and by `plan`
-        result = linguafranca({lang: st.pooled["mean"] for lang, st in stats.items()}, layers, threshold=s["z_threshold"])
+        result = linguafranca({lang: st.pooled["mean"] for lang, st in stats.items()}, layers, threshold=s.z_threshold)
     for lang, ns in result.regions.sets.items():
         ns.save(out / f"linguafranca.{lang}.safetensors")
     _write_json(out / "result.json", _jsonable(result.to_json()))
@@ -205,20 +300,27 @@ def select_linguafranca(ctx: Any, stage: Stage, out: Path) -> None:
     plot_layer_scores(result.per_layer, out / "lrds-sads.png")
 
 
-def select_sharing(ctx: Any, stage: Stage, out: Path) -> None:
+class SharingSelect(StageSpec):
+    corpus: str
+    thresholds: list[float]
+    set_threshold: float | None
+    min_fraction: float
+    attribution: AttributionSpec | None
+
+
+def select_sharing(ctx: RunContext, stage: Stage, s: SharingSelect, out: Path) -> None:
     from neuronspec.methods.sharing import plot_shares, sharing
 
-    s = stage.spec
     stats, ids = _load_activations(ctx, stage)
     _require_parallel(stage, ids)
     layers = next(iter(stats.values())).num_layers
-    result = sharing({lang: st.pooled["mean"] for lang, st in stats.items()}, layers, taus=s["thresholds"],
-                     set_tau=s["set_threshold"], min_fraction=s["min_fraction"])
+    result = sharing({lang: st.pooled["mean"] for lang, st in stats.items()}, layers, taus=s.thresholds,
+                     set_tau=s.set_threshold, min_fraction=s.min_fraction)
     for lang, ns in result.specific.items():
         ns.save(out / f"sharing.{lang}.safetensors")
     result.all_shared.save(out / "sharing.all_shared.safetensors")
     summary = _jsonable(result.to_json())
-    attr_deps = [d for d in stage.deps if d.startswith("attr/")]
+    attr_deps = [d for d in stage.deps if ctx.plan.stages[d].kind == "attr.sharing"]
     if attr_deps:
         summary["attribution"] = _sharing_attribution(ctx, stage, attr_deps, stats, ids[0], result.set_tau, out)
     _write_json(out / "result.json", summary)
@@ -234,7 +336,7 @@ def _sharing_attribution(ctx: Any, stage: Stage, deps: list[str], stats: dict[st
 
     from neuronspec.methods.sharing import attribution_by_category, item_categories, plot_attribution
 
-    infos = {dep.rsplit("/", 1)[1]: ctx.input(stage, dep) for dep in deps}
+    infos = {ctx.plan.stages[dep].lang: ctx.input(stage, dep) for dep in deps}
     langs = [lang for lang in stats if lang in infos]
     meta = {lang: infos[lang].json() for lang in langs}
     first = meta[langs[0]]
@@ -257,7 +359,20 @@ def _sharing_attribution(ctx: Any, stage: Stage, deps: list[str], stats: dict[st
 
 
 # -- attribution of the output to ffn neurons (Sharing Matters) --------------------------
-def attr_sharing(ctx: Any, stage: Stage, out: Path) -> None:
+class SharingAttribution(Batched):
+    lang: str
+    corpus: str
+    max_tokens: int
+    method: Literal["ig", "activation_norm"]
+    docs: int
+    layers: list[int] | None
+    # ig only (None for activation_norm, so its key ignores the quadrature settings)
+    steps: int | None
+    step_batch: int | None
+    probes: int | None
+
+
+def attr_sharing(ctx: RunContext, stage: Stage, s: SharingAttribution, out: Path) -> None:
     """Per item and ffn neuron, IG (or |a|·‖W_down‖) for the first `docs` items of LANG.
 
     IG runs one layer at a time over the same batches, so progress counts items × layers;
@@ -278,25 +393,24 @@ def attr_sharing(ctx: Any, stage: Stage, out: Path) -> None:
     from neuronspec.models.forward import encode
     from neuronspec.models.sites import adapter_for
 
-    s, a = stage.spec, stage.spec["attribution"]
-    docs = read_docs(ctx.input(stage, f"corpus/{s['corpus']}"), s["lang"])[: a["docs"]]
+    docs = read_docs(ctx.input(stage, f"corpus/{s.corpus}"), s.lang)[: s.docs]
     if not docs:
-        raise ValueError(f"{stage.id}: corpus {s['corpus']!r} has no documents for {s['lang']!r}")
+        raise ValueError(f"{stage.id}: corpus {s.corpus!r} has no documents for {s.lang!r}")
     lm = ctx.model()
     num_layers = adapter_for(lm.model.config).dims(lm.model.config).num_layers
-    layers = list(range(num_layers)) if a["layers"] is None else list(a["layers"])
-    encodings = encode(lm.tokenizer, [d["text"] for d in docs], s["max_tokens"])
-    summary: dict[str, Any] = {"lang": s["lang"], "method": a["method"], "docs": len(docs), "ids": [d["id"] for d in docs],
+    layers = list(range(num_layers)) if s.layers is None else list(s.layers)
+    encodings = encode(lm.tokenizer, [d["text"] for d in docs], s.max_tokens)
+    summary: dict[str, Any] = {"lang": s.lang, "method": s.method, "docs": len(docs), "ids": [d["id"] for d in docs],
                                "layers": layers, "tokens": sum(len(e) for e in encodings)}
-    if a["method"] == "ig":
+    if s.method == "ig":
         parts = []
-        with ctx.progress(f"integrated gradients {s['lang']} ({len(layers)} layers)", total=len(encodings) * len(layers)) as advance:
+        with ctx.progress(f"integrated gradients {s.lang} ({len(layers)} layers)", total=len(encodings) * len(layers)) as advance:
             for layer in layers:
                 parts.append(integrated_gradients(lm.model, _batches(encodings, s, lm, advance), layers=[layer],
-                                                  steps=a["steps"], step_batch=a["step_batch"], probes=a["probes"],
+                                                  steps=s.steps, step_batch=s.step_batch, probes=s.probes,
                                                   n_samples=len(encodings), tolerance=None))
         result = IGResult(layers, torch.cat([p.attributions for p in parts], 1), parts[0].f_input,
-                          torch.cat([p.f_baseline for p in parts], 1), a["steps"], parts[0].rule)
+                          torch.cat([p.f_baseline for p in parts], 1), s.steps, parts[0].rule)
         gap = result.completeness_gap
         relative = gap.abs() / (result.f_input[:, None] - result.f_baseline).double().abs().clamp_min(0.1)
         tensors = result.to_tensors()
@@ -308,7 +422,7 @@ def attr_sharing(ctx: Any, stage: Stage, out: Path) -> None:
                           f"with {a['steps']} steps; raise detect.sharing.attribution.steps (and probes)",
                           CompletenessWarning, stacklevel=2)
     else:
-        with ctx.progress(f"activation norms {s['lang']}", total=len(encodings)) as advance:
+        with ctx.progress(f"activation norms {s.lang}", total=len(encodings)) as advance:
             stats = activation_statistics(lm.model, _batches(encodings, s, lm, advance), poolings=["mean_abs"],
                                           thresholds=(), n_samples=len(encodings))
         scores = activation_norm_scores(lm.model, stats.pooled["mean_abs"])[:, layers]
@@ -317,37 +431,54 @@ def attr_sharing(ctx: Any, stage: Stage, out: Path) -> None:
     _write_json(out / "result.json", summary)
 
 
-def logit_lens(ctx: Any, stage: Stage, out: Path) -> None:
+class LogitLens(Batched):
+    lang: str
+    corpus: str
+    max_tokens: int
+    languages: list[str]
+    final_norm: bool
+    top_k: int
+    positions: Literal["last", "all"]
+
+
+def logit_lens(ctx: RunContext, stage: Stage, s: LogitLens, out: Path) -> None:
     from neuronspec.methods.logit_lens import TokenClassifier
     from neuronspec.methods.logit_lens import logit_lens as lens
     from neuronspec.models.forward import encode
 
-    s = stage.spec
-    docs = read_docs(ctx.input(stage, next(d for d in stage.deps if d.startswith("corpus/"))), s["lang"])
+    docs = read_docs(ctx.input(stage, next(d for d in stage.deps if ctx.plan.stages[d].kind == "corpus")), s.lang)
     lm = ctx.model()
-    encodings = encode(lm.tokenizer, [d["text"] for d in docs], s["max_tokens"])
-    classifier = TokenClassifier(lm.tokenizer, s["languages"])
-    with ctx.progress(f"logit lens {s['lang']}", total=len(encodings)) as advance:
-        counts = lens(lm.model, _batches(encodings, s, lm, advance), s["lang"], classifier, top_k=s["top_k"],
-                      positions=s["positions"], final_norm=s["final_norm"])
+    encodings = encode(lm.tokenizer, [d["text"] for d in docs], s.max_tokens)
+    classifier = TokenClassifier(lm.tokenizer, s.languages)
+    with ctx.progress(f"logit lens {s.lang}", total=len(encodings)) as advance:
+        counts = lens(lm.model, _batches(encodings, s, lm, advance), s.lang, classifier, top_k=s.top_k,
+                      positions=s.positions, final_norm=s.final_norm)
     _write_json(out / "result.json", counts.to_json())
 
 
 # -- named sets ---------------------------------------------------------------------------
-def sets(ctx: Any, stage: Stage, out: Path) -> None:
+class Sets(StageSpec):
+    neurons: dict[str, str]  # name → set expression, in evaluation order
+    order: list[str]
+    families: list[str]
+    detectors: list[str]
+    singles: list[str]
+    languages: list[str]
+
+
+def sets(ctx: RunContext, stage: Stage, s: Sets, out: Path) -> None:
     from neuronspec.methods.sets import evaluate_sets
     from neuronspec.models.masks import NeuronSet
 
-    s = stage.spec
     env: dict[str, Any] = {}
-    for det in s["detectors"]:
+    for det in s.detectors:
         entry = ctx.input(stage, f"select/{det}")
-        env[det] = {lang: NeuronSet.load(entry.file(f"{det}.{lang}.safetensors")) for lang in s["languages"]
+        env[det] = {lang: NeuronSet.load(entry.file(f"{det}.{lang}.safetensors")) for lang in s.languages
                     if entry.file(f"{det}.{lang}.safetensors").exists()}
-    for single in s.get("singles", []):
+    for single in s.singles:
         det = single.split(".", 1)[0]
         env[single] = NeuronSet.load(ctx.input(stage, f"select/{det}").file(f"{single}.safetensors"))
-    named = evaluate_sets(s["neurons"], env, s["languages"])
+    named = evaluate_sets(s.neurons, env, s.languages)
     summary: dict[str, Any] = {}
     for name, value in {**env, **named}.items():
         if isinstance(value, dict):
@@ -368,30 +499,55 @@ def load_set(entry: Any, name: str, lang: str | None) -> Any:
     return NeuronSet.load(path) if path.exists() else NeuronSet.empty()
 
 
+class ModelDims(StageSpec):
+    num_layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+
 # -- masks --------------------------------------------------------------------------------
-def mask(ctx: Any, stage: Stage, out: Path) -> None:
+class Mask(StageSpec):
+    """Either a named set restricted to layers and sites, or a random match of another arm's mask."""
+
+    neurons: str | None = None
+    layers: list[tuple[int, int]] | None = None
+    sites: list[str] | None = None
+    random_like: str | None = None
+    seed: int | None = None
+    dims: ModelDims | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "Mask":
+        if (self.neurons is None) == (self.random_like is None) or (self.random_like is not None) != (self.dims is not None):
+            raise ValueError("a mask names `neurons`, or `random_like` with `dims` and `seed`")
+        return self
+
+
+def mask(ctx: RunContext, stage: Stage, s: Mask, out: Path) -> None:
     from neuronspec.models.sites import Dims
 
-    s = stage.spec
     langs = ctx.study.languages
     summary: dict[str, Any] = {}
-    if "random_like" in s:
-        target = ctx.input(stage, f"mask/{s['random_like']}")
-        dims = Dims(**{k: s["dims"][k] for k in ("num_layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim")})
+    if s.random_like is not None:
+        target = ctx.input(stage, f"mask/{s.random_like}")
+        dims = Dims(**s.dims.model_dump())
         family = target.json()["family"]
         for i, lang in enumerate(langs if family else [None]):
             matched = load_set(target, "mask", lang)
-            chosen = matched.random_like(dims, seed=s["seed"] + 1000 * i, exclude=matched)
+            chosen = matched.random_like(dims, seed=s.seed + 1000 * i, exclude=matched)
             _save_mask(out, summary, chosen, lang)
         _write_json(out / "result.json", {"family": family, "counts": _jsonable(summary)})
         return
     entry = ctx.input(stage, "sets")
-    family = entry.json()[s["neurons"]]["family"]
+    family = entry.json()[s.neurons]["family"]
     layers = None
-    if s["layers"]:
-        layers = sorted({i for start, end in s["layers"] for i in range(start, end)})
+    if s.layers:
+        layers = sorted({i for start, end in s.layers for i in range(start, end)})
     for lang in langs if family else [None]:
-        chosen = load_set(entry, s["neurons"], lang).restrict(layers=layers, sites=s["sites"])
+        chosen = load_set(entry, s.neurons, lang).restrict(layers=layers, sites=s.sites)
         _save_mask(out, summary, chosen, lang)
     _write_json(out / "result.json", {"family": family, "counts": _jsonable(summary)})
 
@@ -402,72 +558,107 @@ def _save_mask(out: Path, summary: dict[str, Any], ns: Any, lang: str | None) ->
 
 
 # -- enhancement --------------------------------------------------------------------------
-def enhance(ctx: Any, stage: Stage, out: Path) -> None:
+class Settings(StageSpec):
+    """neuronspec.enhance.EnhanceSettings's fields a study sets (the rest keep their defaults)."""
+
+    lr: float
+    epochs: int
+    effective_batch: int
+    micro_batch: int
+    seq_len: int
+    max_grad_norm: float | None
+    warmup_ratio: float
+    schedule: str
+    seed: int
+
+
+class Enhance(StageSpec):
+    lang: str
+    mask_lang: str | None
+    corpus: str
+    docs: int | None
+    max_tokens: int
+    settings: Settings
+
+
+def enhance(ctx: RunContext, stage: Stage, s: Enhance, out: Path) -> None:
     from neuronspec.enhance import EnhanceSettings, plot_losses, train_neurons
 
-    s = stage.spec
-    docs = read_docs(ctx.input(stage, f"corpus/{s['corpus']}"), s["lang"])
-    if s["docs"] is not None:
-        if len(docs) < s["docs"]:
-            raise ValueError(f"{stage.id}: corpus {s['corpus']!r} has {len(docs)} documents for {s['lang']!r}, {s['docs']} requested")
-        docs = docs[: s["docs"]]
-    arm = stage.id.split("/")[1]
-    neurons = load_set(ctx.input(stage, f"mask/{arm}"), "mask", s["mask_lang"])
+    docs = read_docs(ctx.input(stage, f"corpus/{s.corpus}"), s.lang)
+    if s.docs is not None:
+        if len(docs) < s.docs:
+            raise ValueError(f"{stage.id}: corpus {s.corpus!r} has {len(docs)} documents for {s.lang!r}, {s.docs} requested")
+        docs = docs[: s.docs]
+    arm = stage.arm
+    neurons = load_set(ctx.input(stage, f"mask/{arm}"), "mask", s.mask_lang)
     lm = ctx.model()
-    settings = EnhanceSettings(**s["settings"])
+    settings = EnhanceSettings(**s.settings.model_dump())
     total = settings.epochs * -(-len(docs) // settings.effective_batch)
-    with ctx.progress(f"enhance {arm} on {s['lang']}", total=total) as advance:
+    with ctx.progress(f"enhance {arm} on {s.lang}", total=total) as advance:
         result = train_neurons(lm.model, lm.tokenizer, [d["text"] for d in docs], neurons, settings,
                                on_step=lambda info: advance(1))
     result.delta.save(out / "delta.safetensors")
-    summary = result.summary() | {"lang": s["lang"], "docs": len(docs), "neurons": neurons.count()}
+    summary = result.summary() | {"lang": s.lang, "docs": len(docs), "neurons": neurons.count()}
     _write_json(out / "result.json", summary)
-    plot_losses(result.losses, out / "loss.png", title=f"{arm} / {s['lang']}: training loss")
+    plot_losses(result.losses, out / "loss.png", title=f"{arm} / {s.lang}: training loss")
 
 
 # -- evaluation ---------------------------------------------------------------------------
-def evaluate(ctx: Any, stage: Stage, out: Path) -> None:
+class Evaluation(StageSpec):
+    metric: str
+    seed: int
+    languages: list[str]
+    options: dict[str, Any]
+    lang: str
+    arm: str | None
+    arm_kind: Literal["deactivate", "enhance"] | None
+    mask_lang: str | None
+
+
+def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
     from neuronspec.data import Document
     from neuronspec.evaluate import evaluator_options, run_evaluator
     from neuronspec.models.masks import NeuronSet, deactivate
     from neuronspec.progress import reporting
 
-    s = stage.spec
-    corpus_dep = next(d for d in stage.deps if d.startswith("corpus/"))
-    docs = [Document(d["id"], d["lang"], d["text"], d["meta"]) for d in read_docs(ctx.input(stage, corpus_dep), s["lang"])]
+    corpus_dep = next(d for d in stage.deps if ctx.plan.stages[d].kind == "corpus")
+    docs = [Document(d["id"], d["lang"], d["text"], d["meta"]) for d in read_docs(ctx.input(stage, corpus_dep), s.lang)]
     neurons, modified = NeuronSet.empty(), nullcontext()
     lm = ctx.model()
-    if s["arm_kind"] == "deactivate":
-        neurons = load_set(ctx.input(stage, f"mask/{s['arm']}"), "mask", s["mask_lang"])
-    elif s["arm_kind"] == "enhance":
+    if s.arm_kind == "deactivate":
+        neurons = load_set(ctx.input(stage, f"mask/{s.arm}"), "mask", s.mask_lang)
+    elif s.arm_kind == "enhance":
         from neuronspec.enhance import Delta, apply_delta
 
-        delta = Delta.load(ctx.input(stage, f"enhance/{s['arm']}/{s['mask_lang']}").file("delta.safetensors"))
+        delta = Delta.load(ctx.input(stage, f"enhance/{s.arm}/{s.mask_lang}").file("delta.safetensors"))
         modified = apply_delta(lm.model, delta)
-    allowed = evaluator_options(s["metric"])
-    options = {k: v for k, v in s["options"].items() if k in allowed}
+    allowed = evaluator_options(s.metric)
+    options = {k: v for k, v in s.options.items() if k in allowed}
     if "languages" in allowed:  # generation's language identification: the study's languages are the candidates
-        options["languages"] = s["languages"]
-    label = f"{s['metric']} {s['arm'] or 'base'}" + (f" {s['mask_lang']}" if s["mask_lang"] else "") + f" on {s['lang']}"
+        options["languages"] = s.languages
+    label = f"{s.metric} {s.arm or 'base'}" + (f" {s.mask_lang}" if s.mask_lang else "") + f" on {s.lang}"
     with ctx.progress(label, total=None) as advance, reporting(advance), deactivate(lm.model, neurons), modified:
-        result = run_evaluator(s["metric"], lm.model, lm.tokenizer, docs, options, s["lang"], s["seed"])
+        result = run_evaluator(s.metric, lm.model, lm.tokenizer, docs, options, s.lang, s.seed)
     result["deactivated"] = neurons.count()
     _write_json(out / "result.json", result)
 
 
 KINDS: dict[str, Kind] = {
-    "corpus": Kind(corpus, "materialise and sample documents"),
-    "stats.plnd": Kind(stats_plnd, "PLND importance statistics (one forward pass)", loads_model=True, data_parallel=True),
-    "select.plnd": Kind(select_plnd, "threshold ε → language-relevant neurons"),
-    "stats.act": Kind(stats_act, "activation statistics (one forward pass)", loads_model=True, data_parallel=True),
-    "select.lape": Kind(select_lape, "LAPE language-specific neurons"),
-    "select.linguafranca": Kind(select_linguafranca, "LinguaFranca similarity, LRDS/SADS, key linguistic regions"),
-    "select.sharing": Kind(select_sharing, "Sharing Matters neuron categories"),
-    "attr.sharing": Kind(attr_sharing, "attribution of the output to ffn neurons (Integrated Gradients or |a|·‖W_down‖)",
+    "corpus": Kind(CorpusStage, corpus, "materialise and sample documents"),
+    "stats.plnd": Kind(PlndStats, stats_plnd, "PLND importance statistics (one forward pass)", loads_model=True,
+                       data_parallel=True),
+    "select.plnd": Kind(PlndSelect, select_plnd, "threshold ε → language-relevant neurons"),
+    "stats.act": Kind(ActStats, stats_act, "activation statistics (one forward pass)", loads_model=True, data_parallel=True),
+    "select.lape": Kind(LapeSelect, select_lape, "LAPE language-specific neurons"),
+    "select.linguafranca": Kind(LinguaFrancaSelect, select_linguafranca,
+                                "LinguaFranca similarity, LRDS/SADS, key linguistic regions"),
+    "select.sharing": Kind(SharingSelect, select_sharing, "Sharing Matters neuron categories"),
+    "attr.sharing": Kind(SharingAttribution, attr_sharing,
+                         "attribution of the output to ffn neurons (Integrated Gradients or |a|·‖W_down‖)",
                          loads_model=True, data_parallel=False),
-    "logit_lens": Kind(logit_lens, "logit lens: language of each layer's top tokens", loads_model=True),
-    "sets": Kind(sets, "named neuron sets (set algebra)"),
-    "mask": Kind(mask, "an arm's neurons per language"),
-    "enhance": Kind(enhance, "fine-tune only an arm's neurons → a delta", loads_model=True),
-    "eval": Kind(evaluate, "evaluate the model (arm deactivated)", loads_model=True, data_parallel=True),
+    "logit_lens": Kind(LogitLens, logit_lens, "logit lens: language of each layer's top tokens", loads_model=True),
+    "sets": Kind(Sets, sets, "named neuron sets (set algebra)"),
+    "mask": Kind(Mask, mask, "an arm's neurons per language"),
+    "enhance": Kind(Enhance, enhance, "fine-tune only an arm's neurons → a delta", loads_model=True),
+    "eval": Kind(Evaluation, evaluate, "evaluate the model (arm deactivated)", loads_model=True, data_parallel=True),
 }

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from neuronspec import distributed
+from neuronspec.plan.fingerprint import Fingerprint
 from neuronspec.plan.graph import Plan, Stage
 from neuronspec.plan.kinds import KINDS
 from neuronspec.plan.store import CorruptEntry, Entry, Store
@@ -54,13 +55,13 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path or 'value'}: {old!r} → {new!r}"]
 
 
-def explain(plan: Plan, store: Store, check: bool = True) -> list[StageStatus]:
+def explain(plan: Plan, store: Store) -> list[StageStatus]:
     """Each stage's state and, for stale ones, why (compared with the study's last run)."""
     index = store.read_index(plan.study_name)
     out: list[StageStatus] = []
     stale_ids: set[str] = set()
     for sid, stage in plan.stages.items():
-        status = store.status(stage.key) if check else ("cached" if (store.entry_dir(stage.key) / "meta.json").exists() else "missing")
+        status = store.status(stage.key)
         if status == "cached":
             out.append(StageStatus(stage, "cached"))
             continue
@@ -72,9 +73,8 @@ def explain(plan: Plan, store: Store, check: bool = True) -> list[StageStatus]:
         if prev is None:
             reasons.append("never run")
         else:
-            reasons += [f"changed {d}" for d in _diff(prev.get("spec"), stage.spec)]
-            if prev.get("code") != plan.code_versions.get(stage.kind, 0):
-                reasons.append(f"code version {prev.get('code')} → {plan.code_versions.get(stage.kind, 0)}")
+            reasons += [f"changed {d}" for d in _diff(prev.get("spec"), stage.spec_json())]
+            reasons += _code_reasons(stage.kind, prev.get("code"), plan.code[stage.kind])
             if stage.model_bound and prev.get("model") != plan.model_identity:
                 reasons += [f"model {d}" for d in _diff(prev.get("model"), plan.model_identity)]
             for dep in stage.deps:
@@ -85,6 +85,17 @@ def explain(plan: Plan, store: Store, check: bool = True) -> list[StageStatus]:
         stale_ids.add(sid)
         out.append(StageStatus(stage, "stale", reasons))
     return out
+
+
+def _code_reasons(kind: str, old: Any, new: Fingerprint) -> list[str]:
+    """Why a kind's code counts as changed: the files (or functions of plan/kinds.py) that differ."""
+    if not isinstance(old, dict):  # an index written before code was fingerprinted
+        return [f"code of {kind} not fingerprinted when last run (recorded by an older neuronspec)"]
+    changed = new.changed(old)
+    if not changed:
+        return []
+    shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+    return [f"code of {kind} changed ({shown})"]
 
 
 class RunContext:
@@ -160,7 +171,7 @@ def run_plan(plan: Plan, store: Store, study: Study, *, force: list[str] = (), o
                     on_stage(stage, "corrupt")
                 on_stage(stage, "start")
             start = time.perf_counter()
-            _compute(ctx, stage, world)
+            _compute(ctx, stage, world, replace=sid in forced)
             timings[stage.id] = time.perf_counter() - start
             computed.append(stage.id)
             if world.main:
@@ -174,16 +185,17 @@ def run_plan(plan: Plan, store: Store, study: Study, *, force: list[str] = (), o
     return RunResult(statuses, computed, timings, ctx.model_load_seconds)
 
 
-def _compute(ctx: RunContext, stage: Stage, world: distributed.World) -> None:
+def _compute(ctx: RunContext, stage: Stage, world: distributed.World, replace: bool) -> None:
     """Compute one stage into the store (rank 0), or help compute it (other ranks of a data-parallel kind)."""
     kind = KINDS[stage.kind]
     error: BaseException | None = None
     try:
         if world.main:
-            ctx.store.put(stage.key, stage.id, stage.kind, lambda out: kind.compute(ctx, stage, out), info={"spec": stage.spec})
+            ctx.store.put(stage.key, stage.id, stage.kind, lambda out: kind.compute(ctx, stage, stage.spec, out),
+                          info={"spec": stage.spec_json()}, replace=replace)
         elif kind.data_parallel:  # the same computation; its reduced result is rank 0's to publish
             with tempfile.TemporaryDirectory(prefix="neuronspec-rank") as tmp:
-                kind.compute(ctx, stage, Path(tmp))
+                kind.compute(ctx, stage, stage.spec, Path(tmp))
     except Exception as exc:  # KeyboardInterrupt passes through untouched
         error = exc
     if world.size > 1 and not distributed.all_ok(error is None) and error is None:
@@ -193,7 +205,7 @@ def _compute(ctx: RunContext, stage: Stage, world: distributed.World) -> None:
 
 
 def _index_entry(plan: Plan, stage: Stage) -> dict[str, Any]:
-    return {"key": stage.key, "spec": stage.spec, "code": plan.code_versions.get(stage.kind, 0),
+    return {"key": stage.key, "spec": stage.spec_json(), "code": plan.code[stage.kind].parts,
             "model": plan.model_identity if stage.model_bound else None,
             "deps": {d: plan.stages[d].key for d in stage.deps}}
 

@@ -122,8 +122,12 @@ class Store:
         return Entry(key, self.entry_dir(key), self._verify(key))
 
     # -- writing ----------------------------------------------------------------
-    def put(self, key: str, stage_id: str, kind: str, write: Callable[[Path], None], info: dict[str, Any] | None = None) -> Entry:
-        """Run `write(tmpdir)`, checksum what it wrote, and publish the entry atomically."""
+    def put(self, key: str, stage_id: str, kind: str, write: Callable[[Path], None], info: dict[str, Any] | None = None,
+            replace: bool = False) -> Entry:
+        """Run `write(tmpdir)`, checksum what it wrote, and publish the entry atomically.
+
+        A valid entry already under `key` (a concurrent run finished first) is kept, unless
+        `replace` (`run --force`): then the new result takes its place."""
         self._ensure()
         tmp = self.root / "tmp" / f"{key[:12]}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
@@ -134,11 +138,11 @@ class Store:
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
             final = self.entry_dir(key)
             final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():  # corrupt leftover, or a concurrent run finished first
-                if self.status(key) == "cached":
+            if final.exists():  # corrupt leftover, a concurrent run finished first, or forced
+                if not replace and self.status(key) == "cached":
                     shutil.rmtree(tmp)
                     return self.get(key)
-                trash = self.root / "tmp" / f"corrupt-{key[:12]}-{uuid.uuid4().hex[:8]}"
+                trash = self.root / "tmp" / f"old-{key[:12]}-{uuid.uuid4().hex[:8]}"
                 os.replace(final, trash)
                 shutil.rmtree(trash, ignore_errors=True)
             os.replace(tmp, final)

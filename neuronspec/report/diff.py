@@ -28,7 +28,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from neuronspec.paths import study_store
+from pydantic import ConfigDict, ValidationError
+
 from neuronspec.plan.graph import Plan, Stage
+from neuronspec.plan.kinds import KINDS, Evaluation, StageSpec
 from neuronspec.plan.store import CorruptEntry, Store
 from neuronspec.report.records import find_run, git, read_record
 from neuronspec.report.results import derive
@@ -49,7 +52,7 @@ class Side:
     stages: dict[str, Stage]  # plan order; a run's stages carry the keys it recorded
     store: Store | None
     model: dict[str, Any] | None = None  # model identity the keys were computed with
-    code_versions: dict[str, int] = field(default_factory=dict)
+    code_versions: dict[str, str] = field(default_factory=dict)
     loaded: LoadedStudy | None = None  # study sides: what `--run` runs
     record: dict[str, Any] | None = None  # run sides
     git_info: dict[str, Any] | None = None  # rev sides: the commit it was read from
@@ -138,11 +141,28 @@ def _run_side(folder: Path) -> Side:
     order = [sid for sid in record.get("stage_order", []) if sid in plain]
     for sid in order + sorted(sid for sid in plain if sid not in order):
         s, f = plain[sid], fresh.get(sid)
-        stages[sid] = Stage(sid, s["kind"], s.get("spec", f.spec if f else {}), tuple(s.get("deps", f.deps if f else ())),
+        spec = _recorded_spec(s["kind"], s["spec"]) if "spec" in s else (f.spec if f else RecordedSpec())
+        facts = {k: s[k] if k in s else getattr(f, k) if f else None for k in ("lang", "arm", "evaluation")}
+        if s["kind"] == "eval" and facts["evaluation"] is None:  # records before stages carried typed facts
+            facts["evaluation"] = sid.split("/")[1]
+        stages[sid] = Stage(sid, s["kind"], spec, tuple(s.get("deps", f.deps if f else ())),
                             model_bound=s.get("model_bound", f.model_bound if f else False), key=s["key"],
-                            origin=tuple(s.get("origin", f.origin if f else ())))
+                            origin=tuple(s.get("origin", f.origin if f else ())), **facts)
     return Side(record["run_id"], "run", study, stages, Store(folder.parent.parent), model=record.get("model"),
                 code_versions=record.get("code_versions") or {}, record=record, git_info=record.get("git"))
+
+
+class RecordedSpec(StageSpec):
+    """A stage spec a run recorded in a shape this version's kind no longer has (kept as it was)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+
+def _recorded_spec(kind: str, data: dict[str, Any]) -> StageSpec:
+    try:
+        return KINDS[kind].spec.model_validate(data)
+    except (KeyError, ValidationError):
+        return RecordedSpec(**data)
 
 
 def _git_show(spec: str, cwd: Path) -> str:
@@ -433,7 +453,7 @@ def _metric_rows(a: Side, b: Side, show_all: bool) -> list[dict[str, Any]]:
         delta = vb - va if va is not None and vb is not None else None
         overlap = _ci_overlap((ra or {}).get("ci"), (rb or {}).get("ci"))
         rows.append({
-            "stage": sid, "evaluation": sid.split("/")[1], "metric": (rb or ra or {}).get("metric"),
+            "stage": sid, "evaluation": info.evaluation, "metric": (rb or ra or {}).get("metric"),
             "higher_is_better": (rb or ra or {}).get("higher_is_better"),
             "a": None if ra is None else {"value": va, "ci": ra.get("ci")},
             "b": None if rb is None else {"value": vb, "ci": rb.get("ci")},
@@ -446,15 +466,17 @@ def _metric_rows(a: Side, b: Side, show_all: bool) -> list[dict[str, Any]]:
 def _cells(side: Side, evaluation: str) -> tuple[str | None, list[dict[str, Any]]]:
     kind, cells = None, []
     for sid, s in side.stages.items():
-        if s.kind != "eval" or sid.split("/")[1] != evaluation:
+        if s.kind != "eval" or s.evaluation != evaluation:
             continue
         r = side.result(sid)
         if r is None:
             continue
-        from_spec = "arm" in s.spec  # else an old record without specs: its stage metrics carry arm/lang too
-        meta = s.spec if from_spec else r
-        kind = s.spec["metric"] if from_spec else r.get("kind")
-        cells.append({"arm": meta["arm"], "mask_lang": meta["mask_lang"], "lang": meta["lang"], "value": r.get("value")})
+        if isinstance(s.spec, Evaluation):
+            kind = s.spec.metric
+            cells.append({"arm": s.spec.arm, "mask_lang": s.spec.mask_lang, "lang": s.spec.lang, "value": r.get("value")})
+        else:  # an old record without specs: its stage metrics carry arm/lang too
+            kind = r.get("kind")
+            cells.append({"arm": r["arm"], "mask_lang": r["mask_lang"], "lang": r["lang"], "value": r.get("value")})
     return kind, cells
 
 

@@ -71,11 +71,11 @@ def eval_metrics(plan: Any, results: dict[str, Any]) -> dict[str, dict[str, Any]
     for sid, stage in plan.stages.items():
         if stage.kind != "eval":
             continue
-        s, name = stage.spec, sid.split("/")[1]
-        cell = cells.get((name, s["arm"], s["mask_lang"], s["lang"]))
+        s, name = stage.spec, stage.evaluation
+        cell = cells.get((name, s.arm, s.mask_lang, s.lang))
         if cell is not None:
-            out[sid] = {"evaluation": name, "kind": s["metric"], "arm": s["arm"], "arm_kind": s.get("arm_kind"),
-                        "mask_lang": s["mask_lang"], "lang": s["lang"], **{k: cell[k] for k in _HEADLINE if k in cell}}
+            out[sid] = {"evaluation": name, "kind": s.metric, "arm": s.arm, "arm_kind": s.arm_kind,
+                        "mask_lang": s.mask_lang, "lang": s.lang, **{k: cell[k] for k in _HEADLINE if k in cell}}
     return out
 
 
@@ -108,7 +108,8 @@ def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: d
         "code_versions": first.code_versions,
         "stage_order": list(stages),  # JSON files sort keys; this keeps the plan's (topological) order
         "stages": {sid: {"key": s.key, "kind": s.kind, "computed": sid in computed, "seconds": result.timings.get(sid),
-                         "spec": s.spec, "deps": list(s.deps), "origin": list(s.origin), "model_bound": s.model_bound}
+                         "spec": s.spec_json(), "deps": list(s.deps), "origin": list(s.origin), "model_bound": s.model_bound,
+                         "lang": s.lang, "arm": s.arm, "evaluation": s.evaluation}
                    for sid, s in stages.items()},
         "seconds": seconds,
         "model_load_seconds": result.model_load_seconds,

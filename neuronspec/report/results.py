@@ -36,10 +36,9 @@ def collect(plan: Plan, store: Store, baseline: str = "en") -> dict[str, Any]:
             continue
         result = json.loads(path.read_text(encoding="utf-8"))
         if stage.kind == "eval":
-            name = sid.split("/")[1]
             s = stage.spec
-            out["evaluations"].setdefault(name, {"metric": s["metric"], "cells": []})["cells"].append(
-                {"arm": s["arm"], "arm_kind": s.get("arm_kind"), "mask_lang": s["mask_lang"], "lang": s["lang"], **result})
+            out["evaluations"].setdefault(stage.evaluation, {"metric": s.metric, "cells": []})["cells"].append(
+                {"arm": s.arm, "arm_kind": s.arm_kind, "mask_lang": s.mask_lang, "lang": s.lang, **result})
         elif stage.kind == "sets":
             out["sets"] = result
         elif stage.kind == "mask":
@@ -48,7 +47,7 @@ def collect(plan: Plan, store: Store, baseline: str = "en") -> dict[str, Any]:
             out["detection"][stage.kind.split(".", 1)[1]] = result
             out.setdefault("plots", []).extend(str(p) for p in sorted(path.parent.glob("*.png")))
         elif stage.kind == "logit_lens":
-            out.setdefault("logit_lens", {})[stage.spec["lang"]] = result
+            out.setdefault("logit_lens", {})[stage.lang] = result
         elif stage.kind == "enhance":
             out.setdefault("enhance", {})[sid.split("/", 1)[1]] = result
         elif stage.kind.startswith("stats."):

@@ -11,26 +11,29 @@ IDS = [f"item-{i}" for i in range(2000)]
 
 
 def test_split_is_deterministic_disjoint_and_complete() -> None:
-    detect = split_ids("src", IDS, "detect", 0.3)
-    evals = split_ids("src", IDS, "eval", 0.3)
-    assert detect == split_ids("src", IDS, "detect", 0.3)
+    detect = split_ids(0, IDS, "detect", 0.3)
+    evals = split_ids(0, IDS, "eval", 0.3)
+    assert detect == split_ids(0, IDS, "detect", 0.3)
     assert not set(detect) & set(evals)
     assert sorted(detect + evals) == sorted(IDS)
-    assert split_ids("src", IDS, "all", 0.3) == IDS
+    assert split_ids(0, IDS, "all", 0.3) == IDS
     assert 0.25 < len(evals) / len(IDS) < 0.35
 
 
-def test_split_depends_on_source_and_id_only() -> None:
-    assert 0 <= eval_score("builtin:bible", "GEN.1.1") < 1
-    assert eval_score("builtin:bible", "GEN.1.1") == eval_score(" builtin:bible ", "GEN.1.1")
-    # A different source reshuffles the assignment (so two corpora do not share one split pattern).
-    a = split_ids("a", IDS, "eval", 0.3)
-    b = split_ids("b", IDS, "eval", 0.3)
+def test_split_depends_on_seed_and_id_only() -> None:
+    assert 0 <= eval_score(0, "GEN.1.1") < 1
+    # The study seed reshuffles the assignment; the source is not an input at all, so a file
+    # named by another path (or read through hf:json) splits the same way.
+    a = split_ids(1, IDS, "eval", 0.3)
+    b = split_ids(2, IDS, "eval", 0.3)
     assert a != b
+    # The split is not the head of the sample order for the same seed (salted apart).
+    head = shuffled(IDS, 1)[: len(a)]
+    assert 0.2 < len(set(head) & set(a)) / len(a) < 0.4
     # Growing the fraction only moves items into eval, never out of it.
-    assert set(split_ids("a", IDS, "eval", 0.3)) <= set(split_ids("a", IDS, "eval", 0.5))
+    assert set(split_ids(1, IDS, "eval", 0.3)) <= set(split_ids(1, IDS, "eval", 0.5))
     # Membership does not depend on which other ids exist.
-    assert in_eval("a", a[0], 0.3) and split_ids("a", [a[0]], "eval", 0.3) == [a[0]]
+    assert in_eval(1, a[0], 0.3) and split_ids(1, [a[0]], "eval", 0.3) == [a[0]]
 
 
 def test_shuffle_is_seeded_stable_and_prefix_consistent() -> None:
@@ -56,7 +59,7 @@ def test_select_aligned_keeps_common_items_in_the_same_order() -> None:
     ids = [[d.id for d in out[lang]] for lang in ("en", "fr", "hi")]
     assert ids[0] == ids[1] == ids[2] and len(ids[0]) == 40 and len(set(ids[0])) == 40
     assert set(ids[0]) <= set(IDS[50:300])
-    assert all(in_eval("p", i, 0.3) for i in ids[0])
+    assert all(in_eval(7, i, 0.3) for i in ids[0])
     assert out["hi"][0].lang == "hi"
     detect = select(docs, split="detect", docs_per_language=None, **kw)
     assert not {d.id for d in detect["en"]} & {d.id for d in select(docs, split="eval", docs_per_language=None, **kw)["en"]}

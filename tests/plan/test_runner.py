@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from neuronspec.plan.compile import compile_study
 from neuronspec.plan.runner import explain, run_plan
@@ -49,12 +53,24 @@ def test_changing_epsilon_reruns_selection_and_downstream_but_no_forward_pass(st
     assert not any(sid.startswith("stats/") for sid in result.computed)
 
 
+def _created(store: Store, key: str) -> float:
+    return json.loads((store.entry_dir(key) / "meta.json").read_text())["created"]
+
+
 def test_force_and_only_select_by_glob(study_file: Path) -> None:
-    plan, _, first = run(study_file, only=["stats/plnd/en"])
+    plan, store, first = run(study_file, only=["stats/plnd/en"])
     assert first.computed == ["corpus/detect", "stats/plnd/en"]
+    run(study_file)
+    before = {sid: _created(store, s.key) for sid, s in plan.stages.items()}
+    inode = (store.entry_dir(plan.stages["select/plnd"].key) / "plnd.en.safetensors").stat().st_ino
     _, _, forced = run(study_file, force=["select/plnd"])
     assert "select/plnd" in forced.computed and "sets" in forced.computed
     assert "stats/plnd/en" not in forced.computed
+    # the stored entries are the new results, not the old ones kept under the same key
+    after = {sid: _created(store, s.key) for sid, s in plan.stages.items()}
+    assert {sid for sid in plan.stages if after[sid] != before[sid]} == set(forced.computed)
+    assert (store.entry_dir(plan.stages["select/plnd"].key) / "plnd.en.safetensors").stat().st_ino != inode
+    assert all(store.status(s.key) == "cached" for s in plan.stages.values())
 
 
 def test_corrupt_entry_is_detected_and_recomputed(study_file: Path) -> None:
@@ -75,11 +91,11 @@ def test_interrupt_leaves_finished_stages_and_resumes(study_file: Path, monkeypa
 
     real = kinds.KINDS["eval"]
 
-    def interrupted(ctx, stage, out):  # noqa: ANN001, ANN202
+    def interrupted(ctx, stage, spec, out):  # noqa: ANN001, ANN202
         (out / "result.json").write_text("{partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(kinds.KINDS, "eval", kinds.Kind(interrupted, real.description, real.loads_model))
+    monkeypatch.setitem(kinds.KINDS, "eval", dataclasses.replace(real, compute=interrupted))
     with pytest.raises(KeyboardInterrupt):
         run(study_file)
     monkeypatch.setitem(kinds.KINDS, "eval", real)
@@ -90,13 +106,13 @@ def test_interrupt_leaves_finished_stages_and_resumes(study_file: Path, monkeypa
 
 
 KILLER = """
-import os, signal, sys
+import dataclasses, os, signal, sys
 from neuronspec.plan import kinds
 real = kinds.KINDS["eval"]
-def killed(ctx, stage, out):
+def killed(ctx, stage, spec, out):
     (out / "result.json").write_text("{partial")
     os.kill(os.getpid(), signal.SIGKILL)
-kinds.KINDS["eval"] = kinds.Kind(killed, real.description, real.loads_model)
+kinds.KINDS["eval"] = dataclasses.replace(real, compute=killed)
 from neuronspec.cli import main
 sys.exit(main(["run", "-q", sys.argv[1]]))
 """
@@ -124,13 +140,38 @@ def test_two_concurrent_runs_leave_a_consistent_store(study_file: Path) -> None:
     assert all(store.status(s.key) == "cached" for s in plan.stages.values())
 
 
+def _tensor_files(store: Store) -> dict[Path, tuple[dict[str, str], dict[str, Any]]]:
+    """Every safetensors file of the store: (metadata, tensors). Not bytes: safetensors writes its
+    metadata map in a per-process hash order."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    out = {}
+    for path in (store.root / "objects").rglob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        out[path.relative_to(store.root)] = (meta, load_file(str(path)))
+    return out
+
+
 def test_results_are_deterministic_for_a_seed(study_file: Path, tmp_path: Path) -> None:
+    """Two complete computations (the second forced, so really recomputed into the store) give
+    identical results and identical tensor files."""
     from neuronspec.report.results import collect
 
     plan, store, _ = run(study_file)
     first = collect(plan, store)
-    _, _, _ = run(study_file, force=["corpus"])
+    files = _tensor_files(store)
+    created = {sid: _created(store, s.key) for sid, s in plan.stages.items()}
+    _, _, again = run(study_file, force=["corpus"])
+    assert set(again.computed) == set(plan.stages)
+    assert all(_created(store, s.key) != created[sid] for sid, s in plan.stages.items())
     assert collect(plan, store) == first
+    again_files = _tensor_files(store)
+    assert again_files.keys() == files.keys() and len(files) > 10
+    for name, (meta, tensors) in files.items():
+        assert again_files[name][0] == meta and again_files[name][1].keys() == tensors.keys(), name
+        assert all(torch.equal(again_files[name][1][k], t) for k, t in tensors.items()), name
 
 
 def test_unmeetable_corpus_request_fails_with_study_position(study_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -144,11 +185,11 @@ def test_unmeetable_corpus_request_fails_with_study_position(study_file: Path, c
 
 
 def test_batch_tokens_reaches_the_stages_only_when_set(study_file: Path) -> None:
-    """Unset, the stage specs (so the cache keys of existing studies) are as before; set, the
-    statistics and evaluation stages receive the budget."""
+    """Set, the statistics and evaluation stages receive the budget; corpora are unaffected."""
     plain = compile_study(load_study(study_file))
-    assert all("batch_tokens" not in s.spec and "batch_tokens" not in s.spec.get("options", {}) for s in plain.stages.values())
+    assert plain.stages["stats/plnd/en"].spec.batch_tokens is None
+    assert "batch_tokens" not in plain.stages["eval/ppl/base/en"].spec.options
     packed = compile_study(load_study(study_file, ["detect.plnd.batch_tokens=64", "evaluate.ppl.batch_tokens=48"]))
-    assert packed.stages["stats/plnd/en"].spec["batch_tokens"] == 64
-    assert packed.stages["eval/ppl/base/en"].spec["options"]["batch_tokens"] == 48
+    assert packed.stages["stats/plnd/en"].spec.batch_tokens == 64
+    assert packed.stages["eval/ppl/base/en"].spec.options["batch_tokens"] == 48
     assert packed.stages["corpus/detect"].key == plain.stages["corpus/detect"].key

@@ -1,0 +1,219 @@
+"""Code fingerprints: a stage's cache key changes by itself when the code computing it changes.
+
+A kind's fingerprint covers
+  * its compute function, its spec class and the helpers of `plan/kinds.py` they use
+    (found by name, transitively), and
+  * every neuronspec module those reach by import — followed transitively through the
+    modules' source, imports inside functions included. `from PKG import name` of a package
+    counts every module directly in PKG (packages re-export, some lazily), `from PKG.MOD
+    import name` just MOD.
+
+Source is read from the files and parsed with `ast`, never imported, so fingerprinting needs
+no torch. It is normalised: the AST dump ignores comments, whitespace, line numbers and
+docstrings (none of them changes what is computed); any other edit, however small — a
+renamed variable included — changes the fingerprint. That errs on recomputing. A Python
+upgrade that changes the AST format changes fingerprints too (recomputed, never misread).
+Third-party libraries are not fingerprinted: their versions are in the run record.
+
+Each file's digest and imports are memoised by (size, mtime) in the user cache, so an
+unchanged study plans in milliseconds.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from neuronspec.paths import user_cache
+
+PACKAGE = "neuronspec"
+#: the orchestration above the computations: how stages are keyed, stored, run and reported
+#: (its own changes never change a stage's result; kinds' functions are fingerprinted one by one)
+_MEMO_FORMAT = 1  # bump when what is memoised per file changes
+NOT_FOLLOWED = ("neuronspec.plan", "neuronspec.report", "neuronspec.cli")
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """One digest for the key, and the digest of each part so `plan` can say what changed."""
+
+    digest: str
+    parts: dict[str, str]  # "neuronspec/methods/plnd.py" or "neuronspec/plan/kinds.py:stats_plnd" → digest
+
+    def changed(self, old: dict[str, str]) -> list[str]:
+        return sorted(p for p in set(old) | set(self.parts) if old.get(p) != self.parts.get(p))
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _hash(node: ast.AST) -> str:
+    return hashlib.sha256(ast.dump(node, include_attributes=False).encode()).hexdigest()
+
+
+def _walk_executed(node: ast.AST):  # noqa: ANN202
+    """ast.walk, skipping `if TYPE_CHECKING:` blocks (imports there never run)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        if isinstance(n, ast.If) and isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING":
+            stack.extend(n.orelse)
+            continue
+        stack.extend(ast.iter_child_nodes(n))
+
+
+def _imports(nodes: list[ast.AST], module: str, is_package: bool) -> list[tuple[str, list[str]]]:
+    """(module imported, names imported from it) of every import under `nodes`, neuronspec only."""
+    out: list[tuple[str, list[str]]] = []
+    for top in nodes:
+        for node in _walk_executed(top):
+            if isinstance(node, ast.Import):
+                out += [(a.name, []) for a in node.names if a.name.split(".")[0] == PACKAGE]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
+                    name = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    name = node.module or ""
+                if name.split(".")[0] == PACKAGE:
+                    out.append((name, [a.name for a in node.names]))
+    return out
+
+
+class _Source:
+    """The neuronspec source tree under `root` (the folder holding the package)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._memo_path = user_cache() / f"fingerprints-v{_MEMO_FORMAT}.json"
+        try:
+            self._memo: dict[str, Any] = json.loads(self._memo_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self._memo = {}
+        self._dirty = False
+        self._trees: dict[Path, ast.Module] = {}
+
+    def tree(self, path: Path) -> ast.Module:
+        if path not in self._trees:
+            self._trees[path] = _strip_docstrings(ast.parse(path.read_bytes(), filename=str(path)))  # type: ignore[assignment]
+        return self._trees[path]
+
+    def file(self, module: str) -> Path | None:
+        base = self.root.joinpath(*module.split("."))
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.is_file():
+                return path
+        return None
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def module_info(self, module: str) -> tuple[str, str, list[tuple[str, list[str]]]]:
+        """(relative path, digest, imports) of a module, memoised by size and mtime."""
+        path = self.file(module)
+        if path is None:
+            raise ModuleNotFoundError(f"{module}: no source under {self.root}")
+        stat = path.stat()
+        tag = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+        saved = self._memo.get(tag[0])
+        if saved is None or saved["tag"] != tag:
+            tree = self.tree(path)
+            saved = {"tag": tag, "digest": _hash(tree),
+                     "imports": _imports([tree], module, path.name == "__init__.py")}
+            self._memo[tag[0]] = saved
+            self._dirty = True
+        return self.rel(path), saved["digest"], [(m, list(n)) for m, n in saved["imports"]]
+
+    def save(self) -> None:
+        if self._dirty:
+            tmp = self._memo_path.with_name(f".{self._memo_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._memo), encoding="utf-8")
+            os.replace(tmp, self._memo_path)
+            self._dirty = False
+
+    def targets(self, module: str, names: list[str]) -> list[str]:
+        """The modules an import statement makes the code depend on (see the module docstring)."""
+        path = self.file(module)
+        if path is None:  # a namespace package (no __init__.py): `from neuronspec import distributed`
+            return [f"{module}.{n}" for n in names if self.file(f"{module}.{n}") is not None]
+        if path.name != "__init__.py":
+            return [module]
+        subs = [f"{module}.{n}" for n in names if self.file(f"{module}.{n}") is not None]
+        if names and len(subs) == len(names):  # `from pkg import submodule, …`
+            return subs
+        folder = path.parent
+        return [module] + sorted(f"{module}.{p.stem}" for p in folder.glob("*.py") if p.name != "__init__.py")
+
+
+def _function_parts(src: _Source, module: str, names: list[str]) -> tuple[dict[str, str], list[tuple[str, list[str]]]]:
+    """Digests of the named top-level definitions of `module` and the same-module helpers they use."""
+    path = src.file(module)
+    assert path is not None
+    tree = src.tree(path)
+    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    top_imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    seen: set[str] = set()
+    stack = list(names)
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in defs:
+            continue
+        seen.add(name)
+        stack += [n.id for n in ast.walk(defs[name]) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in defs]
+    used = {n.id for name in seen for n in ast.walk(defs[name]) if isinstance(n, ast.Name)}
+    bound_imports: list[ast.AST] = [i for i in top_imports
+                                    if any((a.asname or a.name).split(".")[0] in used for a in i.names)]  # type: ignore[attr-defined]
+    rel = src.rel(path)
+    parts = {f"{rel}:{name}": _hash(defs[name]) for name in sorted(seen)}
+    return parts, _imports([defs[n] for n in seen] + bound_imports, module, False)
+
+
+def _root() -> Path:
+    return Path(__file__).resolve().parents[2]  # the folder holding neuronspec/
+
+
+@dataclass(frozen=True)
+class CodeRef:
+    """What a kind's fingerprint starts from: definitions `names` of `module`, plus `extra_modules`
+    that its code reaches without an import statement (dispatch by name)."""
+
+    module: str
+    names: tuple[str, ...]
+    extra_modules: tuple[str, ...] = ()
+
+
+def fingerprints(refs: dict[str, CodeRef], root: Path | None = None) -> dict[str, Fingerprint]:
+    """The fingerprint of each ref (one pass over the source tree, memoised files shared)."""
+    src = _Source(root or _root())
+    out = {name: _fingerprint(src, ref.module, ref.names, ref.extra_modules) for name, ref in refs.items()}
+    src.save()
+    return out
+
+
+def _fingerprint(src: _Source, module: str, names: tuple[str, ...], extra_modules: tuple[str, ...]) -> Fingerprint:
+    parts, pending = _function_parts(src, module, list(names))
+    pending = pending + [(m, []) for m in extra_modules]
+    seen: set[str] = set()
+    while pending:
+        mod, imported = pending.pop()
+        for target in src.targets(mod, imported):
+            if target in seen or target.startswith(NOT_FOLLOWED):
+                continue
+            seen.add(target)
+            rel, dig, imports = src.module_info(target)
+            parts[rel] = dig
+            pending += imports
+    return Fingerprint(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts)
