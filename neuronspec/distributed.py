@@ -10,19 +10,21 @@ with MIN, per-document values gathered back into document order — so every ran
 with the single-process result and rank 0 writes it to the cache.
 
 Outside a process group every helper here is the identity (`world().size == 1`), so the
-methods call them unconditionally.
+methods call them unconditionally. torch is imported only where a process group can exist
+(it cannot before torch is imported), so a fully cached run never imports it.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,6 +49,10 @@ class World:
 
 
 def world() -> World:
+    if "torch.distributed" not in sys.modules:  # no process group without torch.distributed
+        return World()
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
     return World()
@@ -63,6 +69,9 @@ def init_from_env(device: str = "cpu", timeout_s: float = 1800) -> World:
     The backend follows the device: NCCL when the model goes to CUDA, gloo otherwise.
     A no-op when the process was started alone or the group already exists.
     """
+    import torch
+    import torch.distributed as dist
+
     if not launched() or (dist.is_available() and dist.is_initialized()):
         return world()
     if not dist.is_available():
@@ -78,8 +87,11 @@ def init_from_env(device: str = "cpu", timeout_s: float = 1800) -> World:
 def rank_device(device: str) -> str:
     """The device this rank puts the model on: under data parallelism `cuda`/`auto` mean its own GPU."""
     w = world()
-    if w.size > 1 and device in ("cuda", "auto") and torch.cuda.is_available():
-        return f"cuda:{w.local_rank}"
+    if w.size > 1 and device in ("cuda", "auto"):
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{w.local_rank}"
     return device
 
 
@@ -90,6 +102,9 @@ def shard(items: Sequence[T]) -> list[T]:
 
 
 def _backend_device() -> torch.device:
+    import torch
+    import torch.distributed as dist
+
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
@@ -97,6 +112,8 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """The elementwise SUM / MIN / MAX of `tensor` over ranks (returned, on tensor's device)."""
     if world().size == 1:
         return tensor
+    import torch.distributed as dist
+
     ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
     work = tensor.detach().to(_backend_device(), copy=True).contiguous()
     dist.all_reduce(work, op=ops[op])
@@ -108,6 +125,8 @@ def gather(value: Any) -> list[Any]:
     w = world()
     if w.size == 1:
         return [value]
+    import torch.distributed as dist
+
     out: list[Any] = [None] * w.size
     dist.all_gather_object(out, value)
     return out
@@ -127,6 +146,8 @@ def parallel_map(fn: Callable[[list[T]], list[R]], items: Sequence[T]) -> list[R
 
 
 def _cpu(value: Any) -> Any:
+    import torch
+
     return value.cpu() if isinstance(value, torch.Tensor) else value
 
 
@@ -139,6 +160,8 @@ def broadcast(value: T) -> T:
     """Rank 0's `value` on every rank."""
     if world().size == 1:
         return value
+    import torch.distributed as dist
+
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
