@@ -9,6 +9,7 @@ which file it came from.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -19,7 +20,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from neuronspec.spec.errors import Location, Problem, StudyError
-from neuronspec.spec.models import Study
+from neuronspec.spec.models import ModelSpec, Study
 
 Path_ = tuple[str | int, ...]
 
@@ -235,7 +236,49 @@ def load_study(path: str | Path | None = None, overrides: Sequence[str] = (), *,
     problems = [source.problem(loc, msg) for loc, msg in check_references(study)]
     if problems:
         raise StudyError(problems)
+    if study_path is not None:
+        study = resolve_paths(study, study_path.parent)
     return LoadedStudy(study=study, path=study_path, source=source, text=text)
+
+
+def _local_path(value: str, base: Path) -> str | None:
+    """`value` made absolute against `base` when it names something there (or says it is a path:
+    ./x, ../x); None when it is absolute or not a path (a hub id such as org/name)."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return None
+    candidate = base / path
+    if value.startswith(("./", "../")) or candidate.exists():
+        return os.path.normpath(candidate.absolute())
+    return None
+
+
+def resolve_paths(study: Study, base: Path) -> Study:
+    """Relative model folders and corpus files as paths from the study's folder `base`
+    (`extends` already is): the study means the same files from any working folder."""
+    from neuronspec.models.catalog import is_embedded
+
+    def model(spec: ModelSpec) -> ModelSpec:
+        found = None if is_embedded(spec.id) else _local_path(spec.id, base)
+        return spec if found is None else spec.model_copy(update={"id": found})
+
+    corpora = {}
+    for name, c in study.corpora.items():
+        if c.source.startswith("builtin:"):
+            corpora[name] = c
+        elif c.source.startswith("hf:"):  # local data files and folders: datasets' base_dir
+            corpora[name] = c if "base_dir" in c.options else c.model_copy(
+                update={"options": {**c.options, "base_dir": str(base.absolute())}})
+        else:
+            path = Path(c.source.strip()).expanduser()
+            corpora[name] = c if path.is_absolute() else c.model_copy(
+                update={"source": os.path.normpath(base.absolute() / path)})
+    update: dict[str, Any] = {"corpora": corpora}
+    if study.models:  # leave the unused default `model` alone (and out of the fields set)
+        update["models"] = {n: model(m) for n, m in study.models.items()}
+    elif model(study.model) is not study.model:
+        update["model"] = model(study.model)
+    return study.model_copy(update=update)
 
 
 def _plain(node: Any) -> Any:
