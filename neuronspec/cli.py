@@ -15,12 +15,24 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
 from neuronspec.paths import study_store
+from neuronspec.plan.store import StoreError
 from neuronspec.spec import StudyError, load_study
 
 console = Console(stderr=False, highlight=False)
 err = Console(stderr=True, highlight=False)
+
+
+def _esc(value: object) -> str:
+    """User-controlled text (values, paths, names) made literal for rich markup."""
+    return escape(str(value))
+
+
+def _fail(message: object) -> None:
+    """An error line on stderr, in red, printed literally (it may quote the study)."""
+    err.print(str(message), style="red", markup=False, soft_wrap=True)
 
 
 def _store(args: argparse.Namespace, study_path: Path | None):  # noqa: ANN202
@@ -41,17 +53,22 @@ def _compile(loaded):  # noqa: ANN001, ANN202
 
 # -- validate ---------------------------------------------------------------------------
 def cmd_validate(args: argparse.Namespace) -> int:
+    from neuronspec.plan.variants import compile_variants
+
     failed = 0
     for path in args.files:
         try:
             loaded = _load(args, path)
+            # every check that needs no weights: the model's identity and layer counts (memoised),
+            # partitions and attribution layers against them, corpus sources
+            compile_variants(loaded)
         except StudyError as exc:
             failed += 1
             for problem in exc.problems:
-                err.print(f"[red]{problem}[/red]", soft_wrap=True)
+                _fail(problem)
             continue
         s = loaded.study
-        console.print(f"[green]ok[/green] {path}: study {s.name!r}, " + (f"{len(s.models)} models, " if s.models else "")
+        console.print(f"[green]ok[/green] {_esc(path)}: study {_esc(repr(s.name))}, " + (f"{len(s.models)} models, " if s.models else "")
                       + f"{len(s.languages)} languages, {len(s.arms)} arms, {len(s.evaluate)} evaluations")
     return 2 if failed else 0
 
@@ -75,17 +92,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     first_of: dict[str, str] = {}  # stage key → the model whose block lists it first (corpora are shared)
     for v, statuses in blocks:
         title = f"plan of {v.plan.study_name} ({len(statuses)} stages)" + (f", {v.label}" if v.name else "")
-        table = Table(title=title, title_justify="left")
+        table = Table(title=_esc(title), title_justify="left")
         for col in ("stage", "state", "why"):
             table.add_column(col)
         for s in statuses:
             state = "[green]cached[/green]" if s.state == "cached" else "[yellow]stale[/yellow]"
             shared = first_of.setdefault(s.stage.key, str(v.name))
             why = f"shared with model {shared}: computed once" if shared != str(v.name) and s.state == "stale" else "; ".join(s.reasons)
-            table.add_row(s.stage.id, state, why)
+            table.add_row(_esc(s.stage.id), state, _esc(why))
         console.print(table)
     for note in notes(variants):
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(f"[yellow]note:[/yellow] {_esc(note)}")
     statuses = [s for _, block in blocks for s in block]
     stale = sum(s.state == "stale" for s in statuses)
     console.print(f"{stale} stale, {len(statuses) - stale} cached")
@@ -146,13 +163,13 @@ def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Seq
 
     def on_stage(stage, event):  # noqa: ANN001, ANN202
         if event == "corrupt":
-            err.print(f"[yellow]warning:[/yellow] cached {stage.id} failed its checksum; recomputing")
+            err.print(f"[yellow]warning:[/yellow] cached {_esc(stage.id)} failed its checksum; recomputing")
         if event == "done" and not quiet:
-            err.print(f"[green]✓[/green] {stage.id}")
+            err.print(f"[green]✓[/green] {_esc(stage.id)}")
 
     def on_variant(v):  # noqa: ANN001, ANN202
         if not quiet:
-            err.print(f"[bold]{v.label}[/bold]")
+            err.print(f"[bold]{_esc(v.label)}[/bold]")
 
     try:
         with _progress_factory_ctx(not quiet and sys.stderr.isatty()) as factory:
@@ -161,7 +178,7 @@ def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Seq
     except StageFailed as failed:
         if isinstance(failed.error, CorpusError):  # the study asked for text that is not there: point at it
             raise StudyError([loaded.source.problem(failed.stage.origin, str(failed.error))]) from None
-        err.print(f"[red]{failed}[/red]")
+        _fail(failed)
         err.print("finished stages are cached; fix the cause and run again to resume")
         return None
     results = collect_study(loaded, variants, store)
@@ -177,6 +194,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     loaded = _load(args, args.file)
     plan = compile_variants(loaded)  # one plan per model of the study (usually one)
+    for flag, patterns in (("--force", args.force), ("--only", args.only)):
+        unmatched = [p for p in patterns or [] if not any(v.plan.select([p]) for v in plan)]
+        if unmatched:
+            stages = sorted({sid for v in plan for sid in v.plan.stages})
+            _fail(f"{flag} {', '.join(map(repr, unmatched))} matches no stage of {args.file} "
+                  f"(stages: {', '.join(stages[:12])}{' …' if len(stages) > 12 else ''})")
+            return 2
     store = _store(args, loaded.path)
     from neuronspec import distributed
 
@@ -209,7 +233,7 @@ def _run_and_print(args: argparse.Namespace, loaded: Any, plan: Any, store: Any,
     from neuronspec.plan.variants import notes
 
     for note in notes(plan):
-        err.print(f"[yellow]note:[/yellow] {note}")
+        err.print(f"[yellow]note:[/yellow] {_esc(note)}")
     done = _run_study(loaded, plan, store, started=started, force=args.force or [], only=args.only or [], quiet=args.quiet)
     if done is None:
         return 1
@@ -221,7 +245,7 @@ def _run_and_print(args: argparse.Namespace, loaded: Any, plan: Any, store: Any,
     _print_tables([t for t in tables if t.terminal])
     console.print(f"computed {len(result.computed)} of {sum(len(v.plan.stages) for v in plan)} stages in {time.perf_counter() - started:.1f} s"
                   + (f" (model load {result.model_load_seconds:.1f} s)" if result.model_load_seconds else ""))
-    console.print(f"run record: {folder / 'record.json'}", soft_wrap=True)
+    console.print(f"run record: {_esc(folder / 'record.json')}", soft_wrap=True)
     return 0
 
 
@@ -245,7 +269,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(json.dumps(runs, indent=1, ensure_ascii=False))
         return 0
     if not runs:
-        console.print(f"no runs in {store.root / 'runs'}" + (f" for study {name!r}" if name else ""))
+        console.print(_esc(f"no runs in {store.root / 'runs'}" + (f" for study {name!r}" if name else "")))
         return 0
     t = Table(f"runs in {store.root} (newest first)", ["run", "study", "date", "computed", "cached", "duration", "commit"])
     for r in runs:
@@ -279,7 +303,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         except StudyError as exc:
             problems += exc.problems
         except D.DiffError as exc:
-            err.print(f"[red]{exc}[/red]", soft_wrap=True)
+            _fail(exc)
             return 2
     if problems:
         raise StudyError(problems)
@@ -287,7 +311,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.run:
         for side in (a, b):
             if side.loaded is not None and side.missing():
-                err.print(f"running {side.label} ({len(side.missing())} stages)")
+                err.print(_esc(f"running {side.label} ({len(side.missing())} stages)"))
                 done = _run_study(side.loaded, compile_variants(side.loaded), side.store, started=time.perf_counter(),
                                   quiet=args.quiet, git_info=side.git_info if side.kind == "rev" else True)
                 if done is None:
@@ -308,10 +332,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
             print(f"> {line}\n")
         return 0
     if d["identical"]:
-        console.print(f"no differences between {a.label} and {b.label}")
+        console.print(_esc(f"no differences between {a.label} and {b.label}"))
     _print_tables(tables)
     for line in lines:
-        console.print(f"[yellow]note:[/yellow] {line}", soft_wrap=True)
+        console.print(f"[yellow]note:[/yellow] {_esc(line)}", soft_wrap=True)
     return 0
 
 
@@ -326,10 +350,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         folder = find_run(args.run, stores)
     except ValueError as exc:
-        err.print(f"[red]{exc}[/red]")
+        _fail(exc)
         return 2
     if folder is None:
-        err.print(f"[red]no run {args.run!r} in {stores[0] / 'runs'} (see `neuronspec runs`)[/red]")
+        _fail(f"no run {args.run!r} in {stores[0] / 'runs'} (see `neuronspec runs`)")
         return 2
     record = read_record(folder)
     saved = folder / "results.json"
@@ -338,7 +362,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_html_report(folder, record, tables)
     if not args.quiet:
         _print_tables([run_summary(record), *(t for t in tables if t.terminal)])
-    console.print(f"wrote {path}")
+    console.print(f"wrote {_esc(path)}")
     return 0
 
 
@@ -350,7 +374,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path("studies") / f"{args.name}.yaml"
     if out.exists() and not args.force:
-        err.print(f"[red]{out} exists; pass --force to overwrite it[/red]")
+        _fail(f"{out} exists; pass --force to overwrite it")
         return 2
     schema, local = SCHEMA_MODELINE, Path.cwd() / "schemas" / "study.schema.json"
     if not (out.parent / SCHEMA_MODELINE).exists() and local.exists():
@@ -358,14 +382,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     try:
         text = starter_study(args.name, file=str(out), schema=schema)
     except ValueError as exc:
-        err.print(f"[red]{exc}[/red]")
+        _fail(exc)
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     load_study(out)  # the starter must validate as written
-    console.print(f"wrote {out}; next: neuronspec plan {out}")
+    console.print(_esc(f"wrote {out}; next: neuronspec plan {out}"))
     if not (out.parent / schema).exists():
-        console.print(f"for editor completion, write the schema it points at: neuronspec schema --out {out.parent / schema}")
+        console.print(_esc(f"for editor completion, write the schema it points at: neuronspec schema --out {out.parent / schema}"))
     return 0
 
 
@@ -379,7 +403,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     else:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text, encoding="utf-8")
-        console.print(f"wrote {args.out}")
+        console.print(f"wrote {_esc(args.out)}")
     return 0
 
 
@@ -393,18 +417,30 @@ def cmd_cache(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(entries, indent=1))
             return 0
-        table = Table(title=f"cache {store.root} ({len(entries)} entries)", title_justify="left")
+        table = Table(title=_esc(f"cache {store.root} ({len(entries)} entries)"), title_justify="left")
         for col in ("stage", "kind", "key", "size"):
             table.add_column(col)
         for e in entries:
-            table.add_row(str(e["stage"]), str(e["kind"]), str(e["key"])[:12], f"{e['bytes'] / 1024:.0f} KiB")
+            table.add_row(_esc(e["stage"]), _esc(e["kind"]), _esc(str(e["key"])[:12]), f"{e['bytes'] / 1024:.0f} KiB")
         console.print(table)
         return 0
+    from neuronspec.plan.store import StoreError
     from neuronspec.plan.variants import all_stages, compile_variants
 
+    if not store.recognised():
+        raise StoreError(f"{store.root} is not a neuronspec store: nothing deleted")
     keep: set[str] = set()
     for path in args.keep or []:
         keep |= {s.key for s in all_stages(compile_variants(_load(args, path))).values()}
+    if not args.keep and not args.yes:
+        question = f"remove all {len(store.entries())} cached results in {store.root}? [y/N] "
+        if not sys.stdin.isatty():
+            _fail(f"cache gc without --keep removes every cached result in {store.root}: "
+                  "confirm with --yes (or keep studies' results with --keep STUDY)")
+            return 2
+        if input(question).strip().lower() not in ("y", "yes"):
+            console.print("nothing removed")
+            return 0
     removed, freed = store.gc(keep)
     console.print(f"removed {removed} entries ({freed / 1e6:.1f} MB); kept those of {len(args.keep or [])} studies")
     return 0
@@ -449,7 +485,7 @@ def cmd_corpora(args: argparse.Namespace) -> int:
         names = args.names or [c["name"] for c in list_corpora()]
         for name in names:
             path = fetch_corpus(name, Path(args.from_path) if args.from_path else None)
-            console.print(f"[green]✓[/green] {name}: {path}")
+            console.print(f"[green]✓[/green] {_esc(name)}: {_esc(path)}")
         return 0
     _list_table("built-in corpora (use as builtin:NAME)", list_corpora(), {
         "name": lambda r: r["name"], "kind": lambda r: r["kind"],
@@ -470,29 +506,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     arm = loaded.study.arm(args.arm)
     if arm is None or arm.enhance is None:
         enhance_arms = [a.name for a in loaded.study.arms if a.enhance is not None]
-        err.print(f"[red]{args.file}: no enhance arm named {args.arm!r} (enhance arms: {', '.join(enhance_arms) or 'none'})[/red]")
+        _fail(f"{args.file}: no enhance arm named {args.arm!r} (enhance arms: {', '.join(enhance_arms) or 'none'})")
         return 2
     if loaded.study.models:  # a multi-model study: the arm was trained once per model
         if args.model not in loaded.study.models:
-            err.print(f"[red]{args.file} names several models: pick one with --model ({', '.join(loaded.study.models)})[/red]")
+            _fail(f"{args.file} names several models: pick one with --model ({', '.join(loaded.study.models)})")
             return 2
         loaded = dataclasses.replace(loaded, study=loaded.study.variants()[args.model])
     plan = _compile(loaded)
     variants = [sid.rsplit("/", 1)[1] for sid in plan.stages if sid.startswith(f"enhance/{args.arm}/")]
     lang = args.lang or (variants[0] if len(variants) == 1 else None)
     if lang not in variants:
-        err.print(f"[red]arm {args.arm!r} has one fine-tune per language: pick one with --lang ({', '.join(variants)})[/red]")
+        _fail(f"arm {args.arm!r} has one fine-tune per language: pick one with --lang ({', '.join(variants)})")
         return 2
     store = _store(args, loaded.path)
     stage = plan.stages[f"enhance/{args.arm}/{lang}"]
     if store.status(stage.key) != "cached":
-        err.print(f"[red]{stage.id} has not run yet: neuronspec run {args.file} --only {stage.id}[/red]")
+        _fail(f"{stage.id} has not run yet: neuronspec run {args.file} --only {stage.id}")
         return 1
     delta = Delta.load(store.get(stage.key).file("delta.safetensors"))
     m = loaded.study.model
     lm = load_model(m.id, revision=m.revision, dtype=m.dtype, device=m.device, gguf_file=m.gguf_file)
     out = export_model(lm.model, lm.tokenizer, delta, args.out, overwrite=args.force)
-    console.print(f"wrote {out} ({args.arm}, {lang}: {len(delta)} changed tensors on top of {m.id})", soft_wrap=True)
+    console.print(_esc(f"wrote {out} ({args.arm}, {lang}: {len(delta)} changed tensors on top of {m.id})"), soft_wrap=True)
     return 0
 
 
@@ -576,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--study", help="study whose store to use (default: ./.neuronspec)")
     sp.add_argument("--store")
     sp.add_argument("--keep", action="append", metavar="STUDY", help="gc: keep the stages of these studies")
+    sp.add_argument("-y", "--yes", action="store_true", help="gc without --keep: remove everything without asking")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_cache)
@@ -599,7 +636,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.fn(args) or 0)
     except StudyError as exc:
         for problem in exc.problems:
-            err.print(f"[red]{problem}[/red]", soft_wrap=True)
+            _fail(problem)
+        return 2
+    except StoreError as exc:
+        _fail(exc)
         return 2
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/yellow]: finished stages are cached; run again to resume")

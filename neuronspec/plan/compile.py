@@ -20,9 +20,10 @@ or an arm re-runs no forward pass.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
-from neuronspec.data import corpus_identity
+from neuronspec.data import CorpusError, corpus_identity
 from neuronspec.plan import kinds as K
 from neuronspec.plan.graph import Plan, Stage
 from neuronspec.plan.identity import model_dims, model_identity
@@ -40,8 +41,7 @@ def compile_study(loaded: LoadedStudy) -> Plan:
     if study.models:  # never fall back to the default `model` of a multi-model study
         raise StudyError([loaded.source.problem(("models",), "a study with `models` compiles to one plan per model "
                                                 "(neuronspec.plan.variants.compile_variants)")])
-    identity = model_identity(study.model)
-    dims = model_dims(study.model, identity)
+    identity, dims = _model(loaded)
     _check_partitions(loaded, dims["num_layers"])
     _check_attribution_layers(loaded, dims["num_layers"])
     plan = Plan(study.name, identity, dims, code=K.code_fingerprints())
@@ -50,7 +50,7 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         c = study.corpora[name]
         spec = K.CorpusStage(source=c.source, split=c.split, docs_per_language=c.docs_per_language,
                              eval_fraction=c.eval_fraction, languages=c.languages or study.languages, options=c.options,
-                             seed=study.seed, identity=corpus_identity(c.source, c.options))
+                             seed=study.seed, identity=_corpus_identity(loaded, name))
         plan.add(Stage(f"corpus/{name}", "corpus", spec, origin=("corpora", name)))
 
     if study.detect.plnd is not None:
@@ -74,6 +74,37 @@ def compile_study(loaded: LoadedStudy) -> Plan:
     for name, ev in study.evaluate.items():
         _add_evals(plan, study, name)
     return plan
+
+
+def _model(loaded: LoadedStudy) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model's identity and dims (no weights loaded), or a located error: a folder that
+    does not exist, a hub id that cannot be resolved, a config that cannot be read."""
+    m = loaded.study.model
+    where = ("models", next(n for n, s in loaded.study.models.items() if s == m), "id") if loaded.study.models else ("model", "id")
+    local = m.id.startswith(("/", "./", "../", "~")) and not Path(m.id).expanduser().exists()
+    if local:
+        raise StudyError([loaded.source.problem(where, f"model folder or file {m.id} does not exist")])
+    try:
+        identity = model_identity(m)
+        return identity, model_dims(m, identity)
+    except RuntimeError as exc:  # the hub id cannot be resolved (its message names the model)
+        raise StudyError([loaded.source.problem(where, str(exc))]) from None
+    except (OSError, ValueError) as exc:
+        raise StudyError([loaded.source.problem(where, f"model {m.id!r}: {type(exc).__name__}: {exc}")]) from None
+
+
+def _corpus_identity(loaded: LoadedStudy, name: str) -> dict[str, Any]:
+    """What a corpus's cache key needs, or a located error for a source that cannot provide text
+    (an unknown builtin, a folder, a missing file) — found by `validate`, not by `run`."""
+    c = loaded.study.corpora[name]
+    where = ("corpora", name, "source")
+    try:
+        identity = corpus_identity(c.source, c.options)
+    except CorpusError as exc:
+        raise StudyError([loaded.source.problem(where, str(exc))]) from None
+    if not c.source.startswith(("builtin:", "hf:")) and not identity.get("sha256"):
+        raise StudyError([loaded.source.problem(where, f"no corpus file at {c.source}")])
+    return identity
 
 
 def _used_corpora(study: Study) -> list[str]:

@@ -2,6 +2,8 @@
 
 Layout under the store root (default `.neuronspec/` beside the study):
 
+    neuronspec-store.json    marks the folder as a store: `gc` deletes nothing in a folder without it
+    .gitignore               `*`: a store beside a study in a git repository is never committed
     objects/ab/abcdef…/      one finished stage: its files + meta.json (written last)
     tmp/                     entries being written; never read, swept by `gc`
     index/STUDY.json         the last resolved spec of every stage of a study (for `plan` to explain staleness)
@@ -57,14 +59,29 @@ def file_sha256(path: Path) -> str:
 
 
 def write_json(path: Path, value: Any) -> None:
-    """Write JSON atomically (temp file + rename) — also used outside entries (index, runs)."""
+    """Write JSON atomically (temp file + rename) — also used outside entries (index, runs).
+    A failed write (a full disk) leaves no temp file behind."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=_default) + "\n",
+                       encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class CorruptEntry(Exception):
     pass
+
+
+class StoreError(Exception):
+    """The store cannot be used as asked (not a folder, not writable, not a store): the CLI exits 2."""
+
+
+MARKER = "neuronspec-store.json"
+STORE_FORMAT = 1
+#: folders a store made before the marker existed always has
+_LEGACY_LAYOUT = ("objects", "index", "lock")
 
 
 @dataclass(frozen=True)
@@ -83,11 +100,39 @@ class Entry:
 class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._ready = False  # _ensure has checked (and made) the layout
 
     # -- layout -----------------------------------------------------------------
+    def recognised(self) -> bool:
+        """Whether the folder is a store: it carries the marker (or the layout of a store made
+        before the marker existed)."""
+        if (self.root / MARKER).is_file():
+            return True
+        return all((self.root / name).exists() for name in _LEGACY_LAYOUT) and (self.root / "objects").is_dir()
+
     def _ensure(self) -> None:
-        for sub in ("objects", "tmp", "index", "runs"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        """Create the store (or check it) before writing: a clear error, never a half-made store
+        in a file's place or in some unrelated folder."""
+        if self._ready:
+            return
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"store {self.root} is not a folder")
+        if self.root.is_dir() and any(self.root.iterdir()) and not self.recognised():
+            raise StoreError(f"{self.root} is not empty and is not a neuronspec store (no {MARKER}); "
+                             "pick another --store")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for sub in ("objects", "tmp", "index", "runs"):
+                (self.root / sub).mkdir(exist_ok=True)
+            if not (self.root / MARKER).exists():
+                write_json(self.root / MARKER, {"format": STORE_FORMAT, "what": "neuronspec artifact store"})
+            if not (self.root / ".gitignore").exists():
+                (self.root / ".gitignore").write_text("# neuronspec artifact store: never commit it\n*\n", encoding="utf-8")
+            if not os.access(self.root, os.W_OK) or not os.access(self.root / "objects", os.W_OK):
+                raise PermissionError(13, "Permission denied")
+        except OSError as exc:
+            raise StoreError(f"cannot write the store {self.root}: {exc.strerror or exc}") from None
+        self._ready = True
 
     def entry_dir(self, key: str) -> Path:
         return self.root / "objects" / key[:2] / key
@@ -156,6 +201,8 @@ class Store:
     def lock(self, wait: bool = True) -> Iterator[None]:
         """Exclusive lock over the store for the duration of a run (flock: released if the process dies)."""
         self._ensure()
+        if (self.root / "lock").is_symlink():
+            raise StoreError(f"{self.root / 'lock'} is a symbolic link; a store's lock is a plain file")
         with open(self.root / "lock", "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -185,24 +232,45 @@ class Store:
 
     # -- listing and garbage collection -----------------------------------------
     def entries(self) -> list[dict[str, Any]]:
+        """Every finished entry, keyed by its folder's name (what `meta.json` says is never trusted
+        to locate anything)."""
         out = []
         for meta_path in sorted((self.root / "objects").glob("*/*/meta.json")):
+            folder = meta_path.parent
             try:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
-                continue
-            size = sum(p.stat().st_size for p in meta_path.parent.iterdir() if p.is_file())
-            out.append({"key": meta.get("key"), "stage": meta.get("stage"), "kind": meta.get("kind"), "created": meta.get("created"), "bytes": size})
+                meta = {}
+            if not isinstance(meta, dict):
+                meta = {}
+            size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+            out.append({"key": folder.name, "stage": meta.get("stage"), "kind": meta.get("kind"),
+                        "created": meta.get("created"), "bytes": size, "path": str(folder)})
         return out
 
     def gc(self, keep: set[str]) -> tuple[int, int]:
-        """Delete entries not in `keep` and every temp leftover. Returns (entries removed, bytes freed)."""
+        """Delete entries not in `keep` and every temp leftover. Returns (entries removed, bytes freed).
+
+        Only inside a recognised store, and only folders found under its own `objects/` and
+        `tmp/` (symlinks are unlinked, never followed)."""
+        if not self.recognised():
+            raise StoreError(f"{self.root} is not a neuronspec store (no {MARKER}): nothing deleted")
         removed, freed = 0, 0
         with self.lock(wait=False):
             for entry in self.entries():
                 if entry["key"] not in keep:
-                    shutil.rmtree(self.entry_dir(entry["key"]), ignore_errors=True)
+                    _remove(Path(entry["path"]))
                     removed += 1
                     freed += entry["bytes"]
-            shutil.rmtree(self.root / "tmp", ignore_errors=True)
+            tmp = self.root / "tmp"
+            if tmp.is_dir() and not tmp.is_symlink():
+                for leftover in tmp.iterdir():
+                    _remove(leftover)
         return removed, freed
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)

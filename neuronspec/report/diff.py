@@ -165,9 +165,19 @@ def _recorded_spec(kind: str, data: dict[str, Any]) -> StageSpec:
         return RecordedSpec(**data)
 
 
+def check_rev(rev: str) -> str:
+    """A revision as the user gave it, refused when git could read it as an option (or it is no name)."""
+    if not rev or rev.startswith("-") or any(c.isspace() or ord(c) < 32 for c in rev):
+        raise DiffError(f"{rev!r} is not a git revision (revisions cannot start with '-' or contain spaces)")
+    return rev
+
+
 def _git_show(spec: str, cwd: Path) -> str:
+    check_rev(spec.partition(":")[0])
     try:
-        done = subprocess.run(["git", "show", spec], cwd=cwd, capture_output=True, text=True, timeout=30)
+        # --end-of-options: whatever `spec` says, git reads it as a revision, never as an option
+        done = subprocess.run(["git", "show", "--end-of-options", spec], cwd=cwd, capture_output=True, text=True,
+                              timeout=30)
     except OSError as exc:
         raise DiffError(f"{spec}: cannot run git ({exc})") from None
     if done.returncode != 0:
@@ -192,7 +202,7 @@ def _rev_side(label: str, rev: str, text: str, worktree: Path, cwd: Path, store:
         rel = str(worktree.resolve().relative_to(Path(top).resolve())) if top else str(worktree)
     except ValueError:  # REV:../outside — keep the path as given
         rel = str(worktree)
-    info = {"commit": git(cwd, "rev-parse", f"{rev}^{{commit}}"), "rev": rev, "path": rel, "study_dirty": False}
+    info = {"commit": git(cwd, "rev-parse", "--verify", "--end-of-options", f"{check_rev(rev)}^{{commit}}"), "rev": rev, "path": rel, "study_dirty": False}
     # A revision's results live where the working-tree study keeps its store.
     return _study_side(label, "rev", loaded, worktree, store, git_info=info)
 

@@ -93,6 +93,45 @@ def _yaml() -> YAML:
     return yaml
 
 
+#: values a study may expand to (a real study has a few hundred; YAML aliases can multiply a
+#: 1 KB file into billions — refused before anything walks the expanded tree)
+MAX_VALUES = 100_000
+
+
+def _check_size(tree: Any, file: str) -> None:
+    count, stack = 0, [(tree, None, None)]
+    while stack:
+        node, parent, key = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            line, col = _position(parent, key) if parent is not None else (1, 1)
+            raise StudyError([Problem(Location(file, line, col), "", f"the study expands to more than {MAX_VALUES:,} "
+                                      "values (YAML aliases repeating aliases?); refusing to read it")])
+        if isinstance(node, CommentedMap):
+            stack.extend((v, node, k) for k, v in node.items())
+        elif isinstance(node, CommentedSeq):
+            stack.extend((v, node, i) for i, v in enumerate(node))
+
+
+def read_text(path: Path) -> str:
+    """A study file's text; anything but UTF-8 is a located error (not a traceback)."""
+    file = str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StudyError([Problem(Location(file, 1, 1), "", f"cannot read study: {exc.strerror or exc}")]) from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and b"\x00" in data[:2]):
+        raise StudyError([Problem(Location(file, 1, 1), "", "the file is UTF-16; save the study as UTF-8")])
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        before = data[: exc.start]
+        line = before.count(b"\n") + 1
+        col = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
+        raise StudyError([Problem(Location(file, line, col), "",
+                                  f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the study as UTF-8")]) from None
+
+
 def _parse(text: str, file: str) -> CommentedMap:
     try:
         data = _yaml().load(io.StringIO(text))
@@ -104,6 +143,7 @@ def _parse(text: str, file: str) -> CommentedMap:
         data = CommentedMap()
     if not isinstance(data, CommentedMap):
         raise StudyError([Problem(Location(file, 1, 1), "", "a study must be a YAML mapping")])
+    _check_size(data, file)
     return data
 
 
@@ -135,11 +175,7 @@ def _read_tree(path: Path, origin: dict[tuple[int, Any], str], seen: tuple[Path,
     file = str(path)
     if path.resolve() in seen:
         raise StudyError([Problem(Location(file, 1, 1), "extends", "circular extends: " + " → ".join(map(str, seen + (path,))))])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise StudyError([Problem(Location(file, 1, 1), "", f"cannot read study: {exc.strerror}")]) from None
-    tree = _parse(text, file)
+    tree = _parse(read_text(path), file)
     _mark_origin(tree, file, origin)
     parent = tree.pop("extends", None)
     if parent is None:
@@ -169,6 +205,7 @@ def parse_override(text: str) -> tuple[Path_, Any]:
         value = _yaml().load(io.StringIO(raw)) if raw.strip() else ""
     except MarkedYAMLError as exc:
         raise StudyError([Problem(Location("", 0, 0, override=text), dotted, f"value is not YAML: {exc.problem}")]) from None
+    _check_size(value, f"--set {text}")
     return tuple(parts), value
 
 
@@ -224,7 +261,7 @@ def load_study(path: str | Path | None = None, overrides: Sequence[str] = (), *,
         study_path = Path(path)
         file = str(study_path)
         tree = _read_tree(study_path, origin)
-        text = study_path.read_text(encoding="utf-8")
+        text = read_text(study_path)
     source = SourceMap(tree=tree, origin=origin, default_file=file)
     apply_overrides(tree, overrides, source)
     try:

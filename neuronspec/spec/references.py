@@ -6,6 +6,7 @@ Each check returns `(field path, message)` pairs; the loader turns the path into
 
 from __future__ import annotations
 
+import heapq
 from typing import Iterator
 
 from neuronspec.spec.models import Study
@@ -25,21 +26,37 @@ def single_sets(study: Study) -> list[str]:
 
 
 def set_order(study: Study) -> tuple[list[str], set[str]]:
-    """Named sets in dependency order, and which of them are families. Assumes checks passed."""
+    """Named sets in dependency order, and which of them are families. Assumes checks passed.
+
+    Kahn's algorithm, always taking the earliest ready set in study order (each expression
+    parsed once: linear in the number of sets). Sets that refer to unknown names or sit on a
+    cycle are left out (the checks report them).
+    """
     families = set(detectors(study))
+    resolved = families | set(single_sets(study))
+    names = list(study.neurons)
+    index = {name: i for i, name in enumerate(names)}
+    trees = {name: parse(text) for name, text in study.neurons.items()}
+    waiting: dict[str, int] = {}
+    users: dict[str, list[str]] = {}
+    for name, tree in trees.items():
+        deps = {r.name for r in refs(tree)} - resolved
+        known = {d for d in deps if d in index}
+        waiting[name] = len(known) + (1 if len(known) < len(deps) else 0)  # an unknown name never resolves
+        for dep in known:
+            users.setdefault(dep, []).append(name)
+    ready = [index[n] for n, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
     done: list[str] = []
-    pending = dict(study.neurons)
-    while pending:
-        for name, text in list(pending.items()):
-            deps = {r.name for r in refs(parse(text))} - families - set(done) - set(single_sets(study))
-            if not deps & set(pending) and not (deps - set(pending)):
-                if uses_template(parse(text), families):
-                    families.add(name)
-                done.append(name)
-                del pending[name]
-                break
-        else:
-            break
+    while ready:
+        name = names[heapq.heappop(ready)]
+        if uses_template(trees[name], families):
+            families.add(name)
+        done.append(name)
+        for user in users.get(name, []):
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                heapq.heappush(ready, index[user])
     return done, families
 
 
@@ -98,6 +115,8 @@ def _sets(study: Study) -> Iterator[Issue]:
             sel = ref.selector
             if sel is not None and sel not in SELECTORS and sel not in study.languages:
                 yield loc, f"[{sel}] is neither a selector ({', '.join(SELECTORS)}) nor one of the study's languages"
+    if len(graph) < len(study.neurons):  # a syntax error above: the order cannot be computed
+        return
     if _has_cycle(graph):
         yield ("neurons",), "neuron sets refer to each other in a cycle"
         return
@@ -111,20 +130,25 @@ def _sets(study: Study) -> Iterator[Issue]:
 
 
 def _has_cycle(graph: dict[str, set[str]]) -> bool:
-    state: dict[str, int] = {}
-
-    def visit(node: str) -> bool:
-        if state.get(node) == 1:
-            return True
-        if state.get(node) == 2:
-            return False
-        state[node] = 1
-        if any(visit(n) for n in graph.get(node, ())):
-            return True
-        state[node] = 2
-        return False
-
-    return any(visit(n) for n in graph)
+    """Depth-first search with an explicit stack (a chain of 20,000 sets must not recurse)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    for root in graph:
+        if root in state:
+            continue
+        stack = [(root, iter(sorted(graph.get(root, ()))))]
+        state[root] = 1
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[node] = 2
+                stack.pop()
+            elif state.get(child) == 1:
+                return True
+            elif child not in state:
+                state[child] = 1
+                stack.append((child, iter(sorted(graph.get(child, ())))))
+    return False
 
 
 def _arms(study: Study) -> Iterator[Issue]:
