@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from neuronspec.paths import study_store
 from neuronspec.plan.store import StoreError
+from neuronspec.report.records import RecordError
 from neuronspec.spec import StudyError, load_study
 
 console = Console(stderr=False, highlight=False)
@@ -243,6 +244,12 @@ def _run_and_print(args: argparse.Namespace, loaded: Any, plan: Any, store: Any,
                           "results": results}, indent=1, ensure_ascii=False))
         return 0
     _print_tables([t for t in tables if t.terminal])
+    for name, info in (results.get("sets") or {}).items():
+        empty = info.get("empty")
+        if empty:
+            which = f"for {', '.join(empty)}" if isinstance(empty, list) else "(a single set)"
+            err.print(f"[yellow]note:[/yellow] {_esc(f'neuron set {name!r} is EMPTY {which}')}"
+                      " — check ε and the set expression; arms on it change nothing", soft_wrap=True)
     console.print(f"computed {len(result.computed)} of {sum(len(v.plan.stages) for v in plan)} stages in {time.perf_counter() - started:.1f} s"
                   + (f" (model load {result.model_load_seconds:.1f} s)" if result.model_load_seconds else ""))
     console.print(f"run record: {_esc(folder / 'record.json')}", soft_wrap=True)
@@ -293,7 +300,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if not args.rev and len(args.refs) != 2:
         err.print("[red]diff needs two sides: A B (study files, REV:path, run ids), or --rev REV FILE[/red]")
         return 2
-    stores = [study_store(Path(r), args.store) for r in args.refs if Path(r).is_file()] + [study_store(None, args.store)]
+    studies = [Path(args.study)] if args.study else []
+    stores = [study_store(p, args.store) for p in studies + [Path(r) for r in args.refs if Path(r).is_file()]] + [
+        study_store(None, args.store)]
     makers = ([lambda: D.rev_side(args.rev, args.refs[0], args.store)] if args.rev else []) + [
         (lambda r=r: D.resolve_side(r, stores=stores, store=args.store)) for r in args.refs]
     sides, problems = [], []
@@ -503,6 +512,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from neuronspec.models.loading import load_model
 
     loaded = _load(args, args.file)
+    if Path(args.out).exists() and not args.force:
+        _fail(f"{args.out} exists; pass --force to replace it")
+        return 2
     arm = loaded.study.arm(args.arm)
     if arm is None or arm.enhance is None:
         enhance_arms = [a.name for a in loaded.study.arms if a.enhance is not None]
@@ -572,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="A B: each a study file, REV:path (a study at a git revision) or a run id; with --rev, one FILE")
     sp.add_argument("--rev", metavar="REV", help="compare FILE at git revision REV (A) with the working tree (B)")
     sp.add_argument("--store", help="artifact store holding the results and runs")
+    sp.add_argument("--study", help="a study whose store holds the runs named (from any working folder)")
     output = sp.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the diff as JSON")
     output.add_argument("--md", action="store_true", help="print the diff as Markdown")
@@ -638,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             _fail(problem)
         return 2
-    except StoreError as exc:
+    except (StoreError, RecordError) as exc:
         _fail(exc)
         return 2
     except KeyboardInterrupt:

@@ -484,11 +484,14 @@ def sets(ctx: RunContext, stage: Stage, s: Sets, out: Path) -> None:
         if isinstance(value, dict):
             for lang, ns in value.items():
                 ns.save(out / f"{name}.{lang}.safetensors")
+            # the overlap of two empty sets is undefined (None), not 1.0
             summary[name] = {"family": True, "counts": {lang: ns.per_layer_counts() for lang, ns in value.items()},
-                             "jaccard": {a: {b: value[a].jaccard(value[b]) for b in value} for a in value}}
+                             "empty": [lang for lang, ns in value.items() if ns.count() == 0],
+                             "jaccard": {a: {b: value[a].jaccard(value[b]) if value[a].count() or value[b].count()
+                                             else None for b in value} for a in value}}
         else:
             value.save(out / f"{name}.safetensors")
-            summary[name] = {"family": False, "counts": value.per_layer_counts()}
+            summary[name] = {"family": False, "counts": value.per_layer_counts(), "empty": value.count() == 0}
     _write_json(out / "result.json", _jsonable(summary))
 
 

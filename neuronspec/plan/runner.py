@@ -7,6 +7,7 @@ atomically before the next starts, so an interrupted run resumes where it stoppe
 
 from __future__ import annotations
 
+import errno
 import logging
 import tempfile
 import time
@@ -19,7 +20,7 @@ from neuronspec import distributed
 from neuronspec.plan.fingerprint import Fingerprint
 from neuronspec.plan.graph import Plan, Stage
 from neuronspec.plan.kinds import KINDS
-from neuronspec.plan.store import CorruptEntry, Entry, Store
+from neuronspec.plan.store import CorruptEntry, Entry, Store, StoreError
 from neuronspec.spec.models import Study
 
 log = logging.getLogger(__name__)
@@ -200,8 +201,15 @@ def _compute(ctx: RunContext, stage: Stage, world: distributed.World, replace: b
         error = exc
     if world.size > 1 and not distributed.all_ok(error is None) and error is None:
         error = RuntimeError("another rank failed (its error is reported by that rank)")
+    if isinstance(error, OSError) and error.errno in _STORE_ERRNOS and world.main:
+        raise StoreError(f"cannot write the store {ctx.store.root} while computing {stage.id}: "
+                         f"{error.strerror or error}") from error
     if error is not None:
         raise StageFailed(stage, error) from error
+
+
+#: the store's file system refused a write (full, read-only, no permission): not the stage's fault
+_STORE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
 
 
 def _index_entry(plan: Plan, stage: Stage) -> dict[str, Any]:

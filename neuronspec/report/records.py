@@ -187,8 +187,21 @@ def list_runs(store_root: Path, study: str | None = None) -> list[dict[str, Any]
     return sorted(out, key=lambda e: (e.get("created") or 0, e["run_id"]), reverse=True)
 
 
+class RecordError(ValueError):
+    """A run record that cannot be read (truncated, not JSON, not a record): the CLI exits 2."""
+
+
 def read_record(folder: Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / "record.json").read_text(encoding="utf-8"))
+    path = Path(folder) / "record.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecordError(f"{path}: cannot read the run record ({exc})") from None
+    except ValueError as exc:
+        raise RecordError(f"{path}: the run record is damaged (not JSON: {exc}); run the study again") from None
+    if not isinstance(record, dict) or "run_id" not in record:
+        raise RecordError(f"{path}: not a neuronspec run record")
+    return record
 
 
 def find_run(ref: str, stores: list[Path]) -> Path | None:

@@ -54,8 +54,11 @@ def result_tables(results: dict[str, Any]) -> list[Table]:
                 if ml in m["cols"]:
                     mt.bold.add((r, 1 + m["cols"].index(ml)))
             effect = m.get("effect", "damage")  # runs recorded before "effect" existed were all deactivations
+            empty = m.get("empty_rows") or []
             mt.caption = (f"the diagonal (the language's own set) is the largest {effect} in its row for "
-                          f"{m['diagonal_largest']} of {m['rows_with_diagonal']} languages")
+                          f"{m['diagonal_largest']} of {m['rows_with_diagonal']} languages"
+                          + (f" with a non-empty set; the set is EMPTY for {', '.join(empty)} (nothing {verb}, "
+                             "so those rows say nothing)" if empty else ""))
             tables.append(mt)
     sets = results.get("sets") or {}
     if sets:
@@ -81,6 +84,9 @@ def result_tables(results: dict[str, Any]) -> list[Table]:
                 jt = Table(f"overlap (Jaccard) of {name} between languages", [name] + langs)
                 for a in langs:
                     jt.add(a, *[fmt(info["jaccard"][a][b], 2) for b in langs])
+                empty = info.get("empty") or []
+                if empty:
+                    jt.caption = f"{name} is EMPTY for {', '.join(empty)}: no overlap is defined with an empty set (–)"
                 tables.append(jt)
     if results.get("masks"):
         t = Table("arms: neurons deactivated or enhanced", ["arm", "language", "total"] + list(SITE_ORDER))

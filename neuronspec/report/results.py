@@ -127,10 +127,13 @@ def derive(metric: str, cells: list[dict[str, Any]], baseline: str) -> dict[str,
                 enhance = any(c.get("arm_kind") == "enhance" for c in cells if c["arm"] == arm)
                 higher = (metric == "perplexity") != enhance  # perplexity: damage = higher; accuracy: damage = lower
                 beats = (lambda a, b: a >= b) if higher else (lambda a, b: a <= b)
-                diag_wins = sum(1 for ml in masks if m[ml].get(ml) is not None and all(
+                # a row whose set is empty changed nothing: reported as empty, never a win
+                empty = [ml for ml in masks if any(c.get("deactivated") == 0 or c.get("neurons") == 0
+                                                   for c in cells if c["arm"] == arm and c["mask_lang"] == ml)]
+                diag_wins = sum(1 for ml in masks if ml not in empty and m[ml].get(ml) is not None and all(
                     v is None or k == ml or beats(m[ml][ml], v) for k, v in m[ml].items()))
                 matrices[arm] = {"rows": masks, "cols": langs, "change": m, "diagonal_largest": diag_wins,
-                                 "rows_with_diagonal": sum(1 for ml in masks if ml in langs),
-                                 "effect": "improvement" if enhance else "damage"}
+                                 "rows_with_diagonal": sum(1 for ml in masks if ml in langs and ml not in empty),
+                                 "empty_rows": empty, "effect": "improvement" if enhance else "damage"}
     base = {lang: cell.get((None, None, lang), {}).get("value") for lang in langs}
     return {"languages": langs, "base": base, "arms": rows, "matrices": matrices}

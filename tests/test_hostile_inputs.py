@@ -1,0 +1,346 @@
+"""Hostile and broken inputs: each ends in a located error with exit 2 (or a correct result),
+in bounded time and memory, and writes nothing to the store.
+
+Every case runs the real command line (`neuronspec.cli.main`, or a subprocess where memory
+must be bounded) on a copy of the tiny study with one thing broken.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_studies import STUDY, make_corpus
+
+from neuronspec.cli import main
+
+LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): ", re.M)
+
+
+@pytest.fixture
+def folder(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("NEURONSPEC_STORE", raising=False)
+    make_corpus(tmp_path / "corpus.jsonl")
+    (tmp_path / "tiny.yaml").write_text(STUDY.format(model=tiny_model_dir, corpus="corpus.jsonl"))
+    return tmp_path
+
+
+def broken(folder: Path, old: str, new: str, name: str = "case.yaml") -> Path:
+    text = (folder / "tiny.yaml").read_text()
+    assert old in text, old
+    path = folder / name
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def fails_located(capsys: pytest.CaptureFixture[str], argv: list[str], file: Path, line: int | None = None,
+                  contains: str = "") -> str:
+    """Exit 2, a FILE:LINE:COL error naming `file`, no traceback, no store beside the study."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    m = LOCATED.search(err)
+    assert m and m["file"] == str(file), err
+    if line is not None:
+        assert int(m["line"]) == line, err
+    assert contains in err and "Traceback" not in err
+    assert not (file.parent / ".neuronspec").exists(), "nothing may be written to the store"
+    return err
+
+
+# -- set expressions ---------------------------------------------------------------------
+@pytest.mark.parametrize("expr, message", [
+    ("plnd[lang] - - plnd[others]", "expected a set name"),
+    ("(plnd[lang] - plnd[others]", "expected ')'"),
+    ("plnd[lang] -", "expected a term"),
+    ("plnd[lang] & [en]", "expected a set name"),
+])
+@pytest.mark.parametrize("command", ["validate", "plan", "run"])
+def test_set_expression_syntax_errors(folder: Path, capsys: pytest.CaptureFixture[str], expr: str, message: str,
+                                      command: str) -> None:
+    path = broken(folder, "plnd[lang] - plnd[others]", expr)
+    fails_located(capsys, [command, str(path)], path, line=10, contains=message)
+
+
+def test_misspelled_set_name_is_found_by_validate(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = broken(folder, "plnd[lang] - plnd[others]", "plnd[lang] - plnx[others]")
+    fails_located(capsys, ["validate", str(path)], path, line=10, contains="no neuron set or detector named 'plnx'")
+
+
+# -- encodings, sizes --------------------------------------------------------------------
+def test_latin1_study_file(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = folder / "latin.yaml"
+    path.write_bytes((folder / "tiny.yaml").read_text().replace("name: tiny", "name: tiny\ndescription: café").encode("latin-1"))
+    err = fails_located(capsys, ["validate", str(path)], path, line=2, contains="not UTF-8")
+    assert ":2:17:" in err  # the column of the offending byte
+
+
+def test_utf16_study_file(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = folder / "utf16.yaml"
+    path.write_text((folder / "tiny.yaml").read_text(), encoding="utf-16")
+    fails_located(capsys, ["plan", str(path)], path, line=1, contains="UTF-16")
+
+
+def _limited(argv: list[str], cwd: Path, memory_bytes: int = 1 << 30, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess with its address space capped: a runaway allocation fails the test."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+    return subprocess.run([sys.executable, "-m", "neuronspec.cli", *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=cap, env=os.environ.copy())
+
+
+def test_yaml_alias_bomb_is_refused_in_bounded_time_and_memory(folder: Path) -> None:
+    levels = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]  # 9^10 values from ~1 KB
+    path = folder / "bomb.yaml"
+    path.write_text((folder / "tiny.yaml").read_text() + "bomb:\n" + "".join(f"  {line}\n" for line in levels))
+    assert path.stat().st_size < 1500
+    done = _limited(["validate", str(path)], folder)
+    assert done.returncode == 2, done.stderr
+    assert LOCATED.search(done.stderr) and "expands to more than" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_alias_bomb_in_an_override_is_refused(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bomb = "[" + ", ".join(["&a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"] + ["*a"] * 20) + "]"
+    value = bomb
+    for _ in range(4):  # nest: each level repeats the one below 10 times
+        value = "[" + ", ".join([f"&b{_} {value}"] + [f"*b{_}"] * 9) + "]"
+    assert main(["validate", str(folder / "tiny.yaml"), "--set", f"description={value}"]) == 2
+    assert "expands to more than" in capsys.readouterr().err
+
+
+def test_twenty_thousand_named_sets_are_ordered_in_linear_time(folder: Path) -> None:
+    text = (folder / "tiny.yaml").read_text().replace("  specific: plnd[lang] - plnd[others]\n", "".join(
+        [f"  s0: plnd[en] - plnd[fr]\n"] + [f"  s{i}: s{i - 1} - plnd[de]\n" for i in range(1, 20_000)]))
+    path = folder / "many.yaml"
+    path.write_text(text.replace("neurons: specific", "neurons: s19999"))
+    done = _limited(["plan", "--json", str(path)], folder, memory_bytes=4 << 30, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sets = next(r for r in json.loads(done.stdout) if r["stage"] == "sets")
+    assert sets["state"] == "stale"
+
+
+def test_a_long_line_is_cut_before_tokenising() -> None:
+    """A 22.5 MB document with max_tokens 32 reaches the tokenizer as a few hundred characters."""
+    from neuronspec.models.forward import encode
+    from neuronspec.models.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    seen: list[int] = []
+
+    def spy(texts, **kw):  # noqa: ANN001, ANN202
+        seen.extend(len(t) for t in texts)
+        return tok(texts, **kw)
+
+    spy.get_vocab = tok.get_vocab  # type: ignore[attr-defined]
+    line = "abcdefgh " * 2_500_000
+    ids = encode(spy, [line, "short"], 32)
+    assert ids[0] == tok(line[:1000], add_special_tokens=True, truncation=True, max_length=32)["input_ids"]
+    assert len(ids[0]) == 32 and max(seen) < 10_000
+
+
+def test_a_corpus_with_a_huge_line_runs(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [json.loads(line) for line in (folder / "corpus.jsonl").read_text().splitlines()]
+    rows[0]["text"] = "abcdefgh " * 600_000  # 5.4 MB in one document
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["run", "-q", str(folder / "tiny.yaml"), "--only", "stats/plnd/*"]) == 0
+
+
+# -- corpus sources and models -----------------------------------------------------------
+@pytest.mark.parametrize("source, message", [
+    ("builtin:nosuchcorpus", "unknown built-in corpus"),
+    (".", "unsupported file type"),
+    ("missing.jsonl", "no corpus file at"),
+])
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_bad_corpus_sources(folder: Path, capsys: pytest.CaptureFixture[str], source: str, message: str,
+                            command: str) -> None:
+    text = (folder / "tiny.yaml").read_text().replace("source: corpus.jsonl", f"source: {source}")
+    path = folder / "case.yaml"
+    path.write_text(text)
+    fails_located(capsys, [command, str(path)], path, line=5, contains=message)
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "run"])
+def test_model_folder_that_does_not_exist(folder: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str],
+                                          command: str) -> None:
+    path = broken(folder, f"id: {tiny_model_dir}", "id: ../no-such-model")
+    fails_located(capsys, [command, str(path)], path, line=2, contains="does not exist")
+
+
+def test_partition_past_the_layers_is_found_by_validate(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = broken(folder, "late: [2, 3]", "late: [2, 30]")
+    fails_located(capsys, ["validate", str(path)], path, line=11, contains="past the model's 3 layers")
+
+
+# -- markup ------------------------------------------------------------------------------
+def test_markup_in_values_is_printed_literally(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = broken(folder, "plnd[lang] - plnd[others]", "plnd[lang] - [/red][bold]x")
+    err = fails_located(capsys, ["validate", str(path)], path)
+    assert "[/red][bold]x" in err
+
+
+def test_markup_in_paths_is_printed_literally(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sub = folder / "exp[v2]"
+    sub.mkdir()
+    (sub / "corpus.jsonl").write_text((folder / "corpus.jsonl").read_text())
+    path = sub / "tiny.yaml"
+    path.write_text((folder / "tiny.yaml").read_text().replace("source: corpus.jsonl", "source: nothere.jsonl"))
+    err = fails_located(capsys, ["validate", str(path)], path)
+    assert f"{sub}/nothere.jsonl" in err
+    path.write_text((folder / "tiny.yaml").read_text())
+    assert main(["validate", str(path)]) == 0
+    assert "exp[v2]/tiny.yaml" in capsys.readouterr().out
+
+
+# -- the store ---------------------------------------------------------------------------
+def test_store_naming_a_file(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (folder / "afile").write_text("x")
+    assert main(["run", "-q", str(folder / "tiny.yaml"), "--store", str(folder / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a folder" in err and "Traceback" not in err
+    assert (folder / "afile").read_text() == "x"
+
+
+def test_store_in_an_unrelated_folder_is_refused(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = folder / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_text("meow")
+    assert main(["run", "-q", str(folder / "tiny.yaml"), "--store", str(other)]) == 2
+    assert "not a neuronspec store" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["cat.jpg"]
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC])
+def test_read_only_or_full_store_is_an_error_not_a_traceback(folder: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """As root, chmod cannot make a folder read-only: the file system's refusal is simulated
+    where the store writes (the temp file of an atomic write), and must leave no temp file."""
+    from neuronspec.plan import store as store_module
+
+    real = store_module.os.replace
+
+    def refuse(src, dst):  # noqa: ANN001, ANN202
+        if str(folder / ".neuronspec") in str(dst):
+            raise OSError(code, os.strerror(code))
+        return real(src, dst)
+
+    monkeypatch.setattr(store_module.os, "replace", refuse)
+    assert main(["run", "-q", str(folder / "tiny.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the store" in err and os.strerror(code) in err and "Traceback" not in err
+    monkeypatch.setattr(store_module.os, "replace", real)
+    leftovers = [p for p in (folder / ".neuronspec").rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+    assert not list((folder / ".neuronspec" / "objects").rglob("meta.json"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_store_folder(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = folder / ".neuronspec"
+    store.mkdir()
+    store.chmod(0o555)
+    try:
+        assert main(["run", "-q", str(folder / "tiny.yaml")]) == 2
+        assert "cannot write the store" in capsys.readouterr().err
+    finally:
+        store.chmod(0o755)
+
+
+def test_truncated_run_record(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "-q", str(folder / "tiny.yaml"), "--only", "corpus/*"]) == 0
+    capsys.readouterr()
+    record = next((folder / ".neuronspec" / "runs").glob("*/record.json"))
+    record.write_text(record.read_text()[:100])
+    assert main(["report", "latest", "--study", str(folder / "tiny.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "run record is damaged" in err and "Traceback" not in err
+
+
+def test_export_onto_an_existing_folder_names_the_cli_flag(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (folder / "out").mkdir()
+    assert main(["export", str(folder / "tiny.yaml"), "early", "--out", str(folder / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and "overwrite=True" not in err
+
+
+@pytest.mark.parametrize("flag", ["--only", "--force"])
+def test_stage_patterns_that_match_nothing(folder: Path, capsys: pytest.CaptureFixture[str], flag: str) -> None:
+    assert main(["run", "-q", str(folder / "tiny.yaml"), flag, "stats/plnd/xx"]) == 2
+    assert "matches no stage" in capsys.readouterr().err
+    assert not (folder / ".neuronspec").exists()
+
+
+# -- subprocess arguments ----------------------------------------------------------------
+def test_git_options_are_never_passed_through(folder: Path, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
+    subprocess.run(["git", "-c", "user.email=a@b", "-c", "user.name=a", "add", "tiny.yaml"], cwd=folder, check=True)
+    subprocess.run(["git", "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "x"], cwd=folder, check=True)
+    monkeypatch.chdir(folder)
+    target = folder / "written"
+    assert main(["diff", f"--rev=--output={target}", "tiny.yaml"]) == 2
+    assert main(["diff", "--", f"--output={target}:tiny.yaml", "tiny.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a git revision" in err and "Traceback" not in err
+    assert not target.exists() and not list(folder.glob("written*"))
+
+
+# -- nothing in a store is trusted to point outside it ----------------------------------------
+def _fake_store(root: Path) -> Path:
+    from neuronspec.plan.store import Store
+
+    store = Store(root)
+    store.put("ab" + "0" * 62, "corpus/x", "corpus", lambda out: (out / "result.json").write_text("{}"))
+    return root
+
+
+def test_gc_ignores_a_crafted_key_pointing_outside_the_store(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = _fake_store(folder / "store")
+    victim = folder / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    crafted = store / "objects" / "zz" / "crafted"
+    crafted.mkdir(parents=True)
+    (crafted / "meta.json").write_text(json.dumps({"key": "../../victim", "stage": "x", "kind": "corpus", "files": {}}))
+    nokey = store / "objects" / "yy" / "nokey"
+    nokey.mkdir(parents=True)
+    (nokey / "meta.json").write_text("{}")
+    assert main(["cache", "gc", "--store", str(store), "--yes"]) == 0
+    assert (victim / "precious.txt").read_text() == "keep me"
+    assert not crafted.exists() and not nokey.exists()
+    assert not list((store / "objects").glob("*/*/meta.json"))
+
+
+def test_gc_refuses_an_ordinary_folder(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ordinary = folder / "docs"
+    (ordinary / "tmp").mkdir(parents=True)
+    (ordinary / "tmp" / "draft.txt").write_text("mine")
+    assert main(["cache", "gc", "--store", str(ordinary), "--yes"]) == 2
+    assert "not a neuronspec store" in capsys.readouterr().err
+    assert sorted(p.relative_to(ordinary).as_posix() for p in ordinary.rglob("*")) == ["tmp", "tmp/draft.txt"]
+
+
+def test_gc_without_keep_asks_first(folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _fake_store(folder / "store")
+    monkeypatch.setattr(sys, "stdin", open(os.devnull))  # not a terminal: no one to ask
+    assert main(["cache", "gc", "--store", str(store)]) == 2
+    assert "--yes" in capsys.readouterr().err
+    assert len(list((store / "objects").glob("*/*/meta.json"))) == 1
+    assert main(["cache", "gc", "--store", str(store), "--yes"]) == 0
+    assert not list((store / "objects").glob("*/*/meta.json"))
+
+
+def test_a_store_marks_itself_and_ignores_itself_in_git(folder: Path) -> None:
+    store = _fake_store(folder / "store")
+    assert (store / "neuronspec-store.json").is_file()
+    assert (store / ".gitignore").read_text().splitlines()[-1] == "*"
