@@ -239,17 +239,17 @@ def _run_and_print(args: argparse.Namespace, loaded: Any, plan: Any, store: Any,
     if done is None:
         return 1
     result, results, tables, record, folder = done
-    if args.json:
-        print(json.dumps({"run": record["run_id"], "folder": str(folder), "computed": result.computed,
-                          "results": results}, indent=1, ensure_ascii=False))
-        return 0
-    _print_tables([t for t in tables if t.terminal])
     for name, info in (results.get("sets") or {}).items():
         empty = info.get("empty")
         if empty:
             which = f"for {', '.join(empty)}" if isinstance(empty, list) else "(a single set)"
             err.print(f"[yellow]note:[/yellow] {_esc(f'neuron set {name!r} is EMPTY {which}')}"
                       " — check ε and the set expression; arms on it change nothing", soft_wrap=True)
+    if args.json:
+        print(json.dumps({"run": record["run_id"], "folder": str(folder), "computed": result.computed,
+                          "results": results}, indent=1, ensure_ascii=False))
+        return 0
+    _print_tables([t for t in tables if t.terminal])
     console.print(f"computed {len(result.computed)} of {sum(len(v.plan.stages) for v in plan)} stages in {time.perf_counter() - started:.1f} s"
                   + (f" (model load {result.model_load_seconds:.1f} s)" if result.model_load_seconds else ""))
     console.print(f"run record: {_esc(folder / 'record.json')}", soft_wrap=True)

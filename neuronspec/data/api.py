@@ -26,8 +26,8 @@ def load_corpus(
 ) -> dict[str, list[Document]]:
     """Documents per language from `source`, split and sampled deterministically.
 
-    `split`: "detect" and "eval" are disjoint (an item is in eval when sha256(source + id)
-    falls below `eval_fraction`), "all" is both. `docs_per_language`: exactly this many per
+    `split`: "detect" and "eval" are disjoint (an item is in eval when sha256(seed + id)
+    falls below `eval_fraction`; the source is not part of it), "all" is both. `docs_per_language`: exactly this many per
     language, chosen by a seeded hash order (None: all of the split). Parallel corpora return
     the same items, in the same order, for every language. Too few documents, an unknown
     language or a missing file raise `CorpusError` naming the corpus and the language.
