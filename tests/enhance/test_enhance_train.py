@@ -237,7 +237,15 @@ def test_rejects_bad_input(tok):
         train_neurons(model, tok, TEXTS, NeuronSet.from_dict({"ffn": {3: [0]}}), FAST)
     with pytest.raises(ValueError, match="two or more tokens"):
         train_neurons(model, tok, [""], ALL_SITES, FAST)
-    assert isinstance(Delta(), Delta)
+
+
+def test_an_empty_delta_changes_nothing(tok):
+    model = tiny_model("llama")
+    ids = torch.tensor([encode(tok, ["abc def"], 16)[0]])
+    before = model(ids).logits
+    with apply_delta(model, Delta()):
+        assert torch.equal(model(ids).logits, before)
+    assert len(Delta()) == 0
 
 
 @pytest.mark.parametrize("arch", ["gemma3_text", "bloom"])

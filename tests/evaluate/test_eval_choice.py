@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from neuronspec.data.document import Document
 from neuronspec.evaluate import load_choice_items, multiple_choice
 from neuronspec.evaluate.choice import split_continuation
 from neuronspec.models.tiny import tiny_model
@@ -90,8 +91,7 @@ def test_load_choice_items(tmp_path, char_tokenizer) -> None:
 
 
 def test_accepts_data_layer_documents(char_tokenizer) -> None:
-    document = pytest.importorskip("neuronspec.data.document")
-    docs = [document.Document(id=str(i), lang="en", text=it["meta"]["prompt"], meta=dict(it["meta"]))
+    docs = [Document(id=str(i), lang="en", text=it["meta"]["prompt"], meta=dict(it["meta"]))
             for i, it in enumerate(ITEMS)]
     model = tiny_model("llama")
     assert multiple_choice(model, char_tokenizer, docs, bootstrap=0) == multiple_choice(
