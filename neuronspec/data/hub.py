@@ -1,7 +1,10 @@
 """`hf:DATASET` sources through `datasets.load_dataset`, for users with hub access.
 
-Options: `config`, `split` (default "train"), `revision` (pin it: it is the cache identity),
-`data_files` / `data_dir` (for builder names like `hf:json`, `hf:parquet` on local files),
+Options: `config`, `split` (default "train"), `revision` (a hub dataset without one is keyed
+by the commit it resolves to — from the local hub cache, else asked of the hub — and read at
+that commit), `data_files` / `data_dir` (for builder names like `hf:json`, `hf:parquet` on
+local files), `max_rows` (read only the first rows of the split, streamed: a large split is
+never downloaded whole), `streaming` (stream the split instead of materialising it),
 the field options of `records.Fields`, `lang` (the whole dataset is one language) and
 `parallel`. `{lang}` in `config`, `split`, `data_files` or `data_dir` loads one dataset per
 language (`config: "{lang}"` for XNLI-style datasets, with `lang_codes` when the dataset
@@ -11,6 +14,7 @@ in `lang_field`.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,10 +28,15 @@ PLACEHOLDER = "{lang}"
 _LOCATED = ("config", "split", "data_files", "data_dir")
 
 
+#: `datasets` builders that read local files (not hub datasets: their content digest is the identity)
+PACKAGED_BUILDERS = frozenset({"json", "csv", "parquet", "text", "arrow", "pandas", "sql", "xml", "webdataset",
+                               "imagefolder", "audiofolder", "videofolder", "generator", "cache", "hdf5"})
+
+
 class HubSource(Source):
     OPTIONS = frozenset(
         {"config", "split", "revision", "data_files", "data_dir", "base_dir", "text_field", "lang_field", "id_field",
-         "meta_field", "lang", "lang_codes", "parallel"}
+         "meta_field", "lang", "lang_codes", "parallel", "streaming", "max_rows"}
     )
 
     def __init__(self, source: str, options: Mapping[str, Any] | None = None) -> None:
@@ -38,6 +47,7 @@ class HubSource(Source):
         self.fields = Fields.from_options(self.options)
         self.per_language = any(PLACEHOLDER in str(self.options.get(k, "")) for k in _LOCATED)
         self.kind = "monolingual"
+        self._resolved: str | None = None
 
     def error(self, message: str, language: str | None = None) -> Exception:
         return corpus_error(self.source, message, language=language)
@@ -80,8 +90,11 @@ class HubSource(Source):
         kwargs: dict[str, Any] = {"path": self._local(self.dataset), "split": fill(self.options.get("split", "train"))}
         if self.options.get("config") is not None:
             kwargs["name"] = fill(self.options["config"])
-        if self.options.get("revision") is not None:
-            kwargs["revision"] = str(self.options["revision"])
+        revision = self.options.get("revision") or (self.resolved_revision() if self.on_hub() else None)
+        if revision is not None:
+            kwargs["revision"] = str(revision)
+        if self.options.get("streaming") or self.options.get("max_rows") is not None:
+            kwargs["streaming"] = True
         if self.options.get("data_files") is not None:
             kwargs["data_files"] = local(fill(self.options["data_files"]))
         if self.options.get("data_dir") is not None:
@@ -101,8 +114,21 @@ class HubSource(Source):
             raise self.error(f"could not load ({shown}): {type(err).__name__}: {err}", language=lang) from None
         if isinstance(table, (datasets.DatasetDict, datasets.IterableDatasetDict)):
             raise self.error(f"`split` must name one split (has: {', '.join(table)})", language=lang)
-        for i, row in enumerate(table):
+        rows = table if self.options.get("max_rows") is None else itertools.islice(table, int(self.options["max_rows"]))
+        for i, row in enumerate(rows):
             yield f"row {i}", row
+
+    # -- revisions --------------------------------------------------------------------------
+
+    def on_hub(self) -> bool:
+        """A dataset on the hub (not a packaged builder over local files, not a local folder)."""
+        return self.dataset not in PACKAGED_BUILDERS and not Path(self._local(self.dataset)).exists()
+
+    def resolved_revision(self) -> str:
+        """The commit an unpinned hub dataset resolves to now: the local hub cache's ref, else the hub's answer."""
+        if self._resolved is None:
+            self._resolved = _hub_revision(self.dataset, self.error)
+        return self._resolved
 
     # -- Source -----------------------------------------------------------------------------
 
@@ -123,8 +149,8 @@ class HubSource(Source):
     def identity(self) -> dict[str, Any]:
         """Dataset id, revision and load options; local data files by content.
 
-        An unpinned hub dataset (no `revision`) is identified by name only: results computed
-        on it are reused even if the dataset changes upstream, so pin a revision.
+        An unpinned hub dataset (no `revision`) is identified by the commit it resolves to, so
+        a dataset that changes upstream is read (and cached) anew, never served from the old cache.
         """
         local_files: dict[str, str] = {}
         for value in _flatten(self.options.get("data_files")):
@@ -138,8 +164,29 @@ class HubSource(Source):
                 if name.is_file() and not any(part.startswith(".") for part in name.relative_to(dataset_path).parts):
                     local_files[name.relative_to(dataset_path).as_posix()] = sha256_file(name)
         options = {k: v for k, v in sorted(self.options.items()) if k != "base_dir"}
-        return {"source": self.source, "revision": self.options.get("revision"), "options": options,
+        revision = self.options.get("revision") or (self.resolved_revision() if self.on_hub() else None)
+        return {"source": self.source, "revision": revision, "options": options,
                 "local_sha256": local_files, "data_version": DATA_VERSION}
+
+
+def _hub_revision(dataset: str, error: Any) -> str:
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - datasets depends on it
+        raise error("the `huggingface_hub` package is needed for hf: datasets") from None
+    ref = Path(constants.HF_HUB_CACHE) / f"datasets--{dataset.replace('/', '--')}" / "refs" / "main"
+    if ref.is_file():
+        return ref.read_text().strip()
+    try:
+        from huggingface_hub import HfApi
+
+        sha = HfApi().dataset_info(dataset).sha
+    except Exception as exc:  # offline, unknown dataset, no permission: many types
+        raise error(f"cannot resolve the dataset's current revision ({type(exc).__name__}: {exc}); "
+                    "set `revision:` to a commit to pin it") from None
+    if not sha:
+        raise error("the hub gave no revision for the dataset; set `revision:` to a commit to pin it")
+    return str(sha)
 
 
 def _flatten(value: Any) -> list[str]:

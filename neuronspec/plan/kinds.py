@@ -97,8 +97,11 @@ class CorpusStage(StageSpec):
 def corpus(ctx: RunContext, stage: Stage, s: CorpusStage, out: Path) -> None:
     from neuronspec.data import load_corpus
 
+    options = dict(s.options)
+    if s.source.startswith("hf:") and s.identity.get("revision") and "revision" not in options:
+        options["revision"] = s.identity["revision"]  # read the commit the key was made with
     docs = load_corpus(s.source, s.languages, split=s.split, docs_per_language=s.docs_per_language,
-                       seed=s.seed, eval_fraction=s.eval_fraction, options=s.options)
+                       seed=s.seed, eval_fraction=s.eval_fraction, options=options)
     for lang, items in docs.items():
         _write_json(out / f"{lang}.json", [{"id": d.id, "lang": d.lang, "text": d.text, "meta": d.meta} for d in items])
     _write_json(out / "result.json", {"languages": {lang: len(items) for lang, items in docs.items()}})
