@@ -621,6 +621,7 @@ class Evaluation(StageSpec):
 def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
     from neuronspec.data import Document
     from neuronspec.evaluate import evaluator_options, run_evaluator
+    from neuronspec.evaluate.prefix import first_layer, shared_prefix
     from neuronspec.models.masks import NeuronSet, deactivate
     from neuronspec.progress import reporting
 
@@ -628,11 +629,14 @@ def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
     docs = [Document(d["id"], d["lang"], d["text"], d["meta"]) for d in read_docs(ctx.input(stage, corpus_dep), s.lang)]
     neurons, modified = NeuronSet.empty(), nullcontext()
     lm = ctx.model()
+    start = 1 << 30  # the first layer that differs from the base model (see evaluate.prefix)
     if s.arm_kind == "deactivate":
         neurons = load_set(ctx.input(stage, f"mask/{s.arm}"), "mask", s.mask_lang)
+        start = first_layer(neurons) if neurons else start
     elif s.arm_kind == "enhance":
         from neuronspec.enhance import Delta, apply_delta
 
+        start = 0  # changed weights: nothing to share
         delta = Delta.load(ctx.input(stage, f"enhance/{s.arm}/{s.mask_lang}").file("delta.safetensors"))
         modified = apply_delta(lm.model, delta)
     allowed = evaluator_options(s.metric)
@@ -640,7 +644,10 @@ def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
     if "languages" in allowed:  # generation's language identification: the study's languages are the candidates
         options["languages"] = s.languages
     label = f"{s.metric} {s.arm or 'base'}" + (f" {s.mask_lang}" if s.mask_lang else "") + f" on {s.lang}"
-    with ctx.progress(label, total=None) as advance, reporting(advance), deactivate(lm.model, neurons), modified:
+    # the first layers of the study's arms: where later arms can pick up the base model's residual stream
+    boundaries = {a for st in ctx.plan.stages.values() if isinstance(st.spec, Mask) for a, _ in st.spec.layers or ()}
+    with ctx.progress(label, total=None) as advance, reporting(advance), deactivate(lm.model, neurons), modified, \
+            shared_prefix(lm.model, start=start, boundaries=boundaries):
         result = run_evaluator(s.metric, lm.model, lm.tokenizer, docs, options, s.lang, s.seed)
     result["deactivated"] = neurons.count()
     _write_json(out / "result.json", result)
