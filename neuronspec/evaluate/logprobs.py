@@ -199,7 +199,7 @@ def continuation_logprobs(
                 c = continuations[i]
                 ids[row, : len(c) - 1] = torch.as_tensor(list(c[:-1]), dtype=torch.long)
                 attention[row, ctx.shape[1] : ctx.shape[1] + len(c) - 1] = 1
-            cache = first.past_key_values
+            cache = first.cache
             cache.batch_repeat_interleave(len(longer))
             rest = decoder(input_ids=ids.to(device), attention_mask=attention.to(device), cache=cache,
                            use_cache=True).last_hidden_state
