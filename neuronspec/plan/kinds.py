@@ -149,18 +149,20 @@ def _pad_id(tokenizer: Any) -> int:
     return int(pad if pad is not None else tokenizer.eos_token_id)
 
 
-def _batches(encodings: list[list[int]], spec: Batched, lm: Any, advance: Callable[..., None]) -> Any:
-    """Length-sorted batches (batch_size, and batch_tokens when set) on the model's device.
+def _batches(encodings: list[list[int]], spec: Batched, lm: Any, advance: Callable[..., None],
+             packed: bool = False) -> Any:
+    """Length-sorted batches (batch_size, and batch_tokens when set) on the model's device;
+    with `packed`, documents share rows (no padding computed) where the model can pack.
 
     Progress advances once the consumer has finished a batch (the code after `yield`), by
     its documents and real tokens, so the bar's rate is tokens/s of the whole pass.
     """
-    from neuronspec.models.forward import iter_batches
+    from neuronspec.models.forward import can_pack, iter_batches, iter_packed
 
     device = next(lm.model.parameters()).device
-    for b in iter_batches(encodings, batch_size=spec.batch_size, pad_id=_pad_id(lm.tokenizer),
-                          token_budget=spec.batch_tokens):
-        yield type(b)(b.index, b.input_ids.to(device), b.attention_mask.to(device))
+    make = iter_packed if packed and can_pack(lm.model) else iter_batches
+    for b in make(encodings, batch_size=spec.batch_size, pad_id=_pad_id(lm.tokenizer), token_budget=spec.batch_tokens):
+        yield b.to(device)
         advance(len(b.index), tokens=int(b.attention_mask.sum()))
 
 
@@ -225,7 +227,7 @@ def stats_act(ctx: RunContext, stage: Stage, s: ActStats, out: Path) -> None:
     lm = ctx.model()
     local = distributed.shard(encode(lm.tokenizer, [d["text"] for d in docs], s.max_tokens))
     with ctx.progress(f"activation statistics {s.corpus} {s.lang}", total=len(local)) as advance:
-        stats = activation_statistics(lm.model, _batches(local, s, lm, advance), poolings=s.poolings,
+        stats = activation_statistics(lm.model, _batches(local, s, lm, advance, packed=True), poolings=s.poolings,
                                       thresholds=s.thresholds, gate_counts=s.gate_counts, n_samples=len(local))
     # contiguous shards in rank order: concatenating them restores document order
     stats = ActivationStats.concat(distributed.gather(stats))
