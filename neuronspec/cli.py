@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -644,6 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Idle OpenMP workers sleep instead of spinning. On a machine whose cores are shared with
+    # other work, spinning workers of 2 threads made Gemma 3 270M's perplexity 2.7x and
+    # multiple choice 6-8x slower than 1 thread (measured at load average 6-9 on 2 cores);
+    # passive waiting keeps 2 threads within ~20% of 1 thread there (README). Read by the
+    # OpenMP runtime when torch loads, which is later than this (the CLI imports it lazily).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)

@@ -1,8 +1,9 @@
 """Multiple-choice accuracy by continuation log-likelihood (the lm-evaluation-harness way).
 
 Each choice is scored as the summed log-probability of its tokens after the prompt; the
-highest score is the prediction. All item x choice sequences go through one length-sorted
-batching pass, so a 4-way task costs one forward per sequence and nothing more.
+highest score is the prediction. The prompt runs once per item (its key/value cache is
+shared by the choices) and only the positions that predict a choice token go through the
+unembedding, so a 4-way item costs about one prompt pass plus four short continuations.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from neuronspec.distributed import parallel_map
 from neuronspec.evaluate._items import item_field
 from neuronspec.evaluate._stats import bootstrap_ratio
-from neuronspec.evaluate.logprobs import encode, pad_token_id, token_logprobs
+from neuronspec.evaluate.logprobs import continuation_logprobs, encode
 
 Normalize = Literal["none", "length", "chars"]
 
@@ -93,8 +94,6 @@ def multiple_choice(
     tokenizer: Any,
     items: Sequence[Any],
     *,
-    batch_size: int = 8,
-    batch_tokens: int | None = None,
     max_tokens: int = 256,
     normalize: Normalize = "none",
     bootstrap: int = 1000,
@@ -112,10 +111,10 @@ def multiple_choice(
         raise ValueError(f"max_tokens must be >= 2, got {max_tokens}")
     if not items:
         raise ValueError("multiple_choice needs at least one item")
-    sequences: list[list[int]] = []
-    scored: list[int] = []  # how many trailing log-probs belong to the continuation
-    owners: list[tuple[int, int, str]] = []
+    groups: list[tuple[list[int], list[list[int]]]] = []  # (context, continuations) sharing that context
+    owners: list[list[tuple[int, int, str]]] = []  # per group: (item, choice, choice text) of each continuation
     labels: list[int] = []
+    sizes: list[int] = []  # choices per item
     for index, item in enumerate(items):
         prompt = str(item_field(item, "prompt", fallback_text=True))
         choices = list(item_field(item, "choices"))
@@ -123,31 +122,35 @@ def multiple_choice(
         if not choices or not 0 <= label < len(choices):
             raise ValueError(f"item {index}: label {label} out of range for {len(choices)} choices")
         labels.append(label)
+        sizes.append(len(choices))
+        by_context: dict[tuple[int, ...], int] = {}  # truncation can give choices of one item different contexts
         for c, choice in enumerate(choices):
             context, cont = split_continuation(tokenizer, prompt, str(choice))
             if not cont:
                 raise ValueError(f"item {index}: choice {c} ({choice!r}) has no tokens")
             ids = (context + cont)[-max_tokens:]
-            sequences.append(ids)
-            scored.append(min(len(cont), len(ids) - 1))
-            owners.append((index, c, str(choice)))
+            k = min(len(cont), len(ids) - 1)  # scored tokens: the continuation, or all but the first
+            key = tuple(ids[: len(ids) - k])
+            if key not in by_context:
+                by_context[key] = len(groups)
+                groups.append((list(key), []))
+                owners.append([])
+            groups[by_context[key]][1].append(ids[len(ids) - k :])
+            owners[by_context[key]].append((index, c, str(choice)))
 
-    pad = pad_token_id(model, tokenizer)
+    def score(part: list[tuple[list[int], list[list[int]]]]) -> list[list[float]]:
+        return [[float(v.double().sum()) for v in values] for values in continuation_logprobs(model, part)]
 
-    def continuation_logprob(part: list[tuple[list[int], int]]) -> list[float]:
-        logprobs = token_logprobs(model, [ids for ids, _ in part], batch_size=batch_size, pad_id=pad,
-                                  batch_tokens=batch_tokens)
-        return [float(lp[len(lp) - k :].double().sum()) for lp, (_, k) in zip(logprobs, part)]
-
-    # under torch.distributed each rank scores its shard of the sequences
-    totals = parallel_map(continuation_logprob, list(zip(sequences, scored)))
-    scores: list[list[float]] = [[] for _ in labels]
-    for (index, _, choice), total, k in zip(owners, totals, scored):
-        if normalize == "length":
-            total /= max(k, 1)
-        elif normalize == "chars":
-            total /= max(len(choice), 1)
-        scores[index].append(total)
+    # under torch.distributed each rank scores its shard of the groups
+    totals = parallel_map(score, groups)
+    scores: list[list[float]] = [[0.0] * n for n in sizes]
+    for (_, conts), group_owners, group_totals in zip(groups, owners, totals):
+        for cont, (index, c, choice), total in zip(conts, group_owners, group_totals):
+            if normalize == "length":
+                total /= max(len(cont), 1)
+            elif normalize == "chars":
+                total /= max(len(choice), 1)
+            scores[index][c] = total
 
     predictions = [int(np.argmax(s)) for s in scores]
     correct = np.array([p == y for p, y in zip(predictions, labels)], dtype=np.float64)

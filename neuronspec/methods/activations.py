@@ -30,6 +30,10 @@ forward hooks and keeps only what was requested:
 activations are identical for every sample and carry no information about the text.
 ``last`` and ``residual`` always read the last real token.
 
+Batches may be packed (:func:`~neuronspec.models.forward.iter_packed`: several samples per
+row, no padding computed): every statistic is gathered by the sample each token belongs
+to, so a packed pass gives each sample what a padded one does.
+
 Memory is O(L·I) for the counts plus the per-sample matrices (n × L·I, by design);
 nothing per token is kept beyond the current batch.
 """
@@ -42,7 +46,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from neuronspec.methods.plnd import token_weights
 from neuronspec.models.forward import Batch, hidden_forward
 from neuronspec.models.sites import adapter_for
 
@@ -172,18 +175,25 @@ class _Collector:
         L, W = self.dims.num_layers, self.dims.intermediate
         self.counts = torch.zeros(len(self.thresholds), L, W, dtype=torch.int64, device=device) if self.thresholds else None
         self.gate = torch.zeros(L, W, dtype=torch.int64, device=device) if gate_counts else None
-        # per batch
-        self.weights: Tensor | None = None  # [B, T] float
-        self.keep: Tensor | None = None  # [B, T] bool
-        self.last: Tensor | None = None  # [B] index of the last real token
+        # per batch (tokens flattened over rows: a packed row holds several samples)
+        self.n = 0  # samples in the batch
+        self.owner: Tensor | None = None  # [kept tokens] sample of each counted token
+        self.keep: Tensor | None = None  # [B, T] bool, counted tokens
+        self.sample_tokens: Tensor | None = None  # [n] counted tokens per sample
+        self.last: Tensor | None = None  # [n] flat index of each sample's last real token
         self.rows: dict[str, list[Tensor | None]] = {}
         self.states: list[Tensor | None] = []
 
     def start(self, batch: Batch, skip_first: bool, device: torch.device) -> None:
-        mask = batch.attention_mask.to(device)
-        self.weights = token_weights(mask, skip_first).to(device)
-        self.keep = self.weights > 0
-        self.last = mask.sum(1) - 1
+        owners = batch.owners().to(device)
+        real = owners >= 0
+        self.keep = real & (batch.positions().to(device) > 0) if skip_first else real
+        self.n = len(batch.index)
+        self.owner = owners[self.keep]
+        self.sample_tokens = torch.bincount(self.owner, minlength=self.n)
+        flat = torch.arange(owners.numel(), device=device).view_as(owners)
+        self.last = torch.full((self.n,), -1, dtype=torch.int64, device=device).scatter_reduce(
+            0, owners[real], flat[real], "amax")
         L = self.dims.num_layers
         self.rows = {p: [None] * L for p in self.poolings}
         self.states = [None] * L
@@ -200,20 +210,23 @@ class _Collector:
                 handles.append(layers[i].register_forward_hook(self._residual(i)))
         return handles
 
+    def _sum(self, kept: Tensor) -> Tensor:
+        """[n, I]: per-sample mean of `kept` ([counted tokens, I]) over its counted tokens."""
+        total = torch.zeros(self.n, kept.shape[1], dtype=kept.dtype, device=kept.device).index_add_(0, self.owner, kept)
+        return total / self.sample_tokens.clamp_min(1)[:, None]
+
     def _ffn(self, i: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple) -> None:
             a = args[0].detach().float()  # [B, T, I]
-            w = self.weights
-            denom = w.sum(1, keepdim=True).clamp_min(1)
+            kept = a[self.keep]  # [tokens, I]
             for p in self.poolings:
                 if p == "mean":
-                    self.rows[p][i] = torch.einsum("btw,bt->bw", a, w) / denom
+                    self.rows[p][i] = self._sum(kept)
                 elif p == "mean_abs":
-                    self.rows[p][i] = torch.einsum("btw,bt->bw", a.abs(), w) / denom
+                    self.rows[p][i] = self._sum(kept.abs())
                 else:  # last
-                    self.rows[p][i] = a[torch.arange(a.shape[0], device=a.device), self.last]
+                    self.rows[p][i] = a.flatten(0, 1)[self.last]
             if self.thresholds:
-                kept = a[self.keep]  # [tokens, I]
                 for j, tau in enumerate(self.thresholds):
                     self.counts[j, i] += (kept > tau).sum(0)
         return hook
@@ -226,7 +239,7 @@ class _Collector:
     def _residual(self, i: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
             h = output[0] if isinstance(output, tuple) else output
-            self.states[i] = h.detach()[torch.arange(h.shape[0], device=h.device), self.last].float()
+            self.states[i] = h.detach().flatten(0, 1)[self.last].float()
         return hook
 
 
@@ -265,14 +278,14 @@ def activation_statistics(
     try:
         for batch in batches:
             collector.start(batch, skip_first, device)
-            hidden_forward(model, batch.input_ids, batch.attention_mask, last_layer=L - 1)
-            per_sample = collector.weights.sum(1).round().long().cpu()
+            hidden_forward(model, batch.input_ids, batch.attention_mask, last_layer=L - 1, position_ids=batch.position_ids)
+            per_sample = collector.sample_tokens.cpu()
             tokens += int(per_sample.sum())
             rows.add(list(batch.index), per_sample,
                      {p: torch.cat(collector.rows[p], dim=1).to("cpu", pooled_dtype) for p in collector.poolings},
                      torch.stack(collector.states, dim=1).cpu() if residual else None)
             if on_batch:
-                on_batch(batch.input_ids.shape[0])
+                on_batch(len(batch.index))
     finally:
         for h in handles:
             h.remove()

@@ -3,6 +3,12 @@
 Statistics passes only need hooks inside the decoder, so :func:`hidden_forward` never
 touches the unembedding (most of Gemma 3 270M's compute) and stops right after the
 last layer that has a requested site.
+
+:func:`iter_packed` spends no compute on padding: several documents share a row, their
+positions restart at 0 and attention stays inside each document (transformers builds that
+mask from the restarting `position_ids`, sliding windows included), so each document sees
+exactly what it would alone. Architectures whose forward takes no `position_ids` (BLOOM)
+cannot be packed this way: :func:`can_pack` says which.
 """
 
 from __future__ import annotations
@@ -45,11 +51,40 @@ def encode(tokenizer, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
 
 @dataclass(frozen=True)
 class Batch:
-    """Right-padded batch; ``index[b]`` is the position of row b in the original encodings."""
+    """Right-padded batch; ``index[b]`` is the position of row b in the original encodings.
+
+    A packed batch (:func:`iter_packed`) also has ``position_ids`` (restarting at 0 for each
+    document) and ``segments``: for each token, which entry of ``index`` it belongs to
+    (-1 for padding); without them each row is one document.
+    """
 
     index: list[int]
     input_ids: Tensor  # [B, T] int64
     attention_mask: Tensor  # [B, T] int64, 1 = real token
+    position_ids: Tensor | None = None  # [B, T] int64, packed batches only
+    segments: Tensor | None = None  # [B, T] int64, packed batches only
+
+    @property
+    def packed(self) -> bool:
+        return self.segments is not None
+
+    def owners(self) -> Tensor:
+        """[B, T]: the entry of ``index`` each token belongs to, -1 for padding."""
+        if self.segments is not None:
+            return self.segments
+        rows = torch.arange(self.input_ids.shape[0], device=self.input_ids.device)[:, None]
+        return torch.where(self.attention_mask.bool(), rows, torch.full_like(rows, -1))
+
+    def positions(self) -> Tensor:
+        """[B, T]: each token's position within its document."""
+        if self.position_ids is not None:
+            return self.position_ids
+        return torch.arange(self.input_ids.shape[1], device=self.input_ids.device).expand_as(self.input_ids)
+
+    def to(self, device: torch.device | str) -> Batch:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Batch(self.index, self.input_ids.to(device), self.attention_mask.to(device),
+                     move(self.position_ids), move(self.segments))
 
     @property
     def lengths(self) -> Tensor:
@@ -93,6 +128,71 @@ def iter_batches(encodings: Sequence[Sequence[int]], *, batch_size: int, pad_id:
         yield Batch(chunk, ids, mask)
 
 
+def can_pack(model: nn.Module) -> bool:
+    """Whether `model`'s decoder takes `position_ids` (packed documents need them)."""
+    import inspect
+
+    base = adapter_for(model.config).base(model)
+    return "position_ids" in inspect.signature(base.forward).parameters
+
+
+def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """Indices of documents per row, first-fit decreasing into rows of `width` tokens
+    (deterministic: ties by index). A document longer than `width` gets a row of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        for r, room in enumerate(free):
+            if lengths[i] <= room:
+                rows[r].append(i)
+                free[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            free.append(width - lengths[i])
+    return rows
+
+
+def iter_packed(encodings: Sequence[Sequence[int]], *, batch_size: int, pad_id: int,
+                token_budget: int | None = None, width: int | None = None) -> Iterator[Batch]:
+    """Packed batches of `batch_size` rows (fewer when rows x width would pass `token_budget`),
+    each row `width` tokens (default: the longest document, so a row costs what one padded
+    document did and attention never spans more)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    lengths = [len(e) for e in encodings]
+    for i, n in enumerate(lengths):
+        if n == 0:
+            raise ValueError(f"encoding {i} is empty; drop empty documents before batching")
+    if not encodings:
+        return
+    width = max(lengths) if width is None else width
+    rows = pack_rows(lengths, width)
+    if token_budget is not None:
+        batch_size = max(1, min(batch_size, token_budget // width))
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        w = max(sum(lengths[i] for i in row) for row in chunk)
+        ids = torch.full((len(chunk), w), pad_id, dtype=torch.int64)
+        mask = torch.zeros((len(chunk), w), dtype=torch.int64)
+        positions = torch.zeros((len(chunk), w), dtype=torch.int64)
+        segments = torch.full((len(chunk), w), -1, dtype=torch.int64)
+        index: list[int] = []
+        for r, row in enumerate(chunk):
+            at = 0
+            for i in row:
+                n = lengths[i]
+                ids[r, at:at + n] = torch.as_tensor(encodings[i], dtype=torch.int64)
+                mask[r, at:at + n] = 1
+                positions[r, at:at + n] = torch.arange(n)
+                segments[r, at:at + n] = len(index)
+                index.append(i)
+                at += n
+            positions[r, at:] = torch.arange(w - at)  # the padding tail: a document of its own, never read
+        yield Batch(index, ids, mask, positions, segments)
+
+
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass early; never escapes hidden_forward."""
 
@@ -102,17 +202,21 @@ class _StopForward(Exception):
 
 
 def hidden_forward(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
-                   last_layer: int | None = None) -> Tensor:
+                   last_layer: int | None = None, position_ids: Tensor | None = None) -> Tensor:
     """Run only the decoder stack; return hidden states [B, T, hidden].
 
     With `last_layer`, stop right after that decoder layer and return its output
     (before the final norm); otherwise return the stack's output (after the final norm).
+    With `position_ids` (a packed batch) no attention mask is passed: transformers then
+    keeps attention inside each run of positions counting up from 0.
     Grad mode is left to the caller.
     """
     adapter = adapter_for(model.config)
     base = adapter.base(model)
     device = next(model.parameters()).device
     kwargs = dict(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+    if position_ids is not None:
+        kwargs.update(attention_mask=None, position_ids=position_ids.to(device))
     if last_layer is None:
         return base(**kwargs).last_hidden_state
     layers = adapter.layers(model)

@@ -152,18 +152,20 @@ def _pad_id(tokenizer: Any) -> int:
     return int(pad if pad is not None else tokenizer.eos_token_id)
 
 
-def _batches(encodings: list[list[int]], spec: Batched, lm: Any, advance: Callable[..., None]) -> Any:
-    """Length-sorted batches (batch_size, and batch_tokens when set) on the model's device.
+def _batches(encodings: list[list[int]], spec: Batched, lm: Any, advance: Callable[..., None],
+             packed: bool = False) -> Any:
+    """Length-sorted batches (batch_size, and batch_tokens when set) on the model's device;
+    with `packed`, documents share rows (no padding computed) where the model can pack.
 
     Progress advances once the consumer has finished a batch (the code after `yield`), by
     its documents and real tokens, so the bar's rate is tokens/s of the whole pass.
     """
-    from neuronspec.models.forward import iter_batches
+    from neuronspec.models.forward import can_pack, iter_batches, iter_packed
 
     device = next(lm.model.parameters()).device
-    for b in iter_batches(encodings, batch_size=spec.batch_size, pad_id=_pad_id(lm.tokenizer),
-                          token_budget=spec.batch_tokens):
-        yield type(b)(b.index, b.input_ids.to(device), b.attention_mask.to(device))
+    make = iter_packed if packed and can_pack(lm.model) else iter_batches
+    for b in make(encodings, batch_size=spec.batch_size, pad_id=_pad_id(lm.tokenizer), token_budget=spec.batch_tokens):
+        yield b.to(device)
         advance(len(b.index), tokens=int(b.attention_mask.sum()))
 
 
@@ -228,7 +230,7 @@ def stats_act(ctx: RunContext, stage: Stage, s: ActStats, out: Path) -> None:
     lm = ctx.model()
     local = distributed.shard(encode(lm.tokenizer, [d["text"] for d in docs], s.max_tokens))
     with ctx.progress(f"activation statistics {s.corpus} {s.lang}", total=len(local)) as advance:
-        stats = activation_statistics(lm.model, _batches(local, s, lm, advance), poolings=s.poolings,
+        stats = activation_statistics(lm.model, _batches(local, s, lm, advance, packed=True), poolings=s.poolings,
                                       thresholds=s.thresholds, gate_counts=s.gate_counts, n_samples=len(local))
     # contiguous shards in rank order: concatenating them restores document order
     stats = ActivationStats.concat(distributed.gather(stats))
@@ -624,6 +626,7 @@ class Evaluation(StageSpec):
 def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
     from neuronspec.data import Document
     from neuronspec.evaluate import evaluator_options, run_evaluator
+    from neuronspec.evaluate.prefix import first_layer, shared_prefix
     from neuronspec.models.masks import NeuronSet, deactivate
     from neuronspec.progress import reporting
 
@@ -631,11 +634,14 @@ def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
     docs = [Document(d["id"], d["lang"], d["text"], d["meta"]) for d in read_docs(ctx.input(stage, corpus_dep), s.lang)]
     neurons, modified = NeuronSet.empty(), nullcontext()
     lm = ctx.model()
+    start = 1 << 30  # the first layer that differs from the base model (see evaluate.prefix)
     if s.arm_kind == "deactivate":
         neurons = load_set(ctx.input(stage, f"mask/{s.arm}"), "mask", s.mask_lang)
+        start = first_layer(neurons) if neurons else start
     elif s.arm_kind == "enhance":
         from neuronspec.enhance import Delta, apply_delta
 
+        start = 0  # changed weights: nothing to share
         delta = Delta.load(ctx.input(stage, f"enhance/{s.arm}/{s.mask_lang}").file("delta.safetensors"))
         modified = apply_delta(lm.model, delta)
     allowed = evaluator_options(s.metric)
@@ -643,7 +649,10 @@ def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
     if "languages" in allowed:  # generation's language identification: the study's languages are the candidates
         options["languages"] = s.languages
     label = f"{s.metric} {s.arm or 'base'}" + (f" {s.mask_lang}" if s.mask_lang else "") + f" on {s.lang}"
-    with ctx.progress(label, total=None) as advance, reporting(advance), deactivate(lm.model, neurons), modified:
+    # the first layers of the study's arms: where later arms can pick up the base model's residual stream
+    boundaries = {a for st in ctx.plan.stages.values() if isinstance(st.spec, Mask) for a, _ in st.spec.layers or ()}
+    with ctx.progress(label, total=None) as advance, reporting(advance), deactivate(lm.model, neurons), modified, \
+            shared_prefix(lm.model, start=start, boundaries=boundaries):
         result = run_evaluator(s.metric, lm.model, lm.tokenizer, docs, options, s.lang, s.seed)
     result["deactivated"] = neurons.count()
     _write_json(out / "result.json", result)

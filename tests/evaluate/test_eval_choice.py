@@ -35,7 +35,7 @@ def brute_force(model, tokenizer, item, full_logprobs, normalize: str) -> list[f
 @pytest.mark.parametrize(("arch", "normalize"), [("llama", "none"), ("gemma3_text", "length"), ("bloom", "none")])
 def test_equals_brute_force(arch: str, normalize: str, char_tokenizer, full_logprobs) -> None:
     model = tiny_model(arch)
-    result = multiple_choice(model, char_tokenizer, ITEMS, batch_size=3, normalize=normalize, bootstrap=0)
+    result = multiple_choice(model, char_tokenizer, ITEMS, normalize=normalize, bootstrap=0)
     expected = [brute_force(model, char_tokenizer, it, full_logprobs, normalize) for it in ITEMS]
     for got, want in zip(result.scores, expected):
         assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
@@ -97,3 +97,52 @@ def test_accepts_data_layer_documents(char_tokenizer) -> None:
     assert multiple_choice(model, char_tokenizer, docs, bootstrap=0) == multiple_choice(
         model, char_tokenizer, ITEMS, bootstrap=0
     )
+
+
+def old_path_scores(model, tokenizer, items, max_tokens: int) -> list[list[float]]:
+    """The scoring this module replaced: every prompt + choice as its own sequence through
+    `token_logprobs` (all positions unembedded), summing the trailing continuation log-probs."""
+    from neuronspec.evaluate.logprobs import token_logprobs
+
+    scores = []
+    for item in items:
+        row = []
+        for choice in item["meta"]["choices"]:
+            context, cont = split_continuation(tokenizer, item["meta"]["prompt"], choice)
+            ids = (context + cont)[-max_tokens:]
+            k = min(len(cont), len(ids) - 1)
+            row.append(float(token_logprobs(model, [ids], pad_id=0)[0][-k:].double().sum()))
+        scores.append(row)
+    return scores
+
+
+# longer than the tiny Gemma 3's 16-token sliding window, and cut by max_tokens so that
+# one item's choices end up with different contexts
+LONG_ITEMS = ITEMS + [
+    {"meta": {"prompt": "once upon a time there was a long prompt,", "choices": [" and", " x", " and then some"], "label": 2}},
+    {"meta": {"prompt": "y" * 30, "choices": ["z", "zz", "zzzzzzzz"], "label": 1}},
+]
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma3_text", "gpt2", "bloom"])
+def test_shared_prompt_equals_the_old_path(arch: str, char_tokenizer) -> None:
+    model = tiny_model(arch)
+    max_tokens = 24
+    result = multiple_choice(model, char_tokenizer, LONG_ITEMS, max_tokens=max_tokens, bootstrap=0)
+    expected = old_path_scores(model, char_tokenizer, LONG_ITEMS, max_tokens)
+    for got, want in zip(result.scores, expected):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
+    assert result.predictions == [max(range(len(s)), key=s.__getitem__) for s in expected]
+
+
+def test_shared_prompt_only_unembeds_continuations(char_tokenizer, monkeypatch) -> None:
+    """The unembedding sees one row per continuation token, none for the prompt."""
+    from neuronspec.evaluate import logprobs
+
+    seen = []
+    original = logprobs.target_logprobs
+    monkeypatch.setattr(logprobs, "target_logprobs", lambda m, h, t, **kw: seen.append(h.shape[0]) or original(m, h, t, **kw))
+    multiple_choice(tiny_model("llama"), char_tokenizer, ITEMS, bootstrap=0)
+    expected = [sum(len(split_continuation(char_tokenizer, it["meta"]["prompt"], c)[1]) for c in it["meta"]["choices"])
+                for it in ITEMS]
+    assert seen == expected
