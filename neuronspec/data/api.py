@@ -10,7 +10,9 @@ from neuronspec.data import store
 from neuronspec.data.builtin import get as get_builtin
 from neuronspec.data.builtin import registry
 from neuronspec.data.document import Document, corpus_error
-from neuronspec.data.sources import resolve
+from neuronspec.data.files import FileSource
+from neuronspec.data.hub import HubSource
+from neuronspec.data.sources import BuiltinSource, Source
 from neuronspec.data.splits import SPLITS, select
 
 
@@ -107,3 +109,15 @@ def fetch_corpus(name: str, from_path: Path | str | None = None, *, force: bool 
     else:
         store.materialise(builtin, Path(from_path) if from_path is not None else None, force=force)
     return store.corpus_dir(builtin.name)
+
+
+def resolve(source: str, options: Mapping[str, Any] | None = None) -> Source:
+    """The `Source` for a source string, by its prefix: builtin:NAME, hf:DATASET, else a file path."""
+    if not isinstance(source, str) or not source.strip():
+        raise corpus_error(str(source), "empty corpus source (expected builtin:NAME, hf:DATASET or a file path)")
+    source = source.strip()
+    if source.startswith("builtin:"):
+        return BuiltinSource(source, options)
+    if source.startswith("hf:"):
+        return HubSource(source, options)
+    return FileSource(source, options)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from neuronspec.data.document import Document, corpus_error
-from neuronspec.data.packages import sha256_file
+from neuronspec.fileio import file_sha256
 from neuronspec.data.records import Collected, Fields, collect, is_parallel
 from neuronspec.data.sources import DATA_VERSION, Source
 
@@ -123,9 +123,9 @@ class FileSource(Source):
 
     def identity(self) -> dict[str, Any]:
         if self.templated:
-            files = {lang: sha256_file(p) for lang, p in self.present().items()}
+            files = {lang: file_sha256(p) for lang, p in self.present().items()}
         else:
             path = Path(self.template)
-            files = {path.name: sha256_file(path)} if path.is_file() else {}
+            files = {path.name: file_sha256(path)} if path.is_file() else {}
         options = {k: v for k, v in sorted(self.options.items()) if k != "base_dir"}
         return {"source": self.source, "sha256": files, "options": options, "data_version": DATA_VERSION}

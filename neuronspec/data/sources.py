@@ -1,4 +1,5 @@
-"""Corpus sources, dispatched by the prefix of the source string.
+"""Corpus sources: the `Source` contract and built-in corpora (files and hub datasets live in
+`files.py` and `hub.py`; `api.resolve` picks one by the prefix of the source string).
 
     builtin:NAME        a built-in corpus, materialised in the user cache on first use
     hf:DATASET          a `datasets.load_dataset` dataset (hub id, builder name or local folder)
@@ -91,19 +92,3 @@ class BuiltinSource(Source):
             "builder": self.builtin.builder,
             "data_version": DATA_VERSION,
         }
-
-
-def resolve(source: str, options: Mapping[str, Any] | None = None) -> Source:
-    """The `Source` for a source string."""
-    if not isinstance(source, str) or not source.strip():
-        raise corpus_error(str(source), "empty corpus source (expected builtin:NAME, hf:DATASET or a file path)")
-    source = source.strip()
-    if source.startswith("builtin:"):
-        return BuiltinSource(source, options)
-    if source.startswith("hf:"):
-        from neuronspec.data.hub import HubSource
-
-        return HubSource(source, options)
-    from neuronspec.data.files import FileSource
-
-    return FileSource(source, options)

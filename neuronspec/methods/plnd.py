@@ -226,17 +226,6 @@ def qk_head_importance(query: Tensor, key: Tensor, mask: Tensor | None, scaling:
     return out.view(b, h, t, d)
 
 
-def qk_token_importance(query: Tensor, key: Tensor, mask: Tensor | None, scaling: float,
-                        softcap: float | None = None, chunk_elements: int = QK_CHUNK_ELEMENTS) -> tuple[Tensor, Tensor]:
-    """Per-token q and k importances, ([B,T,H*D], [B,T,Hkv*D]); see :func:`qk_head_importance`."""
-    imp = qk_head_importance(query, key, mask, scaling, softcap, chunk_elements)
-    b, h, t, d = imp.shape
-    hkv = key.shape[1]
-    q_imp = imp.permute(0, 2, 1, 3).reshape(b, t, h * d)
-    k_imp = imp.view(b, hkv, h // hkv, t, d).sum(2).permute(0, 2, 1, 3).reshape(b, t, hkv * d)
-    return q_imp, k_imp
-
-
 class _Scorer:
     """Hooks that turn one forward pass into per-document importances for every site.
 

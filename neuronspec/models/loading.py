@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..fileio import memo_sha256, write_json
 from ..paths import user_cache
 from .catalog import EMBEDDED_SHA256
 from .sites import Adapter, Dims, adapter_for
@@ -58,28 +59,6 @@ class LoadedModel:
 # ---- digests ------------------------------------------------------------------------
 
 
-def sha256_file(path: str | Path) -> str:
-    """sha256 of a file, memoised in the user cache by (path, size, mtime)."""
-    path = Path(path).resolve()
-    st = path.stat()
-    memo_path = user_cache() / "digests.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    key = str(path)
-    hit = memo.get(key)
-    if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
-        return hit["sha256"]
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    memo[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
-    _write_json_atomic(memo_path, memo)
-    return memo[key]["sha256"]
-
-
 def _folder_digest(folder: Path) -> str:
     """Digest of the files that define a model folder (config + weights)."""
     names = sorted(p.name for p in folder.iterdir()
@@ -88,7 +67,7 @@ def _folder_digest(folder: Path) -> str:
         raise FileNotFoundError(f"{folder} holds no model weights (*.safetensors / *.bin)")
     h = hashlib.sha256()
     for name in names:
-        h.update(f"{name}\0{sha256_file(folder / name)}\n".encode())
+        h.update(f"{name}\0{memo_sha256(folder / name)}\n".encode())
     return h.hexdigest()
 
 
@@ -112,14 +91,6 @@ def state_dict_digest(model: nn.Module) -> str:
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def _write_json_atomic(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 # ---- embedded models ------------------------------------------------------------------
@@ -238,8 +209,8 @@ def _convert_gguf(gguf: Path, target: Path, sha256: str, source: str) -> None:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        _write_json_atomic(tmp / _META, {"gguf_sha256": sha256, "gguf_name": gguf.name, "source": source,
-                                         "dtype": "float32", "converted_in_s": round(time.perf_counter() - t0, 1)})
+        write_json(tmp / _META, {"gguf_sha256": sha256, "gguf_name": gguf.name, "source": source,
+                                 "dtype": "float32", "converted_in_s": round(time.perf_counter() - t0, 1)}, indent=1)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -260,7 +231,7 @@ def _ensure_converted(target: Path, sha256: str, locate: Callable[[Path], Path],
     work = Path(tempfile.mkdtemp(dir=user_cache(), prefix=".download."))
     try:
         gguf = locate(work)
-        actual = sha256_file(gguf)
+        actual = memo_sha256(gguf)
         if actual != sha256:
             raise ValueError(f"{gguf}: sha256 {actual} does not match the expected {sha256}")
         _convert_gguf(gguf, target, sha256, source)
@@ -354,7 +325,7 @@ def load_model(id: str = DEFAULT_MODEL, *, revision: str | None = None, dtype: s
         gguf = path if path.is_file() else path / gguf_file
         if revision:
             raise ValueError("revision does not apply to a local GGUF file")
-        sha = sha256_file(gguf)
+        sha = memo_sha256(gguf)
         target = _converted_dir(f"gguf-{sha[:16]}")
         converted = _ensure_converted(target, sha, lambda _work: gguf, str(gguf))
         model, tokenizer = _from_folder(target, **opts)

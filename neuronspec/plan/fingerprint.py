@@ -24,11 +24,11 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neuronspec.fileio import write_json
 from neuronspec.paths import user_cache
 
 PACKAGE = "neuronspec"
@@ -139,9 +139,7 @@ class _Source:
 
     def save(self) -> None:
         if self._dirty:
-            tmp = self._memo_path.with_name(f".{self._memo_path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self._memo), encoding="utf-8")
-            os.replace(tmp, self._memo_path)
+            write_json(self._memo_path, self._memo, indent=None)
             self._dirty = False
 
     def targets(self, module: str, names: list[str]) -> list[str]:

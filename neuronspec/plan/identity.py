@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from neuronspec.fileio import memo_sha256, write_json
 from neuronspec.paths import user_cache
-from neuronspec.plan.store import digest, file_sha256, write_json
+from neuronspec.plan.store import digest
 from neuronspec.spec.models import ModelSpec
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".json", ".model", ".txt")
@@ -45,25 +46,8 @@ def _path_digest(path: Path, gguf_file: str | None) -> str:
     h = hashlib.sha256()
     for f in files:
         h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        h.update(_memo_sha256(f).encode())
+        h.update(memo_sha256(f).encode())
     return h.hexdigest()
-
-
-def _memo_sha256(path: Path) -> str:
-    stat = path.stat()
-    memo_dir = user_cache() / "digests"
-    memo_dir.mkdir(parents=True, exist_ok=True)
-    memo = memo_dir / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32] + ".json")
-    tag = [stat.st_size, stat.st_mtime_ns]
-    try:
-        saved = json.loads(memo.read_text())
-        if saved["tag"] == tag:
-            return saved["sha256"]
-    except (OSError, ValueError, KeyError):
-        pass
-    sha = file_sha256(path)
-    write_json(memo, {"path": str(path), "tag": tag, "sha256": sha})
-    return sha
 
 
 def _hub_revision(repo_id: str, revision: str | None) -> str:

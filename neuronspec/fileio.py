@@ -1,0 +1,67 @@
+"""Digests of files and atomic JSON writes: the one implementation of each.
+
+A JSON file is written to a temp file in the same folder and renamed over the target, so a
+reader sees the old file or the new one, never half of one; a failed write (a full disk)
+removes its temp file. `memo_sha256` remembers a file's digest by (path, size, mtime), so a
+14 GB checkpoint is hashed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from neuronspec.paths import user_cache
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def memo_sha256(path: str | Path) -> str:
+    """`file_sha256`, memoised in the user cache (one small file per path) by size and mtime."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    memo = user_cache() / "digests" / (hashlib.sha256(str(path).encode()).hexdigest()[:32] + ".json")
+    tag = [stat.st_size, stat.st_mtime_ns]
+    try:
+        saved = json.loads(memo.read_text(encoding="utf-8"))
+        if saved["tag"] == tag:
+            return str(saved["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    sha = file_sha256(path)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    write_json(memo, {"path": str(path), "tag": tag, "sha256": sha})
+    return sha
+
+
+def json_default(value: Any) -> Any:
+    """JSON for the values neuronspec writes besides plain data: Pydantic models, sets, paths."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-able: {type(value).__name__}")
+
+
+def write_json(path: str | Path, value: Any, indent: int | None = 2) -> None:
+    """Write JSON atomically (temp file + rename); no temp file is left behind on failure."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(json.dumps(value, indent=indent, sort_keys=True, ensure_ascii=False, default=json_default) + "\n",
+                       encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
