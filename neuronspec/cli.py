@@ -527,7 +527,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             return 2
         loaded = dataclasses.replace(loaded, study=loaded.study.variants()[args.model])
     plan = _compile(loaded)
-    variants = [sid.rsplit("/", 1)[1] for sid in plan.stages if sid.startswith(f"enhance/{args.arm}/")]
+    variants = [str(s.lang) for s in plan.stages.values() if s.kind == "enhance" and s.arm == args.arm]
     lang = args.lang or (variants[0] if len(variants) == 1 else None)
     if lang not in variants:
         _fail(f"arm {args.arm!r} has one fine-tune per language: pick one with --lang ({', '.join(variants)})")

@@ -8,6 +8,10 @@ A kind's fingerprint covers
     counts every module directly in PKG (packages re-export, some lazily), `from PKG.MOD
     import name` just MOD.
 
+The orchestration above the computations (`neuronspec.plan`, `neuronspec.report`, the CLI) is
+not followed: how results are keyed, stored and shown does not change them, and following it
+would tie every kind to every other (plan/graph.py reaches all of plan/kinds.py).
+
 Source is read from the files and parsed with `ast`, never imported, so fingerprinting needs
 no torch. It is normalised: the AST dump ignores comments, whitespace, line numbers and
 docstrings (none of them changes what is computed); any other edit, however small — a

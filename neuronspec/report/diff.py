@@ -87,7 +87,7 @@ class Side:
         if info.kind == "sets":
             return self.record.get("sets")
         if info.kind == "mask":
-            return (self.record.get("masks") or {}).get(sid.split("/", 1)[1])
+            return (self.record.get("masks") or {}).get(info.arm)
         return None
 
     def missing(self) -> list[str]:
@@ -143,8 +143,12 @@ def _run_side(folder: Path) -> Side:
         s, f = plain[sid], fresh.get(sid)
         spec = _recorded_spec(s["kind"], s["spec"]) if "spec" in s else (f.spec if f else RecordedSpec())
         facts = {k: s[k] if k in s else getattr(f, k) if f else None for k in ("lang", "arm", "evaluation")}
-        if s["kind"] == "eval" and facts["evaluation"] is None:  # records before stages carried typed facts
-            facts["evaluation"] = sid.split("/")[1]
+        if facts["evaluation"] is None and facts["arm"] is None:  # records before stages carried typed facts
+            parts = sid.split(":", 1)[-1].split("/")
+            if s["kind"] == "eval":
+                facts["evaluation"] = parts[1]
+            elif s["kind"] in ("mask", "enhance"):
+                facts["arm"] = parts[1]
         stages[sid] = Stage(sid, s["kind"], spec, tuple(s.get("deps", f.deps if f else ())),
                             model_bound=s.get("model_bound", f.model_bound if f else False), key=s["key"],
                             origin=tuple(s.get("origin", f.origin if f else ())), **facts)
@@ -349,7 +353,7 @@ def compile_dict(data: dict[str, Any]) -> Plan | None:
         if check_references(study):
             return None
         return _compile(LoadedStudy(study, None, SourceMap(tree=CommentedMap()), ""))
-    except Exception:
+    except (ValidationError, StudyError):  # the study no longer validates or compiles on its own
         return None
 
 
@@ -522,7 +526,7 @@ def _set_files(side: Side, sid: str) -> list[tuple[str, str, str | None, Any]]:
             else:
                 out.append((name, "*", f"{name}.safetensors", info["counts"]))
     else:
-        arm = sid.split("/", 1)[1]
+        arm = side.stages[sid].arm
         for lang, c in res.get("counts", {}).items():
             out.append((f"mask:{arm}", lang, "mask.safetensors" if lang == "*" else f"mask.{lang}.safetensors", c.get("per_layer", {})))
     return out

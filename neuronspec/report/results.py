@@ -42,14 +42,14 @@ def collect(plan: Plan, store: Store, baseline: str = "en") -> dict[str, Any]:
         elif stage.kind == "sets":
             out["sets"] = result
         elif stage.kind == "mask":
-            out["masks"][sid.split("/", 1)[1]] = result
+            out["masks"][stage.arm] = result
         elif stage.kind.startswith("select."):
             out["detection"][stage.kind.split(".", 1)[1]] = result
             out.setdefault("plots", []).extend(str(p) for p in sorted(path.parent.glob("*.png")))
         elif stage.kind == "logit_lens":
             out.setdefault("logit_lens", {})[stage.lang] = result
         elif stage.kind == "enhance":
-            out.setdefault("enhance", {})[sid.split("/", 1)[1]] = result
+            out.setdefault("enhance", {})[f"{stage.arm}/{stage.lang}"] = result
         elif stage.kind.startswith("stats."):
             out["detection"].setdefault("stats", {})[sid] = result
     for name, ev in out["evaluations"].items():
