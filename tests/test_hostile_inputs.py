@@ -177,6 +177,14 @@ def test_model_folder_that_does_not_exist(folder: Path, tiny_model_dir: Path, ca
     fails_located(capsys, [command, str(path)], path, line=2, contains="does not exist")
 
 
+def test_missing_model_folder_of_a_multi_model_study_points_at_its_entry(folder: Path, tiny_model_dir: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = broken(folder, f"model: {{id: {tiny_model_dir}}}",
+                  f"models:\n  a: {{id: {tiny_model_dir}}}\n  b: {{id: ./gone}}")
+    err = fails_located(capsys, ["validate", str(path)], path, line=4, contains="models.b.id: model folder or file")
+    assert "(model 'b'" in err
+
+
 def test_partition_past_the_layers_is_found_by_validate(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = broken(folder, "late: [2, 3]", "late: [2, 30]")
     fails_located(capsys, ["validate", str(path)], path, line=11, contains="past the model's 3 layers")

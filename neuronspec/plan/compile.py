@@ -80,7 +80,7 @@ def _model(loaded: LoadedStudy) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model's identity and dims (no weights loaded), or a located error: a folder that
     does not exist, a hub id that cannot be resolved, a config that cannot be read."""
     m = loaded.study.model
-    where = ("models", next(n for n, s in loaded.study.models.items() if s == m), "id") if loaded.study.models else ("model", "id")
+    where = ("model", "id")  # compile_variants relocates it to `models.NAME.id` for a multi-model study
     local = m.id.startswith(("/", "./", "../", "~")) and not Path(m.id).expanduser().exists()
     if local:
         raise StudyError([loaded.source.problem(where, f"model folder or file {m.id} does not exist")])

@@ -142,7 +142,8 @@ class _Source:
         return self.rel(path), saved["digest"], [(m, list(n)) for m, n in saved["imports"]]
 
     def save(self) -> None:
-        if self._dirty:
+        if self._dirty:  # entries of files that are gone (copies of the package) are dropped
+            self._memo = {path: entry for path, entry in self._memo.items() if Path(path).exists()}
             write_json(self._memo_path, self._memo, indent=None)
             self._dirty = False
 

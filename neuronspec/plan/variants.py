@@ -57,7 +57,10 @@ def compile_variants(loaded: LoadedStudy, compile_one: Callable[[LoadedStudy], P
         except StudyError as exc:
             if name is None:
                 raise
-            problems += [Problem(p.location, p.path, f"{p.message} (model {name!r}: {study.model.id})") for p in exc.problems]
+            for p in exc.problems:
+                if p.path.split(".")[0] == "model":  # the variant's `model` is this entry of `models`
+                    p = loaded.source.problem(("models", name, *p.path.split(".")[1:]), p.message)
+                problems.append(Problem(p.location, p.path, f"{p.message} (model {name!r}: {study.model.id})"))
     if problems:
         raise StudyError(problems)
     return variants
