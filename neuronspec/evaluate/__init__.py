@@ -13,7 +13,7 @@ from neuronspec.evaluate.choice import (
 )
 from neuronspec.evaluate.fidelity import fidelity
 from neuronspec.evaluate.generation import GenerationResult, generation
-from neuronspec.evaluate.logprobs import text_logprobs, token_logprobs
+from neuronspec.evaluate.logprobs import continuation_logprobs, text_logprobs, token_logprobs
 from neuronspec.evaluate.perplexity import PerplexityResult, perplexity, ppl_increase
 from neuronspec.evaluate.registry import EVALUATORS, evaluator_options, run_evaluator
 from neuronspec.evaluate.rouge import rouge_l
@@ -24,6 +24,7 @@ __all__ = [
     "ChoiceResult",
     "GenerationResult",
     "PerplexityResult",
+    "continuation_logprobs",
     "evaluator_options",
     "fidelity",
     "generation",

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 
 from neuronspec import progress
-from neuronspec.models.forward import length_groups
+from neuronspec.models.forward import can_pack, iter_batches, iter_packed
 
 # Logits per chunk: 2**25 floats = 128 MB in float32, i.e. 128 tokens at Gemma 3's 262k vocab.
 _CHUNK_ELEMENTS = 1 << 25
@@ -130,9 +130,11 @@ def token_logprobs(
 
     Returned in input order as float32 CPU tensors; with reduce="sum", each sequence's sum
     as a 0-d float64 tensor, summed on the model's device, so no per-token values reach the
-    host (what perplexity needs over large corpora). Batches are length-sorted and right
-    padded (at most `batch_size` sequences and, when set, `batch_tokens` padded tokens);
-    padding never enters a prediction (attention mask) nor the output.
+    host (what perplexity needs over large corpora). Where the architecture can pack
+    (`forward.can_pack`), sequences share rows (`forward.iter_packed`: at most `batch_size`
+    rows as wide as the longest sequence, and `batch_tokens` when set) and no padding is
+    computed; otherwise batches are length-sorted and right padded. Either way padding
+    never enters a prediction nor the output.
     """
     decoder = decoder_of(model)
     device = model_device(model)
@@ -140,18 +142,16 @@ def token_logprobs(
     results: list[torch.Tensor] = [empty for _ in sequences]
     lengths = [len(s) for s in sequences]
     scorable = [i for i, n in enumerate(lengths) if n >= 2]
-    for group in length_groups([lengths[i] for i in scorable], batch_size, batch_tokens):
-        members = [scorable[g] for g in group]
-        width = max(lengths[i] for i in members)
-        ids = torch.full((len(members), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(members), width), dtype=torch.long)
-        for row, i in enumerate(members):
-            ids[row, : lengths[i]] = torch.as_tensor(list(sequences[i]), dtype=torch.long)
-            attention[row, : lengths[i]] = 1
-        ids, attention = ids.to(device), attention.to(device)
-        hidden = decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
-        predicts = attention[:, 1:].bool()  # position t-1 predicts token t when t is real
-        flat = target_logprobs(model, hidden[:, :-1][predicts], ids[:, 1:][predicts], chunk_tokens=chunk_tokens)
+    make = iter_packed if can_pack(model) else iter_batches
+    for batch in make([sequences[i] for i in scorable], batch_size=batch_size, pad_id=pad_id, token_budget=batch_tokens):
+        b = batch.to(device)
+        members = [scorable[k] for k in b.index]
+        inputs = dict(attention_mask=None, position_ids=b.position_ids) if b.packed else dict(attention_mask=b.attention_mask)
+        hidden = decoder(input_ids=b.input_ids, **inputs, use_cache=False).last_hidden_state
+        owners = b.owners()
+        predicts = (owners[:, 1:] == owners[:, :-1]) & (owners[:, 1:] >= 0)  # position t-1 predicts token t of its sequence
+        # row-major order visits the sequences in `b.index` order, each one's tokens in order
+        flat = target_logprobs(model, hidden[:, :-1][predicts], b.input_ids[:, 1:][predicts], chunk_tokens=chunk_tokens)
         parts = flat.split([lengths[i] - 1 for i in members])
         if reduce == "sum":
             parts = torch.stack([v.double().sum() for v in parts]).cpu().unbind()

@@ -85,9 +85,9 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _batch_digest(input_ids: Tensor, attention_mask: Tensor | None) -> str:
+def _batch_digest(*tensors: Tensor | None) -> str:
     h = hashlib.blake2b(digest_size=16)
-    for t in (input_ids, attention_mask):
+    for t in tensors:
         if t is not None:
             h.update(str(tuple(t.shape)).encode())
             h.update(t.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
@@ -157,7 +157,7 @@ def shared_prefix(model: nn.Module, *, start: int, boundaries: Iterable[int],
         ids = kwargs.get("input_ids", args[0] if args else None)
         plain = ids is not None and not kwargs.get("use_cache") and kwargs.get("cache") is None \
             and kwargs.get("past_key_values") is None
-        state.batch = _batch_digest(ids, kwargs.get("attention_mask")) if plain else None
+        state.batch = _batch_digest(ids, kwargs.get("attention_mask"), kwargs.get("position_ids")) if plain else None
         state.replay_from, state.replayed = 0, None
         if state.batch is None:
             return

@@ -5,7 +5,7 @@ Public API (other layers import from here or from the submodules named below):
 - ``sites``: SITES, Dims, site_width, kv_group, Adapter, adapter_for, register_adapter
 - ``masks``: NeuronSet, deactivate, zero_weights
 - ``attention``: capture_attention, additive_mask
-- ``forward``: encode, iter_batches, Batch, hidden_forward
+- ``forward``: encode, iter_batches, iter_packed, can_pack, Batch, hidden_forward
 - ``loading``: load_model, LoadedModel, list_embedded
 """
 
@@ -17,6 +17,8 @@ _EXPORTS = {
     "encode": "forward",
     "hidden_forward": "forward",
     "iter_batches": "forward",
+    "iter_packed": "forward",
+    "can_pack": "forward",
     "DEFAULT_MODEL": "loading",
     "LoadedModel": "loading",
     "MissingDependency": "loading",
@@ -64,11 +66,13 @@ __all__ = [
     "WeightSlice",
     "adapter_for",
     "additive_mask",
+    "can_pack",
     "capture_attention",
     "deactivate",
     "encode",
     "hidden_forward",
     "iter_batches",
+    "iter_packed",
     "kv_group",
     "list_embedded",
     "load_model",

@@ -56,3 +56,22 @@ def test_text_logprobs_adds_bos_and_truncates(char_tokenizer) -> None:
     cut = text_logprobs(model, char_tokenizer, ["hello world"], max_tokens=4)[0]
     assert full.numel() == len("hello world")  # BOS + 11 chars -> 11 predictions
     torch.testing.assert_close(cut, full[:3])
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_packed_rows_equal_each_sequence_alone(arch: str, full_logprobs) -> None:
+    """Sequences sharing rows (longer than the tiny Gemma 3's 16-token window; GPT-2 with
+    absolute positions) score as they do alone; BLOOM, which cannot pack, pads."""
+    from neuronspec.models.forward import can_pack, iter_packed
+
+    g = torch.Generator().manual_seed(1)
+    seqs = [[1] + torch.randint(4, 96, (n - 1,), generator=g).tolist() for n in (40, 9, 23, 12, 30, 5, 18, 2)]
+    model = tiny_model(arch)
+    if can_pack(model):
+        assert sum(len(b.index) > 1 for b in iter_packed(seqs, batch_size=3, pad_id=0)) >= 2  # really packed
+    ours = token_logprobs(model, seqs, batch_size=3)
+    for ids, lp in zip(seqs, ours):
+        torch.testing.assert_close(lp, full_logprobs(model, ids), atol=1e-5, rtol=1e-5)
+    sums = token_logprobs(model, seqs, batch_size=3, reduce="sum")
+    for lp, total in zip(ours, sums):
+        assert float(total) == pytest.approx(float(lp.double().sum()), abs=1e-9)

@@ -19,10 +19,12 @@ def _docs(seed: int = 0) -> list[list[int]]:
     return [[1] + torch.randint(4, 96, (n - 1,), generator=g).tolist() for n in lengths]
 
 
-def test_pack_rows_fills_rows_first_fit_decreasing() -> None:
-    rows = pack_rows([40, 7, 23, 12, 31, 5], 40)
+def test_pack_rows_balances_the_rows() -> None:
+    rows = pack_rows([40, 7, 23, 12, 31, 5], 40)  # 118 tokens: 3 rows, longest first into the emptiest
     assert rows == [[0], [4, 1], [2, 3, 5]]
-    assert sorted(i for r in rows for i in r) == list(range(6))
+    assert pack_rows([10, 10, 10, 10], 20) == [[0, 2], [1, 3]]
+    assert pack_rows([5], 40) == [[0]]
+    assert sorted(i for r in pack_rows([3, 9, 4, 4, 8, 1, 7], 10) for i in r) == list(range(7))
 
 
 def test_packing_computes_less_than_padding() -> None:
