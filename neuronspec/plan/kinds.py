@@ -69,7 +69,12 @@ class Kind:
 
     @property
     def code(self) -> CodeRef:
-        return CodeRef(__name__, (self.compute.__name__, self.spec.__name__), self.modules)
+        """Where its fingerprint starts: the compute function and spec class (a spec defined in
+        another module counts that whole module)."""
+        module = self.compute.__module__
+        if self.spec.__module__ == module:
+            return CodeRef(module, (self.compute.__name__, self.spec.__name__), self.modules)
+        return CodeRef(module, (self.compute.__name__,), self.modules + (self.spec.__module__,))
 
 
 def code_fingerprints(kinds: Iterable[str] | None = None, root: Path | None = None) -> dict[str, Fingerprint]:

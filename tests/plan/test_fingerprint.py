@@ -68,3 +68,22 @@ def test_editing_a_method_in_a_copy_of_the_package_makes_plan_say_why(study_file
     assert "code of select.plnd changed (neuronspec/methods/plnd.py)" in rows["select/plnd"]["reasons"]
     assert rows["sets"]["reasons"] == ["input select/plnd changed"]
     assert all(rows[sid]["state"] == "cached" for sid in rows if sid.startswith(("corpus/", "eval/ppl/base/")))
+
+
+def test_plan_kinds_is_fingerprinted_function_by_function(tmp_path: Path) -> None:
+    """Editing one kind's compute function changes that kind only; a shared helper changes its users."""
+    from neuronspec.plan.kinds import KINDS
+
+    pkg = _copy_package(tmp_path)
+    refs = {k: KINDS[k].code for k in ("stats.plnd", "stats.act", "eval", "corpus")}
+    before = fingerprints(refs, tmp_path)
+    kinds = pkg / "plan" / "kinds.py"
+    _edit(kinds, "        raise ValueError(f\"{stage.id}: no document of {s.lang!r} has two or more tokens\")",
+          "        raise ValueError(f\"{stage.id}: no document of {s.lang!r} has 2+ tokens\")")
+    after = fingerprints(refs, tmp_path)
+    assert after["stats.plnd"].changed(before["stats.plnd"].parts) == ["neuronspec/plan/kinds.py:stats_plnd"]
+    assert all(after[k] == before[k] for k in ("stats.act", "eval", "corpus"))
+    _edit(kinds, "def read_docs(entry: Any, lang: str) -> list[dict[str, Any]]:\n",
+          "def read_docs(entry: Any, lang: str) -> list[dict[str, Any]]:\n    assert lang\n")
+    again = fingerprints(refs, tmp_path)
+    assert {k for k in refs if again[k] != after[k]} == {"stats.plnd", "stats.act", "eval"}  # corpus does not read docs
