@@ -210,6 +210,17 @@ def test_markup_in_paths_is_printed_literally(folder: Path, capsys: pytest.Captu
     assert "exp[v2]/tiny.yaml" in capsys.readouterr().out
 
 
+def test_markup_in_plan_reasons_is_printed_literally(folder: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuronspec import cli
+
+    monkeypatch.setattr(cli.console, "width", 400)
+    assert main(["run", "-q", str(folder / "tiny.yaml"), "--only", "corpus/*"]) == 0
+    capsys.readouterr()
+    assert main(["plan", str(folder / "tiny.yaml"), "--set", 'corpora.detect.options.id_field="[/red]"']) == 0
+    assert "options.id_field added ('[/red]')" in capsys.readouterr().out
+
+
 # -- the store ---------------------------------------------------------------------------
 def test_store_naming_a_file(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (folder / "afile").write_text("x")
