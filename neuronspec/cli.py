@@ -113,10 +113,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 # -- run --------------------------------------------------------------------------------
 @contextmanager
-def _progress_factory_ctx(enabled: bool) -> Iterator[Any]:
-    """A rich Progress shared by the run; each long stage gets its own bar (with a spinner when unbounded)."""
+def _progress_factory_ctx(enabled: bool, total_stages: int = 0) -> Iterator[Any]:
+    """One live display for the run: `stage N of M` with the ETA over stages, and below it a
+    bar for the current stage's long step (documents, tokens/s). Yields (factory, on_stage)."""
     if not enabled:
-        yield None
+        yield None, None
         return
     from rich.progress import (
         BarColumn,
@@ -125,13 +126,23 @@ def _progress_factory_ctx(enabled: bool) -> Iterator[Any]:
         SpinnerColumn,
         TextColumn,
         TimeElapsedColumn,
+        TimeRemainingColumn,
     )
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("{task.fields[rate]}"), console=err, transient=True) as progress:
+                  TimeElapsedColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                  console=err, transient=True) as progress:
+        overall = progress.add_task("stages", total=total_stages or None, rate="")
+
+        def on_stage(stage: Any, event: str) -> None:
+            if event == "start":
+                progress.update(overall, description=f"stage {int(progress.tasks[0].completed) + 1}: {stage.id}")
+            elif event == "done":
+                progress.advance(overall)
+
         @contextmanager
         def factory(description: str, total: int | None) -> Iterator[Any]:
-            task = progress.add_task(description, total=total, rate="")
+            task = progress.add_task(f"  {description}", total=total, rate="")
             start, seen = time.perf_counter(), [0]
 
             def advance(n: int = 1, tokens: int = 0) -> None:
@@ -144,7 +155,48 @@ def _progress_factory_ctx(enabled: bool) -> Iterator[Any]:
             finally:
                 progress.remove_task(task)
 
-        yield factory
+        yield factory, on_stage
+
+
+def _stage_summary(plan: Any, result: Any) -> list[str]:
+    """One line per stage kind: how many were computed (in how long) and how many came from the cache."""
+    from neuronspec.plan.variants import all_stages
+
+    by_kind: dict[str, list[int | float]] = {}
+    for sid, stage in all_stages(plan).items():
+        n = by_kind.setdefault(stage.kind, [0, 0, 0.0])
+        if sid in result.timings:
+            n[0] += 1
+            n[2] += result.timings[sid]
+        else:
+            n[1] += 1
+    return [f"{kind:<20} " + ", ".join(([f"{int(c)} computed in {t:.1f} s"] if c else []) + ([f"{int(k)} cached"] if k else []))
+            for kind, (c, k, t) in by_kind.items()]
+
+
+def _stage_keys(plan: Any) -> dict[str, str]:
+    from neuronspec.plan.variants import all_stages
+
+    return {sid: s.key for sid, s in all_stages(plan).items()}
+
+
+def _unchanged_run(loaded: Any, plan: Any, store: Any) -> Path | None:
+    """The study's latest run folder if it holds the same stages (keys) and report formats as
+    this plan: a fully cached run then reuses its report instead of writing and drawing it again."""
+    from neuronspec.report.records import list_runs, read_record
+
+    latest = list_runs(store.root, loaded.study.name)[:1]
+    if not latest:
+        return None
+    folder = store.root / "runs" / latest[0]["run_id"]
+    try:
+        record = read_record(folder)
+    except (OSError, ValueError):
+        return None
+    same = ({sid: s.get("key") for sid, s in record.get("stages", {}).items()} == _stage_keys(plan)
+            and record.get("study", {}).get("report") == loaded.study.report.model_dump(mode="json")
+            and ("json" not in loaded.study.report.formats or (folder / "results.json").exists()))
+    return folder if same else None
 
 
 def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Sequence[str] = (), only: Sequence[str] = (),
@@ -152,29 +204,35 @@ def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Seq
     """Run a compiled study, collect its results, write the run record and outputs.
 
     `plan` is a one-model study's Plan or the study's variants (neuronspec.plan.variants: one per model).
-    Returns (run result, results, tables, record, folder), or None when a stage failed (already reported).
+    Returns (run result, results, tables, record, folder, reused), or None when a stage failed (already
+    reported). When nothing was computed and the latest run has the same stages, its folder is reused
+    (reused=True): nothing is written, no plot is drawn, and neither torch nor matplotlib is imported.
     """
+    import os
+
     from neuronspec.data import CorpusError
     from neuronspec.plan.runner import StageFailed, run_plan
     from neuronspec.plan.variants import as_variants, run_variants
-    from neuronspec.report.records import write_run_record
+    from neuronspec.report.records import read_record, write_run_record
     from neuronspec.report.render import result_tables, write_outputs
     from neuronspec.report.results import collect_study
 
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar: ours shows loading
     variants = as_variants(loaded, plan)
-
-    def on_stage(stage, event):  # noqa: ANN001, ANN202
-        if event == "corrupt":
-            err.print(f"[yellow]warning:[/yellow] cached {_esc(stage.id)} failed its checksum; recomputing")
-        if event == "done" and not quiet:
-            err.print(f"[green]✓[/green] {_esc(stage.id)}")
+    live = not quiet and err.is_terminal
 
     def on_variant(v):  # noqa: ANN001, ANN202
         if not quiet:
             err.print(f"[bold]{_esc(v.label)}[/bold]")
 
     try:
-        with _progress_factory_ctx(not quiet and sys.stderr.isatty()) as factory:
+        with _progress_factory_ctx(live, sum(len(v.plan.stages) for v in variants)) as (factory, on_live):
+            def on_stage(stage, event):  # noqa: ANN001, ANN202
+                if event == "corrupt":
+                    err.print(f"[yellow]warning:[/yellow] cached {stage.id} failed its checksum; recomputing")
+                if on_live is not None:
+                    on_live(stage, event)
+
             result = run_variants(variants, lambda v: run_plan(v.plan, store, v.loaded.study, force=list(force), only=list(only),
                                                                progress_factory=factory, on_stage=on_stage), on_variant)
     except StageFailed as failed:
@@ -183,11 +241,19 @@ def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Seq
         _fail(failed)
         err.print("finished stages are cached; fix the cause and run again to resume")
         return None
+    if not quiet:
+        for line in _stage_summary(variants, result):
+            err.print(f"[green]✓[/green] {line}", soft_wrap=True)
+    previous = None if result.computed or only else _unchanged_run(loaded, variants, store)
+    if previous is not None:
+        saved = previous / "results.json"
+        results = json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else collect_study(loaded, variants, store)
+        return result, results, result_tables(results), read_record(previous), previous, True
     results = collect_study(loaded, variants, store)
     tables = result_tables(results)
     record, folder = write_run_record(loaded, variants, store, result, results, time.perf_counter() - started, git_info=git_info)
     write_outputs(results, tables, folder, loaded.study.report.formats)
-    return result, results, tables, record, folder
+    return result, results, tables, record, folder, False
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -234,34 +300,37 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_and_print(args: argparse.Namespace, loaded: Any, plan: Any, store: Any, started: float) -> int:
     from neuronspec.plan.variants import notes
 
-    for note in notes(plan):
-        err.print(f"[yellow]note:[/yellow] {_esc(note)}")
+    if not args.quiet:
+        for note in notes(plan):
+            err.print(f"[yellow]note:[/yellow] {_esc(note)}")
     done = _run_study(loaded, plan, store, started=started, force=args.force or [], only=args.only or [], quiet=args.quiet)
     if done is None:
         return 1
-    result, results, tables, record, folder = done
+    result, results, tables, record, folder, reused = done
     for name, info in (results.get("sets") or {}).items():
         empty = info.get("empty")
-        if empty:
+        if empty and not args.quiet:
             which = f"for {', '.join(empty)}" if isinstance(empty, list) else "(a single set)"
             err.print(f"[yellow]note:[/yellow] {_esc(f'neuron set {name!r} is EMPTY {which}')}"
                       " — check ε and the set expression; arms on it change nothing", soft_wrap=True)
     if args.json:
-        print(json.dumps({"run": record["run_id"], "folder": str(folder), "computed": result.computed,
+        print(json.dumps({"run": record["run_id"], "folder": str(folder), "computed": result.computed, "reused": reused,
                           "results": results}, indent=1, ensure_ascii=False))
         return 0
-    _print_tables([t for t in tables if t.terminal])
-    console.print(f"computed {len(result.computed)} of {sum(len(v.plan.stages) for v in plan)} stages in {time.perf_counter() - started:.1f} s"
-                  + (f" (model load {result.model_load_seconds:.1f} s)" if result.model_load_seconds else ""))
+    if not args.quiet:
+        _print_tables([t for t in tables if t.terminal])
+        console.print(f"computed {len(result.computed)} of {sum(len(v.plan.stages) for v in plan)} stages in {time.perf_counter() - started:.1f} s"
+                      + (f" (model load {result.model_load_seconds:.1f} s)" if result.model_load_seconds else "")
+                      + ("; nothing changed since this run, its report is reused" if reused else ""))
     console.print(f"run record: {_esc(folder / 'record.json')}", soft_wrap=True)
     return 0
 
 
 def _print_tables(tables: list[Any]) -> None:
-    """Rich tables; one with more columns than the terminal fits is shown vertically (a block per row)."""
+    """Rich tables; one with more columns than the terminal fits is split into several that fit."""
     for table in tables:
-        wide = len(table.columns) > 2 and table.min_width() > console.width
-        console.print((table.vertical() if wide else table).to_rich())
+        for part in table.split(console.width):
+            console.print(part.to_rich())
 
 
 # -- runs -------------------------------------------------------------------------------
@@ -547,6 +616,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neuronspec", description="Declarative, cached studies of language-specific neurons.")
+    p.add_argument("--version", action="version", version=f"neuronspec {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def study_args(sp: argparse.ArgumentParser) -> None:
@@ -570,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="append", metavar="STAGE", help="recompute matching stages (glob) and what depends on them")
     sp.add_argument("--only", action="append", metavar="STAGE", help="run only matching stages (glob) and what they need")
     sp.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
-    sp.add_argument("-q", "--quiet", action="store_true")
+    sp.add_argument("-q", "--quiet", action="store_true", help="print only errors and the run record's path")
     sp.set_defaults(fn=cmd_run)
 
     sp = sub.add_parser("runs", help="list past runs, newest first")
@@ -644,6 +714,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("neuronspec")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Idle OpenMP workers sleep instead of spinning. On a machine whose cores are shared with
     # other work, spinning workers of 2 threads made Gemma 3 270M's perplexity 2.7x and
@@ -654,6 +733,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
+    except BrokenPipeError:  # `neuronspec diff --md | head`: the reader left; that is not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 0
     except StudyError as exc:
         for problem in exc.problems:
             _fail(problem)

@@ -39,6 +39,29 @@ class Table:
         cols = [max([len(c)] + [len(r[i]) for r in self.rows if i < len(r)]) for i, c in enumerate(self.columns)]
         return sum(min(c, wrap) for c in cols) + 3 * len(cols) + 1
 
+    def split(self, width: int, keys: int = 1) -> list["Table"]:
+        """Tables of at most `width` characters: the first `keys` columns (the row labels) in
+        each, the other columns spread over as few tables as fit — readable in a log file,
+        where a vertical dump of a wide table runs to hundreds of lines."""
+        if self.min_width() <= width or len(self.columns) <= keys + 1:
+            return [self]
+        sizes = [max([len(c)] + [len(r[i]) for r in self.rows if i < len(r)]) + 3 for i, c in enumerate(self.columns)]
+        groups: list[list[int]] = [[]]
+        room = width - 1 - sum(sizes[:keys])
+        for i in range(keys, len(self.columns)):
+            if groups[-1] and sum(sizes[j] for j in groups[-1]) + sizes[i] > room:
+                groups.append([])
+            groups[-1].append(i)
+        out = []
+        for n, group in enumerate(groups, 1):
+            cols = list(range(keys)) + group
+            t = Table(f"{self.title} ({n}/{len(groups)})", [self.columns[i] for i in cols],
+                      caption=self.caption if n == len(groups) else "", terminal=self.terminal)
+            t.rows = [[row[i] if i < len(row) else "" for i in cols] for row in self.rows]
+            t.bold = {(r, cols.index(i)) for r, i in self.bold if i in cols}
+            out.append(t)
+        return out
+
     def vertical(self) -> "Table":
         """The same cells as one `column | value` block per row, for tables too wide to read side by side."""
         t = Table(self.title, [self.columns[0] if self.columns else "", "value"], caption=self.caption)
