@@ -183,7 +183,7 @@ def _stage_keys(plan: Any) -> dict[str, str]:
 def _unchanged_run(loaded: Any, plan: Any, store: Any) -> Path | None:
     """The study's latest run folder if it holds the same stages (keys) and report formats as
     this plan: a fully cached run then reuses its report instead of writing and drawing it again."""
-    from neuronspec.report.records import list_runs, read_record
+    from neuronspec.report.records import list_runs, read_record, report_code
 
     latest = list_runs(store.root, loaded.study.name)[:1]
     if not latest:
@@ -195,6 +195,7 @@ def _unchanged_run(loaded: Any, plan: Any, store: Any) -> Path | None:
         return None
     same = ({sid: s.get("key") for sid, s in record.get("stages", {}).items()} == _stage_keys(plan)
             and record.get("study", {}).get("report") == loaded.study.report.model_dump(mode="json")
+            and record.get("report_code") == report_code()
             and ("json" not in loaded.study.report.formats or (folder / "results.json").exists()))
     return folder if same else None
 
@@ -213,6 +214,7 @@ def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Seq
     from neuronspec.data import CorpusError
     from neuronspec.plan.runner import StageFailed, run_plan
     from neuronspec.plan.variants import as_variants, run_variants
+    from neuronspec.report.html import write_html_report
     from neuronspec.report.records import read_record, write_run_record
     from neuronspec.report.render import result_tables, write_outputs
     from neuronspec.report.results import collect_study
@@ -252,7 +254,8 @@ def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Seq
     results = collect_study(loaded, variants, store)
     tables = result_tables(results)
     record, folder = write_run_record(loaded, variants, store, result, results, time.perf_counter() - started, git_info=git_info)
-    write_outputs(results, tables, folder, loaded.study.report.formats)
+    write_outputs(results, tables, folder, loaded.study.report.formats, loaded.study.report.layer_axis)
+    write_html_report(folder, record, tables)
     return result, results, tables, record, folder, False
 
 

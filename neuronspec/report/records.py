@@ -31,6 +31,18 @@ INDEX = "index.jsonl"
 _HEADLINE = ("metric", "value", "ci", "higher_is_better", "docs", "tokens", "doc_nll", "doc_tokens")
 
 
+def report_code() -> str:
+    """A digest of the code that turns results into tables and figures: a cached re-run
+    reuses the last report only while this is unchanged."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.glob("*.py")) + [root.parent / "plotting.py"]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def package_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in _PACKAGES:
@@ -117,6 +129,7 @@ def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: d
         "seconds": seconds,
         "model_load_seconds": result.model_load_seconds,
         "versions": package_versions(),
+        "report_code": report_code(),
         "git": git_state(loaded.path) if git_info is True else (git_info or None),
         "baseline_language": results.get("baseline_language"),
         "created": time.time(),

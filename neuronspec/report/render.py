@@ -247,7 +247,10 @@ def _attribution_table(at: dict[str, Any]) -> Table:
     return t
 
 
-def write_outputs(results: dict[str, Any], tables: list[Table], folder: Path, formats: list[str]) -> list[Path]:
+def write_outputs(results: dict[str, Any], tables: list[Table], folder: Path, formats: list[str],
+                  layer_scale: str = "auto") -> list[Path]:
+    """The run folder's files: results.json, report.md, every table as CSV (plus the tidy
+    evaluations.csv and layers.csv), the figures (PNG, PDF, SVG) and report.html."""
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if "json" in formats:
@@ -258,28 +261,58 @@ def write_outputs(results: dict[str, Any], tables: list[Table], folder: Path, fo
         path = folder / "report.md"
         path.write_text(f"# {results['study']}\n\n" + "\n".join(t.to_markdown() for t in tables), encoding="utf-8")
         written.append(path)
+    written += write_csvs(results, tables, folder)
     if "png" in formats:
-        written += _write_pngs(results, folder)
+        from neuronspec.report.plots import save_figure_index
+
+        figures = _write_figures(results, folder, layer_scale)
+        written.append(save_figure_index(folder, figures))
+        written += [folder / f.file for f in figures]
     return written
 
 
-def _write_pngs(results: dict[str, Any], folder: Path) -> list[Path]:
-    """The run's plots; with several models, each model's in a subfolder named after it,
+def write_csvs(results: dict[str, Any], tables: list[Table], folder: Path) -> list[Path]:
+    """tables/NN-title.csv for every table as shown, and the tidy evaluations.csv / layers.csv (numbers)."""
+    import re
+
+    from neuronspec.report.tidy import EvaluationRow, LayerRow, evaluation_rows, layer_rows, write_csv
+
+    out = folder / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, t in enumerate(tables, 1):
+        slug = re.sub(r"[^a-z0-9]+", "-", t.title.lower()).strip("-")[:60]
+        written.append(t.to_csv(out / f"{i:02d}-{slug}.csv"))
+    written.append(write_csv(folder / "evaluations.csv", evaluation_rows(results), EvaluationRow))
+    written.append(write_csv(folder / "layers.csv", layer_rows(results), LayerRow))
+    return written
+
+
+def _write_figures(results: dict[str, Any], folder: Path, layer_scale: str) -> list[Any]:
+    """The run's figures; with several models, each model's in a subfolder named after it,
     and the across-models LRDS/SADS plot beside them."""
     import shutil
 
-    from neuronspec.report.plots import write_plots
+    from neuronspec.report.plots import METHOD_FIGURES, Figure, write_plots
 
     if "variants" in results:
         from neuronspec.report.dynamics import plot_dynamics
 
-        written = [p for model, sub in results["variants"].items() for p in _write_pngs(sub, folder / model)]
+        figures = []
+        for model, sub in results["variants"].items():
+            figures += [Figure(f"{model}/{f.file}", f"{model}: {f.caption}", f"{model}: {f.table}" if f.table else None)
+                        for f in _write_figures(sub, folder / model, layer_scale)]
         path = plot_dynamics(results["dynamics"], folder / "dynamics-lrds-sads.png")
-        return written + ([path] if path else [])
+        if path:
+            figures.append(Figure(path.name, "LRDS and SADS per layer, one line per model.",
+                                  "dynamics across models: one column per model"))
+        return figures
     folder.mkdir(parents=True, exist_ok=True)
-    written = write_plots(results, folder)
+    order = {name: arm_order(ev) for name, ev in results["evaluations"].items()}
+    figures = write_plots(results, folder, order, layer_scale)
     for png in results.get("plots", []):  # plots a method drew in its own stage
         target = folder / Path(png).name
         shutil.copyfile(png, target)
-        written.append(target)
-    return written
+        caption, table = METHOD_FIGURES.get(target.stem, (target.stem, None))
+        figures.append(Figure(target.name, caption, table))
+    return figures

@@ -6,7 +6,9 @@ Every table neuronspec shows — results, neuron counts, overlaps, diffs — is 
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -73,6 +75,16 @@ class Table:
                 if (r, i) in self.bold:
                     t.bold.add((len(t.rows) - 1, 1))
         return t
+
+    def to_csv(self, path: Path) -> Path:
+        """The table as CSV (header row, then the cells as shown), written atomically."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(self.columns)
+            w.writerows(self.rows)
+        tmp.replace(path)
+        return path
 
     def to_markdown(self) -> str:
         def cell(r: int, i: int, c: str) -> str:

@@ -329,7 +329,10 @@ class EvaluationSpec(Batching):
 
 class ReportSpec(Strict):
     baseline_language: LanguageCode = "en"
-    formats: list[Literal["json", "markdown", "png"]] = Field(default_factory=lambda: ["json", "markdown", "png"])
+    formats: list[Literal["json", "markdown", "png"]] = Field(default_factory=lambda: ["json", "markdown", "png"],
+                                                               description="png: every figure as PNG, PDF and SVG")
+    layer_axis: Literal["auto", "linear", "log"] = Field(
+        "auto", description="y axis of the neurons-per-layer figures; auto: log when one layer holds over 20× the median layer")
 
 
 class Study(Strict):
