@@ -11,9 +11,8 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -112,151 +111,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 # -- run --------------------------------------------------------------------------------
-@contextmanager
-def _progress_factory_ctx(enabled: bool, total_stages: int = 0) -> Iterator[Any]:
-    """One live display for the run: `stage N of M` with the ETA over stages, and below it a
-    bar for the current stage's long step (documents, tokens/s). Yields (factory, on_stage)."""
-    if not enabled:
-        yield None, None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-                  console=err, transient=True) as progress:
-        overall = progress.add_task("stages", total=total_stages or None, rate="")
-
-        def on_stage(stage: Any, event: str) -> None:
-            if event == "start":
-                progress.update(overall, description=f"stage {int(progress.tasks[0].completed) + 1}: {stage.id}")
-            elif event == "done":
-                progress.advance(overall)
-
-        @contextmanager
-        def factory(description: str, total: int | None) -> Iterator[Any]:
-            task = progress.add_task(f"  {description}", total=total, rate="")
-            start, seen = time.perf_counter(), [0]
-
-            def advance(n: int = 1, tokens: int = 0) -> None:
-                seen[0] += tokens
-                rate = f"{seen[0] / max(time.perf_counter() - start, 1e-9):,.0f} tokens/s" if seen[0] else ""
-                progress.update(task, advance=n, rate=rate)
-
-            try:
-                yield advance
-            finally:
-                progress.remove_task(task)
-
-        yield factory, on_stage
-
-
-def _stage_summary(plan: Any, result: Any) -> list[str]:
-    """One line per stage kind: how many were computed (in how long) and how many came from the cache."""
-    from neuronspec.plan.variants import all_stages
-
-    by_kind: dict[str, list[int | float]] = {}
-    for sid, stage in all_stages(plan).items():
-        n = by_kind.setdefault(stage.kind, [0, 0, 0.0])
-        if sid in result.timings:
-            n[0] += 1
-            n[2] += result.timings[sid]
-        else:
-            n[1] += 1
-    return [f"{kind:<20} " + ", ".join(([f"{int(c)} computed in {t:.1f} s"] if c else []) + ([f"{int(k)} cached"] if k else []))
-            for kind, (c, k, t) in by_kind.items()]
-
-
-def _stage_keys(plan: Any) -> dict[str, str]:
-    from neuronspec.plan.variants import all_stages
-
-    return {sid: s.key for sid, s in all_stages(plan).items()}
-
-
-def _unchanged_run(loaded: Any, plan: Any, store: Any) -> Path | None:
-    """The study's latest run folder if it holds the same stages (keys) and report formats as
-    this plan: a fully cached run then reuses its report instead of writing and drawing it again."""
-    from neuronspec.report.records import list_runs, read_record, report_code
-
-    latest = list_runs(store.root, loaded.study.name)[:1]
-    if not latest:
-        return None
-    folder = store.root / "runs" / latest[0]["run_id"]
-    try:
-        record = read_record(folder)
-    except (OSError, ValueError):
-        return None
-    same = ({sid: s.get("key") for sid, s in record.get("stages", {}).items()} == _stage_keys(plan)
-            and record.get("study", {}).get("report") == loaded.study.report.model_dump(mode="json")
-            and record.get("report_code") == report_code()
-            and ("json" not in loaded.study.report.formats or (folder / "results.json").exists()))
-    return folder if same else None
-
-
 def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Sequence[str] = (), only: Sequence[str] = (),
-               quiet: bool = False, git_info: Any = True) -> tuple[Any, ...] | None:
-    """Run a compiled study, collect its results, write the run record and outputs.
+               quiet: bool = False, git_info: Any = True) -> Any:
+    from neuronspec.session import run_study
 
-    `plan` is a one-model study's Plan or the study's variants (neuronspec.plan.variants: one per model).
-    Returns (run result, results, tables, record, folder, reused), or None when a stage failed (already
-    reported). When nothing was computed and the latest run has the same stages, its folder is reused
-    (reused=True): nothing is written, no plot is drawn, and neither torch nor matplotlib is imported.
-    """
-    import os
-
-    from neuronspec.data import CorpusError
-    from neuronspec.plan.runner import StageFailed, run_plan
-    from neuronspec.plan.variants import as_variants, run_variants
-    from neuronspec.report.html import write_html_report
-    from neuronspec.report.records import read_record, write_run_record
-    from neuronspec.report.render import result_tables, write_outputs
-    from neuronspec.report.results import collect_study
-
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar: ours shows loading
-    variants = as_variants(loaded, plan)
-    live = not quiet and err.is_terminal
-
-    def on_variant(v):  # noqa: ANN001, ANN202
-        if not quiet:
-            err.print(f"[bold]{_esc(v.label)}[/bold]")
-
-    try:
-        with _progress_factory_ctx(live, sum(len(v.plan.stages) for v in variants)) as (factory, on_live):
-            def on_stage(stage, event):  # noqa: ANN001, ANN202
-                if event == "corrupt":
-                    err.print(f"[yellow]warning:[/yellow] cached {stage.id} failed its checksum; recomputing")
-                if on_live is not None:
-                    on_live(stage, event)
-
-            result = run_variants(variants, lambda v: run_plan(v.plan, store, v.loaded.study, force=list(force), only=list(only),
-                                                               progress_factory=factory, on_stage=on_stage), on_variant)
-    except StageFailed as failed:
-        if isinstance(failed.error, CorpusError):  # the study asked for text that is not there: point at it
-            raise StudyError([loaded.source.problem(failed.stage.origin, str(failed.error))]) from None
-        _fail(failed)
-        err.print("finished stages are cached; fix the cause and run again to resume")
-        return None
-    if not quiet:
-        for line in _stage_summary(variants, result):
-            err.print(f"[green]✓[/green] {line}", soft_wrap=True)
-    previous = None if result.computed or only else _unchanged_run(loaded, variants, store)
-    if previous is not None:
-        saved = previous / "results.json"
-        results = json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else collect_study(loaded, variants, store)
-        return result, results, result_tables(results), read_record(previous), previous, True
-    results = collect_study(loaded, variants, store)
-    tables = result_tables(results)
-    record, folder = write_run_record(loaded, variants, store, result, results, time.perf_counter() - started, git_info=git_info)
-    write_outputs(results, tables, folder, loaded.study.report.formats, loaded.study.report.layer_axis)
-    write_html_report(folder, record, tables)
-    return result, results, tables, record, folder, False
+    return run_study(loaded, plan, store, started=started, force=force, only=only, quiet=quiet, git_info=git_info, console=err)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -309,7 +168,7 @@ def _run_and_print(args: argparse.Namespace, loaded: Any, plan: Any, store: Any,
     done = _run_study(loaded, plan, store, started=started, force=args.force or [], only=args.only or [], quiet=args.quiet)
     if done is None:
         return 1
-    result, results, tables, record, folder, reused = done
+    result, results, tables, record, folder, reused = (done.run, done.results, done.tables, done.record, done.folder, done.reused)
     for name, info in (results.get("sets") or {}).items():
         empty = info.get("empty")
         if empty and not args.quiet:

@@ -2,7 +2,7 @@
 
 `evaluation_rows`: one row per arm × random draw × deactivated language × evaluated language
 × metric, with the metric's own CI and the paired CI of its change against the untouched
-model. `layer_rows`: one row per neuron set × language × site × layer. The run folder
+model. `layer_rows`: one row per neuron set × language × site × layer (0 for an empty layer). The run folder
 keeps both as CSV, and the Python API returns them as pandas DataFrames; neither needs
 pandas or torch here.
 """
@@ -73,11 +73,12 @@ def evaluation_rows(results: dict[str, Any]) -> list[EvaluationRow]:
 def layer_rows(results: dict[str, Any]) -> list[LayerRow]:
     rows = []
     for model, res in _by_model(results):
+        layers = res["dims"]["num_layers"]
         for name, info in (res.get("sets") or {}).items():
             groups = info["counts"].items() if info["family"] else [(None, info["counts"])]
             for lang, counts in groups:
-                for site, per_layer in counts.items():
-                    rows += [LayerRow(model, name, lang, site, int(layer), int(n)) for layer, n in per_layer.items()]
+                for site, per_layer in counts.items():  # every layer, empty ones as 0
+                    rows += [LayerRow(model, name, lang, site, i, int(per_layer.get(str(i), 0))) for i in range(layers)]
     return rows
 
 
