@@ -64,7 +64,7 @@ class Study:
 
     def plan(self) -> pd.DataFrame:
         """Every stage: id, model (several models), kind, state (cached / stale) and why it is stale."""
-        import pandas as pd
+        pd = _pandas()
 
         from neuronspec.plan.runner import explain
 
@@ -123,7 +123,7 @@ class Results:
     def evaluations(self) -> pd.DataFrame:
         """Tidy: one row per (model,) evaluation × arm × random draw × deactivated language × evaluated
         language, with the value, its CI, the base value, the change and its paired CI."""
-        import pandas as pd
+        pd = _pandas()
 
         from neuronspec.report.tidy import EvaluationRow, evaluation_rows
 
@@ -132,7 +132,7 @@ class Results:
     @property
     def layer_counts(self) -> pd.DataFrame:
         """Tidy: neurons per (model,) set × language × site × layer."""
-        import pandas as pd
+        pd = _pandas()
 
         from neuronspec.report.tidy import LayerRow, layer_rows
 
@@ -141,7 +141,7 @@ class Results:
     @property
     def tables(self) -> dict[str, pd.DataFrame]:
         """Every table of the report, as shown (formatted cells), by title."""
-        import pandas as pd
+        pd = _pandas()
 
         from neuronspec.report.render import result_tables
 
@@ -172,6 +172,14 @@ class Results:
         if not path.exists():
             raise KeyError(f"no neuron set {name!r}" + (f" for {language!r}" if language else "") + f" in {entry.path}")
         return NeuronSet.load(path)
+
+
+def _pandas() -> Any:
+    try:
+        import pandas
+    except ImportError as exc:
+        raise ImportError("neuronspec's DataFrames need pandas: pip install 'neuronspec[api]'") from exc
+    return pandas
 
 
 def _frame(pd: Any, rows: list[Any], row_type: type) -> pd.DataFrame:
