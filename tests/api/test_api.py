@@ -104,7 +104,7 @@ def test_evaluations_are_the_stored_stage_results(study_path: Path) -> None:
         spec = info["spec"]
         row = ev[(ev.arm == (spec["arm"] or "base")) & (ev.evaluated == spec["lang"])
                  & (ev.deactivated.isna() if spec["mask_lang"] is None else ev.deactivated == spec["mask_lang"])
-                 & (ev.draw.isna() if "draw" not in spec else ev.draw == spec["draw"])]
+                 & (ev.draw.isna() if spec.get("draw") is None else ev.draw == spec["draw"])]
         assert len(row) == 1, sid
         assert row.value.iloc[0] == stored["value"]
         if spec["arm"] is None:
