@@ -24,7 +24,7 @@ th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}
 .pair>div{flex:0 1 auto;min-width:0;overflow-x:auto}
 figure{margin:.5em 0;flex:1 1 420px;max-width:100%}
 figure img{max-width:100%;border:1px solid #eee}
-figcaption{color:#555;font-size:.9em}
+figcaption{color:#555;font-size:.9em}.file{color:#999;font-size:.85em}
 pre{background:#f7f7f7;padding:1em;overflow:auto}
 """
 
@@ -70,9 +70,9 @@ def figure_html(figure: Figure, root: Path) -> str:
     data = base64.b64encode((root / figure.file).read_bytes()).decode("ascii")
     vector = [f'<a href="{escape(Path(figure.file).with_suffix(s).as_posix())}">{s[1:].upper()}</a>'
               for s in (".pdf", ".svg") if (root / figure.file).with_suffix(s).exists()]
-    links = f" ({', '.join(vector)} beside report.html)" if vector else ""
+    links = f", also {' and '.join(vector)}" if vector else ""
     return (f'<figure><img alt="{escape(figure.caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{escape(figure.caption)}{links}</figcaption></figure>")
+            f'<figcaption>{escape(figure.caption)} <span class="file">({escape(figure.file)}{links})</span></figcaption></figure>')
 
 
 def render_html(title: str, tables: list[Table], figures: list[Figure], root: Path, study_text: str | None = None) -> str:
