@@ -22,7 +22,8 @@ th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}
 .caption{color:#555;font-size:.9em;margin:.2em 0 1.2em;max-width:60em}
 .pair{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
 .pair>div{flex:0 1 auto;min-width:0;overflow-x:auto}
-figure{margin:.5em 0;flex:1 1 420px;max-width:100%}
+.pair>.figs{flex:1 1 480px;max-width:760px}
+figure{margin:.5em 0;max-width:760px}
 figure img{max-width:100%;border:1px solid #eee}
 figcaption{color:#555;font-size:.9em}.file{color:#999;font-size:.85em}
 pre{background:#f7f7f7;padding:1em;overflow:auto}
@@ -62,7 +63,7 @@ def table_html(table: Table, figure: str = "") -> str:
     caption = f'<div class="caption">{escape(table.caption)}</div>' if table.caption else ""
     html = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>\n{caption}"
     if figure:
-        html = f'<div class="pair"><div>{html}</div>{figure}</div>'
+        html = f'<div class="pair"><div>{html}</div><div class="figs">{figure}</div></div>'
     return f"<h2>{escape(table.title)}</h2>\n{html}\n"
 
 
@@ -79,13 +80,14 @@ def render_html(title: str, tables: list[Table], figures: list[Figure], root: Pa
     """Each figure beside the table it illustrates (by title); the rest after the tables."""
     parts = [f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{escape(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{escape(title)}</h1>"]
-    titles = {t.title for t in tables}
+    titles = {t.title for t in tables} | {t.anchor for t in tables if t.anchor}
     beside: dict[str, list[Figure]] = {}
     for f in figures:
         if f.table in titles and (root / f.file).exists():
             beside.setdefault(f.table, []).append(f)
     for t in tables:
-        parts.append(table_html(t, "".join(figure_html(f, root) for f in beside.pop(t.title, []))))
+        mine = beside.pop(t.title, []) + beside.pop(t.anchor, []) if t.anchor else beside.pop(t.title, [])
+        parts.append(table_html(t, "".join(figure_html(f, root) for f in mine)))
     rest = [f for f in figures if f.table not in titles and (root / f.file).exists()]
     if rest:
         parts.append("<h2>other figures</h2>")

@@ -26,7 +26,7 @@ FIGURES = "figures.json"
 class Figure:
     file: str  # the PNG, relative to the run folder (PDF and SVG beside it)
     caption: str  # what it shows, in words
-    table: str | None = None  # title of the table it illustrates (the HTML report puts it beside)
+    table: str | None = None  # title (or anchor) of the table it illustrates (the HTML report puts it beside)
 
 
 def use_log_axis(totals: list[int], scale: str) -> bool:
@@ -143,6 +143,8 @@ def plot_matrices(ev_name: str, ev: dict[str, Any], order: list[str], path: Path
 
 def _cell_label(v: float) -> str:
     """+0.4, +12, +3,400, +2e+05: short enough for a cell, signed, never `-0`."""
+    if round(v, 1) == 0:
+        return "0.0"
     if abs(v) < 10:
         return f"{v:+.1f}"
     return f"{v:+,.0f}" if abs(v) < 1e4 else f"{v:+.0e}"
@@ -188,9 +190,8 @@ def write_plots(results: dict[str, Any], folder: Path, order: dict[str, list[str
     for arm, curves in by_arm.items():
         figures.append(plot_losses(arm, curves, folder / f"loss-{arm}.png"))
     for ev_name, ev in results["evaluations"].items():
-        unit = "% ppl change" if ev["metric"] == "perplexity" else "points"
-        table = f"{ev_name}: {ev['metric']} per language (arms: change vs base, {unit})"
-        fig = plot_matrices(ev_name, ev, order.get(ev_name, list(ev["matrices"])), folder / f"matrix-{ev_name}.png", table)
+        fig = plot_matrices(ev_name, ev, order.get(ev_name, list(ev["matrices"])), folder / f"matrix-{ev_name}.png",
+                            f"matrices/{ev_name}")
         if fig:
             figures.append(fig)
     return figures

@@ -19,6 +19,7 @@ def result_tables(results: dict[str, Any]) -> list[Table]:
         for model, sub in results["variants"].items():
             for t in result_tables(sub):
                 t.title = f"{model}: {t.title}"
+                t.anchor = f"{model}: {t.anchor}" if t.anchor else ""
                 tables.append(t)
         return tables + [dynamics_table(results["dynamics"])]
     tables: list[Table] = []
@@ -142,12 +143,12 @@ def evaluation_tables(name: str, ev: dict[str, Any], base_lang: str) -> list[Tab
                       "an interval that excludes 0 is an effect of the arm, not of which documents were drawn"
                       + ("; random controls: (min…max) over their draws" if draws else ""))
         tables.append(ct)
-    for arm in [a for a in order if a in ev["matrices"]]:
+    for i, arm in enumerate(a for a in order if a in ev["matrices"]):
         m = ev["matrices"][arm]
         verb = "enhanced" if m.get("effect") == "improvement" else "deactivated"
         title_arm = f"{arm}, mean of {m['draws']} random draws" if m.get("draws") else arm
         mt = Table(f"{name}: {title_arm} — {verb} language (rows) × evaluated language (columns), {unit}",
-                   [verb] + m["cols"])
+                   [verb] + m["cols"], anchor="" if i else f"matrices/{name}")  # the figure of all matrices goes beside the first
         for r, ml in enumerate(m["rows"]):
             cells = []
             for lang in m["cols"]:

@@ -19,6 +19,7 @@ class Table:
     bold: set[tuple[int, int]] = field(default_factory=set)  # (row, col) cells to emphasise
     caption: str = ""
     terminal: bool = True  # wide detail tables go to the Markdown report only
+    anchor: str = ""  # a stable name figures refer to (e.g. "matrices/ppl"), where the title is not enough
 
     def add(self, *cells: object) -> None:
         self.rows.append([str(c) for c in cells])
@@ -102,6 +103,8 @@ class Table:
 def fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
     if value is None:
         return "–"
+    if round(value, digits) == 0:
+        value = 0.0  # never "-0.0"
     if abs(value) >= 1e4:
         return f"{value:+.3g}" if signed else f"{value:.3g}"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"

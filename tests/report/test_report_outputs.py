@@ -78,7 +78,8 @@ def test_report_html_puts_figures_beside_their_tables_and_each_arm_before_its_co
     sections = re.split(r"<h2>", html)
     by_title = {s.split("</h2>")[0]: s for s in sections[1:]}
     main = next(t for t in by_title if t.startswith("ppl: perplexity per language"))
-    assert '<div class="pair">' in by_title[main] and "<img" in by_title[main]  # the matrices beside the table
+    first_matrix = next(t for t in by_title if "× evaluated language" in t)  # the arms' matrices, the first: `late`
+    assert '<div class="pair">' in by_title[first_matrix] and by_title[first_matrix].count("<img") == 1  # all matrices
     sizes = next(t for t in by_title if t.startswith("neuron sets: size per language"))
     assert by_title[sizes].count("<img") == 2  # plnd and specific per layer
     titles = list(by_title)
