@@ -44,7 +44,8 @@ def progress_display(console: Console, enabled: bool, total_stages: int = 0) -> 
 
         def on_stage(stage: Any, event: str) -> None:
             if event == "start":
-                progress.update(overall, description=f"stage {int(progress.tasks[0].completed) + 1}: {stage.id}")
+                done = int(progress.tasks[0].completed)
+                progress.update(overall, description=f"stage {done + 1} of {total_stages}: {stage.id}")
             elif event == "done":
                 progress.advance(overall)
 
@@ -64,6 +65,19 @@ def progress_display(console: Console, enabled: bool, total_stages: int = 0) -> 
                 progress.remove_task(task)
 
         yield factory, on_stage
+
+
+def stages_to_run(variants: list[Any], store: Any, force: Sequence[str], only: Sequence[str]) -> int:
+    """How many stages the run will compute (not in the store, or forced; within `only`), for
+    the progress display's N of M — from the store's listing, without verifying checksums."""
+    n = 0
+    for v in variants:
+        plan = v.plan
+        forced = set(plan.downstream(plan.select(list(force)))) if force else set()
+        wanted = set(plan.upstream(plan.select(list(only)))) if only else set(plan.stages)
+        n += sum(1 for sid, s in plan.stages.items()
+                 if sid in wanted and (sid in forced or not (store.entry_dir(s.key) / "meta.json").exists()))
+    return n
 
 
 def stage_summary(plan: Any, result: Any) -> list[str]:
@@ -148,7 +162,7 @@ def run_study(loaded: Any, plan: Any, store: Any, *, started: float | None = Non
             console.print(f"[bold]{escape(v.label)}[/bold]")
 
     try:
-        with progress_display(console, live, sum(len(v.plan.stages) for v in variants)) as (factory, on_live):
+        with progress_display(console, live, stages_to_run(variants, store, force, only) if live else 0) as (factory, on_live):
             def on_stage(stage, event):  # noqa: ANN001, ANN202
                 if event == "corrupt":
                     console.print(f"[yellow]warning:[/yellow] cached {escape(stage.id)} failed its checksum; recomputing")
