@@ -65,18 +65,6 @@ class Table:
             out.append(t)
         return out
 
-    def vertical(self) -> "Table":
-        """The same cells as one `column | value` block per row, for tables too wide to read side by side."""
-        t = Table(self.title, [self.columns[0] if self.columns else "", "value"], caption=self.caption)
-        for r, row in enumerate(self.rows):
-            t.add(row[0], "")
-            t.bold.add((len(t.rows) - 1, 0))
-            for i in range(1, len(row)):
-                t.add(f"  {self.columns[i]}", row[i])
-                if (r, i) in self.bold:
-                    t.bold.add((len(t.rows) - 1, 1))
-        return t
-
     def to_csv(self, path: Path) -> Path:
         """The table as CSV (header row, then the cells as shown), written atomically."""
         tmp = path.with_name(f".{path.name}.tmp")

@@ -161,3 +161,16 @@ def _env() -> dict[str, str]:
     import os
 
     return {**os.environ, "PYTHONPATH": str(README.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_draws_belong_to_random_deactivate_controls(study_path: Path) -> None:
+    text = study_path.read_text()
+    with pytest.raises(ns.StudyError) as err:  # draws on an arm that names a set
+        load_study(text=text.replace("{neurons: specific}}", "{neurons: specific, draws: 3}}"), name="s.yaml")
+    (problem,) = err.value.problems
+    assert str(problem).startswith("s.yaml:12:") and "arms.0.deactivate.draws" in str(problem)  # FILE:LINE:COL
+    assert "random_like" in str(problem)
+    with pytest.raises(ns.StudyError):
+        load_study(text=text.replace("draws: 2", "draws: 0"), name="s.yaml")
+    default = load_study(text=text.replace(", draws: 2", ""), name="s.yaml").study
+    assert default.arms[1].selection.draw_count("deactivate") == 5
