@@ -303,7 +303,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_html_report(folder, record, tables)
     if not args.quiet:
         _print_tables([run_summary(record), *(t for t in tables if t.terminal)])
-    console.print(f"wrote {_esc(path)}")
+    console.print(f"wrote {_esc(path)}", soft_wrap=True)
     return 0
 
 
@@ -598,7 +598,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `neuronspec diff --md | head`: the reader left; that is not an error
         import os
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        try:  # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (captured)
+            pass
         return 0
     except StudyError as exc:
         for problem in exc.problems:

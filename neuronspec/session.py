@@ -155,7 +155,7 @@ def run_study(loaded: Any, plan: Any, store: Any, *, started: float | None = Non
     variants = as_variants(loaded, plan)
     console = console or Console(stderr=True, highlight=False)
     started = time.perf_counter() if started is None else started
-    live = not quiet and console.is_terminal
+    live = not quiet and (console.is_terminal or console.is_jupyter)  # a notebook shows the same display
 
     def on_variant(v):  # noqa: ANN001, ANN202
         if not quiet:

@@ -121,3 +121,17 @@ def test_draw_summary_and_control_comparison_against_the_cells(history: History)
     for lang in ev["languages"]:
         assert row["change_ci"][lang] == [min(per_draw[(lang, lang)]), max(per_draw[(lang, lang)])]
     assert record["stages"]["mask/early-random/draw2"]["spec"]["seed"] != record["stages"]["mask/early-random/draw1"]["spec"]["seed"]
+
+
+def test_a_closed_pipe_ends_quietly(history: History, monkeypatch) -> None:  # noqa: ANN001
+    """`neuronspec diff --md | head`: the reader leaves early; no traceback, exit 0."""
+    import io
+
+    from neuronspec.cli import main
+
+    class ClosedPipe(io.StringIO):
+        def write(self, s: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["diff", "--rev", "HEAD", str(history.study), "--md"]) == 0
