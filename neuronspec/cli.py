@@ -596,8 +596,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except BrokenPipeError:  # `neuronspec diff --md | head`: the reader left; that is not an error
-        import os
-
         try:  # no second error when Python flushes stdout at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError):  # stdout is not a file (captured)
