@@ -11,9 +11,8 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -112,82 +111,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 # -- run --------------------------------------------------------------------------------
-@contextmanager
-def _progress_factory_ctx(enabled: bool) -> Iterator[Any]:
-    """A rich Progress shared by the run; each long stage gets its own bar (with a spinner when unbounded)."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("{task.fields[rate]}"), console=err, transient=True) as progress:
-        @contextmanager
-        def factory(description: str, total: int | None) -> Iterator[Any]:
-            task = progress.add_task(description, total=total, rate="")
-            start, seen = time.perf_counter(), [0]
-
-            def advance(n: int = 1, tokens: int = 0) -> None:
-                seen[0] += tokens
-                rate = f"{seen[0] / max(time.perf_counter() - start, 1e-9):,.0f} tokens/s" if seen[0] else ""
-                progress.update(task, advance=n, rate=rate)
-
-            try:
-                yield advance
-            finally:
-                progress.remove_task(task)
-
-        yield factory
-
-
 def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Sequence[str] = (), only: Sequence[str] = (),
-               quiet: bool = False, git_info: Any = True) -> tuple[Any, ...] | None:
-    """Run a compiled study, collect its results, write the run record and outputs.
+               quiet: bool = False, git_info: Any = True) -> Any:
+    from neuronspec.session import run_study
 
-    `plan` is a one-model study's Plan or the study's variants (neuronspec.plan.variants: one per model).
-    Returns (run result, results, tables, record, folder), or None when a stage failed (already reported).
-    """
-    from neuronspec.data import CorpusError
-    from neuronspec.plan.runner import StageFailed, run_plan
-    from neuronspec.plan.variants import as_variants, run_variants
-    from neuronspec.report.records import write_run_record
-    from neuronspec.report.render import result_tables, write_outputs
-    from neuronspec.report.results import collect_study
-
-    variants = as_variants(loaded, plan)
-
-    def on_stage(stage, event):  # noqa: ANN001, ANN202
-        if event == "corrupt":
-            err.print(f"[yellow]warning:[/yellow] cached {_esc(stage.id)} failed its checksum; recomputing")
-        if event == "done" and not quiet:
-            err.print(f"[green]✓[/green] {_esc(stage.id)}")
-
-    def on_variant(v):  # noqa: ANN001, ANN202
-        if not quiet:
-            err.print(f"[bold]{_esc(v.label)}[/bold]")
-
-    try:
-        with _progress_factory_ctx(not quiet and sys.stderr.isatty()) as factory:
-            result = run_variants(variants, lambda v: run_plan(v.plan, store, v.loaded.study, force=list(force), only=list(only),
-                                                               progress_factory=factory, on_stage=on_stage), on_variant)
-    except StageFailed as failed:
-        if isinstance(failed.error, CorpusError):  # the study asked for text that is not there: point at it
-            raise StudyError([loaded.source.problem(failed.stage.origin, str(failed.error))]) from None
-        _fail(failed)
-        err.print("finished stages are cached; fix the cause and run again to resume")
-        return None
-    results = collect_study(loaded, variants, store)
-    tables = result_tables(results)
-    record, folder = write_run_record(loaded, variants, store, result, results, time.perf_counter() - started, git_info=git_info)
-    write_outputs(results, tables, folder, loaded.study.report.formats)
-    return result, results, tables, record, folder
+    return run_study(loaded, plan, store, started=started, force=force, only=only, quiet=quiet, git_info=git_info, console=err)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -234,34 +162,37 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_and_print(args: argparse.Namespace, loaded: Any, plan: Any, store: Any, started: float) -> int:
     from neuronspec.plan.variants import notes
 
-    for note in notes(plan):
-        err.print(f"[yellow]note:[/yellow] {_esc(note)}")
+    if not args.quiet:
+        for note in notes(plan):
+            err.print(f"[yellow]note:[/yellow] {_esc(note)}")
     done = _run_study(loaded, plan, store, started=started, force=args.force or [], only=args.only or [], quiet=args.quiet)
     if done is None:
         return 1
-    result, results, tables, record, folder = done
+    result, results, tables, record, folder, reused = (done.run, done.results, done.tables, done.record, done.folder, done.reused)
     for name, info in (results.get("sets") or {}).items():
         empty = info.get("empty")
-        if empty:
+        if empty and not args.quiet:
             which = f"for {', '.join(empty)}" if isinstance(empty, list) else "(a single set)"
             err.print(f"[yellow]note:[/yellow] {_esc(f'neuron set {name!r} is EMPTY {which}')}"
                       " — check ε and the set expression; arms on it change nothing", soft_wrap=True)
     if args.json:
-        print(json.dumps({"run": record["run_id"], "folder": str(folder), "computed": result.computed,
+        print(json.dumps({"run": record["run_id"], "folder": str(folder), "computed": result.computed, "reused": reused,
                           "results": results}, indent=1, ensure_ascii=False))
         return 0
-    _print_tables([t for t in tables if t.terminal])
-    console.print(f"computed {len(result.computed)} of {sum(len(v.plan.stages) for v in plan)} stages in {time.perf_counter() - started:.1f} s"
-                  + (f" (model load {result.model_load_seconds:.1f} s)" if result.model_load_seconds else ""))
+    if not args.quiet:
+        _print_tables([t for t in tables if t.terminal])
+        console.print(f"computed {len(result.computed)} of {sum(len(v.plan.stages) for v in plan)} stages in {time.perf_counter() - started:.1f} s"
+                      + (f" (model load {result.model_load_seconds:.1f} s)" if result.model_load_seconds else "")
+                      + ("; nothing changed since this run, its report is reused" if reused else ""))
     console.print(f"run record: {_esc(folder / 'record.json')}", soft_wrap=True)
     return 0
 
 
 def _print_tables(tables: list[Any]) -> None:
-    """Rich tables; one with more columns than the terminal fits is shown vertically (a block per row)."""
+    """Rich tables; one with more columns than the terminal fits is split into several that fit."""
     for table in tables:
-        wide = len(table.columns) > 2 and table.min_width() > console.width
-        console.print((table.vertical() if wide else table).to_rich())
+        for part in table.split(console.width):
+            console.print(part.to_rich())
 
 
 # -- runs -------------------------------------------------------------------------------
@@ -372,7 +303,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_html_report(folder, record, tables)
     if not args.quiet:
         _print_tables([run_summary(record), *(t for t in tables if t.terminal)])
-    console.print(f"wrote {_esc(path)}")
+    console.print(f"wrote {_esc(path)}", soft_wrap=True)
     return 0
 
 
@@ -547,6 +478,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neuronspec", description="Declarative, cached studies of language-specific neurons.")
+    p.add_argument("--version", action="version", version=f"neuronspec {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def study_args(sp: argparse.ArgumentParser) -> None:
@@ -570,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="append", metavar="STAGE", help="recompute matching stages (glob) and what depends on them")
     sp.add_argument("--only", action="append", metavar="STAGE", help="run only matching stages (glob) and what they need")
     sp.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
-    sp.add_argument("-q", "--quiet", action="store_true")
+    sp.add_argument("-q", "--quiet", action="store_true", help="print only errors and the run record's path")
     sp.set_defaults(fn=cmd_run)
 
     sp = sub.add_parser("runs", help="list past runs, newest first")
@@ -644,6 +576,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("neuronspec")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Idle OpenMP workers sleep instead of spinning. On a machine whose cores are shared with
     # other work, spinning workers of 2 threads made Gemma 3 270M's perplexity 2.7x and
@@ -654,6 +595,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
+    except BrokenPipeError:  # `neuronspec diff --md | head`: the reader left; that is not an error
+        try:  # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (captured)
+            pass
+        return 0
     except StudyError as exc:
         for problem in exc.problems:
             _fail(problem)

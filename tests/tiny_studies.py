@@ -37,7 +37,7 @@ def make_corpus(path: Path, docs: int = 20, seed: int = 0) -> Path:
     return path
 
 
-#: PLND on ffn + attn.v + attn.o, exclusive sets, a partition arm and its random control, perplexity
+#: PLND on ffn + attn.v + attn.o, exclusive sets, a partition arm and its random control (two draws), perplexity
 STUDY = """\
 name: tiny
 model: {{id: {model}}}
@@ -52,7 +52,7 @@ neurons:
 partitions: {{early: [0, 2], late: [2, 3]}}
 arms:
   - {{name: early, deactivate: {{neurons: specific, layers: early}}}}
-  - {{name: early-random, deactivate: {{random_like: early}}}}
+  - {{name: early-random, deactivate: {{random_like: early, draws: 2}}}}
 evaluate:
   ppl: {{metric: perplexity, corpus: ppl, bootstrap: 50}}
 """

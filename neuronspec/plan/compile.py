@@ -9,9 +9,11 @@
     analysis/logit_lens/LANG         per-layer language of the top tokens      (model)
     sets                             named sets by set algebra                  (cheap)
     mask/ARM                         an arm's neurons per language              (cheap)
+    mask/ARM/drawK                   draw K of a random control with several draws  (cheap)
     enhance/ARM/LANG                 fine-tune only ARM's neurons on LANG text → a delta  (model)
     eval/EVAL/base/LANG              the untouched model
     eval/EVAL/ARM/MASKLANG@LANG      the model with ARM's MASKLANG set deactivated (or its delta applied), on LANG
+    eval/EVAL/ARM/drawK/MASKLANG@LANG  the same for draw K of a random control
 
 Statistics are separate from selection so that changing ε, the set algebra, a partition
 or an arm re-runs no forward pass.
@@ -238,17 +240,40 @@ def _add_sharing_attribution(plan: Plan, study: Study) -> tuple[str, ...]:
 
 
 def _add_mask(plan: Plan, study: Study, index: int) -> None:
+    """mask/ARM, or for a random control with several draws one mask/ARM/drawK per draw: each
+    draw is its own cached stage, so adding draws reuses the earlier ones."""
     arm = study.arms[index]
     d = arm.selection
     if d.random_like is not None:
-        spec = K.Mask(random_like=d.random_like, seed=study.seed if d.seed is None else d.seed,
-                      dims=K.ModelDims(**{f: plan.dims[f] for f in K.ModelDims.model_fields}))
-        deps: tuple[str, ...] = (f"mask/{d.random_like}", "sets")
-    else:
-        layers = [study.partitions[n] for n in d.partition_names()] or None
-        spec = K.Mask(neurons=d.neurons, layers=layers, sites=expand_sites(list(d.sites)) if d.sites else None)
-        deps = ("sets",)
-    plan.add(Stage(f"mask/{arm.name}", "mask", spec, deps=deps, origin=("arms", index), arm=arm.name))
+        seed = study.seed if d.seed is None else d.seed
+        dims = K.ModelDims(**{f: plan.dims[f] for f in K.ModelDims.model_fields})
+        draws = d.draw_count(arm.kind)
+        for k in range(1, draws + 1):
+            # draw 1 is the single draw of a one-draw control (same spec, same cached entry)
+            spec = K.Mask(random_like=d.random_like, seed=seed + DRAW_SEED_STRIDE * (k - 1), dims=dims)
+            plan.add(Stage(mask_id(arm.name, k if draws > 1 else None), "mask", spec,
+                           deps=(f"mask/{d.random_like}", "sets"), origin=("arms", index), arm=arm.name))
+        return
+    layers = [study.partitions[n] for n in d.partition_names()] or None
+    spec = K.Mask(neurons=d.neurons, layers=layers, sites=expand_sites(list(d.sites)) if d.sites else None)
+    plan.add(Stage(f"mask/{arm.name}", "mask", spec, deps=("sets",), origin=("arms", index), arm=arm.name))
+
+
+#: seeds of successive draws of a random control are this far apart (languages use offsets of 1000)
+DRAW_SEED_STRIDE = 100_000
+
+
+def mask_id(arm: str, draw: int | None) -> str:
+    """The mask stage of an arm (of one draw of a random control with several draws)."""
+    return f"mask/{arm}" if draw is None else f"mask/{arm}/draw{draw}"
+
+
+def arm_draws(study: Study, arm_name: str) -> list[int | None]:
+    """[None] for an arm with one mask; [1, …, D] for a random control with D draws."""
+    arm = study.arm(arm_name)
+    assert arm is not None
+    n = arm.selection.draw_count(arm.kind)
+    return [None] if n == 1 else list(range(1, n + 1))
 
 
 def _add_enhance(plan: Plan, study: Study, index: int) -> None:
@@ -299,13 +324,15 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
     for arm in study.arms:
         if ev.arms is not None and arm.name not in ev.arms:
             continue
-        arm_spec = {"arm": arm.name, "arm_kind": arm.kind}
+        arm_spec: dict[str, Any] = {"arm": arm.name, "arm_kind": arm.kind}
         variants = arm_languages(study, arm.name)
-        for mlang in variants or [None]:
-            dep = f"enhance/{arm.name}/{mlang}" if arm.enhance is not None else f"mask/{arm.name}"
-            for lang in langs:
-                if variants and ev.on == "self" and lang != mlang:
-                    continue
-                sid = f"eval/{name}/{arm.name}/" + (f"{mlang}@{lang}" if mlang else lang)
-                plan.add(Stage(sid, "eval", K.Evaluation(**base, **arm_spec, lang=lang, mask_lang=mlang),
-                               deps=(cdep, dep), lang=lang, arm=arm.name, **where))
+        for draw in arm_draws(study, arm.name):
+            draw_spec = {} if draw is None else {"draw": draw, "random_like": arm.selection.random_like}
+            for mlang in variants or [None]:
+                dep = f"enhance/{arm.name}/{mlang}" if arm.enhance is not None else mask_id(arm.name, draw)
+                for lang in langs:
+                    if variants and ev.on == "self" and lang != mlang:
+                        continue
+                    sid = f"eval/{name}/{arm.name}/" + (f"draw{draw}/" if draw else "") + (f"{mlang}@{lang}" if mlang else lang)
+                    plan.add(Stage(sid, "eval", K.Evaluation(**base, **arm_spec, **draw_spec, lang=lang, mask_lang=mlang),
+                                   deps=(cdep, dep), lang=lang, arm=arm.name, **where))

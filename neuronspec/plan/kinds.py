@@ -626,6 +626,8 @@ class Evaluation(StageSpec):
     arm: str | None
     arm_kind: Literal["deactivate", "enhance"] | None
     mask_lang: str | None
+    draw: int | None = None  # which draw of a random control with several (its mask is the input)
+    random_like: str | None = None  # the arm that control matches, so the report can compare the two
 
 
 def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
@@ -640,8 +642,9 @@ def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
     neurons, modified = NeuronSet.empty(), nullcontext()
     lm = ctx.model()
     start = 1 << 30  # the first layer that differs from the base model (see evaluate.prefix)
-    if s.arm_kind == "deactivate":
-        neurons = load_set(ctx.input(stage, f"mask/{s.arm}"), "mask", s.mask_lang)
+    if s.arm_kind == "deactivate":  # the arm's mask (of this draw, for a random control with several)
+        mask_dep = next(d for d in stage.deps if ctx.plan.stages[d].kind == "mask")
+        neurons = load_set(ctx.input(stage, mask_dep), "mask", s.mask_lang)
         start = first_layer(neurons) if neurons else start
     elif s.arm_kind == "enhance":
         from neuronspec.enhance import Delta, apply_delta
@@ -653,7 +656,8 @@ def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
     options = {k: v for k, v in s.options.items() if k in allowed}
     if "languages" in allowed:  # generation's language identification: the study's languages are the candidates
         options["languages"] = s.languages
-    label = f"{s.metric} {s.arm or 'base'}" + (f" {s.mask_lang}" if s.mask_lang else "") + f" on {s.lang}"
+    label = (f"{s.metric} {s.arm or 'base'}" + (f" draw {s.draw}" if s.draw else "")
+             + (f" {s.mask_lang}" if s.mask_lang else "") + f" on {s.lang}")
     # the first layers of the study's arms: where later arms can pick up the base model's residual stream
     boundaries = {a for st in ctx.plan.stages.values() if isinstance(st.spec, Mask) for a, _ in st.spec.layers or ()}
     with ctx.progress(label, total=None) as advance, reporting(advance), deactivate(lm.model, neurons), modified, \

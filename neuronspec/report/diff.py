@@ -487,10 +487,12 @@ def _cells(side: Side, evaluation: str) -> tuple[str | None, list[dict[str, Any]
             continue
         if isinstance(s.spec, Evaluation):
             kind = s.spec.metric
-            cells.append({"arm": s.spec.arm, "mask_lang": s.spec.mask_lang, "lang": s.spec.lang, "value": r.get("value")})
+            cells.append({"arm": s.spec.arm, "mask_lang": s.spec.mask_lang, "lang": s.spec.lang, "value": r.get("value"),
+                          "draw": s.spec.draw, "random_like": s.spec.random_like})
         else:  # an old record without specs: its stage metrics carry arm/lang too
             kind = r.get("kind")
-            cells.append({"arm": r["arm"], "mask_lang": r["mask_lang"], "lang": r["lang"], "value": r.get("value")})
+            cells.append({"arm": r["arm"], "mask_lang": r["mask_lang"], "lang": r["lang"], "value": r.get("value"),
+                          "draw": r.get("draw"), "random_like": r.get("random_like")})
     return kind, cells
 
 
@@ -498,8 +500,8 @@ def _derived_rows(a: Side, b: Side, metric_rows: list[dict[str, Any]], show_all:
     rows = []
     for evaluation in dict.fromkeys(r["evaluation"] for r in metric_rows):
         (ka, ca), (kb, cb) = _cells(a, evaluation), _cells(b, evaluation)
-        da = derive(ka, ca, a.study.report.baseline_language)["arms"] if ka else {}
-        db = derive(kb, cb, b.study.report.baseline_language)["arms"] if kb else {}
+        da = derive(ka, ca, a.study.report.baseline_language, resamples=0)["arms"] if ka else {}  # Δs only: no CIs
+        db = derive(kb, cb, b.study.report.baseline_language, resamples=0)["arms"] if kb else {}
         base = b.study.report.baseline_language
         for arm in list(db) + [x for x in da if x not in db]:
             if (arm not in da and a.study.arm(arm)) or (arm not in db and b.study.arm(arm)):

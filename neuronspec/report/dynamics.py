@@ -100,7 +100,7 @@ def plot_dynamics(d: dict[str, Any], path: str | Path) -> Path | None:
     x axis of relative depth (layer ÷ last layer), so early / middle / late line up."""
     if not d["per_layer"]:
         return None
-    from neuronspec.plotting import pyplot, save_figure
+    from neuronspec.plotting import PAPER_FORMATS, pyplot, save_figure
 
     depths = {len(curves["lrds"]) for curves in d["per_layer"].values()}
     relative = len(depths) > 1
@@ -116,4 +116,4 @@ def plot_dynamics(d: dict[str, Any], path: str | Path) -> Path | None:
     axes[0].set_ylabel("similarity difference")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, formats=PAPER_FORMATS)

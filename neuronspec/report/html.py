@@ -1,5 +1,6 @@
-"""A self-contained HTML report of a run: its summary, every result table, and the PNG
-plots embedded as base64 — one file to mail or archive, no assets beside it."""
+"""A self-contained HTML report of a run: its summary, every result table with its figure
+beside it (PNG embedded as base64, captioned in words), the figures no table claims after
+them, and the study file — one file to mail or archive, no assets beside it."""
 
 from __future__ import annotations
 
@@ -9,16 +10,22 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from neuronspec.report.plots import Figure
 from neuronspec.report.tables import Table
 
 _CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0 .3em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;font-variant-numeric:tabular-nums}
 th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}
-.caption{color:#666;font-size:.9em;margin-bottom:1.2em}
-img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+.caption{color:#555;font-size:.9em;margin:.2em 0 1.2em;max-width:60em}
+.pair{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
+.pair>div{flex:0 1 auto;min-width:0;overflow-x:auto}
+.pair>.figs{flex:1 1 480px;max-width:760px}
+figure{margin:.5em 0;max-width:760px}
+figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#555;font-size:.9em}.file{color:#999;font-size:.85em}
 pre{background:#f7f7f7;padding:1em;overflow:auto}
 """
 
@@ -46,28 +53,45 @@ def run_summary(record: dict[str, Any]) -> Table:
     return t
 
 
-def table_html(table: Table) -> str:
+def table_html(table: Table, figure: str = "") -> str:
+    """The table under its title, with `figure` (HTML) beside it when given."""
     head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
     body = []
     for r, row in enumerate(table.rows):
         cells = "".join(f"<td><b>{escape(c)}</b></td>" if (r, i) in table.bold else f"<td>{escape(c)}</td>" for i, c in enumerate(row))
         body.append(f"<tr>{cells}</tr>")
     caption = f'<div class="caption">{escape(table.caption)}</div>' if table.caption else ""
-    return f"<h2>{escape(table.title)}</h2>\n<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>\n{caption}\n"
+    html = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>\n{caption}"
+    if figure:
+        html = f'<div class="pair"><div>{html}</div><div class="figs">{figure}</div></div>'
+    return f"<h2>{escape(table.title)}</h2>\n{html}\n"
 
 
-def render_html(title: str, tables: list[Table], images: list[Path], study_text: str | None = None,
-                root: Path | None = None) -> str:
-    """`images` are captioned by their path below `root` (a multi-model run keeps each model's plots in a subfolder)."""
+def figure_html(figure: Figure, root: Path) -> str:
+    data = base64.b64encode((root / figure.file).read_bytes()).decode("ascii")
+    vector = [f'<a href="{escape(Path(figure.file).with_suffix(s).as_posix())}">{s[1:].upper()}</a>'
+              for s in (".pdf", ".svg") if (root / figure.file).with_suffix(s).exists()]
+    links = f", also {' and '.join(vector)}" if vector else ""
+    return (f'<figure><img alt="{escape(figure.caption)}" src="data:image/png;base64,{data}">'
+            f'<figcaption>{escape(figure.caption)} <span class="file">({escape(figure.file)}{links})</span></figcaption></figure>')
+
+
+def render_html(title: str, tables: list[Table], figures: list[Figure], root: Path, study_text: str | None = None) -> str:
+    """Each figure beside the table it illustrates (by title); the rest after the tables."""
     parts = [f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{escape(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{escape(title)}</h1>"]
-    parts += [table_html(t) for t in tables]
-    if images:
-        parts.append("<h2>plots</h2>")
-    for img in images:
-        data = base64.b64encode(img.read_bytes()).decode("ascii")
-        name = str(img.relative_to(root).with_suffix("")) if root is not None else img.stem
-        parts.append(f'<figure><img alt="{escape(name)}" src="data:image/png;base64,{data}"><figcaption>{escape(name)}</figcaption></figure>')
+    titles = {t.title for t in tables} | {t.anchor for t in tables if t.anchor}
+    beside: dict[str, list[Figure]] = {}
+    for f in figures:
+        if f.table in titles and (root / f.file).exists():
+            beside.setdefault(f.table, []).append(f)
+    for t in tables:
+        mine = beside.pop(t.title, []) + beside.pop(t.anchor, []) if t.anchor else beside.pop(t.title, [])
+        parts.append(table_html(t, "".join(figure_html(f, root) for f in mine)))
+    rest = [f for f in figures if f.table not in titles and (root / f.file).exists()]
+    if rest:
+        parts.append("<h2>other figures</h2>")
+        parts += [figure_html(f, root) for f in rest]
     if study_text:
         parts.append(f"<h2>study</h2><details><summary>study file as run</summary><pre>{escape(study_text)}</pre></details>")
     parts.append("</body></html>\n")
@@ -75,11 +99,13 @@ def render_html(title: str, tables: list[Table], images: list[Path], study_text:
 
 
 def write_html_report(folder: Path, record: dict[str, Any], tables: list[Table]) -> Path:
-    """`folder/report.html` with the run summary, `tables`, and every PNG in the folder."""
-    images = sorted(Path(folder).glob("*.png")) + sorted(Path(folder).glob("*/*.png"))
+    """`folder/report.html` with the run summary, `tables`, and the folder's figures."""
+    from neuronspec.report.plots import read_figure_index
+
+    figures = read_figure_index(Path(folder))
     title = f"neuronspec: {record.get('study', {}).get('name')} — run {record.get('run_id')}"
     path = Path(folder) / "report.html"
     tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(render_html(title, [run_summary(record), *tables], images, record.get("study_text"), Path(folder)), encoding="utf-8")
+    tmp.write_text(render_html(title, [run_summary(record), *tables], figures, Path(folder), record.get("study_text")), encoding="utf-8")
     tmp.replace(path)
     return path

@@ -1,78 +1,224 @@
-"""PNG plots of a run: neurons per layer, the language × language change matrix, overlaps."""
+"""Figures of a run, drawn for a reader: neurons per layer (stacked by site, one panel per
+language), every matrix of an evaluation on one shared colour scale with each set arm beside
+its random control, enhancement losses and the logit lens.
+
+Each figure is saved as PNG, PDF and SVG, and described by a `Figure`: its caption in words
+and the title of the table it belongs beside, so the HTML report can place them together.
+`figures.json` in the run folder keeps these descriptions for `neuronspec report`.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from neuronspec.plotting import pyplot, save_figure
+from neuronspec.plotting import PAPER_FORMATS, pyplot, save_figure
+
+SITE_ORDER = ("ffn", "attn.q", "attn.k", "attn.v", "attn.o")
+SITE_NAMES = {"ffn": "FFN", "attn.q": "attention query", "attn.k": "attention key", "attn.v": "attention value",
+              "attn.o": "attention output"}
+FIGURES = "figures.json"
 
 
-def write_plots(results: dict[str, Any], folder: Path) -> list[Path]:
-    written = []
+@dataclass(frozen=True)
+class Figure:
+    file: str  # the PNG, relative to the run folder (PDF and SVG beside it)
+    caption: str  # what it shows, in words
+    table: str | None = None  # title (or anchor) of the table it illustrates (the HTML report puts it beside)
+
+
+def use_log_axis(totals: list[int], scale: str) -> bool:
+    """`auto`: a log axis when one layer holds over 20× the median of the non-empty layers
+    (Gemma's layer 0 would otherwise flatten every other layer to nothing)."""
+    if scale != "auto":
+        return scale == "log"
+    nonzero = sorted(t for t in totals if t > 0)
+    return len(nonzero) > 1 and nonzero[-1] > 20 * nonzero[len(nonzero) // 2]
+
+
+def plot_layers(name: str, info: dict[str, Any], layers: int, path: Path, scale: str = "auto") -> Figure | None:
+    """One panel per language: bars per layer, stacked by site, on a shared y axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    groups = list(info["counts"].items()) if info["family"] else [("", info["counts"])]
+    sites = [s for s in SITE_ORDER if any(s in counts for _, counts in groups)]
+    if not sites:
+        return None
+    per = {lang: {s: [int(counts.get(s, {}).get(str(i), 0)) for i in range(layers)] for s in sites} for lang, counts in groups}
+    totals = [sum(per[lang][s][i] for s in sites) for lang in per for i in range(layers)]
+    log = use_log_axis(totals, scale)
     plt = pyplot()
+    cols = min(len(groups), 3)
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 0.6, 2.4 * rows + 0.8), sharex=True, sharey=True, squeeze=False)
+    colours = dict(zip(SITE_ORDER, ("#4c72b0", "#c44e52", "#8172b2", "#55a868", "#dd8452")))
+    for ax, (lang, _) in zip(axes.flat, groups):
+        bottom = [0] * layers
+        for site in sites:
+            ax.bar(range(layers), per[lang][site], bottom=bottom, color=colours[site], label=SITE_NAMES[site], width=0.8)
+            bottom = [b + v for b, v in zip(bottom, per[lang][site])]
+        ax.set_title(f"{lang}: {sum(bottom):,} neurons" if lang else f"{sum(bottom):,} neurons", fontsize=9)
+        if log:
+            ax.set_yscale("symlog", linthresh=1)
+        else:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("layer", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("neurons" + (" (log)" if log else ""), fontsize=8)
+    axes.flat[0].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"Neurons in the set \u201c{name}\u201d per layer, by site", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path, formats=PAPER_FORMATS)
+    caption = (f"How many neurons of the set \u201c{name}\u201d lie in each layer"
+               + (", one panel per language" if info["family"] else "") + "; bar segments are the sites ("
+               + ", ".join(SITE_NAMES[s] for s in sites) + ")."
+               + (" Symmetric-log y axis (linear below 1): a bar's top is the layer's total, but segment heights are "
+                  "not to scale." if log else ""))
+    return Figure(path.name, caption, "neuron sets: size per language and site")
+
+
+def plot_matrices(ev_name: str, ev: dict[str, Any], order: list[str], path: Path, table: str) -> Figure | None:
+    """Every language × language matrix of one evaluation side by side, on one colour scale."""
+    import numpy as np
+    from matplotlib.colors import SymLogNorm
+    from matplotlib.patches import Rectangle
+
+    arms = [a for a in order if a in ev["matrices"]]
+    if not arms:
+        return None
+    data = {}
+    for arm in arms:
+        m = ev["matrices"][arm]
+        data[arm] = np.array([[np.nan if m["change"][r].get(c) is None else m["change"][r][c] for c in m["cols"]] for r in m["rows"]])
+    finite = [np.nanmax(np.abs(d)) for d in data.values() if np.isfinite(d).any()]
+    top = max(max(finite) if finite else 1.0, 1.0)
+    # changes span orders of magnitude (+1 % … +10⁶ %) and may be negative (enhancement):
+    # a symmetric log scale around 0, shared by all panels, keeps every cell readable and comparable
+    norm = SymLogNorm(linthresh=1.0, vmin=-top, vmax=top, base=10)
+    plt = pyplot()
+    width = sum(0.55 * len(ev["matrices"][a]["cols"]) + 1.0 for a in arms)
+    fig, axes = plt.subplots(1, len(arms), figsize=(width + 1.2, 0.55 * max(len(ev["matrices"][a]["rows"]) for a in arms) + 1.6),
+                             squeeze=False)
+    cmap = "RdBu_r" if ev["metric"] == "perplexity" else "RdBu"
+    im = None
+    for ax, arm in zip(axes[0], arms):
+        m, d = ev["matrices"][arm], data[arm]
+        im = ax.imshow(d, cmap=cmap, norm=norm)
+        ax.set_xticks(range(len(m["cols"])), m["cols"], fontsize=8)
+        ax.set_yticks(range(len(m["rows"])), m["rows"], fontsize=8)
+        verb = "enhanced" if m.get("effect") == "improvement" else "deactivated"
+        ax.set_xlabel("evaluated language", fontsize=8)
+        if ax is axes[0][0]:
+            ax.set_ylabel(f"{verb} language", fontsize=8)
+        ax.set_title(f"{arm}" + (f"\n(mean of {m['draws']} random draws)" if m.get("draws") else "\n(language's own set)"),
+                     fontsize=9)
+        for i in range(d.shape[0]):
+            for j in range(d.shape[1]):
+                if not np.isnan(d[i, j]):
+                    v = d[i, j]
+                    ax.text(j, i, _cell_label(v), ha="center", va="center", fontsize=7,
+                            color="white" if abs(norm(v) - 0.5) > 0.35 else "black")
+            if m["rows"][i] in m["cols"]:  # outline the diagonal: the language's own set
+                j = m["cols"].index(m["rows"][i])
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
+    unit = "% perplexity change" if ev["metric"] == "perplexity" else "change (points)"
+    bar = fig.colorbar(im, ax=list(axes[0]), shrink=0.85, label=unit)
+    ticks = [0.0] + [sign * 10.0 ** k for k in range(0, 8) for sign in (1, -1) if 10.0 ** k <= top]
+    bar.set_ticks(sorted(ticks), labels=[f"{t:+,.0f}" if t else "0" for t in sorted(ticks)])
+    fig.suptitle(f"Evaluation \u201c{ev_name}\u201d: effect of each arm, deactivated × evaluated language", fontsize=10)
+    save_figure(fig, path, formats=PAPER_FORMATS)
+    caption = (f"{unit.capitalize()} when the row language's neurons are "
+               + ("deactivated or enhanced" if any(ev['matrices'][a].get('effect') == 'improvement' for a in arms) else "deactivated")
+               + ", evaluated on the column language; outlined: the language's own set. All panels share one "
+               "symmetric-log colour scale, so a set arm and its random control can be compared cell by cell.")
+    return Figure(path.name, caption, table)
+
+
+def _cell_label(v: float) -> str:
+    """+0.4, +12, +3,400, +2e+05: short enough for a cell, signed, never `-0`."""
+    if round(v, 1) == 0:
+        return "0.0"
+    if abs(v) < 10:
+        return f"{v:+.1f}"
+    return f"{v:+,.0f}" if abs(v) < 1e4 else f"{v:+.0e}"
+
+
+def plot_losses(arm: str, curves: dict[str, list[float]], path: Path) -> Figure:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for lang, losses in curves.items():
+        ax.plot(range(1, len(losses) + 1), losses, marker="o", ms=3, label=lang)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="optimiser step", ylabel="training loss (NLL per token)", title=f"Fine-tuning only the neurons of arm \u201c{arm}\u201d")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, formats=PAPER_FORMATS)
+    return Figure(path.name, f"Training loss per optimiser step while fine-tuning only arm \u201c{arm}\u201d's neurons, one line "
+                             "per language.", "enhance arms: neuron-restricted fine-tuning")
+
+
+def write_plots(results: dict[str, Any], folder: Path, order: dict[str, list[str]], layer_scale: str = "auto") -> list[Figure]:
+    """Draw the run's figures into `folder`; `order[evaluation]` lists its arms, controls after their arms."""
+    figures: list[Figure] = []
+    layers = results["dims"]["num_layers"]
     for name, info in (results.get("sets") or {}).items():
-        if not info["family"]:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        layers = results["dims"]["num_layers"]
-        for lang, counts in info["counts"].items():
-            per_layer = [sum(site.get(str(i), 0) for site in counts.values()) for i in range(layers)]
-            ax.plot(range(layers), per_layer, marker="o", ms=3, label=lang)
-        ax.set(xlabel="layer", ylabel="neurons", title=f"{name}: neurons per layer")
-        ax.set_xticks(range(layers))
-        ax.tick_params(axis="x", labelsize=7)
-        ax.legend(ncol=3, fontsize=8)
-        fig.tight_layout()
-        path = folder / f"layers-{name}.png"
-        written.append(save_figure(fig, path))
+        fig = plot_layers(name, info, layers, folder / f"layers-{name}.png", layer_scale)
+        if fig:
+            figures.append(fig)
     if results.get("logit_lens"):
         from neuronspec.methods.logit_lens import LensCounts, plot_logit_lens
 
         counts = {lang: LensCounts(r["language"], r["layers"], r["final_norm"], r["top_k"], r["positions"], r["counts"], r["totals"], r["labels"])
                   for lang, r in results["logit_lens"].items()}
-        written.append(plot_logit_lens(counts, folder / "logit-lens.png"))
+        path = plot_logit_lens(counts, folder / "logit-lens.png")
+        figures.append(Figure(path.name, "Share of each layer's top tokens (logit lens) that are English, in the prompt's "
+                                         "language, or other, one panel per prompt language.",
+                              "logit lens: share of top tokens in English / the prompt's language, by layer"))
     by_arm: dict[str, dict[str, list[float]]] = {}
     for name, e in (results.get("enhance") or {}).items():
         arm, lang = name.rsplit("/", 1)
         by_arm.setdefault(arm, {})[lang] = e.get("losses") or []
     for arm, curves in by_arm.items():
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        for lang, losses in curves.items():
-            ax.plot(range(1, len(losses) + 1), losses, marker="o", ms=3, label=lang)
-        ax.set(xlabel="optimiser step", ylabel="training loss (NLL/token)", title=f"enhance {arm}")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = folder / f"loss-{arm}.png"
-        written.append(save_figure(fig, path))
+        figures.append(plot_losses(arm, curves, folder / f"loss-{arm}.png"))
     for ev_name, ev in results["evaluations"].items():
-        for arm, m in ev["matrices"].items():
-            import numpy as np
+        fig = plot_matrices(ev_name, ev, order.get(ev_name, list(ev["matrices"])), folder / f"matrix-{ev_name}.png",
+                            f"matrices/{ev_name}")
+        if fig:
+            figures.append(fig)
+    return figures
 
-            from matplotlib.colors import SymLogNorm
-            from matplotlib.patches import Rectangle
 
-            data = np.array([[m["change"][r].get(c) if m["change"][r].get(c) is not None else np.nan for c in m["cols"]] for r in m["rows"]])
-            fig, ax = plt.subplots(figsize=(1 + 0.7 * len(m["cols"]), 1 + 0.6 * len(m["rows"])))
-            # changes span orders of magnitude (+1 % … +10⁶ %) and may be negative (enhancement):
-            # a symmetric log scale around 0 keeps every cell readable
-            top = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0
-            norm = SymLogNorm(linthresh=1.0, vmin=-max(top, 1.0), vmax=max(top, 1.0), base=10)
-            im = ax.imshow(data, cmap="RdBu_r" if ev["metric"] == "perplexity" else "RdBu", norm=norm)
-            ax.set_xticks(range(len(m["cols"])), m["cols"])
-            ax.set_yticks(range(len(m["rows"])), m["rows"])
-            verb = "enhanced" if m.get("effect") == "improvement" else "deactivated"
-            ax.set(xlabel="evaluated", ylabel=verb, title=f"{ev_name} / {arm}: % change")
-            for i in range(data.shape[0]):
-                for j in range(data.shape[1]):
-                    if not np.isnan(data[i, j]):
-                        v = data[i, j]
-                        ax.text(j, i, f"{v:.0f}" if abs(v) < 1e4 else f"{v:.0e}", ha="center", va="center", fontsize=7)
-                if m["rows"][i] in m["cols"]:  # outline the diagonal: the language's own set
-                    j = m["cols"].index(m["rows"][i])
-                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
-            fig.colorbar(im, ax=ax, shrink=0.8)
-            fig.tight_layout()
-            path = folder / f"matrix-{ev_name}-{arm}.png"
-            written.append(save_figure(fig, path))
-    return written
+#: captions of the figures a method draws in its own stage (copied into the run folder)
+METHOD_FIGURES = {
+    "similarity": ("Cosine similarity of the samples' pooled FFN activations, grouped by language (LinguaFranca).",
+                   "LinguaFranca: language vs meaning (pooled FFN activations, parallel corpus)"),
+    "lrds-sads": ("LRDS (same language − different language) and SADS (same meaning − different meaning) per layer.",
+                  "LinguaFranca: language vs meaning (pooled FFN activations, parallel corpus)"),
+    "sharing": ("Share of neurons per category (all-shared, partial, specific, non-activated) in each layer.",
+                "Sharing Matters: share of neurons per category (averaged over items)"),
+    "sharing-attribution": ("Share of the absolute attribution per layer held by each neuron category.", None),
+}
+
+
+def save_figure_index(folder: Path, figures: list[Figure]) -> Path:
+    path = folder / FIGURES
+    path.write_text(json.dumps([asdict(f) for f in figures], indent=1, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def read_figure_index(folder: Path) -> list[Figure]:
+    """The figures of a run folder: from figures.json, or (older runs) every PNG, captioned by its name."""
+    path = folder / FIGURES
+    if path.exists():
+        return [Figure(**f) for f in json.loads(path.read_text(encoding="utf-8"))]
+    pngs = sorted(folder.glob("*.png")) + sorted(folder.glob("*/*.png"))
+    return [Figure(str(p.relative_to(folder)), str(p.relative_to(folder).with_suffix(""))) for p in pngs]

@@ -31,6 +31,18 @@ INDEX = "index.jsonl"
 _HEADLINE = ("metric", "value", "ci", "higher_is_better", "docs", "tokens", "doc_nll", "doc_tokens")
 
 
+def report_code() -> str:
+    """A digest of the code that turns results into tables and figures: a cached re-run
+    reuses the last report only while this is unchanged."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.glob("*.py")) + [root.parent / "plotting.py"]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def package_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in _PACKAGES:
@@ -66,16 +78,19 @@ def git_state(path: Path | None) -> dict[str, Any] | None:
 
 def eval_metrics(plan: Any, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Headline metric (value, CI, …) of every evaluation stage that has a result, by stage id."""
-    cells = {(name, c["arm"], c["mask_lang"], c["lang"]): c for name, ev in results["evaluations"].items() for c in ev["cells"]}
+    cells = {(name, c["arm"], c.get("draw"), c["mask_lang"], c["lang"]): c for name, ev in results["evaluations"].items()
+             for c in ev["cells"]}
     out: dict[str, dict[str, Any]] = {}
     for sid, stage in plan.stages.items():
         if stage.kind != "eval":
             continue
         s, name = stage.spec, stage.evaluation
-        cell = cells.get((name, s.arm, s.mask_lang, s.lang))
+        cell = cells.get((name, s.arm, s.draw, s.mask_lang, s.lang))
         if cell is not None:
             out[sid] = {"evaluation": name, "kind": s.metric, "arm": s.arm, "arm_kind": s.arm_kind,
-                        "mask_lang": s.mask_lang, "lang": s.lang, **{k: cell[k] for k in _HEADLINE if k in cell}}
+                        "mask_lang": s.mask_lang, "lang": s.lang, "bootstrap": s.options.get("bootstrap", 1000),
+                        **({"draw": s.draw, "random_like": s.random_like} if s.draw else {}),
+                        **{k: cell[k] for k in _HEADLINE if k in cell}}
     return out
 
 
@@ -114,6 +129,7 @@ def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: d
         "seconds": seconds,
         "model_load_seconds": result.model_load_seconds,
         "versions": package_versions(),
+        "report_code": report_code(),
         "git": git_state(loaded.path) if git_info is True else (git_info or None),
         "baseline_language": results.get("baseline_language"),
         "created": time.time(),
@@ -245,7 +261,8 @@ def results_from_record(record: dict[str, Any]) -> dict[str, Any]:
     metrics = record.get("stage_metrics") or {}
     order = [sid for sid in record.get("stage_order", []) if sid in metrics]
     for m in (metrics[sid] for sid in order + sorted(set(metrics) - set(order))):
-        out["evaluations"].setdefault(m["evaluation"], {"metric": m["kind"], "cells": []})["cells"].append(m)
+        out["evaluations"].setdefault(m["evaluation"], {"metric": m["kind"], "cells": [],
+                                                        "bootstrap": m.get("bootstrap", 1000)})["cells"].append(m)
     for ev in out["evaluations"].values():
-        ev.update(derive(ev["metric"], ev["cells"], baseline))
+        ev.update(derive(ev["metric"], ev["cells"], baseline, ev["bootstrap"]))
     return out

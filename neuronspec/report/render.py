@@ -19,47 +19,13 @@ def result_tables(results: dict[str, Any]) -> list[Table]:
         for model, sub in results["variants"].items():
             for t in result_tables(sub):
                 t.title = f"{model}: {t.title}"
+                t.anchor = f"{model}: {t.anchor}" if t.anchor else ""
                 tables.append(t)
         return tables + [dynamics_table(results["dynamics"])]
     tables: list[Table] = []
     base_lang = results.get("baseline_language", "en")
     for name, ev in results["evaluations"].items():
-        metric, langs = ev["metric"], ev["languages"]
-        unit = "% ppl change" if metric == "perplexity" else "points"
-        t = Table(f"{name}: {metric} per language (arms: change vs base, {unit})",
-                  ["arm"] + langs + [f"Δ{base_lang}", f"Δn-{base_lang}", "Δ"])
-        t.add("base", *[fmt(ev["base"].get(lang)) for lang in langs], "", "", "")
-        for arm, row in ev["arms"].items():
-            t.add(arm, *[fmt(row["change"].get(lang), 1, signed=True) for lang in langs],
-                  fmt(row["delta_eng"], 1, True), fmt(row["delta_n_eng"], 1, True), fmt(row["delta"], 1, True))
-        t.caption = ("base row: the untouched model's value; arm rows: each language's own set deactivated"
-                     " or enhanced (family arms) or the arm's single set, evaluated on that language")
-        tables.append(t)
-        if any(ci for row in ev["arms"].values() for ci in (row.get("change_ci") or {}).values()):
-            ct = Table(f"{name}: {unit} with paired 95% CI", ["arm"] + langs, terminal=False)
-            for arm, row in ev["arms"].items():
-                ci = row.get("change_ci") or {}
-                ct.add(arm, *[fmt(row["change"].get(lang), 2, signed=True)
-                              + (f" [{fmt(ci[lang][0], 2, True)}, {fmt(ci[lang][1], 2, True)}]" if ci.get(lang) else "")
-                              for lang in langs])
-            ct.caption = ("documents resampled together for the base model and the arm (1,000 resamples): an interval "
-                          "that excludes 0 is an effect of the arm, not of which documents were drawn")
-            tables.append(ct)
-        for arm, m in ev["matrices"].items():
-            verb = "enhanced" if m.get("effect") == "improvement" else "deactivated"
-            mt = Table(f"{name}: {arm} — {verb} language (rows) × evaluated language (columns), {unit}",
-                       [verb] + m["cols"])
-            for r, ml in enumerate(m["rows"]):
-                mt.add(ml, *[fmt(m["change"][ml].get(lang), 1, signed=True) for lang in m["cols"]])
-                if ml in m["cols"]:
-                    mt.bold.add((r, 1 + m["cols"].index(ml)))
-            effect = m.get("effect", "damage")  # runs recorded before "effect" existed were all deactivations
-            empty = m.get("empty_rows") or []
-            mt.caption = (f"the diagonal (the language's own set) is the largest {effect} in its row for "
-                          f"{m['diagonal_largest']} of {m['rows_with_diagonal']} languages"
-                          + (f" with a non-empty set; the set is EMPTY for {', '.join(empty)} (nothing {verb}, "
-                             "so those rows say nothing)" if empty else ""))
-            tables.append(mt)
+        tables += evaluation_tables(name, ev, base_lang)
     sets = results.get("sets") or {}
     if sets:
         t = Table("neuron sets: size per language and site", ["set", "language"] + list(SITE_ORDER) + ["total"])
@@ -90,9 +56,17 @@ def result_tables(results: dict[str, Any]) -> list[Table]:
                 tables.append(jt)
     if results.get("masks"):
         t = Table("arms: neurons deactivated or enhanced", ["arm", "language", "total"] + list(SITE_ORDER))
-        for arm, info in results["masks"].items():
+        draws: dict[str, int] = {}
+        for key in results["masks"]:
+            arm, _, draw = key.partition("/draw")
+            draws[arm] = max(draws.get(arm, 0), int(draw) if draw else 0)
+        for key, info in results["masks"].items():
+            arm, _, draw = key.partition("/draw")
+            if draw and draw != "1":
+                continue  # every draw has the same counts
+            label = f"{arm} (each of {draws[arm]} draws)" if draw else arm
             for lang, c in info["counts"].items():
-                t.add(arm, lang, c["total"], *[sum(c["per_layer"].get(s, {}).values()) for s in SITE_ORDER])
+                t.add(label, lang, c["total"], *[sum(c["per_layer"].get(s, {}).values()) for s in SITE_ORDER])
         tables.append(t)
     tables += _method_tables(results)
     if results.get("enhance"):
@@ -105,6 +79,98 @@ def result_tables(results: dict[str, Any]) -> list[Table]:
                   f"{e['optimizer_state_bytes'] / 1e6:.2f} MB", f"{e['full_adam_state_bytes'] / 1e6:.0f} MB")
         t.caption = "optimiser state is kept only for the trained rows/columns; parameters outside the set are never written"
         tables.append(t)
+    return tables
+
+
+def arm_order(ev: dict[str, Any]) -> list[str]:
+    """The arms in study order, each random control right after the arm it matches."""
+    arms = list(ev["arms"])
+    controls = {a: r.get("random_like") for a, r in ev["arms"].items() if r.get("random_like") in ev["arms"]}
+    out: list[str] = []
+    for arm in arms:
+        if arm in controls:
+            continue
+        out.append(arm)
+        out += [c for c, target in controls.items() if target == arm]
+    return out
+
+
+def _cell(row: dict[str, Any], lang: str, digits: int = 1) -> str:
+    """An arm's change on `lang`: the value, or for a control with draws `mean (min–max)`."""
+    value = row["change"].get(lang)
+    if row.get("draws") and value is not None and row["change_ci"].get(lang):
+        lo, hi = row["change_ci"][lang]
+        return f"{fmt(value, digits, True)} ({fmt(lo, digits, True)}…{fmt(hi, digits, True)})"
+    return fmt(value, digits, signed=True)
+
+
+def evaluation_tables(name: str, ev: dict[str, Any], base_lang: str) -> list[Table]:
+    """One evaluation's tables: change per arm and language, paired CIs, and each family arm's matrix."""
+    metric, langs = ev["metric"], ev["languages"]
+    unit = "% ppl change" if metric == "perplexity" else "points"
+    order = arm_order(ev)
+    draws = {arm: r["draws"] for arm, r in ev["arms"].items() if r.get("draws")}
+    tables: list[Table] = []
+    t = Table(f"{name}: {metric} per language (arms: change vs base, {unit})",
+              ["arm"] + langs + [f"Δ{base_lang}", f"Δn-{base_lang}", "Δ"])
+    t.add("base", *[fmt(ev["base"].get(lang)) for lang in langs], "", "", "")
+    for arm in order:
+        row = ev["arms"][arm]
+        label = f"{arm} (mean of {draws[arm]} draws)" if arm in draws else arm
+        t.add(label, *[_cell(row, lang) for lang in langs],
+              fmt(row["delta_eng"], 1, True), fmt(row["delta_n_eng"], 1, True), fmt(row["delta"], 1, True))
+    t.caption = (f"base row: the untouched model's {metric}; arm rows: the {unit} when each language's own set is "
+                 "deactivated or enhanced (family arms), or the arm's single set, evaluated on that language. "
+                 f"Δ{base_lang}: the change on {base_lang}; Δn-{base_lang}: the mean change on the other languages; "
+                 f"Δ = Δ{base_lang} − Δn-{base_lang} (MWork's tables)")
+    if draws:
+        t.caption += "; random controls: mean over independent draws with (min…max)"
+    tables.append(t)
+    cis = {arm: r for arm, r in ev["arms"].items() if not r.get("draws") and any((r.get("change_ci") or {}).values())}
+    if cis:
+        ct = Table(f"{name}: {unit} with paired 95% CI", ["arm"] + langs, terminal=False)
+        for arm in order:
+            row = ev["arms"][arm]
+            ci = row.get("change_ci") or {}
+            if arm in draws:
+                ct.add(f"{arm} (mean of {draws[arm]} draws)", *[_cell(row, lang, 2) for lang in langs])
+                continue
+            ct.add(arm, *[fmt(row["change"].get(lang), 2, signed=True)
+                          + (f" [{fmt(ci[lang][0], 2, True)}, {fmt(ci[lang][1], 2, True)}]" if ci.get(lang) else "")
+                          for lang in langs])
+        resamples = ev.get("bootstrap", 1000)
+        ct.caption = (f"[low, high]: documents resampled together for the base model and the arm ({resamples:,} resamples): "
+                      "an interval that excludes 0 is an effect of the arm, not of which documents were drawn"
+                      + ("; random controls: (min…max) over their draws" if draws else ""))
+        tables.append(ct)
+    for i, arm in enumerate(a for a in order if a in ev["matrices"]):
+        m = ev["matrices"][arm]
+        verb = "enhanced" if m.get("effect") == "improvement" else "deactivated"
+        title_arm = f"{arm}, mean of {m['draws']} random draws" if m.get("draws") else arm
+        mt = Table(f"{name}: {title_arm} — {verb} language (rows) × evaluated language (columns), {unit}",
+                   [verb] + m["cols"], anchor="" if i else f"matrices/{name}")  # the figure of all matrices goes beside the first
+        for r, ml in enumerate(m["rows"]):
+            cells = []
+            for lang in m["cols"]:
+                value, spread = m["change"][ml].get(lang), (m.get("spread") or {}).get(ml, {}).get(lang)
+                cells.append(f"{fmt(value, 1, True)} ({fmt(spread[0], 1, True)}…{fmt(spread[1], 1, True)})"
+                             if spread and value is not None else fmt(value, 1, signed=True))
+            mt.add(ml, *cells)
+            if ml in m["cols"]:
+                mt.bold.add((r, 1 + m["cols"].index(ml)))
+        effect = m.get("effect", "damage")  # runs recorded before "effect" existed were all deactivations
+        empty = m.get("empty_rows") or []
+        mt.caption = (f"bold diagonal: the language's own set. It is the largest {effect} in its row for "
+                      f"{m['diagonal_largest']} of {m['rows_with_diagonal']} languages"
+                      + (f" with a non-empty set; the set is EMPTY for {', '.join(empty)} (nothing {verb}, "
+                         "so those rows say nothing)" if empty else ""))
+        if m.get("draws"):
+            mt.caption += (f" (on the mean; per draw: {', '.join(map(str, m['diagonal_largest_per_draw']))}); "
+                           "cells: mean (min…max) over the draws")
+        if m.get("control"):
+            mt.caption += (f". Against its random control {m['control']!r}: the diagonal exceeds every one of the "
+                           f"{m['control_draws']} draws for {m['beats_control']} of {m['rows_with_diagonal']} languages")
+        tables.append(mt)
     return tables
 
 
@@ -182,7 +248,10 @@ def _attribution_table(at: dict[str, Any]) -> Table:
     return t
 
 
-def write_outputs(results: dict[str, Any], tables: list[Table], folder: Path, formats: list[str]) -> list[Path]:
+def write_outputs(results: dict[str, Any], tables: list[Table], folder: Path, formats: list[str],
+                  layer_scale: str = "auto") -> list[Path]:
+    """The run folder's files: results.json, report.md, every table as CSV (plus the tidy
+    evaluations.csv and layers.csv), the figures (PNG, PDF, SVG) and report.html."""
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if "json" in formats:
@@ -193,28 +262,58 @@ def write_outputs(results: dict[str, Any], tables: list[Table], folder: Path, fo
         path = folder / "report.md"
         path.write_text(f"# {results['study']}\n\n" + "\n".join(t.to_markdown() for t in tables), encoding="utf-8")
         written.append(path)
+    written += write_csvs(results, tables, folder)
     if "png" in formats:
-        written += _write_pngs(results, folder)
+        from neuronspec.report.plots import save_figure_index
+
+        figures = _write_figures(results, folder, layer_scale)
+        written.append(save_figure_index(folder, figures))
+        written += [folder / f.file for f in figures]
     return written
 
 
-def _write_pngs(results: dict[str, Any], folder: Path) -> list[Path]:
-    """The run's plots; with several models, each model's in a subfolder named after it,
+def write_csvs(results: dict[str, Any], tables: list[Table], folder: Path) -> list[Path]:
+    """tables/NN-title.csv for every table as shown, and the tidy evaluations.csv / layers.csv (numbers)."""
+    import re
+
+    from neuronspec.report.tidy import EvaluationRow, LayerRow, evaluation_rows, layer_rows, write_csv
+
+    out = folder / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, t in enumerate(tables, 1):
+        slug = re.sub(r"[^a-z0-9]+", "-", t.title.lower()).strip("-")[:60]
+        written.append(t.to_csv(out / f"{i:02d}-{slug}.csv"))
+    written.append(write_csv(folder / "evaluations.csv", evaluation_rows(results), EvaluationRow))
+    written.append(write_csv(folder / "layers.csv", layer_rows(results), LayerRow))
+    return written
+
+
+def _write_figures(results: dict[str, Any], folder: Path, layer_scale: str) -> list[Any]:
+    """The run's figures; with several models, each model's in a subfolder named after it,
     and the across-models LRDS/SADS plot beside them."""
     import shutil
 
-    from neuronspec.report.plots import write_plots
+    from neuronspec.report.plots import METHOD_FIGURES, Figure, write_plots
 
     if "variants" in results:
         from neuronspec.report.dynamics import plot_dynamics
 
-        written = [p for model, sub in results["variants"].items() for p in _write_pngs(sub, folder / model)]
+        figures = []
+        for model, sub in results["variants"].items():
+            figures += [Figure(f"{model}/{f.file}", f"{model}: {f.caption}", f"{model}: {f.table}" if f.table else None)
+                        for f in _write_figures(sub, folder / model, layer_scale)]
         path = plot_dynamics(results["dynamics"], folder / "dynamics-lrds-sads.png")
-        return written + ([path] if path else [])
+        if path:
+            figures.append(Figure(path.name, "LRDS and SADS per layer, one line per model.",
+                                  "dynamics across models: one column per model"))
+        return figures
     folder.mkdir(parents=True, exist_ok=True)
-    written = write_plots(results, folder)
+    order = {name: arm_order(ev) for name, ev in results["evaluations"].items()}
+    figures = write_plots(results, folder, order, layer_scale)
     for png in results.get("plots", []):  # plots a method drew in its own stage
         target = folder / Path(png).name
         shutil.copyfile(png, target)
-        written.append(target)
-    return written
+        caption, table = METHOD_FIGURES.get(target.stem, (target.stem, None))
+        figures.append(Figure(target.name, caption, table))
+    return figures

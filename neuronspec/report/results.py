@@ -37,8 +37,10 @@ def collect(plan: Plan, store: Store, baseline: str = "en") -> dict[str, Any]:
         result = json.loads(path.read_text(encoding="utf-8"))
         if stage.kind == "eval":
             s = stage.spec
-            out["evaluations"].setdefault(stage.evaluation, {"metric": s.metric, "cells": []})["cells"].append(
-                {"arm": s.arm, "arm_kind": s.arm_kind, "mask_lang": s.mask_lang, "lang": s.lang, **result})
+            ev = out["evaluations"].setdefault(stage.evaluation, {"metric": s.metric, "cells": [],
+                                                                  "bootstrap": s.options.get("bootstrap", 1000)})
+            ev["cells"].append({"arm": s.arm, "arm_kind": s.arm_kind, "mask_lang": s.mask_lang, "lang": s.lang,
+                                **({"draw": s.draw, "random_like": s.random_like} if s.draw else {}), **result})
         elif stage.kind == "sets":
             out["sets"] = result
         elif stage.kind == "mask":
@@ -53,7 +55,7 @@ def collect(plan: Plan, store: Store, baseline: str = "en") -> dict[str, Any]:
         elif stage.kind.startswith("stats."):
             out["detection"].setdefault("stats", {})[sid] = result
     for name, ev in out["evaluations"].items():
-        ev.update(derive(ev["metric"], ev["cells"], baseline))
+        ev.update(derive(ev["metric"], ev["cells"], baseline, ev["bootstrap"]))
     return out
 
 
@@ -74,66 +76,121 @@ def collect_study(loaded: Any, variants: list[Any], store: Store) -> dict[str, A
 
 def paired_change_ci(metric: str, base: dict[str, Any] | None, arm: dict[str, Any] | None,
                      resamples: int = 1000, seed: int = 0) -> list[float] | None:
-    """95% CI of the % perplexity change, resampling documents *paired* (the same documents
-    for base and arm), so it measures the arm's effect, not how the documents vary.
-    None when the cells are not perplexities over the same documents."""
+    """95% percentile CI of the % perplexity change, resampling documents *paired* (the same
+    documents for base and arm), so it measures the arm's effect, not how the documents vary.
+    None when the cells are not perplexities over the same documents, or `resamples` is 0.
+
+    numpy only (not neuronspec.evaluate, which imports torch): the report of a cached run
+    must not import torch.
+    """
     import numpy as np
 
-    from neuronspec.evaluate._stats import bootstrap_ratio
-
-    if metric != "perplexity" or not base or not arm or "doc_nll" not in base or "doc_nll" not in arm:
+    if metric != "perplexity" or not base or not arm or "doc_nll" not in base or "doc_nll" not in arm or resamples <= 0:
         return None
-    if base["doc_tokens"] != arm["doc_tokens"]:
+    if base["doc_tokens"] != arm["doc_tokens"] or not base["doc_tokens"]:
         return None
     diff = np.asarray(arm["doc_nll"], dtype=np.float64) - np.asarray(base["doc_nll"], dtype=np.float64)
-    lo, hi = bootstrap_ratio(diff, np.asarray(base["doc_tokens"], dtype=np.float64), resamples=resamples, seed=seed,
-                             transform=lambda x: 100.0 * np.expm1(x))
-    return None if lo is None else [lo, hi]
+    tokens = np.asarray(base["doc_tokens"], dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = diff[idx].sum(axis=1) / tokens[idx].sum(axis=1)
+    ratios = ratios[np.isfinite(ratios)]  # a resample of only zero-token documents has no ratio
+    if ratios.size == 0:
+        return None
+    lo, hi = np.quantile(100.0 * np.expm1(ratios), [0.025, 0.975])
+    return [float(lo), float(hi)]
 
 
-def _lookup(cells: list[dict[str, Any]]) -> dict[tuple[Any, Any, str], dict[str, Any]]:
-    return {(c["arm"], c["mask_lang"], c["lang"]): c for c in cells}
+def _lookup(cells: list[dict[str, Any]]) -> dict[tuple[Any, Any, Any, str], dict[str, Any]]:
+    return {(c["arm"], c.get("draw"), c["mask_lang"], c["lang"]): c for c in cells}
 
 
-def derive(metric: str, cells: list[dict[str, Any]], baseline: str) -> dict[str, Any]:
-    """Per-arm changes per language, ΔEng / Δn-Eng / Δ, and language × language matrices."""
+def _spread(values: list[float | None]) -> tuple[float | None, list[float] | None]:
+    """Mean and [min, max] over a random control's draws (None where a draw has no value)."""
+    known = [v for v in values if v is not None]
+    if not known or len(known) < len(values):
+        return None, None
+    return mean(known), [min(known), max(known)]
+
+
+def derive(metric: str, cells: list[dict[str, Any]], baseline: str, resamples: int = 1000) -> dict[str, Any]:
+    """Per-arm changes per language, ΔEng / Δn-Eng / Δ, and language × language matrices.
+
+    A random control with several draws (cells with `draw` 1…D) is summarised by the mean
+    over its draws with the [min, max] spread; a set arm that a control matches is compared
+    against that distribution: its diagonal beats the control when it exceeds every draw.
+    """
     cell = _lookup(cells)
     langs = list(dict.fromkeys(c["lang"] for c in cells))
     arms = list(dict.fromkeys(c["arm"] for c in cells if c["arm"] is not None))
+    draws = {arm: sorted({c.get("draw") for c in cells if c["arm"] == arm}, key=lambda d: d or 0) for arm in arms}
+    controls = {c["arm"]: c["random_like"] for c in cells if c.get("random_like")}  # control → the arm it matches
     rows: dict[str, Any] = {}
     matrices: dict[str, Any] = {}
+    base_value = {lang: cell.get((None, None, None, lang), {}).get("value") for lang in langs}
+    enhance_arms = {c["arm"] for c in cells if c.get("arm_kind") == "enhance"}
     for arm in arms:
         family = any(c["mask_lang"] is not None for c in cells if c["arm"] == arm)
-        per_lang: dict[str, float | None] = {}
-        values: dict[str, float | None] = {}
-        cis: dict[str, list[float] | None] = {}
+        masks = list(dict.fromkeys(c["mask_lang"] for c in cells if c["arm"] == arm)) if family else []
+
+        def changes(ml: str | None, lang: str, arm: str = arm) -> list[float | None]:
+            return [change(metric, base_value[lang], cell.get((arm, d, ml, lang), {}).get("value")) for d in draws[arm]]
+
+        row: dict[str, Any] = {"values": {}, "change": {}, "change_ci": {}, "family": family}
+        per_draw: dict[str, list[float | None]] = {}
         for lang in langs:
-            c = cell.get((arm, lang if family else None, lang))
-            b = cell.get((None, None, lang))
-            values[lang] = c["value"] if c else None
-            per_lang[lang] = change(metric, b["value"] if b else None, c["value"] if c else None)
-            cis[lang] = paired_change_ci(metric, b, c)
-        eng = per_lang.get(baseline)
-        others = [v for k, v in per_lang.items() if k != baseline and v is not None]
+            ml = lang if family else None
+            per_draw[lang] = changes(ml, lang)
+            vals = [cell.get((arm, d, ml, lang), {}).get("value") for d in draws[arm]]
+            b = cell.get((None, None, None, lang))
+            if len(draws[arm]) == 1:
+                row["values"][lang], row["change"][lang] = vals[0], per_draw[lang][0]
+                row["change_ci"][lang] = paired_change_ci(metric, b, cell.get((arm, draws[arm][0], ml, lang)), resamples)
+            else:
+                row["values"][lang] = _spread(vals)[0]
+                row["change"][lang], row["change_ci"][lang] = _spread(per_draw[lang])
+        eng = row["change"].get(baseline)
+        others = [v for k, v in row["change"].items() if k != baseline and v is not None]
         n_eng = mean(others) if others else None
-        rows[arm] = {"values": values, "change": per_lang, "change_ci": cis, "delta_eng": eng, "delta_n_eng": n_eng,
-                     "delta": (eng - n_eng) if eng is not None and n_eng is not None else None, "family": family}
-        if family:
-            masks = list(dict.fromkeys(c["mask_lang"] for c in cells if c["arm"] == arm))
-            m = {ml: {lang: change(metric, cell.get((None, None, lang), {}).get("value"),
-                                   cell.get((arm, ml, lang), {}).get("value")) for lang in langs} for ml in masks}
-            if any(v is not None for ml in m for lang, v in m[ml].items() if lang != ml):
-                # deactivation should hurt its own language most; enhancement should help it most
-                enhance = any(c.get("arm_kind") == "enhance" for c in cells if c["arm"] == arm)
-                higher = (metric == "perplexity") != enhance  # perplexity: damage = higher; accuracy: damage = lower
-                beats = (lambda a, b: a >= b) if higher else (lambda a, b: a <= b)
-                # a row whose set is empty changed nothing: reported as empty, never a win
-                empty = [ml for ml in masks if any(c.get("deactivated") == 0 or c.get("neurons") == 0
-                                                   for c in cells if c["arm"] == arm and c["mask_lang"] == ml)]
-                diag_wins = sum(1 for ml in masks if ml not in empty and m[ml].get(ml) is not None and all(
-                    v is None or k == ml or beats(m[ml][ml], v) for k, v in m[ml].items()))
-                matrices[arm] = {"rows": masks, "cols": langs, "change": m, "diagonal_largest": diag_wins,
-                                 "rows_with_diagonal": sum(1 for ml in masks if ml in langs and ml not in empty),
-                                 "empty_rows": empty, "effect": "improvement" if enhance else "damage"}
-    base = {lang: cell.get((None, None, lang), {}).get("value") for lang in langs}
-    return {"languages": langs, "base": base, "arms": rows, "matrices": matrices}
+        row.update(delta_eng=eng, delta_n_eng=n_eng, delta=(eng - n_eng) if eng is not None and n_eng is not None else None)
+        if len(draws[arm]) > 1:
+            row.update(draws=len(draws[arm]), change_draws=per_draw, spread="min–max over draws", random_like=controls.get(arm))
+        rows[arm] = row
+        if not family:
+            continue
+        m_draws = {ml: {lang: changes(ml, lang) for lang in langs} for ml in masks}
+        m = {ml: {lang: _spread(m_draws[ml][lang])[0] if len(draws[arm]) > 1 else m_draws[ml][lang][0] for lang in langs}
+             for ml in masks}
+        if not any(v is not None for ml in m for lang, v in m[ml].items() if lang != ml):
+            continue
+        # deactivation should hurt its own language most; enhancement should help it most
+        higher = (metric == "perplexity") != (arm in enhance_arms)  # perplexity: damage = higher; accuracy: damage = lower
+        # a row whose set is empty changed nothing: reported as empty, never a win
+        empty = [ml for ml in masks if any(c.get("deactivated") == 0 or c.get("neurons") == 0
+                                           for c in cells if c["arm"] == arm and c["mask_lang"] == ml)]
+        matrix: dict[str, Any] = {"rows": masks, "cols": langs, "change": m, "diagonal_largest": _diagonal_wins(m, masks, higher, empty),
+                                  "rows_with_diagonal": sum(1 for ml in masks if ml in langs and ml not in empty),
+                                  "empty_rows": empty, "effect": "improvement" if arm in enhance_arms else "damage"}
+        if len(draws[arm]) > 1:
+            matrix.update(draws=len(draws[arm]), random_like=controls.get(arm),
+                          spread={ml: {lang: _spread(v)[1] for lang, v in r.items()} for ml, r in m_draws.items()},
+                          diagonal_largest_per_draw=[_diagonal_wins({ml: {lang: m_draws[ml][lang][i] for lang in langs} for ml in masks},
+                                                                    masks, higher, empty) for i in range(len(draws[arm]))])
+        matrices[arm] = matrix
+    for control, target in controls.items():  # the set arm's diagonal against every draw of its control
+        if target in matrices and control in matrices and matrices[control].get("spread"):
+            mt, spread = matrices[target], matrices[control]["spread"]
+            higher = (metric == "perplexity") == (mt["effect"] == "damage")
+            beats = [ml for ml in mt["rows"] if ml in mt["cols"] and ml not in mt["empty_rows"] and mt["change"][ml].get(ml) is not None
+                     and (spread.get(ml) or {}).get(ml) is not None
+                     and (mt["change"][ml][ml] > spread[ml][ml][1] if higher else mt["change"][ml][ml] < spread[ml][ml][0])]
+            mt.update(control=control, control_draws=matrices[control]["draws"], beats_control=len(beats),
+                      beats_control_languages=beats)
+    return {"languages": langs, "base": base_value, "arms": rows, "matrices": matrices}
+
+
+def _diagonal_wins(m: dict[str, dict[str, float | None]], masks: list[str], higher: bool, empty: list[str]) -> int:
+    """Rows whose diagonal (the language's own set) is the largest effect in the row (empty sets never win)."""
+    beats = (lambda a, b: a >= b) if higher else (lambda a, b: a <= b)
+    return sum(1 for ml in masks if ml not in empty and m[ml].get(ml) is not None and all(
+        v is None or k == ml or beats(m[ml][ml], v) for k, v in m[ml].items()))

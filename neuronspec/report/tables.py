@@ -6,7 +6,9 @@ Every table neuronspec shows — results, neuron counts, overlaps, diffs — is 
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -17,6 +19,7 @@ class Table:
     bold: set[tuple[int, int]] = field(default_factory=set)  # (row, col) cells to emphasise
     caption: str = ""
     terminal: bool = True  # wide detail tables go to the Markdown report only
+    anchor: str = ""  # a stable name figures refer to (e.g. "matrices/ppl"), where the title is not enough
 
     def add(self, *cells: object) -> None:
         self.rows.append([str(c) for c in cells])
@@ -39,17 +42,38 @@ class Table:
         cols = [max([len(c)] + [len(r[i]) for r in self.rows if i < len(r)]) for i, c in enumerate(self.columns)]
         return sum(min(c, wrap) for c in cols) + 3 * len(cols) + 1
 
-    def vertical(self) -> "Table":
-        """The same cells as one `column | value` block per row, for tables too wide to read side by side."""
-        t = Table(self.title, [self.columns[0] if self.columns else "", "value"], caption=self.caption)
-        for r, row in enumerate(self.rows):
-            t.add(row[0], "")
-            t.bold.add((len(t.rows) - 1, 0))
-            for i in range(1, len(row)):
-                t.add(f"  {self.columns[i]}", row[i])
-                if (r, i) in self.bold:
-                    t.bold.add((len(t.rows) - 1, 1))
-        return t
+    def split(self, width: int, keys: int = 1) -> list["Table"]:
+        """Tables of at most `width` characters: the first `keys` columns (the row labels) in
+        each, the other columns spread over as few tables as fit — readable in a log file,
+        where a vertical dump of a wide table runs to hundreds of lines."""
+        if self.min_width() <= width or len(self.columns) <= keys + 1:
+            return [self]
+        sizes = [max([len(c)] + [len(r[i]) for r in self.rows if i < len(r)]) + 3 for i, c in enumerate(self.columns)]
+        groups: list[list[int]] = [[]]
+        room = width - 1 - sum(sizes[:keys])
+        for i in range(keys, len(self.columns)):
+            if groups[-1] and sum(sizes[j] for j in groups[-1]) + sizes[i] > room:
+                groups.append([])
+            groups[-1].append(i)
+        out = []
+        for n, group in enumerate(groups, 1):
+            cols = list(range(keys)) + group
+            t = Table(f"{self.title} ({n}/{len(groups)})", [self.columns[i] for i in cols],
+                      caption=self.caption if n == len(groups) else "", terminal=self.terminal)
+            t.rows = [[row[i] if i < len(row) else "" for i in cols] for row in self.rows]
+            t.bold = {(r, cols.index(i)) for r, i in self.bold if i in cols}
+            out.append(t)
+        return out
+
+    def to_csv(self, path: Path) -> Path:
+        """The table as CSV (header row, then the cells as shown), written atomically."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(self.columns)
+            w.writerows(self.rows)
+        tmp.replace(path)
+        return path
 
     def to_markdown(self) -> str:
         def cell(r: int, i: int, c: str) -> str:
@@ -67,6 +91,8 @@ class Table:
 def fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
     if value is None:
         return "–"
+    if round(value, digits) == 0:
+        value = 0.0  # never "-0.0"
     if abs(value) >= 1e4:
         return f"{value:+.3g}" if signed else f"{value:.3g}"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"

@@ -214,6 +214,10 @@ class AnalysesSpec(Strict):
     logit_lens: LogitLensSpec | None = None
 
 
+#: random draws of a deactivate arm's `random_like` control: one draw can hit a critical neuron
+DEFAULT_DRAWS = 5
+
+
 class NeuronSelection(Strict):
     """Which neurons an arm touches: a named set (optionally restricted), or a random match of another arm."""
 
@@ -226,6 +230,17 @@ class NeuronSelection(Strict):
         None, description="Name of another arm of the same kind: use as many random neurons per site and layer as it does."
     )
     seed: int | None = Field(None, description="Seed for random_like (default: the study seed).")
+    draws: int | None = Field(
+        None, ge=1, le=100,
+        description="random_like: independent random draws, each with the matched arm's counts per site and layer "
+                    "(default 5 for deactivate arms, 1 for enhance arms); reports show their mean and min–max.",
+    )
+
+    def draw_count(self, kind: str) -> int:
+        """How many random draws this selection makes (1 for a named set)."""
+        if self.random_like is None:
+            return 1
+        return self.draws if self.draws is not None else (DEFAULT_DRAWS if kind == "deactivate" else 1)
 
     def partition_names(self) -> list[str]:
         if self.layers is None:
@@ -314,7 +329,10 @@ class EvaluationSpec(Batching):
 
 class ReportSpec(Strict):
     baseline_language: LanguageCode = "en"
-    formats: list[Literal["json", "markdown", "png"]] = Field(default_factory=lambda: ["json", "markdown", "png"])
+    formats: list[Literal["json", "markdown", "png"]] = Field(default_factory=lambda: ["json", "markdown", "png"],
+                                                               description="png: every figure as PNG, PDF and SVG")
+    layer_axis: Literal["auto", "linear", "log"] = Field(
+        "auto", description="y axis of the neurons-per-layer figures; auto: log when one layer holds over 20× the median layer")
 
 
 class Study(Strict):

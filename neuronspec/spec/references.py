@@ -177,6 +177,10 @@ def _arms(study: Study) -> Iterator[Issue]:
                 yield loc + (kind, "random_like"), f"arm {sel.random_like!r} is itself random; match a neuron-set arm"
             if sel.layers is not None or sel.sites is not None:
                 yield loc + (kind,), "random_like copies the matched arm's layers and sites; drop `layers`/`sites`"
+            if kind == "enhance" and (sel.draws or 1) > 1:
+                yield loc + (kind, "draws"), "several draws are supported for deactivate arms only (each enhance draw is a fine-tune)"
+        elif sel.draws is not None:
+            yield loc + (kind, "draws"), "draws count the random draws of a `random_like` control; this arm names a set"
         if arm.enhance is not None:
             if arm.enhance.corpus not in study.corpora:
                 yield loc + ("enhance", "corpus"), _missing("corpus", arm.enhance.corpus, study.corpora)

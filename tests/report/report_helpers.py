@@ -18,7 +18,7 @@ def edit(text: str, epsilon: str = "0.8") -> str:
     """The second version: ε changed, one arm changed (seed), one added — at the front, so
     a positional diff of `arms` would pair the wrong arms."""
     return (text.replace("quantile: 0.9", f"quantile: {epsilon}")
-            .replace("{random_like: early}", "{random_like: early, seed: 7}")
+            .replace("{random_like: early, draws: 2}", "{random_like: early, draws: 2, seed: 7}")
             .replace("arms:\n", "arms:\n  - {name: late, deactivate: {neurons: specific, layers: late}}\n"))
 
 

@@ -54,9 +54,9 @@ def test_diff_rev_shows_spec_changes_the_stages_they_invalidate_and_metric_delta
     assert (spec[EPS]["a"], spec[EPS]["b"], spec[SEED]["a"], spec[SEED]["b"]) == (0.9, 0.8, None, 7)
     assert spec[LATE]["op"] == "added" and spec[LATE]["b"]["deactivate"]["layers"] == "late"
     eps = spec[EPS]["stages"]["changed"]
-    assert {"select/plnd", "sets", "mask/early", "mask/early-random"} <= set(eps)
+    assert {"select/plnd", "sets", "mask/early", "mask/early-random/draw1", "mask/early-random/draw2"} <= set(eps)
     assert not any(s.startswith(("stats/", "corpus/", "eval/ppl/base/")) for s in eps)  # ε re-runs no forward pass
-    assert {s for s in spec[SEED]["stages"]["changed"] if s.startswith("mask/")} == {"mask/early-random"}
+    assert {s for s in spec[SEED]["stages"]["changed"] if s.startswith("mask/")} == {"mask/early-random/draw1", "mask/early-random/draw2"}
     assert spec[LATE]["stages"]["added"][0] == "mask/late" and len(spec[LATE]["stages"]["added"]) == 10
     assert d["stages"]["removed"] == [] and d["missing"] == {"a": [], "b": []} and not d["identical"]
 
@@ -112,7 +112,7 @@ def test_changes_that_cannot_stand_alone_are_attributed_by_stage_origin(history:
     spec = {c["field"]: c["stages"] for c in diff_json(capsys, str(history.study), str(renamed))["spec"]}
     assert set(spec) == {"neurons.specific", "neurons.excl", "arms[late].deactivate.neurons", "arms[early].deactivate.neurons"}
     early = spec["arms[early].deactivate.neurons"]["changed"]
-    assert "mask/early" in early and "mask/early-random" in early and "eval/ppl/early/en@en" in early
+    assert "mask/early" in early and "mask/early-random/draw1" in early and "eval/ppl/early/en@en" in early
     assert "mask/late" not in early and "sets" not in early
     assert "sets" in spec["neurons.excl"]["changed"]
 

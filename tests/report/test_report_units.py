@@ -73,12 +73,21 @@ def test_compress_names_whole_sibling_groups_only() -> None:
     assert compress(["eval/p/a/en", "eval/p/a/fr", "eval/p/a/de"], universe) == "eval/p/a/{en,fr,de}"
 
 
-def test_vertical_layout_keeps_every_cell() -> None:
-    t = Table("t", ["arm", "en", "fr"])
-    t.add("x[1]", "1.0", "2.0")
-    t.bold.add((0, 2))
-    v = t.vertical()
-    assert v.rows == [["x[1]", ""], ["  en", "1.0"], ["  fr", "2.0"]] and (2, 1) in v.bold
+def test_wide_tables_split_into_parts_that_fit_and_keep_every_cell() -> None:
+    t = Table("t", ["arm"] + [f"col{i}" for i in range(12)], caption="c")
+    t.add("x[1]", *[f"{i}.000000" for i in range(12)])
+    t.add("y", *["" for _ in range(12)])
+    t.bold.add((0, 5))
+    parts = t.split(60)
+    assert len(parts) > 1 and all(p.min_width() <= 60 for p in parts)
+    assert [p.caption for p in parts] == [""] * (len(parts) - 1) + ["c"]  # the caption once, under the last part
+    seen = [c for p in parts for c in p.columns[1:]]
+    assert seen == t.columns[1:]  # every column once, in order, each part labelled by the first column
+    for p in parts:
+        assert p.columns[0] == "arm" and [r[0] for r in p.rows] == ["x[1]", "y"]
+        for r, c in p.bold:
+            assert p.columns[c] == "col4" and r == 0
+    assert t.split(500) == [t]
     from rich.console import Console
 
     console = Console(width=60, record=True)

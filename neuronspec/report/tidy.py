@@ -1,0 +1,94 @@
+"""A run's numbers in tidy (long) form: one row per observation, numbers not formatted text.
+
+`evaluation_rows`: one row per arm × random draw × deactivated language × evaluated language
+× metric, with the metric's own CI and the paired CI of its change against the untouched
+model. `layer_rows`: one row per neuron set × language × site × layer (0 for an empty layer). The run folder
+keeps both as CSV, and the Python API returns them as pandas DataFrames; neither needs
+pandas or torch here.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from neuronspec.report.results import change, paired_change_ci
+
+
+@dataclass(frozen=True)
+class EvaluationRow:
+    model: str | None  # the model's name in a study with `models`, else None
+    evaluation: str
+    metric: str
+    arm: str  # "base" for the untouched model
+    arm_kind: str | None  # deactivate | enhance | None (base)
+    random_like: str | None  # the arm a random control matches
+    draw: int | None  # the control's draw (1…D), None for a single mask
+    deactivated: str | None  # the language whose set the arm switched off (or enhanced); None: the arm's single set
+    evaluated: str
+    value: float | None
+    ci_low: float | None  # the metric's own CI (bootstrap over documents)
+    ci_high: float | None
+    base: float | None  # the untouched model's value on `evaluated`
+    change: float | None  # % for perplexity, points otherwise
+    change_ci_low: float | None  # paired bootstrap CI of `change` (perplexity only)
+    change_ci_high: float | None
+    docs: int | None
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    model: str | None
+    set: str
+    language: str | None  # None for a single (not per-language) set
+    site: str
+    layer: int
+    neurons: int
+
+
+def _by_model(results: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
+    return list(results["variants"].items()) if "variants" in results else [(None, results)]
+
+
+def evaluation_rows(results: dict[str, Any]) -> list[EvaluationRow]:
+    rows = []
+    for model, res in _by_model(results):
+        for name, ev in res["evaluations"].items():
+            base = {c["lang"]: c for c in ev["cells"] if c["arm"] is None}
+            resamples = ev.get("bootstrap", 1000)
+            for c in ev["cells"]:
+                b = base.get(c["lang"])
+                ci = c.get("ci") or [None, None]
+                paired = paired_change_ci(ev["metric"], b, c, resamples) if c["arm"] is not None else None
+                rows.append(EvaluationRow(
+                    model, name, ev["metric"], c["arm"] or "base", c.get("arm_kind"), c.get("random_like"), c.get("draw"),
+                    c["mask_lang"], c["lang"], c.get("value"), ci[0], ci[1], b.get("value") if b else None,
+                    change(ev["metric"], b.get("value") if b else None, c.get("value")) if c["arm"] is not None else None,
+                    *(paired or [None, None]), c.get("docs")))
+    return rows
+
+
+def layer_rows(results: dict[str, Any]) -> list[LayerRow]:
+    rows = []
+    for model, res in _by_model(results):
+        layers = res["dims"]["num_layers"]
+        for name, info in (res.get("sets") or {}).items():
+            groups = info["counts"].items() if info["family"] else [(None, info["counts"])]
+            for lang, counts in groups:
+                for site, per_layer in counts.items():  # every layer, empty ones as 0
+                    rows += [LayerRow(model, name, lang, site, i, int(per_layer.get(str(i), 0))) for i in range(layers)]
+    return rows
+
+
+def write_csv(path: Path, rows: list[Any], row_type: type) -> Path:
+    """Rows of a dataclass as CSV (empty cells for None), written atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow([fl.name for fl in fields(row_type)])
+        for r in rows:
+            w.writerow(["" if v is None else v for v in asdict(r).values()])
+    tmp.replace(path)
+    return path

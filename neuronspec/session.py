@@ -1,0 +1,195 @@
+"""Run a study end to end: one live progress display, the plan's stale stages, then the
+run folder (record, results, tables, figures, report.html) — or, when nothing changed, the
+previous run's folder as it is. The command line and the Python API both run studies here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from neuronspec.report.tables import Table
+from neuronspec.spec import StudyError
+
+
+@contextmanager
+def progress_display(console: Console, enabled: bool, total_stages: int = 0) -> Iterator[Any]:
+    """One live display for the run: `stage N of M` with the ETA over stages, and below it a
+    bar for the current stage's long step (documents, tokens/s). Yields (factory, on_stage)."""
+    if not enabled:
+        yield None, None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        overall = progress.add_task("stages", total=total_stages or None, rate="")
+
+        def on_stage(stage: Any, event: str) -> None:
+            if event == "start":
+                done = int(progress.tasks[0].completed)
+                progress.update(overall, description=f"stage {done + 1} of {total_stages}: {stage.id}")
+            elif event == "done":
+                progress.advance(overall)
+
+        @contextmanager
+        def factory(description: str, total: int | None) -> Iterator[Any]:
+            task = progress.add_task(f"  {escape(description)}", total=total, rate="")
+            start, seen = time.perf_counter(), [0]
+
+            def advance(n: int = 1, tokens: int = 0) -> None:
+                seen[0] += tokens
+                rate = f"{seen[0] / max(time.perf_counter() - start, 1e-9):,.0f} tokens/s" if seen[0] else ""
+                progress.update(task, advance=n, rate=rate)
+
+            try:
+                yield advance
+            finally:
+                progress.remove_task(task)
+
+        yield factory, on_stage
+
+
+def stages_to_run(variants: list[Any], store: Any, force: Sequence[str], only: Sequence[str]) -> int:
+    """How many stages the run will compute (not in the store, or forced; within `only`), for
+    the progress display's N of M — from the store's listing, without verifying checksums."""
+    n = 0
+    for v in variants:
+        plan = v.plan
+        forced = set(plan.downstream(plan.select(list(force)))) if force else set()
+        wanted = set(plan.upstream(plan.select(list(only)))) if only else set(plan.stages)
+        n += sum(1 for sid, s in plan.stages.items()
+                 if sid in wanted and (sid in forced or not (store.entry_dir(s.key) / "meta.json").exists()))
+    return n
+
+
+def stage_summary(plan: Any, result: Any) -> list[str]:
+    """One line per stage kind: how many were computed (in how long) and how many came from the cache."""
+    from neuronspec.plan.variants import all_stages
+
+    by_kind: dict[str, list[int | float]] = {}
+    for sid, stage in all_stages(plan).items():
+        n = by_kind.setdefault(stage.kind, [0, 0, 0.0])
+        if sid in result.timings:
+            n[0] += 1
+            n[2] += result.timings[sid]
+        else:
+            n[1] += 1
+    return [f"{kind:<20} " + ", ".join(([f"{int(c)} computed in {t:.1f} s"] if c else []) + ([f"{int(k)} cached"] if k else []))
+            for kind, (c, k, t) in by_kind.items()]
+
+
+def _stage_keys(plan: Any) -> dict[str, str]:
+    from neuronspec.plan.variants import all_stages
+
+    return {sid: s.key for sid, s in all_stages(plan).items()}
+
+
+def unchanged_run(loaded: Any, plan: Any, store: Any) -> Path | None:
+    """The study's latest run folder if it holds the same stages (keys) and report formats as
+    this plan: a fully cached run then reuses its report instead of writing and drawing it again."""
+    from neuronspec.report.records import list_runs, read_record, report_code
+
+    latest = list_runs(store.root, loaded.study.name)[:1]
+    if not latest:
+        return None
+    folder = store.root / "runs" / latest[0]["run_id"]
+    try:
+        record = read_record(folder)
+    except (OSError, ValueError):  # includes RecordError (a damaged record): write a new run
+        return None
+    same = ({sid: s.get("key") for sid, s in record.get("stages", {}).items()} == _stage_keys(plan)
+            and record.get("study", {}).get("report") == loaded.study.report.model_dump(mode="json")
+            and record.get("report_code") == report_code()
+            and ("json" not in loaded.study.report.formats or (folder / "results.json").exists()))
+    return folder if same else None
+
+
+@dataclass
+class RunOutcome:
+    run: Any  # neuronspec.plan.runner.RunResult: what was computed, timings
+    results: dict[str, Any]  # everything the report shows (results.json)
+    tables: list[Table]
+    record: dict[str, Any]  # the run record (record.json)
+    folder: Path  # the run folder
+    reused: bool  # nothing changed: the latest run's folder, nothing written
+
+
+def run_study(loaded: Any, plan: Any, store: Any, *, started: float | None = None, force: Sequence[str] = (),
+              only: Sequence[str] = (), quiet: bool = False, git_info: Any = True, console: Console | None = None) -> RunOutcome | None:
+    """Run a compiled study, collect its results, write the run record and outputs.
+
+    `plan` is a one-model study's Plan or the study's variants (neuronspec.plan.variants: one per model).
+    Returns None when a stage failed (already reported on `console`). When nothing was computed
+    and the latest run has the same stages and report settings, its folder is reused: nothing is
+    written, no plot is drawn, and neither torch nor matplotlib is imported.
+    """
+    import os
+
+    from neuronspec.data import CorpusError
+    from neuronspec.plan.runner import StageFailed, run_plan
+    from neuronspec.plan.variants import as_variants, run_variants
+    from neuronspec.report.html import write_html_report
+    from neuronspec.report.records import read_record, write_run_record
+    from neuronspec.report.render import result_tables, write_outputs
+    from neuronspec.report.results import collect_study
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar: ours shows loading
+    variants = as_variants(loaded, plan)
+    console = console or Console(stderr=True, highlight=False)
+    started = time.perf_counter() if started is None else started
+    live = not quiet and (console.is_terminal or console.is_jupyter)  # a notebook shows the same display
+
+    def on_variant(v):  # noqa: ANN001, ANN202
+        if not quiet:
+            console.print(f"[bold]{escape(v.label)}[/bold]")
+
+    try:
+        with progress_display(console, live, stages_to_run(variants, store, force, only) if live else 0) as (factory, on_live):
+            def on_stage(stage, event):  # noqa: ANN001, ANN202
+                if event == "corrupt":
+                    console.print(f"[yellow]warning:[/yellow] cached {escape(stage.id)} failed its checksum; recomputing")
+                if on_live is not None:
+                    on_live(stage, event)
+
+            result = run_variants(variants, lambda v: run_plan(v.plan, store, v.loaded.study, force=list(force), only=list(only),
+                                                               progress_factory=factory, on_stage=on_stage), on_variant)
+    except StageFailed as failed:
+        if isinstance(failed.error, CorpusError):  # the study asked for text that is not there: point at it
+            raise StudyError([loaded.source.problem(failed.stage.origin, str(failed.error))]) from None
+        console.print(str(failed), style="red", markup=False, soft_wrap=True)
+        console.print("finished stages are cached; fix the cause and run again to resume")
+        return None
+    if not quiet:
+        for line in stage_summary(variants, result):
+            console.print(f"[green]✓[/green] {escape(line)}", soft_wrap=True)
+    previous = None if result.computed or only else unchanged_run(loaded, variants, store)
+    if previous is not None:
+        saved = previous / "results.json"
+        results = json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else collect_study(loaded, variants, store)
+        return RunOutcome(result, results, result_tables(results), read_record(previous), previous, True)
+    results = collect_study(loaded, variants, store)
+    tables = result_tables(results)
+    record, folder = write_run_record(loaded, variants, store, result, results, time.perf_counter() - started, git_info=git_info)
+    write_outputs(results, tables, folder, loaded.study.report.formats, loaded.study.report.layer_axis)
+    write_html_report(folder, record, tables)
+    return RunOutcome(result, results, tables, record, folder, False)
+
+

@@ -1,0 +1,137 @@
+"""What a run leaves for a reader, and what a cached re-run costs: figures in three formats
+beside their tables in report.html, every table as CSV, random controls with several draws,
+and a fully cached re-run that reuses the last report without importing torch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from report_helpers import History
+
+from neuronspec.plan.compile import compile_study
+from neuronspec.report.plots import read_figure_index
+from neuronspec.report.records import list_runs, read_record
+from neuronspec.report.render import result_tables
+from neuronspec.spec import load_study
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_fully_cached_rerun_reuses_the_report_and_imports_no_torch(history: History) -> None:
+    before = list_runs(history.store)
+    code = ("import json, sys\nfrom neuronspec.cli import main\n"
+            f"rc = main(['run', '-q', {str(history.study)!r}])\n"
+            "print(json.dumps({'rc': rc, 'heavy': sorted(m for m in ('torch', 'transformers', 'matplotlib', 'pandas') "
+            "if m in sys.modules)}))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=history.repo)
+    lines = out.stdout.strip().splitlines()
+    assert json.loads(lines[-1]) == {"rc": 0, "heavy": []}
+    # -q: the run record's path and nothing else; it is the latest run's, no new folder
+    assert lines[:-1] == [f"run record: {history.store / 'runs' / history.second / 'record.json'}"]
+    assert list_runs(history.store) == before and out.stderr == ""
+
+
+def test_a_changed_report_setting_writes_a_new_run(history: History, tmp_path: Path) -> None:
+    from neuronspec.cli import main
+
+    study = tmp_path / "tiny.yaml"
+    study.write_text(history.study.read_text().replace("formats: [json, markdown, png]", "formats: [json, markdown]"))
+    store = tmp_path / "store"
+    assert main(["run", "-q", "--store", str(store), str(study)]) == 0
+    assert main(["run", "-q", "--store", str(store), str(study)]) == 0  # unchanged: reused
+    assert len(list_runs(store)) == 1
+    study.write_text(study.read_text().replace("formats: [json, markdown]", "formats: [json]"))
+    assert main(["run", "-q", "--store", str(store), str(study)]) == 0
+    assert len(list_runs(store)) == 2
+
+
+def test_run_folder_has_every_table_as_csv_and_every_figure_in_three_formats(history: History) -> None:
+    folder = history.store / "runs" / history.second
+    results = json.loads((folder / "results.json").read_text())
+    tables = result_tables(results)
+    csvs = sorted((folder / "tables").glob("*.csv"))
+    assert len(csvs) == len(tables)
+    for path, table in zip(csvs, tables):
+        with path.open() as f:
+            rows = list(csv.reader(f))
+        assert rows == [table.columns, *table.rows]
+    figures = read_figure_index(folder)
+    assert {f.file for f in figures} >= {"layers-plnd.png", "layers-specific.png", "matrix-ppl.png"}
+    for f in figures:
+        for suffix in (".png", ".pdf", ".svg"):
+            assert (folder / f.file).with_suffix(suffix).stat().st_size > 0
+        assert f.caption and "_" not in f.caption.split(".")[0]  # words, not internal names
+    with (folder / "evaluations.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["draw"] for r in rows if r["arm"] == "early-random"} == {"1", "2"}
+
+
+def test_report_html_puts_figures_beside_their_tables_and_each_arm_before_its_control(history: History) -> None:
+    html = (history.store / "runs" / history.second / "report.html").read_text()
+    sections = re.split(r"<h2>", html)
+    by_title = {s.split("</h2>")[0]: s for s in sections[1:]}
+    main = next(t for t in by_title if t.startswith("ppl: perplexity per language"))
+    first_matrix = next(t for t in by_title if "× evaluated language" in t)  # the arms' matrices, the first: `late`
+    assert '<div class="pair">' in by_title[first_matrix] and by_title[first_matrix].count("<img") == 1  # all matrices
+    sizes = next(t for t in by_title if t.startswith("neuron sets: size per language"))
+    assert by_title[sizes].count("<img") == 2  # plnd and specific per layer
+    titles = list(by_title)
+    early = titles.index(next(t for t in titles if t.startswith("ppl: early —")))
+    control = titles.index(next(t for t in titles if t.startswith("ppl: early-random")))
+    assert early < control
+    rows = re.findall(r"<tr><td>([^<]*)</td>", by_title[main])
+    assert rows.index("early") + 1 == rows.index("early-random (mean of 2 draws)")
+
+
+def test_adding_draws_reuses_the_earlier_ones(history: History, tmp_path: Path) -> None:
+    two = compile_study(load_study(history.study))
+    more = tmp_path / "tiny.yaml"
+    more.write_text(history.study.read_text().replace("draws: 2", "draws: 3"))
+    three = compile_study(load_study(more))
+    for sid, stage in two.stages.items():
+        assert three.stages[sid].key == stage.key  # every stage of two draws, unchanged
+    added = set(three.stages) - set(two.stages)
+    assert "mask/early-random/draw3" in added and all("draw3" in sid for sid in added)
+    assert len({two.stages[f"mask/early-random/draw{k}"].key for k in (1, 2)}) == 2
+
+
+def test_draw_summary_and_control_comparison_against_the_cells(history: History) -> None:
+    record = read_record(history.store / "runs" / history.second)
+    results = json.loads((history.store / "runs" / history.second / "results.json").read_text())
+    ev = results["evaluations"]["ppl"]
+    cells = {(c["arm"], c.get("draw"), c["mask_lang"], c["lang"]): c["value"] for c in ev["cells"]}
+    base = {lang: cells[(None, None, None, lang)] for lang in ev["languages"]}
+    control = ev["matrices"]["early-random"]
+    per_draw = {(ml, lang): [100 * (cells[("early-random", d, ml, lang)] - base[lang]) / base[lang] for d in (1, 2)]
+                for ml in control["rows"] for lang in control["cols"]}
+    for (ml, lang), values in per_draw.items():
+        assert abs(control["change"][ml][lang] - sum(values) / 2) < 1e-9
+        assert control["spread"][ml][lang] == [min(values), max(values)]
+    target = ev["matrices"]["early"]
+    beats = [ml for ml in target["rows"] if target["change"][ml][ml] > max(per_draw[(ml, ml)])]
+    assert target["control"] == "early-random" and target["beats_control_languages"] == beats
+    row = ev["arms"]["early-random"]
+    for lang in ev["languages"]:
+        assert row["change_ci"][lang] == [min(per_draw[(lang, lang)]), max(per_draw[(lang, lang)])]
+    assert record["stages"]["mask/early-random/draw2"]["spec"]["seed"] != record["stages"]["mask/early-random/draw1"]["spec"]["seed"]
+
+
+def test_a_closed_pipe_ends_quietly(history: History, monkeypatch) -> None:  # noqa: ANN001
+    """`neuronspec diff --md | head`: the reader leaves early; no traceback, exit 0."""
+    import io
+
+    from neuronspec.cli import main
+
+    class ClosedPipe(io.StringIO):
+        def write(self, s: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["diff", "--rev", "HEAD", str(history.study), "--md"]) == 0
