@@ -28,7 +28,8 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-from dataclasses import dataclass
+import marshal
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,15 @@ def _function_parts(src: _Source, module: str, names: list[str]) -> tuple[dict[s
     return parts, _imports([defs[n] for n in seen] + bound_imports, module, False)
 
 
+def _compiled_parts(ref: CodeRef) -> dict[str, str]:
+    """Digests of definitions whose source is not under the package root: their compiled code."""
+    parts = {f"{ref.module}:{obj.__qualname__}": hashlib.sha256(marshal.dumps(obj.__code__)).hexdigest()
+             for obj in ref.objects if hasattr(obj, "__code__")}
+    if not parts:
+        raise ModuleNotFoundError(f"{ref.module}: no source under the package and no compiled code for {ref.names}")
+    return parts
+
+
 def _root() -> Path:
     return Path(__file__).resolve().parents[2]  # the folder holding neuronspec/
 
@@ -196,19 +206,25 @@ class CodeRef:
     module: str
     names: tuple[str, ...]
     extra_modules: tuple[str, ...] = ()
+    # the objects themselves: fingerprinted by their compiled code when `module` has no source
+    # under the package (a plugin, a test's stand-in)
+    objects: tuple[Any, ...] = field(default=(), compare=False)
 
 
 def fingerprints(refs: dict[str, CodeRef], root: Path | None = None) -> dict[str, Fingerprint]:
     """The fingerprint of each ref (one pass over the source tree, memoised files shared)."""
     src = _Source(root or _root())
-    out = {name: _fingerprint(src, ref.module, ref.names, ref.extra_modules) for name, ref in refs.items()}
+    out = {name: _fingerprint(src, ref) for name, ref in refs.items()}
     src.save()
     return out
 
 
-def _fingerprint(src: _Source, module: str, names: tuple[str, ...], extra_modules: tuple[str, ...]) -> Fingerprint:
-    parts, pending = _function_parts(src, module, list(names))
-    pending = pending + [(m, []) for m in extra_modules]
+def _fingerprint(src: _Source, ref: CodeRef) -> Fingerprint:
+    if src.file(ref.module) is None:
+        parts, pending = _compiled_parts(ref), []
+    else:
+        parts, pending = _function_parts(src, ref.module, list(ref.names))
+    pending = pending + [(m, []) for m in ref.extra_modules]
     seen: set[str] = set()
     while pending:
         mod, imported = pending.pop()

@@ -73,8 +73,8 @@ class Kind:
         another module counts that whole module)."""
         module = self.compute.__module__
         if self.spec.__module__ == module:
-            return CodeRef(module, (self.compute.__name__, self.spec.__name__), self.modules)
-        return CodeRef(module, (self.compute.__name__,), self.modules + (self.spec.__module__,))
+            return CodeRef(module, (self.compute.__name__, self.spec.__name__), self.modules, (self.compute,))
+        return CodeRef(module, (self.compute.__name__,), self.modules + (self.spec.__module__,), (self.compute,))
 
 
 def code_fingerprints(kinds: Iterable[str] | None = None, root: Path | None = None) -> dict[str, Fingerprint]:
