@@ -87,3 +87,15 @@ def test_plan_kinds_is_fingerprinted_function_by_function(tmp_path: Path) -> Non
           "def read_docs(entry: Any, lang: str) -> list[dict[str, Any]]:\n    assert lang\n")
     again = fingerprints(refs, tmp_path)
     assert {k for k in refs if again[k] != after[k]} == {"stats.plnd", "stats.act", "eval"}  # corpus does not read docs
+
+
+def test_planning_and_rerunning_a_cached_study_never_import_torch(study_file: Path) -> None:
+    """Fingerprints are read from source: neither `plan` nor a fully cached `run` imports torch."""
+    loaded = load_study(study_file)
+    run_plan(compile_study(loaded), Store(study_file.parent / ".neuronspec"), loaded.study)
+    for command in (["plan", str(study_file)], ["run", "-q", str(study_file)]):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "neuronspec.cli", *command],
+                              capture_output=True, text=True, timeout=120, env=os.environ.copy())
+        assert done.returncode == 0, done.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+        assert "neuronspec.plan.fingerprint" in imported and "torch" not in imported, command
