@@ -309,6 +309,7 @@ def test_git_options_are_never_passed_through(folder: Path, capsys: pytest.Captu
     target = folder / "written"
     assert main(["diff", f"--rev=--output={target}", "tiny.yaml"]) == 2
     assert main(["diff", "--", f"--output={target}:tiny.yaml", "tiny.yaml"]) == 2
+    assert main(["diff", "--", f"--output={target}", "tiny.yaml"]) == 2  # the exact command
     err = capsys.readouterr().err
     assert "is not a git revision" in err and "Traceback" not in err
     assert not target.exists() and not list(folder.glob("written*"))
