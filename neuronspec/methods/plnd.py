@@ -25,8 +25,9 @@ All neurons are scored in parallel from one forward pass:
   the context: on Gemma 3 270M it adds ~0.8x a plain forward pass at 128 tokens, ~1.3x at 256.
 
 Statistics stream over documents in O(neurons) memory: running minimum (for the
-∀-documents rule), sums and sums of squares (means, spreads), and per-site top-k hit
-counts (for the reference code's top-k-then-intersect rule). The first token of each
+∀-documents rule), sums and sums of squares (means, spreads), and per-layer top-k hit
+counts (for the reference code's rule: per document, the k most important neurons of each
+layer and site; a neuron is kept when it is in that top k for every document). The first token of each
 document (BOS, an attention sink with language-independent "massive activations") is
 left out of every score.
 """
@@ -81,15 +82,18 @@ class SiteStats:
         )
 
     def update(self, imp: Tensor, k: int | None) -> None:
-        """Fold in a batch of per-document importances, imp: [docs, layers, width]."""
+        """Fold in a batch of per-document importances, imp: [docs, layers, width].
+
+        With `k` (a count, see :func:`topk_count`), each document's k most important neurons
+        *of each layer* score one hit (the reference code ranks within a layer, never across).
+        """
         imp = imp.float()
         self.min = torch.minimum(self.min, imp.amin(0))
         self.sum += imp.sum(0, dtype=torch.float64)
         self.sumsq += imp.double().pow(2).sum(0)
         if k:
-            flat = imp.reshape(imp.shape[0], -1)
-            top = flat.topk(min(k, flat.shape[1]), dim=1).indices.reshape(-1)
-            self.topk_hits.view(-1).index_add_(0, top, torch.ones_like(top))
+            top = imp.topk(k, dim=2).indices.transpose(0, 1).reshape(imp.shape[1], -1)  # [layers, docs*k]
+            self.topk_hits.scatter_add_(1, top, torch.ones_like(top))
         self.n_docs += imp.shape[0]
 
     def to(self, device: torch.device | str) -> SiteStats:
@@ -324,6 +328,18 @@ class _Scorer:
             self.batch.put("attn.k", layer, per_head.view(b, hkv, h // hkv, d).sum(2).reshape(b, hkv * d))
 
 
+def topk_count(k: int | float, width: int) -> int:
+    """The per-layer top-k as a count: `k` itself, or a fraction of the layer's `width`
+    (rounded, at least 1), so one setting transfers across model sizes."""
+    if isinstance(k, float):
+        if not 0 < k < 1:
+            raise ValueError(f"a top-k fraction must lie in (0, 1), got {k}")
+        return max(1, round(k * width))
+    if not 1 <= k <= width:
+        raise ValueError(f"top-k {k} must lie in 1..{width}, the site's neurons per layer")
+    return k
+
+
 def token_weights(attention_mask: Tensor, skip_first: bool = True) -> Tensor:
     """1.0 for tokens that count, 0.0 for padding (and the first token when `skip_first`)."""
     w = attention_mask.float().clone()
@@ -339,12 +355,17 @@ def plnd_statistics(
     sites: list[str],
     *,
     token_reduce: str = "mean",
-    top_k: dict[str, int] | None = None,
+    top_k: dict[str, int | float] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, SiteStats]:
-    """Stream `batches` through `model` once and return per-site running statistics."""
+    """Stream `batches` through `model` once and return per-site running statistics.
+
+    `top_k`: per site, a count or a fraction of the layer's width (:func:`topk_count`) for the
+    per-layer top-k hit counts.
+    """
     scorer = _Scorer(model, sites, token_reduce)
     dims = scorer.dims
+    counts = {s: topk_count(k, site_width(dims, s)) for s, k in (top_k or {}).items() if s in sites}
     device = next(model.parameters()).device  # statistics stay there (float32/64) until the pass ends
     stats = {s: SiteStats.zeros(dims.num_layers, site_width(dims, s), device) for s in sites}
     handles = scorer.hooks()
@@ -361,7 +382,7 @@ def plnd_statistics(
                 per_layer = scorer.batch.scores[site]
                 # [B, layers, width]; .to(): with device_map="auto" the layers live on several devices
                 imp = torch.stack([per_layer[i].to(device) for i in range(dims.num_layers)], dim=1)
-                stats[site].update(imp, (top_k or {}).get(site))
+                stats[site].update(imp, counts.get(site))
             if on_batch:
                 on_batch(batch.input_ids.shape[0])
     finally:
@@ -386,7 +407,7 @@ def select_relevant(stats: dict[str, dict[str, SiteStats]], thresholds: dict[str
     """Language-relevant neurons per language.
 
     all_docs: Imp ≥ ε for every document of the language (min over documents ≥ ε).
-    topk_intersect: in the per-document top-k for every document.
+    topk_intersect: in the per-document, per-layer top-k for every document.
     """
     out = {}
     for lang, by_site in stats.items():

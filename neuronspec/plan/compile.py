@@ -46,6 +46,7 @@ def compile_study(loaded: LoadedStudy) -> Plan:
     identity, dims = _model(loaded)
     _check_partitions(loaded, dims["num_layers"])
     _check_attribution_layers(loaded, dims["num_layers"])
+    _check_top_k(loaded, dims)
     plan = Plan(study.name, identity, dims, code=K.code_fingerprints())
 
     for name in _used_corpora(study):
@@ -135,6 +136,20 @@ def _check_attribution_layers(loaded: LoadedStudy, num_layers: int) -> None:
     if bad:
         raise StudyError([loaded.source.problem(("detect", "sharing", "attribution", "layers"),
                                                 f"layers {bad} past the model's {num_layers} layers (valid: 0..{num_layers - 1})")])
+
+
+def _check_top_k(loaded: LoadedStudy, dims: dict[str, Any]) -> None:
+    """A top-k count must fit its site's layer width (a larger one would keep every neuron)."""
+    p = loaded.study.detect.plnd
+    if p is None or p.rule != "topk_intersect":
+        return
+    q, kv = dims["heads"] * dims["head_dim"], dims["kv_heads"] * dims["head_dim"]  # as sites.site_width (no torch here)
+    widths = {"ffn": dims["intermediate"], "attn.q": q, "attn.o": q, "attn.k": kv, "attn.v": kv}
+    problems = [loaded.source.problem(("detect", "plnd", "top_k", site), f"top_k {k} exceeds the {widths[site]} {site} "
+                                      f"neurons per layer; use a count up to {widths[site]} or a fraction in (0, 1)")
+                for site, k in p.top_k.items() if isinstance(k, int) and k > widths[site]]
+    if problems:
+        raise StudyError(problems)
 
 
 def _add_plnd(plan: Plan, study: Study) -> None:

@@ -124,7 +124,7 @@ class PlndStats(Batched):
     sites: list[str]
     token_reduce: Literal["mean", "sum"]
     max_tokens: int
-    top_k: dict[str, int]  # only for rule topk_intersect
+    top_k: dict[str, int | float]  # only for rule topk_intersect: a count or a fraction of the layer width
 
 
 def stats_plnd(ctx: RunContext, stage: Stage, s: PlndStats, out: Path) -> None:
@@ -189,7 +189,7 @@ class PlndSelect(StageSpec):
     epsilon: dict[str, float | Quantile]
     rule: Literal["all_docs", "topk_intersect"]
     languages: list[str]
-    top_k: dict[str, int]
+    top_k: dict[str, int | float]
 
 
 def select_plnd(ctx: RunContext, stage: Stage, s: PlndSelect, out: Path) -> None:

@@ -95,6 +95,11 @@ class Quantile(Strict):
 Threshold = Annotated[Union[Annotated[float, Field(ge=0)], Quantile], Field(union_mode="left_to_right")]
 
 
+#: a per-layer top-k: a count (an integer ≥ 1) or a fraction of the layer's width (a float in (0, 1))
+TopK = Annotated[Union[Annotated[int, Field(ge=1, strict=True)], Annotated[float, Field(gt=0, lt=1)]],
+                 Field(union_mode="left_to_right")]
+
+
 class Batching(Strict):
     """How documents are grouped into forward passes (length-sorted, so padding stays small)."""
 
@@ -119,9 +124,14 @@ class PLNDSpec(Batching):
     )
     rule: Literal["all_docs", "topk_intersect"] = Field(
         "all_docs",
-        description="all_docs: Imp ≥ ε for every document (the paper). topk_intersect: in the per-document top-k for every document (the reference code).",
+        description="all_docs: Imp ≥ ε for every document (the paper). topk_intersect: among the k most important "
+                    "neurons of its layer for every document (the reference code; k per site in `top_k`).",
     )
-    top_k: dict[Site, int] = Field(default_factory=lambda: {"ffn": 2000, "attn.q": 1000, "attn.k": 1000, "attn.v": 1000, "attn.o": 1000})
+    top_k: dict[Site, TopK] = Field(
+        # the reference's README values (2000 ffn, 1000 attention neurons per layer) as fractions of 7B widths
+        default_factory=lambda: {"ffn": 0.14, "attn.q": 0.25, "attn.k": 0.25, "attn.v": 0.25, "attn.o": 0.25},
+        description="Per site, the per-layer top k of rule topk_intersect: a count (integer ≥ 1) or a fraction of "
+                    "the layer's width (float in (0, 1); 0.14 ≈ the reference's 2000 of 14,336 ffn neurons).")
     token_reduce: Literal["mean", "sum"] = Field(
         "mean", description="How a document's per-token importances combine: mean keeps ε comparable across document lengths."
     )

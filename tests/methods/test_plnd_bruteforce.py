@@ -108,4 +108,4 @@ def test_topk_hits_and_running_min_stream_over_batches() -> None:
     split = plnd_statistics(model, iter_batches(DOCS, batch_size=1, pad_id=0), ["ffn"], top_k={"ffn": 10})["ffn"]
     assert torch.allclose(one.min, split.min, rtol=1e-5)
     assert torch.equal(one.topk_hits, split.topk_hits)
-    assert int(one.topk_hits.sum()) == 10 * len(DOCS)
+    assert one.topk_hits.sum(1).tolist() == [10 * len(DOCS)] * one.topk_hits.shape[0]  # k hits per layer and document
