@@ -13,16 +13,10 @@ All neurons are scored in parallel from one forward pass:
 * `attn.v` (output (g,d) of V): zeroing it zeroes z_{·,h,d} for every query head h of KV
   group g, so Δ_t = Σ_h z_{t,h,d} W_o[:,(h,d)] and ‖Δ_t‖² = z_tᵀ G z_t with G the Gram
   matrix of those W_o columns — exact under grouped-query attention.
-* `attn.q` / `attn.k` (the paper's approximation): remove one head-dimension's term
-  q_d·k_d (times the model's score scaling) from the attention scores and measure the
-  squared change of the attention probabilities, summed over keys; a K neuron sums over
-  the query heads of its group. q and k are taken as attention sees them (after RoPE and
-  Gemma's q/k norms). This is the one expensive score, O(B·H·T·S·D) exponentials: it is
-  computed in cache-sized chunks of (query head, query block, head dimension, key), only
-  over the keys a query block can see (causal / sliding-window masks leave about half of
-  them out), skipping query blocks that are all padding, with a few Python threads taking
-  whole chunks on CPU; no [B,H,D,T,S] tensor is ever materialised whole. Its cost grows with
-  the context: on Gemma 3 270M it adds ~0.8x a plain forward pass at 128 tokens, ~1.3x at 256.
+* `attn.q` / `attn.k` (the paper's approximation): the squared change of the attention
+  probabilities, summed over keys, when the pre-RoPE (and pre-q/k-norm) projection output
+  that deactivation zeroes is switched off; a K neuron sums over the query heads of its
+  group. The one expensive score, O(B·H·T·S·D) exponentials: see :mod:`plnd_qk`.
 
 Statistics stream over documents in O(neurons) memory: running minimum (for the
 ∀-documents rule), sums and sums of squares (means, spreads), and per-layer top-k hit
@@ -35,7 +29,6 @@ left out of every score.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,23 +36,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neuronspec.models.attention import additive_mask, capture_attention
+from neuronspec.methods.plnd_qk import Plan, QKInputs, qk_importance
+from neuronspec.models.attention import additive_mask, capture_attention, rotary_of
 from neuronspec.models.forward import Batch, hidden_forward
 from neuronspec.models.masks import NeuronSet
 from neuronspec.models.sites import Adapter, Dims, adapter_for, site_width
 
 QK_SITES = ("attn.q", "attn.k")
-#: elements of one perturbed-probability chunk [rows, block, D, span]: 2 MB, so each chunk's
-#: addcmul → softmax → subtract → norm runs in cache instead of streaming through memory
-QK_CHUNK_ELEMENTS = 1 << 19
-#: queries per block. Smaller blocks would skip more of a causal mask's triangle, but 16 keeps
-#: every softmax row a multiple of 16 floats (one AVX-512 vector) and measured fastest
-QK_QUERY_BLOCK = 16
-#: Python threads sharing the chunks (more would queue on the GIL between ops)
-QK_MAX_WORKERS = 4
-#: additive mask values at or below this are "masked" (float16's minimum, -65504, included):
-#: e^(mask + logit - term) is exactly 0.0 in float32 unless logits or terms approach 10^4
-_MASKED = -1e4
 
 
 @dataclass
@@ -127,109 +110,6 @@ class _BatchScores:
         self.scores.setdefault(site, {})[layer] = value
 
 
-def _key_spans(allowed: Tensor, block: int) -> list[tuple[int, int, int, int]]:
-    """(t0, t1, lo, hi) per block of `block` queries: keys lo..hi-1 hold every key any of them can see.
-
-    allowed [T, S] bool: where the mask lets a query see a key. Keys outside a block's span are
-    masked for all its queries, so their probability is exactly 0 before and after any
-    perturbation (exp underflows at the mask's huge negative value): dropping them changes nothing.
-    """
-    t, s = allowed.shape
-    pos = torch.arange(s, device=allowed.device)
-    first = torch.where(allowed, pos, s).amin(1).tolist()
-    last = torch.where(allowed, pos, -1).amax(1).tolist()
-    spans = []
-    for t0 in range(0, t, block):
-        t1 = min(t, t0 + block)
-        lo, hi = min(first[t0:t1]), max(last[t0:t1]) + 1
-        if hi > lo:
-            spans.append((t0, t1, lo, hi))
-    return spans
-
-
-def _run_chunks(fn: Callable[[Any], None], chunks: list[Any], device: torch.device, small: bool) -> None:
-    """fn(chunk) for every chunk; chunks write disjoint parts of one output.
-
-    On CPU with n > 1 intra-op threads, up to QK_MAX_WORKERS Python threads take whole chunks
-    and run their ops with n // workers threads each (1 on small machines; torch releases the
-    GIL inside ops). Thousands of small ops then need no fork/join of OpenMP threads each: on a
-    shared, busy machine, where one OpenMP thread is often descheduled, every join waits for it,
-    and the q/k score ran several times slower than with whole chunks per thread.
-    """
-    threads = torch.get_num_threads()
-    workers = min(threads, QK_MAX_WORKERS, len(chunks))
-    if device.type != "cpu" or workers <= 1 or small:
-        for c in chunks:
-            fn(c)
-        return
-    torch.set_num_threads(threads // workers)  # process-wide; the new workers pick it up; restored below
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            for _ in pool.map(fn, chunks):
-                pass
-    finally:
-        torch.set_num_threads(threads)
-
-
-def qk_head_importance(query: Tensor, key: Tensor, mask: Tensor | None, scaling: float,
-                       softcap: float | None = None, chunk_elements: int = QK_CHUNK_ELEMENTS,
-                       needed: Tensor | None = None) -> Tensor:
-    """Per-token, per-head-dimension q/k importance [B, H, T, D] (the K score sums H over a group).
-
-    query [B,H,T,D], key [B,Hkv,S,D] (post-RoPE), mask additive [B,1|H,T,S] or None (causal).
-    Entry (b,h,t,d) = Σ_s (softmax_s(ℓ_ts − c_tsd) − softmax_s(ℓ_ts))² with ℓ the attention
-    logits (scaled, soft-capped, masked as the model does) and c_tsd = scaling·q_td·k_sd.
-    With `needed` [B,T] bool, only those queries are guaranteed (e.g. not padding): whole
-    blocks of queries that none of a document's rows needs are skipped and left 0.
-    """
-    q, k = query.float(), key.float()
-    b, h, t, d = q.shape
-    hkv, s = k.shape[1], k.shape[2]
-    group = h // hkv
-    rows = b * h
-    # one row per (batch, query head); the KV head of query head j is j // group (as repeat_kv)
-    qs = (q * scaling).reshape(rows, t, d)
-    kt = k.transpose(-1, -2).repeat_interleave(group, dim=1).reshape(rows, d, s)  # [rows, D, S]
-    raw = torch.bmm(qs, kt)  # [rows, T, S]
-    if mask is None:
-        mask = torch.full((t, s), float("-inf"), device=q.device).triu(s - t + 1)[None, None]
-    mask = mask[..., :s].float().expand(b, h, t, s).reshape(rows, t, s)
-    logits = (torch.tanh(raw / softcap) * softcap if softcap else raw) + mask
-    probs = torch.softmax(logits, dim=-1)
-    out = torch.zeros(rows, t, d, device=q.device)
-    # rows (b, h) needed per query position, as a Python list per block below
-    need = (torch.ones(b, t, dtype=torch.bool) if needed is None else needed.bool().cpu()).repeat_interleave(h, 0)
-    block = max(1, min(t, QK_QUERY_BLOCK, chunk_elements // max(1, d * s)))
-    chunks, elements = [], 0
-    # Decide from the mask, not from probs > 0: a key whose probability merely underflows can
-    # gain probability when a term is removed; a masked one (-inf, dtype min, -1e9...) never can.
-    allowed = (mask > _MASKED).any(0)
-    for t0, t1, lo, hi in _key_spans(allowed, block):
-        live = need[:, t0:t1].any(1).nonzero().flatten()
-        if not live.numel():
-            continue
-        first, end = int(live[0]), int(live[-1]) + 1  # length-sorted batches: a prefix of the rows
-        step = max(1, chunk_elements // ((t1 - t0) * d * (hi - lo)))
-        chunks += [(slice(r0, min(end, r0 + step)), t0, t1, lo, hi) for r0 in range(first, end, step)]
-        elements += (end - first) * (t1 - t0) * d * (hi - lo)
-
-    def score(chunk: tuple[slice, int, int, int, int]) -> None:
-        r, t0, t1, lo, hi = chunk
-        qc = qs[r, t0:t1, :, None]            # [r, tb, D, 1]
-        kc = kt[r, None, :, lo:hi]            # [r, 1, D, span]
-        if softcap:
-            x = torch.addcmul(raw[r, t0:t1, None, lo:hi], qc, kc, value=-1.0)
-            x = x.div_(softcap).tanh_().mul_(softcap).add_(mask[r, t0:t1, None, lo:hi])
-        else:  # logits minus this dimension's term, for every dimension at once
-            x = torch.addcmul(logits[r, t0:t1, None, lo:hi], qc, kc, value=-1.0)
-        x = torch.softmax(x, dim=-1).sub_(probs[r, t0:t1, None, lo:hi])
-        dst = out[r, t0:t1]
-        torch.linalg.vector_norm(x, dim=-1, out=dst).square_()
-
-    _run_chunks(score, chunks, q.device, small=elements < 4 * chunk_elements)  # small: not worth threads
-    return out.view(b, h, t, d)
-
-
 class _Scorer:
     """Hooks that turn one forward pass into per-document importances for every site.
 
@@ -246,6 +126,7 @@ class _Scorer:
         self.weights: Tensor | None = None  # [B,T] token weights of the batch being scored
         self.denom: Tensor | None = None  # [B,1] what the token sum is divided by (1 for "sum")
         self.batch = _BatchScores()
+        self.plan: Plan | None = None
         self._norms: dict[tuple[str, int], Tensor] = {}
         self.softcap = getattr(getattr(model.config, "get_text_config", lambda: model.config)(), "attn_logit_softcapping", None)
 
@@ -254,6 +135,8 @@ class _Scorer:
         count = self.weights.sum(1, keepdim=True)
         self.denom = count.clamp_min(1) if self.how == "mean" else torch.ones_like(count)
         self.batch = _BatchScores()
+        if any(s in QK_SITES for s in self.sites):  # one host copy of the needed queries per batch
+            self.plan = Plan(self.weights > 0, self.dims.heads)
 
     def _token_sum(self, x2: Tensor) -> Tensor:
         """[B,T,W] → [B,W]: Σ_t w_t x2_t / denom."""
@@ -316,16 +199,20 @@ class _Scorer:
         return hook
 
     def on_attention(self, layer: int, query: Tensor, key: Tensor, mask: Tensor | None, scaling: float, module: Any) -> None:
-        imp = qk_head_importance(query.detach(), key.detach(), additive_mask(mask), scaling, self.softcap,
-                                 needed=self.weights > 0)  # [B,H,T,D], 0 where the weight is 0
-        b, h, _, d = imp.shape
-        hkv = key.shape[1]
-        # Σ_t w_t imp[b,h,t,:] as a batched [1,T]@[T,D] product (einsum picks a much slower path here)
-        per_head = (self.weights[:, None, None, :].to(imp.dtype) @ imp)[:, :, 0] / self.denom[:, :, None]
-        if "attn.q" in self.sites:
-            self.batch.put("attn.q", layer, per_head.reshape(b, h * d))
-        if "attn.k" in self.sites:  # a K neuron feeds every query head of its group
-            self.batch.put("attn.k", layer, per_head.view(b, hkv, h // hkv, d).sum(2).reshape(b, hkv * d))
+        if ("gains", layer) not in self._norms:
+            self._norms[("gains", layer)] = self.adapter.qk_norm_gains(self.model, layer)  # type: ignore[assignment]
+        inp = QKInputs(query.detach(), key.detach(), additive_mask(mask), scaling, self.softcap,
+                       rotary_of(module), self._norms[("gains", layer)])  # type: ignore[arg-type]
+        want = tuple(s for s in QK_SITES if s in self.sites)
+        for site, imp in qk_importance(inp, want, self.plan, mask_source=mask).items():  # [B,H,T,D], 0 where w is 0
+            b, h, _, d = imp.shape
+            hkv = key.shape[1]
+            # Σ_t w_t imp[b,h,t,:] as a batched [1,T]@[T,D] product (einsum picks a much slower path here)
+            per_head = (self.weights[:, None, None, :].to(imp.dtype) @ imp)[:, :, 0] / self.denom[:, :, None]
+            if site == "attn.q":
+                self.batch.put(site, layer, per_head.reshape(b, h * d))
+            else:  # a K neuron feeds every query head of its group
+                self.batch.put(site, layer, per_head.view(b, hkv, h // hkv, d).sum(2).reshape(b, hkv * d))
 
 
 def topk_count(k: int | float, width: int) -> int:

@@ -36,9 +36,11 @@ class AttentionCallback(Protocol):
                  scaling: float, module: nn.Module) -> None: ...
 
 
-# Per-config original implementation and per-module callback; filled only inside the context.
+# Per-config original implementation, per-module callback and the rotary (cos, sin) of the
+# module's current call; filled only inside the context.
 _ORIGINAL: dict[int, str] = {}
 _CALLBACKS: dict[int, AttentionCallback] = {}
+_ROTARY: dict[int, tuple[Tensor, Tensor] | None] = {}
 _LOCK = threading.Lock()
 _registered = False
 
@@ -87,6 +89,17 @@ def _register() -> None:
         _registered = True
 
 
+def rotary_of(module: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """The (cos, sin) [B|1, T, head_dim] that `module`'s current forward applied to q and k
+    (``position_embeddings``), or None for a model without rotary embeddings. Valid inside a
+    callback of :func:`capture_attention`."""
+    return _ROTARY.get(id(module))
+
+
+def _keep_rotary(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    _ROTARY[id(module)] = kwargs.get("position_embeddings")
+
+
 def additive_mask(attention_mask: Tensor | None, dtype: torch.dtype = torch.float32) -> Tensor | None:
     """Normalise a mask passed to the callback to an additive float mask (0 / dtype min)."""
     if attention_mask is None or attention_mask.dtype != torch.bool:
@@ -108,7 +121,8 @@ def capture_attention(model: nn.Module, callback: AttentionCallback, layers: set
       It already encodes causality, padding and Gemma 3's sliding window. It is None
       only if the model built no mask. :func:`additive_mask` converts either form.
     - ``scaling``: the factor the model multiplies q.k by (Gemma 3: query_pre_attn_scalar**-0.5);
-      soft-capping, if any, is ``module.attn_logit_softcapping``.
+      soft-capping, if any, is ``module.attn_logit_softcapping``; :func:`rotary_of` gives the
+      rotary (cos, sin) that turned the pre-RoPE q/k into these.
 
     Only modules whose ``layer_idx`` is in `layers` call back. BLOOM (ALiBi) computes
     attention itself and is not supported.
@@ -129,14 +143,18 @@ def capture_attention(model: nn.Module, callback: AttentionCallback, layers: set
         originals = {k: c._attn_implementation for k, c in configs.items()}
         _ORIGINAL.update(originals)
         _CALLBACKS.update({k: callback for k in attn_modules})
+    hooks = [m.register_forward_pre_hook(_keep_rotary, with_kwargs=True) for m in attn_modules.values()]
     try:
         for c in configs.values():
             c._attn_implementation_internal = IMPL
         yield model
     finally:
+        for h in hooks:
+            h.remove()
         with _LOCK:
             for k, c in configs.items():
                 c._attn_implementation_internal = originals[k]
                 _ORIGINAL.pop(k, None)
             for k in attn_modules:
                 _CALLBACKS.pop(k, None)
+                _ROTARY.pop(k, None)

@@ -166,6 +166,11 @@ class Adapter:
         """Modules whose output rows feed the ``ffn`` neurons (up and gate, or fc1)."""
         raise NotImplementedError
 
+    def qk_norm_gains(self, model: nn.Module, i: int) -> tuple[Tensor, Tensor] | None:
+        """Per-head RMSNorm gains [head_dim] applied to q and k after the projection (before RoPE),
+        or None when the family has no q/k norm: zeroing a q/k neuron then also rescales its head."""
+        return None
+
     # ---- weights: always [out, in] ----------------------------------------------
     def down_weight(self, model: nn.Module, i: int) -> Tensor:
         """FFN down-projection weight as [hidden, intermediate]."""
@@ -294,6 +299,10 @@ class Gemma3Adapter(GatedAdapter):
     def base(self, model: nn.Module) -> nn.Module:
         inner = model.model
         return getattr(inner, "language_model", inner)
+
+    def qk_norm_gains(self, model: nn.Module, i: int) -> tuple[Tensor, Tensor]:
+        attn = self.attention(model, i)  # Gemma3RMSNorm scales by (1 + weight)
+        return 1.0 + attn.q_norm.weight.detach().float(), 1.0 + attn.k_norm.weight.detach().float()
 
 
 class _TransformerHAdapter(Adapter):

@@ -1,8 +1,11 @@
-"""The chunked q/k score against a direct full-tensor computation of the same definition.
+"""The chunked q/k score against a direct full-tensor computation of its definition.
 
-test_plnd_bruteforce uses documents of <= 8 tokens, i.e. one block of queries; here sequences
-are long enough for many query blocks, key spans cut by causal and sliding-window masks,
-padding rows skipped through `needed`, row chunks of every size, and soft-capping.
+The direct reference starts from pre-norm projection outputs u: for each neuron it zeroes
+u_n, re-applies the per-head RMSNorm (gain g, eps) and the rotation, and recomputes the
+softmax — nothing of the closed form in plnd_qk. test_plnd_qk_bruteforce checks the same
+against real models; here sequences are long enough for many query blocks, key spans cut by
+causal and sliding-window masks, padding rows skipped through a plan, row chunks of every
+size, soft-capping, and q/k norms.
 """
 
 from __future__ import annotations
@@ -10,28 +13,57 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuronspec.methods.plnd import (
-    _key_spans,
-    plnd_statistics,
-    qk_head_importance,
-    token_weights,
-)
+from neuronspec.methods.plnd import plnd_statistics, token_weights
+from neuronspec.methods.plnd_qk import Plan, QKInputs, key_spans, qk_importance
 from neuronspec.models.forward import iter_batches
 from neuronspec.models.tiny import tiny_model
 
+EPS = 1e-6
 
-def _direct(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, scaling: float, softcap: float | None) -> torch.Tensor:
-    """[B,H,T,D] straight from the definition: one full softmax per head dimension."""
-    b, h, t, d = q.shape
-    kk = k.repeat_interleave(h // k.shape[1], 1)
+
+def _rope(t: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
+    freqs = torch.arange(t).float()[:, None] * inv[None]
+    emb = torch.cat([freqs, freqs], -1)[None]  # [1, T, D]
+    return emb.cos(), emb.sin()
+
+
+def _finish(u: torch.Tensor, gain: torch.Tensor | None, rot: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Pre-norm projection output [B,H,T,D] → what attention sees (norm, then RoPE)."""
+    x = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + EPS) * gain if gain is not None else u
+    if rot is None:
+        return x
+    cos, sin = (r[:, None] for r in rot)
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+
+
+def _direct(uq, uk, mask, scaling, softcap, gains, rot) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """site → [B,H,T,D] straight from the definition: one full softmax per switched-off neuron."""
+    b, h, t, d = uq.shape
+    group = h // uk.shape[1]
     cap = (lambda x: torch.tanh(x / softcap) * softcap) if softcap else (lambda x: x)
-    raw = scaling * q @ kk.transpose(-1, -2)
-    base = torch.softmax(cap(raw) + mask, -1)
-    out = torch.empty(b, h, t, d)
+    gq, gk = gains if gains is not None else (None, None)
+
+    def probs(uq_, uk_):  # noqa: ANN001, ANN202
+        q, k = _finish(uq_, gq, rot), _finish(uk_, gk, rot).repeat_interleave(group, 1)
+        return torch.softmax(cap(scaling * q @ k.transpose(-1, -2)) + mask, -1)
+
+    base = probs(uq, uk)
+    out = {"attn.q": torch.empty(b, h, t, d), "attn.k": torch.empty(b, h, t, d)}
     for j in range(d):
-        term = scaling * q[..., j, None] * kk[..., j][:, :, None, :]
-        out[..., j] = (torch.softmax(cap(raw - term) + mask, -1) - base).pow(2).sum(-1)
+        u2 = uq.clone()
+        u2[..., j] = 0
+        out["attn.q"][..., j] = (probs(u2, uk) - base).pow(2).sum(-1)
+        u2 = uk.clone()
+        u2[..., j] = 0
+        out["attn.k"][..., j] = (probs(uq, u2) - base).pow(2).sum(-1)
     return out
+
+
+def _inputs(uq, uk, mask, scaling, softcap, gains, rot) -> QKInputs:  # noqa: ANN001
+    gq, gk = gains if gains is not None else (None, None)
+    return QKInputs(_finish(uq, gq, rot), _finish(uk, gk, rot), mask, scaling, softcap, rot, gains)
 
 
 def _mask(b: int, t: int, lengths: list[int], window: int | None) -> torch.Tensor:
@@ -49,27 +81,36 @@ def _mask(b: int, t: int, lengths: list[int], window: int | None) -> torch.Tenso
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("softcap", [None, 3.0])
 @pytest.mark.parametrize("chunk", [1, 97, 1 << 12, 1 << 19])
-def test_chunked_equals_direct(window: int | None, softcap: float | None, chunk: int) -> None:
+@pytest.mark.parametrize("kind", ["plain", "rope", "rope+norm"])
+def test_chunked_equals_direct(window: int | None, softcap: float | None, chunk: int, kind: str) -> None:
     torch.manual_seed(0)
     b, h, hkv, t, d = 3, 4, 2, 37, 6
-    q, k = torch.randn(b, h, t, d) * 2, torch.randn(b, hkv, t, d) * 2
+    uq, uk = torch.randn(b, h, t, d) * 2, torch.randn(b, hkv, t, d) * 2
+    gains = (1 + 0.3 * torch.randn(d), 1 + 0.3 * torch.randn(d)) if kind == "rope+norm" else None
+    rot = _rope(t, d) if kind != "plain" else None
     lengths = [37, 30, 11]
     mask = _mask(b, t, lengths, window)
-    want = _direct(q, k, mask, 0.4, softcap)
-    got = qk_head_importance(q, k, mask, 0.4, softcap, chunk_elements=chunk)
-    assert torch.allclose(got, want, rtol=1e-4, atol=1e-9)
+    want = _direct(uq, uk, mask, 0.4, softcap, gains, rot)
+    inp = _inputs(uq, uk, mask, 0.4, softcap, gains, rot)
+    got = qk_importance(inp, chunk_elements=chunk)
+    # float32 rounding of logits up to ~10 (the reference rotates and normalises its own way):
+    # about 1e-6 of absolute error on scores of order 0.1-1
+    tol = dict(rtol=1e-4, atol=1e-9 if kind == "plain" else 5e-6)
+    for site in want:
+        assert torch.allclose(got[site], want[site], **tol), site
 
     needed = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
     needed[:, 0] = False
-    got = qk_head_importance(q, k, mask, 0.4, softcap, chunk_elements=chunk, needed=needed)
-    rows = needed[:, None, :, None].expand_as(want)
-    assert torch.allclose(got[rows], want[rows], rtol=1e-4, atol=1e-9)
-    assert torch.all(got[~rows & ~needed.any(0)[None, None, :, None]] == 0)  # positions no row needs
+    got = qk_importance(inp, plan=Plan(needed, h), chunk_elements=chunk)
+    rows = needed[:, None, :, None].expand_as(want["attn.q"])
+    for site in want:
+        assert torch.allclose(got[site][rows], want[site][rows], **tol)
+        assert torch.all(got[site][~rows & ~needed.any(0)[None, None, :, None]] == 0)  # positions no row needs
 
 
 def test_key_spans_cover_every_visible_key() -> None:
     allowed = _mask(1, 40, [40], 7)[0, 0] == 0
-    for t0, t1, lo, hi in _key_spans(allowed, 16):
+    for t0, t1, lo, hi in key_spans(allowed, 16):
         assert not allowed[t0:t1, :lo].any() and not allowed[t0:t1, hi:].any()
         assert allowed[t0:t1, lo].any() and allowed[t0:t1, hi - 1].any()
 
@@ -101,24 +142,25 @@ def test_key_whose_probability_underflows_is_not_dropped() -> None:
     k[:, :, 0, 0] = -50.0
     q[:, :, 16:, 0] = 50.0
     mask = _mask(b, t, [t], None)
-    want = _direct(q, k, mask, 0.1, None)
+    want = _direct(q, k, mask, 0.1, None, None, None)["attn.q"]
     assert want[0, 0, 16:, 0].min() > 1e-3  # the effect is real (key 0 gets ~1/17 of the mass)
-    got = qk_head_importance(q, k, mask, 0.1, None)
+    got = qk_importance(QKInputs(q, k, mask, 0.1))["attn.q"]
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-9)
 
 
 def test_worker_threads_give_the_single_thread_result() -> None:
     """Many chunks on 2 threads go through the Python worker pool; threads are restored after."""
     torch.manual_seed(0)
-    q, k = torch.randn(2, 4, 50, 8), torch.randn(2, 2, 50, 8)
-    mask = _mask(2, 50, [50, 41], None)
+    uq, uk = torch.randn(2, 4, 50, 8), torch.randn(2, 2, 50, 8)
+    inp = _inputs(uq, uk, _mask(2, 50, [50, 41], None), 0.3, None, (torch.ones(8) * 1.1, torch.ones(8) * 0.9), _rope(50, 8))
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = qk_head_importance(q, k, mask, 0.3, chunk_elements=256)
+        one = qk_importance(inp, chunk_elements=256)
         torch.set_num_threads(2)
-        two = qk_head_importance(q, k, mask, 0.3, chunk_elements=256)
+        two = qk_importance(inp, chunk_elements=256)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
-    assert torch.allclose(one, two, rtol=1e-6, atol=0)
+    for site in one:
+        assert torch.allclose(one[site], two[site], rtol=1e-6, atol=0)

@@ -1,0 +1,257 @@
+"""PLND's q/k importance, for the neuron that deactivation switches off.
+
+A q (k) neuron is output n of the query (key) projection of one head, *before* Gemma's
+per-head q/k RMSNorm and before rotary embeddings — that is what ``deactivate`` and
+``zero_weights`` zero. Its score is the paper's: the squared change of the attention
+probabilities, Σ_s (p'_ts − p_ts)², when the neuron is switched off, per query t (a K neuron
+sums it over the query heads of its group).
+
+What switching it off does to the logits, exactly. Write q̃ for the normalised pre-RoPE query
+(q̃ = u·g/r, u the projection output, g the norm's gain, r = √(mean u² + eps); no norm: q̃ = u)
+and q = R_t q̃ for the post-RoPE one (R_t the rotation of position t, pairing n with n ± D/2).
+Zeroing u_n removes q̃_n and, through r, rescales the rest of the head by
+α_tn = r/r' = (1 − (q̃_n/g_n)²/D)^(−1/2) (1 without a norm), so with ℓ_ts = scaling·q_t·k_s
+
+    ℓ'_ts = α_tn (ℓ_ts − c_tsn),   c_tsn = scaling·q̃_tn·(R_tᵀ k_s)_n
+          = scaling·q̃_tn·(cos_tn k_sn − sin_tn rot(k_s)_n),          rot = rotate_half
+
+the removed part of q_t being q̃_tn·R_t e_n, which lives on both rotary partners of n. For a K
+neuron the roles swap: ℓ'_ts = β_sn (ℓ_ts − scaling·k̃_sn·(cos_sn q_tn − sin_sn rot(q_t)_n)).
+Soft-capping and the mask apply after, as in the model. Without RoPE and norm (GPT-2) both
+reduce to removing q_tn·k_sn, and one computation serves q and k.
+
+The computation never holds the [rows, queries, head_dim, keys] tensor whole: it runs in
+cache-sized chunks of (query head, query block, head dimension, key span), only over the keys
+a query block can see (a causal / sliding-window mask leaves about half of them out),
+skipping query blocks that no document row needs, with a few Python threads taking whole
+chunks on CPU. Where the keys of a block lie is read from the mask once per batch and mask
+(layers share their masks), not once per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: elements of one perturbed-probability chunk [rows, block, D, span]: 2 MB, so each chunk's
+#: ops run in cache instead of streaming through memory
+QK_CHUNK_ELEMENTS = 1 << 19
+#: queries per block. Smaller blocks would skip more of a causal mask's triangle, but 16 keeps
+#: every softmax row a multiple of 16 floats (one AVX-512 vector) and measured fastest
+QK_QUERY_BLOCK = 16
+#: Python threads sharing the chunks (more would queue on the GIL between ops)
+QK_MAX_WORKERS = 4
+#: additive mask values at or below this are "masked" (float16's minimum, -65504, included):
+#: e^(mask + logit - term) is exactly 0.0 in float32 unless logits or terms approach 10^4
+_MASKED = -1e4
+
+
+@dataclass(frozen=True)
+class QKInputs:
+    """What the attention function of one layer saw, as :func:`capture_attention` hands it out.
+
+    query [B,H,T,D] and key [B,Hkv,S,D] post-RoPE (and post-norm); mask additive [B,1|H,T,S]
+    (None: causal); rotary (cos, sin) [B|1,T,D] or None; gains: the (q, k) per-head RMSNorm
+    gains [D] or None.
+    """
+
+    query: Tensor
+    key: Tensor
+    mask: Tensor | None
+    scaling: float
+    softcap: float | None = None
+    rotary: tuple[Tensor, Tensor] | None = None
+    gains: tuple[Tensor, Tensor] | None = None
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _norm_rescale(pre: Tensor, gain: Tensor) -> Tensor:
+    """r/r' per (position, neuron): how much the rest of a normalised head grows when one
+    pre-norm coordinate is zeroed. (pre/gain)² / D = u_n² / (D·(mean u² + eps)) exactly."""
+    share = (pre / gain).square_().div_(pre.shape[-1])
+    return share.neg_().add_(1.0).clamp_min_(1e-12).rsqrt_()
+
+
+@dataclass
+class _Side:
+    """Factors of one kind of neuron's removed logit term c[t,n,s] = Σ_i left_i[t,n]·right_i[n,s],
+    and its rescale (per (t, n) for q, per (n, s) for k, None without a q/k norm), per row."""
+
+    left: list[Tensor]   # [rows, T, D] each
+    right: list[Tensor]  # [rows, D, S] each
+    scale_t: Tensor | None = None  # [rows, T, D]
+    scale_s: Tensor | None = None  # [rows, D, S]
+
+
+def _sides(inp: QKInputs, want_q: bool, want_k: bool) -> tuple[_Side | None, _Side | None]:
+    q, k = inp.query.float(), inp.key.float()
+    b, h, t, d = q.shape
+    group = h // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)  # query head j reads KV head j // group (as repeat_kv)
+    rows, s = b * h, k.shape[2]
+    rq, rk = (lambda x: x.reshape(rows, t, d)), (lambda x: x.reshape(rows, s, d).transpose(1, 2))
+    if inp.rotary is None:
+        q_pre, k_pre = q, k
+    else:
+        cos, sin = (x.float()[:, None] for x in inp.rotary)  # [B|1, 1, T, D]
+        q_pre, k_pre = q * cos - _rotate_half(q) * sin, k * cos[..., :s, :] - _rotate_half(k) * sin[..., :s, :]
+    q_side = k_side = None
+    if want_q:
+        if inp.rotary is None:
+            left, right = [rq(q_pre * inp.scaling)], [rk(k)]
+        else:
+            sq = q_pre * inp.scaling
+            left, right = [rq(sq * cos), rq(sq * sin)], [rk(k), rk(-_rotate_half(k))]
+        q_side = _Side(left, right, rq(_norm_rescale(q_pre, inp.gains[0])) if inp.gains else None)
+    if want_k:
+        if inp.rotary is None:
+            left, right = [rq(q)], [rk(k_pre * inp.scaling)]
+        else:
+            sk = k_pre * inp.scaling
+            left, right = [rq(q), rq(-_rotate_half(q))], [rk(sk * cos[..., :s, :]), rk(sk * sin[..., :s, :])]
+        k_side = _Side(left, right, scale_s=rk(_norm_rescale(k_pre, inp.gains[1])) if inp.gains else None)
+    return q_side, k_side
+
+
+def key_spans(allowed: Tensor, block: int) -> list[tuple[int, int, int, int]]:
+    """(t0, t1, lo, hi) per block of `block` queries: keys lo..hi-1 hold every key any of them can see.
+
+    allowed [T, S] bool: where the mask lets a query see a key. Keys outside a block's span are
+    masked for all its queries, so their probability is exactly 0 before and after any
+    perturbation (exp underflows at the mask's huge negative value): dropping them changes nothing.
+    """
+    t, s = allowed.shape
+    pos = torch.arange(s, device=allowed.device)
+    first = torch.where(allowed, pos, s).amin(1).tolist()
+    last = torch.where(allowed, pos, -1).amax(1).tolist()
+    spans = []
+    for t0 in range(0, t, block):
+        t1 = min(t, t0 + block)
+        lo, hi = min(first[t0:t1]), max(last[t0:t1]) + 1
+        if hi > lo:
+            spans.append((t0, t1, lo, hi))
+    return spans
+
+
+def _run_chunks(fn: Callable[[Any], None], chunks: list[Any], device: torch.device, small: bool) -> None:
+    """fn(chunk) for every chunk; chunks write disjoint parts of one output.
+
+    On CPU with n > 1 intra-op threads, up to QK_MAX_WORKERS Python threads take whole chunks
+    and run their ops with n // workers threads each (torch releases the GIL inside ops):
+    thousands of small ops then need no fork/join of OpenMP threads each, which on a shared,
+    busy machine made the score several times slower.
+    """
+    threads = torch.get_num_threads()
+    workers = min(threads, QK_MAX_WORKERS, len(chunks))
+    if device.type != "cpu" or workers <= 1 or small:
+        for c in chunks:
+            fn(c)
+        return
+    torch.set_num_threads(threads // workers)  # process-wide; the new workers pick it up; restored below
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(fn, chunks):
+                pass
+    finally:
+        torch.set_num_threads(threads)
+
+
+class Plan:
+    """Which (rows, query block, key span) chunks to score, computed once per batch and mask.
+
+    `needed` [B,T] bool: the queries whose score is used (not padding, not the first token);
+    blocks no row needs are skipped. It is copied to the host once per batch, and the key spans
+    once per mask: the layers of one kind (full / sliding window) share their mask object.
+    """
+
+    def __init__(self, needed: Tensor | None, heads: int) -> None:
+        self.needed = None if needed is None else needed.cpu().repeat_interleave(heads, 0)
+        self._spans: dict[int, tuple[Any, list[tuple[int, int, int, int]]]] = {}
+
+    def spans(self, source: Any, mask: Tensor, block: int) -> list[tuple[int, int, int, int]]:
+        """Key spans of `mask` (additive [B|1, 1|H, T, S]), memoised by the identity of `source`
+        (the mask object the model passed; kept alive here so its id is not reused)."""
+        hit = self._spans.get(id(source))
+        if hit is None or hit[0] is not source or source is None:
+            # Decide from the mask, not from probs > 0: a key whose probability merely underflows
+            # can gain probability when a term is removed; a masked one never can.
+            hit = (source, key_spans((mask > _MASKED).flatten(0, -3).any(0), block))
+            self._spans[id(source)] = hit
+        return hit[1]
+
+
+def qk_importance(inp: QKInputs, want: tuple[str, ...] = ("attn.q", "attn.k"), plan: Plan | None = None,
+                  chunk_elements: int = QK_CHUNK_ELEMENTS, mask_source: Any = None) -> dict[str, Tensor]:
+    """Per-token q/k importance per query head, site → [B, H, T, D] (sum a K neuron's over its group).
+
+    Entry (b,h,t,n) = Σ_s (softmax_s(ℓ'_ts) − softmax_s(ℓ_ts))², ℓ' the logits with neuron n of
+    head h (attn.q) or of its KV head (attn.k) switched off (module docstring). With a `plan`,
+    query blocks no row needs are skipped and left 0, and key spans are reused for every call
+    with the same `mask_source`.
+    """
+    q = inp.query
+    b, h, t, d = q.shape
+    s = inp.key.shape[2]
+    rows = b * h
+    shared = inp.rotary is None and inp.gains is None  # both sites remove the same q_n·k_n
+    q_side, k_side = _sides(inp, "attn.q" in want or shared, "attn.k" in want and not shared)
+    sides = {"attn.q": q_side, "attn.k": k_side}
+    keys = inp.key.float().repeat_interleave(h // inp.key.shape[1], dim=1).reshape(rows, s, d).transpose(1, 2)
+    raw = torch.bmm(q.float().reshape(rows, t, d) * inp.scaling, keys)  # [rows, T, S] scaled q·k
+    mask = inp.mask
+    if mask is None:
+        mask = torch.full((t, s), float("-inf"), device=q.device).triu(s - t + 1)[None, None]
+    mask = mask[..., :s].float()
+    cap = inp.softcap
+    capped = torch.tanh(raw / cap) * cap if cap else raw
+    logits = (capped.view(b, h, t, s) + mask).view(rows, t, s)
+    probs = torch.softmax(logits, dim=-1)
+    separate = bool(cap) or inp.gains is not None  # perturbed logits need raw and mask apart
+    mask_rows = mask.expand(b, h, t, s).reshape(rows, t, s) if separate else None
+    out = {site: torch.zeros(rows, t, d, device=q.device) for site, side in sides.items() if side is not None}
+
+    block = max(1, min(t, QK_QUERY_BLOCK, chunk_elements // max(1, d * s)))
+    plan = plan or Plan(None, h)
+    need = plan.needed if plan.needed is not None else torch.ones(rows, t, dtype=torch.bool)
+    chunks, elements = [], 0
+    for t0, t1, lo, hi in plan.spans(mask_source, mask, block):
+        live = need[:, t0:t1].any(1).nonzero().flatten()
+        if not live.numel():
+            continue
+        first, end = int(live[0]), int(live[-1]) + 1  # length-sorted batches: a prefix of the rows
+        step = max(1, chunk_elements // ((t1 - t0) * d * (hi - lo)))
+        for site, side in sides.items():
+            if side is not None:
+                chunks += [(site, side, slice(r0, min(end, r0 + step)), t0, t1, lo, hi) for r0 in range(first, end, step)]
+                elements += (end - first) * (t1 - t0) * d * (hi - lo)
+
+    def score(chunk: tuple[str, _Side, slice, int, int, int, int]) -> None:
+        site, side, r, t0, t1, lo, hi = chunk
+        base = (raw if separate else logits)[r, t0:t1, None, lo:hi]  # [r, tb, 1, span]
+        x = None
+        for left, right in zip(side.left, side.right):  # base − c, c = Σ_i left_i ⊗ right_i
+            lc, rc = left[r, t0:t1, :, None], right[r, None, :, lo:hi]
+            x = torch.addcmul(base, lc, rc, value=-1.0) if x is None else x.addcmul_(lc, rc, value=-1.0)
+        if side.scale_t is not None:
+            x.mul_(side.scale_t[r, t0:t1, :, None])
+        if side.scale_s is not None:
+            x.mul_(side.scale_s[r, None, :, lo:hi])
+        if cap:
+            x.div_(cap).tanh_().mul_(cap)
+        if separate:
+            x.add_(mask_rows[r, t0:t1, None, lo:hi])
+        x = torch.softmax(x, dim=-1).sub_(probs[r, t0:t1, None, lo:hi])
+        torch.linalg.vector_norm(x, dim=-1, out=out[site][r, t0:t1]).square_()
+
+    _run_chunks(score, chunks, q.device, small=elements < 4 * chunk_elements)  # small: not worth threads
+    result = {site: v.view(b, h, t, d) for site, v in out.items()}
+    return {site: result["attn.q" if shared else site] for site in want}

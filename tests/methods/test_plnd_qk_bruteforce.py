@@ -1,0 +1,83 @@
+"""attn.q / attn.k scores against really switching each neuron off.
+
+For every neuron: deactivate it with the real mask hooks (zeroing the pre-RoPE, pre-q/k-norm
+projection output), run the model, recompute that layer's attention probabilities from the
+q/k that attention then sees, and measure Σ_s (p' − p)² per query (summed over heads), reduced
+over tokens like the statistic. Values must agree within float tolerance and rank neurons
+identically. Shapes: every RoPE architecture, grouped-query attention with 8 query / 2 KV
+heads of dim 16, Gemma 3 with query_pre_attn_scalar ≠ head_dim and with soft-capping, and
+GPT-2 (no RoPE).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuronspec.methods.plnd import plnd_statistics, token_weights
+from neuronspec.models.attention import additive_mask, capture_attention
+from neuronspec.models.forward import iter_batches
+from neuronspec.models.masks import NeuronSet, deactivate
+from neuronspec.models.sites import adapter_for, site_width
+from neuronspec.models.tiny import tiny_model
+
+#: lengths 37 / 21 / 9: several query blocks, padding, and keys past Gemma's sliding window of 16
+DOCS = [[1] + [(7 * i) % 90 + 3 for i in range(36)], [1] + [(5 * i) % 80 + 4 for i in range(20)],
+        [1, 70, 12, 13, 14, 15, 9, 9, 30]]
+
+SHAPES = {
+    "llama": ("llama", {}),
+    "mistral": ("mistral", {}),
+    "qwen2": ("qwen2", {}),
+    "gemma3": ("gemma3_text", {}),
+    "llama-8q2kv-d16": ("llama", {"num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 16}),
+    "gemma3-scalar32-softcap": ("gemma3_text", {"query_pre_attn_scalar": 32, "attn_logit_softcapping": 5.0}),
+    "gpt2": ("gpt2", {}),
+}
+
+
+def _probabilities(model, batch, layer: int, neurons: NeuronSet) -> torch.Tensor:
+    """[B, H, T, S] attention probabilities of `layer` as the model computes them, `neurons` off."""
+    seen = {}
+    softcap = getattr(model.config, "attn_logit_softcapping", None)
+
+    def callback(i, q, k, mask, scaling, module):  # noqa: ANN001, ANN202
+        kk = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+        logits = scaling * q @ kk.transpose(-1, -2)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        seen["p"] = torch.softmax(logits + additive_mask(mask)[..., : k.shape[2]], -1)
+
+    with torch.no_grad(), deactivate(model, neurons), capture_attention(model, callback, {layer}):
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return seen["p"]
+
+
+def _assert_same_values_and_ranking(got: torch.Tensor, want: torch.Tensor, label: str) -> None:
+    assert torch.allclose(got, want, rtol=2e-4, atol=1e-12), (label, (got - want).abs().max(), want.abs().max())
+    order = want.argsort()
+    gaps = want[order].diff()
+    swapped = got[order].diff() < 0
+    # identical ranking wherever the brute-force values are distinguishable at float precision
+    assert not (swapped & (gaps > 1e-4 * want.abs().max())).any(), label
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_qk_scores_equal_deactivating_the_neuron(shape: str) -> None:
+    arch, overrides = SHAPES[shape]
+    model = tiny_model(arch, **overrides)
+    dims = adapter_for(model).dims(model.config)
+    batch = next(iter_batches(DOCS, batch_size=len(DOCS), pad_id=0))
+    weights = token_weights(batch.attention_mask)
+    stats = plnd_statistics(model, [batch], ["attn.q", "attn.k"])
+    for layer in range(dims.num_layers):
+        base = _probabilities(model, batch, layer, NeuronSet.empty())
+        for site in ("attn.q", "attn.k"):
+            per_doc = torch.empty(len(DOCS), site_width(dims, site))
+            for n in range(site_width(dims, site)):
+                p = _probabilities(model, batch, layer, NeuronSet.from_dict({site: {layer: [n]}}))
+                per_token = (p - base).pow(2).sum(-1).sum(1)  # [B, T]: Σ over keys and (changed) heads
+                per_doc[:, n] = (per_token * weights).sum(1) / weights.sum(1)
+            label = f"{shape} layer {layer} {site}"
+            _assert_same_values_and_ranking(stats[site].sum[layer].float(), per_doc.sum(0), label)
+            assert torch.allclose(stats[site].min[layer], per_doc.min(0).values, rtol=2e-4, atol=1e-12), label
