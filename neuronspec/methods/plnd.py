@@ -127,14 +127,16 @@ class _Scorer:
         self.denom: Tensor | None = None  # [B,1] what the token sum is divided by (1 for "sum")
         self.batch = _BatchScores()
         self.plan: Plan | None = None
+        self.stable = False
         self._norms: dict[tuple[str, int], Tensor] = {}
         self.softcap = getattr(getattr(model.config, "get_text_config", lambda: model.config)(), "attn_logit_softcapping", None)
 
-    def start_batch(self, attention_mask: Tensor) -> None:
+    def start_batch(self, attention_mask: Tensor, stable: bool = False) -> None:
         self.weights = token_weights(attention_mask)
         count = self.weights.sum(1, keepdim=True)
         self.denom = count.clamp_min(1) if self.how == "mean" else torch.ones_like(count)
         self.batch = _BatchScores()
+        self.stable = stable
         if any(s in QK_SITES for s in self.sites):  # one host copy of the needed queries per batch
             self.plan = Plan(self.weights > 0, self.dims.heads)
 
@@ -204,7 +206,7 @@ class _Scorer:
         inp = QKInputs(query.detach(), key.detach(), additive_mask(mask), scaling, self.softcap,
                        rotary_of(module), self._norms[("gains", layer)])  # type: ignore[arg-type]
         want = tuple(s for s in QK_SITES if s in self.sites)
-        for site, imp in qk_importance(inp, want, self.plan, mask_source=mask).items():  # [B,H,T,D], 0 where w is 0
+        for site, imp in qk_importance(inp, want, self.plan, mask_source=mask, stable=self.stable).items():  # [B,H,T,D], 0 where w is 0
             b, h, _, d = imp.shape
             hkv = key.shape[1]
             # Σ_t w_t imp[b,h,t,:] as a batched [1,T]@[T,D] product (einsum picks a much slower path here)
@@ -263,6 +265,11 @@ def plnd_statistics(
             if want_qk:
                 with capture_attention(model, scorer.on_attention, set(range(dims.num_layers))):
                     hidden_forward(model, batch.input_ids, batch.attention_mask)
+                    if scorer.plan is not None and scorer.plan.overflow is not None and bool(scorer.plan.overflow):
+                        # a logit rose by > ~88 nats somewhere (one sync per batch to know): redo the
+                        # batch with the two-softmax form, which cannot overflow
+                        scorer.start_batch(batch.attention_mask.to(batch.input_ids.device), stable=True)
+                        hidden_forward(model, batch.input_ids, batch.attention_mask)
             else:
                 hidden_forward(model, batch.input_ids, batch.attention_mask)
             for site in sites:

@@ -30,7 +30,8 @@ chunks on CPU. Where the keys of a block lie is read from the mask once per batc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,10 @@ QK_CHUNK_ELEMENTS = 1 << 19
 #: queries per block. Smaller blocks would skip more of a causal mask's triangle, but 16 keeps
 #: every softmax row a multiple of 16 floats (one AVX-512 vector) and measured fastest
 QK_QUERY_BLOCK = 16
+#: queries per block for the compiled kernel on a GPU (fewer launches; a block's keys cover its last query)
+QK_QUERY_BLOCK_CUDA = 64
+#: elements (rows·T·S·D) of one layer from which compiling the kernel on CPU pays for itself
+QK_COMPILE_MIN_ELEMENTS = 1 << 27
 #: Python threads sharing the chunks (more would queue on the GIL between ops)
 QK_MAX_WORKERS = 4
 #: additive mask values at or below this are "masked" (float16's minimum, -65504, included):
@@ -176,6 +181,13 @@ class Plan:
     def __init__(self, needed: Tensor | None, heads: int) -> None:
         self.needed = None if needed is None else needed.cpu().repeat_interleave(heads, 0)
         self._spans: dict[int, tuple[Any, list[tuple[int, int, int, int]]]] = {}
+        self.overflow: Tensor | None = None  # bool scalar on the device, see qk_importance
+
+    def flag(self, scores: Iterable[Tensor]) -> None:
+        """Remember (on the device, no sync) whether any score is not finite."""
+        for x in scores:
+            bad = ~torch.isfinite(x).all()
+            self.overflow = bad if self.overflow is None else self.overflow | bad
 
     def spans(self, source: Any, mask: Tensor, block: int) -> list[tuple[int, int, int, int]]:
         """Key spans of `mask` (additive [B|1, 1|H, T, S]), memoised by the identity of `source`
@@ -189,14 +201,83 @@ class Plan:
         return hit[1]
 
 
+def _fused_scores(raw: Tensor, logp: Tensor, p: Tensor, s0: Tensor, center: Tensor,
+                  l1: Tensor, r1: Tensor, l2: Tensor | None, r2: Tensor | None,
+                  scale_t: Tensor | None, scale_s: Tensor | None, cap: float | None) -> Tensor:
+    """Σ_s (p'_s − p_s)² of one chunk from three sums over keys, [r, tb, D].
+
+    raw (scaled q·k, before soft-capping and mask) / logp (log p) / p: [r, tb, 1, span];
+    l: [r, tb, D, 1]; r: [r, 1, D, span]; scale_t [r, tb, D, 1] / scale_s [r, 1, D, span]: the
+    norm rescale; s0 = Σ p² [r, tb, 1]; center [r, tb, D, 1]: Σ_s p_s·d_s (before capping).
+    With d_s the change of logit s minus a per-row constant (which no softmax sees) and
+    e_s = p_s(e^{d_s} − 1): p'_s − p_s = (e_s − p_s·D1)/(1 + D1), D1 = Σ e, so
+    Σ_s (p'_s − p_s)² = (S2 − 2·D1·S1 + D1²·S0)/(1 + D1)², S2 = Σ e², S1 = Σ p·e. Centring d on
+    its p-weighted mean makes D1 second-order small, so S2 dominates and nothing cancels
+    (expm1 keeps small changes exact). A key whose p underflowed to 0 but is not masked can
+    regain probability: its e is e^{log p + d} (0 for a masked key, log p = −inf). Every op is
+    elementwise or a reduction over keys, so a compiler fuses the function into one pass that
+    never writes the [r, tb, D, span] tensor. e^d overflows only past ~88 nats (non-finite).
+    """
+    c = l1 * r1 if l2 is None else l1 * r1 + l2 * r2  # the removed term
+    if scale_t is not None:
+        d = (scale_t - 1.0) * raw - scale_t * c  # α(raw − c) − raw, without cancelling raw
+    elif scale_s is not None:
+        d = (scale_s - 1.0) * raw - scale_s * c
+    else:
+        d = -c
+    if cap:  # cap·(tanh((raw + d)/cap) − tanh(raw/cap)), without cancelling the two
+        t, y = torch.tanh(raw / cap), torch.tanh(d / cap)
+        d = cap * y / (torch.cosh(raw / cap).square() * (1.0 + t * y))
+        center = (p * d).sum(-1, keepdim=True)  # capping bends d: the linear change's mean is no centre
+    live = p > 0
+    x = torch.expm1(torch.where(live, d - center, logp + d - center))
+    e = torch.where(live, p * x, x + 1.0)
+    d1, s1, s2 = e.sum(-1), (p * e).sum(-1), (e * e).sum(-1)
+    return (s2 - 2.0 * d1 * s1 + d1 * d1 * s0) / (1.0 + d1).square()
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _kernel(compiled: bool) -> Callable[..., Tensor]:
+    if not compiled:
+        return _fused_scores
+    if "fn" not in _COMPILED:
+        _COMPILED["fn"] = torch.compile(_fused_scores, dynamic=True)
+    return _COMPILED["fn"]
+
+
+def _use_compiled(device: torch.device, elements: int) -> bool:
+    """torch.compile the kernel on CUDA (Triton), and on CPU once a layer's work repays compiling
+    it (a C++ compiler is needed); NEURONSPEC_QK_COMPILE=0/1 forces it off / on."""
+    forced = os.environ.get("NEURONSPEC_QK_COMPILE")
+    if forced is not None:
+        return forced == "1"
+    return device.type == "cuda" or elements >= QK_COMPILE_MIN_ELEMENTS
+
+
+def _center(side: _Side, p: Tensor, raw: Tensor, p_raw: Tensor) -> Tensor:
+    """Σ_s p_s·d_s per (row, query, neuron), d the un-capped logit change: matrix products only."""
+    pr = [torch.bmm(p, (r if side.scale_s is None else r * side.scale_s).transpose(1, 2)) for r in side.right]
+    c = sum(l * x for l, x in zip(side.left, pr))  # Σ_s p_s (β_s) c_s
+    if side.scale_t is not None:
+        return (side.scale_t - 1.0) * p_raw[..., None] - side.scale_t * c
+    if side.scale_s is not None:
+        return torch.bmm(p * raw, (side.scale_s - 1.0).transpose(1, 2)) - c
+    return -c
+
+
 def qk_importance(inp: QKInputs, want: tuple[str, ...] = ("attn.q", "attn.k"), plan: Plan | None = None,
-                  chunk_elements: int = QK_CHUNK_ELEMENTS, mask_source: Any = None) -> dict[str, Tensor]:
+                  chunk_elements: int = QK_CHUNK_ELEMENTS, mask_source: Any = None, stable: bool = False,
+                  compiled: bool | None = None) -> dict[str, Tensor]:
     """Per-token q/k importance per query head, site → [B, H, T, D] (sum a K neuron's over its group).
 
     Entry (b,h,t,n) = Σ_s (softmax_s(ℓ'_ts) − softmax_s(ℓ_ts))², ℓ' the logits with neuron n of
     head h (attn.q) or of its KV head (attn.k) switched off (module docstring). With a `plan`,
-    query blocks no row needs are skipped and left 0, and key spans are reused for every call
-    with the same `mask_source`.
+    query blocks no row needs are skipped and left 0, key spans are reused for every call with
+    the same `mask_source`, and a non-finite score (a logit rising by more than ~88 nats, where
+    e^d overflows float32) is flagged in ``plan.overflow`` for the caller to redo with `stable`:
+    two softmaxes per chunk, materialised, slower. `compiled`: None = :func:`_use_compiled`.
     """
     q = inp.query
     b, h, t, d = q.shape
@@ -204,7 +285,7 @@ def qk_importance(inp: QKInputs, want: tuple[str, ...] = ("attn.q", "attn.k"), p
     rows = b * h
     shared = inp.rotary is None and inp.gains is None  # both sites remove the same q_n·k_n
     q_side, k_side = _sides(inp, "attn.q" in want or shared, "attn.k" in want and not shared)
-    sides = {"attn.q": q_side, "attn.k": k_side}
+    sides = {site: side for site, side in (("attn.q", q_side), ("attn.k", k_side)) if side is not None}
     keys = inp.key.float().repeat_interleave(h // inp.key.shape[1], dim=1).reshape(rows, s, d).transpose(1, 2)
     raw = torch.bmm(q.float().reshape(rows, t, d) * inp.scaling, keys)  # [rows, T, S] scaled q·k
     mask = inp.mask
@@ -215,43 +296,71 @@ def qk_importance(inp: QKInputs, want: tuple[str, ...] = ("attn.q", "attn.k"), p
     capped = torch.tanh(raw / cap) * cap if cap else raw
     logits = (capped.view(b, h, t, s) + mask).view(rows, t, s)
     probs = torch.softmax(logits, dim=-1)
-    separate = bool(cap) or inp.gains is not None  # perturbed logits need raw and mask apart
-    mask_rows = mask.expand(b, h, t, s).reshape(rows, t, s) if separate else None
-    out = {site: torch.zeros(rows, t, d, device=q.device) for site, side in sides.items() if side is not None}
-
-    block = max(1, min(t, QK_QUERY_BLOCK, chunk_elements // max(1, d * s)))
+    out = {site: torch.zeros(rows, t, d, device=q.device) for site in sides}
     plan = plan or Plan(None, h)
     need = plan.needed if plan.needed is not None else torch.ones(rows, t, dtype=torch.bool)
+    use_compiled = False if stable else compiled if compiled is not None else _use_compiled(q.device, rows * t * s * d)
+    # query blocks: small where chunks are materialised (cache-sized); larger for a fused kernel on a GPU
+    block = QK_QUERY_BLOCK if not (use_compiled and q.device.type == "cuda") else QK_QUERY_BLOCK_CUDA
+    block = max(1, min(t, block if use_compiled else min(block, chunk_elements // max(1, d * s))))
     chunks, elements = [], 0
     for t0, t1, lo, hi in plan.spans(mask_source, mask, block):
         live = need[:, t0:t1].any(1).nonzero().flatten()
         if not live.numel():
             continue
         first, end = int(live[0]), int(live[-1]) + 1  # length-sorted batches: a prefix of the rows
-        step = max(1, chunk_elements // ((t1 - t0) * d * (hi - lo)))
-        for site, side in sides.items():
-            if side is not None:
-                chunks += [(site, side, slice(r0, min(end, r0 + step)), t0, t1, lo, hi) for r0 in range(first, end, step)]
-                elements += (end - first) * (t1 - t0) * d * (hi - lo)
+        step = end - first if use_compiled else max(1, chunk_elements // ((t1 - t0) * d * (hi - lo)))
+        for site in sides:
+            chunks += [(site, slice(r0, min(end, r0 + step)), t0, t1, lo, hi) for r0 in range(first, end, step)]
+            elements += (end - first) * (t1 - t0) * d * (hi - lo)
 
-    def score(chunk: tuple[str, _Side, slice, int, int, int, int]) -> None:
-        site, side, r, t0, t1, lo, hi = chunk
-        base = (raw if separate else logits)[r, t0:t1, None, lo:hi]  # [r, tb, 1, span]
-        x = None
-        for left, right in zip(side.left, side.right):  # base − c, c = Σ_i left_i ⊗ right_i
-            lc, rc = left[r, t0:t1, :, None], right[r, None, :, lo:hi]
-            x = torch.addcmul(base, lc, rc, value=-1.0) if x is None else x.addcmul_(lc, rc, value=-1.0)
-        if side.scale_t is not None:
-            x.mul_(side.scale_t[r, t0:t1, :, None])
-        if side.scale_s is not None:
-            x.mul_(side.scale_s[r, None, :, lo:hi])
-        if cap:
-            x.div_(cap).tanh_().mul_(cap)
-        if separate:
-            x.add_(mask_rows[r, t0:t1, None, lo:hi])
-        x = torch.softmax(x, dim=-1).sub_(probs[r, t0:t1, None, lo:hi])
-        torch.linalg.vector_norm(x, dim=-1, out=out[site][r, t0:t1]).square_()
+    if stable:
+        separate = bool(cap) or inp.gains is not None  # perturbed logits need raw and mask apart
+        mask_rows = mask.expand(b, h, t, s).reshape(rows, t, s) if separate else None
 
-    _run_chunks(score, chunks, q.device, small=elements < 4 * chunk_elements)  # small: not worth threads
+        def score(chunk: tuple[str, slice, int, int, int, int]) -> None:
+            site, r, t0, t1, lo, hi = chunk
+            side = sides[site]
+            x = None
+            base = (raw if separate else logits)[r, t0:t1, None, lo:hi]  # [r, tb, 1, span]
+            for left, right in zip(side.left, side.right):  # base − c, c = Σ_i left_i ⊗ right_i
+                lc, rc = left[r, t0:t1, :, None], right[r, None, :, lo:hi]
+                x = torch.addcmul(base, lc, rc, value=-1.0) if x is None else x.addcmul_(lc, rc, value=-1.0)
+            if side.scale_t is not None:
+                x.mul_(side.scale_t[r, t0:t1, :, None])
+            if side.scale_s is not None:
+                x.mul_(side.scale_s[r, None, :, lo:hi])
+            if cap:
+                x.div_(cap).tanh_().mul_(cap)
+            if separate:
+                x.add_(mask_rows[r, t0:t1, None, lo:hi])
+            x = torch.softmax(x, dim=-1).sub_(probs[r, t0:t1, None, lo:hi])
+            torch.linalg.vector_norm(x, dim=-1, out=out[site][r, t0:t1]).square_()
+    else:
+        s0 = probs.square().sum(-1)
+        logp = torch.log_softmax(logits, dim=-1)
+        p_raw = (probs * raw).sum(-1) if inp.gains is not None else None
+        centers = {site: _center(side, probs, raw, p_raw) for site, side in sides.items()}
+        kernel = _kernel(use_compiled)
+
+        def score(chunk: tuple[str, slice, int, int, int, int]) -> None:
+            site, r, t0, t1, lo, hi = chunk
+            side = sides[site]
+            row = lambda x: x[r, t0:t1, None, lo:hi]  # noqa: E731 - [r, tb, 1, span]
+            left = [x[r, t0:t1, :, None] for x in side.left]
+            right = [x[r, None, :, lo:hi] for x in side.right]
+            out[site][r, t0:t1] = kernel(
+                row(raw), row(logp), row(probs), s0[r, t0:t1, None], centers[site][r, t0:t1, :, None],
+                left[0], right[0], left[1] if len(left) > 1 else None, right[1] if len(right) > 1 else None,
+                None if side.scale_t is None else side.scale_t[r, t0:t1, :, None],
+                None if side.scale_s is None else side.scale_s[r, None, :, lo:hi], cap)
+
+    if use_compiled:
+        for c in chunks:
+            score(c)
+    else:
+        _run_chunks(score, chunks, q.device, small=elements < 4 * chunk_elements)  # small: not worth threads
+    if not stable:
+        plan.flag(out.values())
     result = {site: v.view(b, h, t, d) for site, v in out.items()}
     return {site: result["attn.q" if shared else site] for site in want}
