@@ -3,7 +3,7 @@
 Public API (other layers import from here or from the submodules named below):
 
 - ``sites``: SITES, Dims, site_width, kv_group, Adapter, adapter_for, register_adapter
-- ``masks``: NeuronSet, deactivate, zero_weights
+- ``masks``: NeuronSet, deactivate, zeroed, zero_weights
 - ``attention``: capture_attention, additive_mask
 - ``forward``: encode, iter_batches, iter_packed, can_pack, Batch, hidden_forward
 - ``loading``: load_model, LoadedModel, list_embedded
@@ -27,6 +27,7 @@ _EXPORTS = {
     "NeuronSet": "masks",
     "deactivate": "masks",
     "zero_weights": "masks",
+    "zeroed": "masks",
     "SITES": "sites",
     "Adapter": "sites",
     "Dims": "sites",
@@ -79,4 +80,5 @@ __all__ = [
     "register_adapter",
     "site_width",
     "zero_weights",
+    "zeroed",
 ]

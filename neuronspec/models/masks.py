@@ -1,8 +1,9 @@
 """The one mask type: a NeuronSet is a value (site -> layer -> indices), applied by hooks.
 
 Masks are data (DESIGN.md section 3): sets are saved, combined, counted and only then
-applied, either with :func:`deactivate` (forward hooks, nothing patched) or with
-:func:`zero_weights` (a zeroed copy, for export or cross-checking the hooks).
+applied, either with :func:`deactivate` (forward hooks, nothing patched), with
+:func:`zeroed` (weight slices zeroed in place and restored: free per forward pass, for
+evaluation) or with :func:`zero_weights` (a zeroed copy, for export).
 """
 
 from __future__ import annotations
@@ -279,6 +280,33 @@ def deactivate(model: nn.Module, neurons: NeuronSet) -> Iterator[nn.Module]:
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def zeroed(model: nn.Module, neurons: NeuronSet) -> Iterator[nn.Module]:
+    """Switch the neurons off by zeroing their weight rows / columns in place inside the block,
+    and put the saved values back on exit (also when the block raises).
+
+    The same neurons are off as under :func:`deactivate` (a zeroed row makes the neuron 0; a
+    zeroed input column ignores it), but forward passes pay nothing per call — hooks copy an
+    activation tensor per site and layer on every forward. Only the zeroed slices are copied,
+    not the model; an empty set touches nothing. Not for a model that other code runs or trains
+    meanwhile.
+    """
+    adapter = _validated(model, neurons)
+    saved: list[tuple[Tensor, int, Tensor, Tensor]] = []
+    try:
+        with torch.no_grad():
+            for site, layer, idx in neurons.items():
+                for sl in adapter.weight_slices(model, layer, site):
+                    coords = sl.index_fn(idx).to(sl.param.device)
+                    saved.append((sl.param, sl.dim, coords, sl.param.index_select(sl.dim, coords)))
+                    sl.param.index_fill_(sl.dim, coords, 0.0)
+        yield model
+    finally:
+        with torch.no_grad():
+            for param, dim, coords, values in reversed(saved):  # reversed: slices shared by two sites restore last-first
+                param.index_copy_(dim, coords, values)
 
 
 def zero_weights(model: nn.Module, neurons: NeuronSet) -> nn.Module:

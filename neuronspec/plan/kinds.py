@@ -634,7 +634,7 @@ def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
     from neuronspec.data import Document
     from neuronspec.evaluate import evaluator_options, run_evaluator
     from neuronspec.evaluate.prefix import first_layer, shared_prefix
-    from neuronspec.models.masks import NeuronSet, deactivate
+    from neuronspec.models.masks import NeuronSet, zeroed
     from neuronspec.progress import reporting
 
     corpus_dep = next(d for d in stage.deps if ctx.plan.stages[d].kind == "corpus")
@@ -660,7 +660,7 @@ def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
              + (f" {s.mask_lang}" if s.mask_lang else "") + f" on {s.lang}")
     # the first layers of the study's arms: where later arms can pick up the base model's residual stream
     boundaries = {a for st in ctx.plan.stages.values() if isinstance(st.spec, Mask) for a, _ in st.spec.layers or ()}
-    with ctx.progress(label, total=None) as advance, reporting(advance), deactivate(lm.model, neurons), modified, \
+    with ctx.progress(label, total=None) as advance, reporting(advance), zeroed(lm.model, neurons), modified, \
             shared_prefix(lm.model, start=start, boundaries=boundaries):
         result = run_evaluator(s.metric, lm.model, lm.tokenizer, docs, options, s.lang, s.seed)
     result["deactivated"] = neurons.count()

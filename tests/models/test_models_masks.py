@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from neuronspec.models.masks import NeuronSet, deactivate, zero_weights
+from neuronspec.models.masks import NeuronSet, deactivate, zero_weights, zeroed
 from neuronspec.models.sites import SITES, Dims, adapter_for, site_width
 from neuronspec.models.tiny import ARCHITECTURES, tiny_model
 
@@ -229,3 +229,28 @@ def test_out_of_range_neurons_raise() -> None:
             pass
     with pytest.raises(ValueError, match="layer"):
         zero_weights(m, NeuronSet.from_dict({"ffn": {3: [0]}}))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_in_place_zeroing_equals_hooks_and_restores_every_weight(arch: str) -> None:
+    m = model(arch)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    neurons = _sample(m, seed=7)  # every site; GPT-2 / BLOOM fuse q, k, v in one tensor
+    no_hooks = hooks(m)
+    with deactivate(m, neurons):
+        hooked = logits(m)
+    with zeroed(m, neurons):
+        assert hooks(m) == no_hooks
+        inplace = logits(m)
+    torch.testing.assert_close(inplace, hooked, rtol=1e-6, atol=1e-6)
+    assert all(torch.equal(p, before[n]) for n, p in m.named_parameters())  # bit-identical restore
+    with pytest.raises(RuntimeError, match="boom"), zeroed(m, neurons):
+        raise RuntimeError("boom")
+    assert all(torch.equal(p, before[n]) for n, p in m.named_parameters())
+
+
+def test_in_place_zeroing_of_an_empty_set_is_bit_identical() -> None:
+    m = model("gemma3_text")
+    ref = logits(m)
+    with zeroed(m, NeuronSet.empty()):
+        assert torch.equal(logits(m), ref)
