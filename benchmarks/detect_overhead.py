@@ -1,20 +1,30 @@
-"""Detection and masking overhead against the bars of DESIGN.md §5.
+"""Detection and masking overhead against the bars of DESIGN.md §5 and issue #12.
 
     python benchmarks/detect_overhead.py [--docs 32 --max-tokens 128 --batch-size 8 --model gemma-3-270m]
     python benchmarks/detect_overhead.py --model tiny-llama --docs 8 --repeats 2   # smoke run, seconds
-    python benchmarks/detect_overhead.py --model random-llama-1b --dtype bfloat16 --device cuda  # GPU, no download
+    # the CPU proxy of the q/k bar: 1 thread, 512-token documents
+    python benchmarks/detect_overhead.py --model random-llama-small --threads 1 --max-tokens 512 --docs 8 --batch-size 4
+    # GPU, no download: the 1B/3B/7B random Llamas at 512 and 2,048 tokens, one command
+    python benchmarks/detect_overhead.py --model random-llama-1b,random-llama-3b,random-llama-7b \
+        --max-tokens 512,2048 --dtype bfloat16 --device cuda --docs 128 --batch-size 32 --json gpu.json
 
 Everything runs on the SAME batches (``forward.encode`` + ``iter_batches``):
 
 * ``forward``: the plain headless forward (``hidden_forward``, no unembedding) — the baseline;
-* ``plnd ffn`` / ``plnd ffn+v+o`` / ``plnd all``: :func:`plnd_statistics` with those sites
-  (bars: ffn <= 1.15x, all sites <= 2x the baseline);
+* ``plnd ffn`` / ``plnd attn.q`` / ``attn.k`` / ``attn.v`` / ``attn.o`` (each site alone),
+  ``plnd ffn+v+o`` and ``plnd all``: :func:`plnd_statistics` with those sites (``--sites``
+  picks some);
 * ``ppl`` / ``ppl masked``: :func:`perplexity` without and with a realistic mask (1,000 random
-  ffn + attention neurons under :func:`deactivate`; bar: within 5%);
+  ffn + attention neurons, applied as the evaluation stage does, by zeroing their weights in place);
 * peak memory of each configuration for N and 2N documents, each in a fresh subprocess
   (Linux: VmHWM after resetting it through /proc/self/clear_refs, with the weights' pages made
   resident first and glibc returning freed blocks at once; CUDA: max_memory_allocated), which
   must not grow with the number of documents.
+
+Bars (`bars()`): CPU — ffn <= 1.15x, all sites <= 2x at <= 128 tokens, attn.q / attn.k <= 3x at
+>= 512 tokens, masked <= 1.05x; CUDA — ffn / v / o / ffn+v+o <= 1.05x, attn.q / attn.k <= 2x at
+512 tokens and <= 3x at 2,048, masked <= 1.03x. Random and tiny models read synthetic text that
+fills `--max-tokens` (character tokenizer).
 
 The machine this runs on may be shared and noisy: every configuration is warmed up once, then
 timed in `--repeats` rounds; a round times the baseline, then each configuration, and a
@@ -45,11 +55,28 @@ import torch
 
 SITE_CONFIGS: dict[str, list[str]] = {
     "plnd ffn": ["ffn"],
+    "plnd attn.q": ["attn.q"],
+    "plnd attn.k": ["attn.k"],
+    "plnd attn.v": ["attn.v"],
+    "plnd attn.o": ["attn.o"],
     "plnd ffn+v+o": ["ffn", "attn.v", "attn.o"],
     "plnd all": ["ffn", "attn.q", "attn.k", "attn.v", "attn.o"],
 }
-BARS = {"plnd ffn": 1.15, "plnd all": 2.0, "ppl masked": 1.05}
 MASK_SITES = ("ffn", "attn.q", "attn.k", "attn.v", "attn.o")
+
+
+def bars(device: str, max_tokens: int) -> dict[str, float]:
+    """DESIGN.md section 5 (and issue #12) for this device and document length."""
+    if device.startswith("cuda"):
+        qk = 2.0 if max_tokens <= 512 else 3.0
+        return {"plnd ffn": 1.05, "plnd attn.v": 1.05, "plnd attn.o": 1.05, "plnd ffn+v+o": 1.05,
+                "plnd attn.q": qk, "plnd attn.k": qk, "ppl masked": 1.03}
+    out = {"plnd ffn": 1.15, "ppl masked": 1.05}
+    if max_tokens <= 128:
+        out["plnd all"] = 2.0
+    if max_tokens >= 512:  # the CPU proxy bar: random-llama-small, 1 thread, 512-token documents
+        out.update({"plnd attn.q": 3.0, "plnd attn.k": 3.0})
+    return out
 
 
 #: Llama-shaped models with random weights, for throughput and memory at scale without downloads
@@ -98,12 +125,19 @@ def load(model_name: str, device: str, dtype: str = "float32") -> tuple[torch.nn
     return model.to(device).eval(), tokenizer
 
 
-def corpus_texts(model_name: str, n_docs: int, languages: list[str], source: str) -> list[str]:
-    """`n_docs` documents, languages interleaved; tiny models get deterministic synthetic text."""
+def corpus_texts(model_name: str, n_docs: int, languages: list[str], source: str, max_tokens: int) -> list[str]:
+    """`n_docs` documents, languages interleaved; tiny and random models get deterministic
+    synthetic text (character tokenizer) long enough to fill `max_tokens`, so "512 tokens" means 512."""
     if model_name.startswith(("tiny-", "random-")):
         rng = random.Random(0)
         words = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "north", "quiet", "seven"]
-        return [" ".join(rng.choice(words) for _ in range(rng.randint(20, 60))) for _ in range(n_docs)]
+        texts = []
+        for _ in range(n_docs):
+            text = ""
+            while len(text) < max_tokens:
+                text += rng.choice(words) + " "
+            texts.append(text)
+        return texts
     from neuronspec.data import load_corpus
 
     per_lang = math.ceil(n_docs / len(languages))
@@ -148,7 +182,7 @@ def workloads(model: torch.nn.Module, tokenizer: Any, batches: list[Any], texts:
     from neuronspec.evaluate.perplexity import perplexity
     from neuronspec.methods.plnd import plnd_statistics
     from neuronspec.models.forward import hidden_forward
-    from neuronspec.models.masks import deactivate
+    from neuronspec.models.masks import zeroed
 
     def forward() -> None:
         with torch.no_grad():
@@ -163,8 +197,8 @@ def workloads(model: torch.nn.Module, tokenizer: Any, batches: list[Any], texts:
 
     mask = realistic_mask(model, args.mask_neurons)
 
-    def ppl_masked() -> Any:
-        with deactivate(model, mask):
+    def ppl_masked() -> Any:  # as the evaluation stage applies a mask
+        with zeroed(model, mask):
             return ppl()
 
     out: dict[str, Callable[[], Any]] = {"forward": forward}
@@ -229,7 +263,7 @@ def _rss_kb(field: str) -> int:
 def memory_probe(args: argparse.Namespace) -> dict[str, Any]:
     """Run configuration `args.memory_probe` once over `args.docs` documents; peak memory above the start."""
     model, tokenizer = load(args.model, args.device, args.dtype)
-    texts = corpus_texts(args.model, args.docs, args.languages, args.corpus)
+    texts = corpus_texts(args.model, args.docs, args.languages, args.corpus, args.max_tokens)
     batches = make_batches(tokenizer, texts, args.max_tokens, args.batch_size, args.device)
     fns, _ = workloads(model, tokenizer, batches, texts, args)
     from neuronspec.models.forward import hidden_forward
@@ -292,10 +326,13 @@ def run_probe(args: argparse.Namespace, config: str, docs: int) -> dict[str, Any
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--docs", type=int, default=32, help="documents N (memory is also measured with 2N)")
-    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--max-tokens", default="128", help="document length; several comma-separated (e.g. 512,2048) run one after the other")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--model", default="gemma-3-270m",
-                   help=f"embedded/hub model, tiny-<arch> (e.g. tiny-llama), or one of {', '.join(RANDOM_LLAMAS)}")
+                   help=f"embedded/hub model, tiny-<arch> (e.g. tiny-llama), or one of {', '.join(RANDOM_LLAMAS)}; "
+                        "several comma-separated run one after the other")
+    p.add_argument("--sites", help="comma-separated configurations to time (default: all of "
+                                   f"{', '.join(SITE_CONFIGS)})")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--languages", type=lambda s: s.split(","), default=["en", "zh"])
     p.add_argument("--corpus", default="builtin:wikilingua")
@@ -312,12 +349,32 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     if args.memory_probe:
+        args.max_tokens = int(args.max_tokens)
         print(json.dumps(memory_probe(args)))
         return
 
+    configs = list(SITE_CONFIGS) if not args.sites else args.sites.split(",")
+    unknown = [c for c in configs if c not in SITE_CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown --sites {unknown}; known: {', '.join(SITE_CONFIGS)}")
+    runs = []
+    for model_name in args.model.split(","):
+        for max_tokens in (int(t) for t in str(args.max_tokens).split(",")):
+            one = argparse.Namespace(**{**vars(args), "model": model_name, "max_tokens": max_tokens})
+            runs.append(measure(one, configs))
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(runs[0] if len(runs) == 1 else runs, indent=1))
+        print(f"wrote {args.json}")
+
+
+def measure(args: argparse.Namespace, configs: list[str]) -> dict[str, Any]:
+    """Every measurement for one model and document length; prints its report, returns it."""
     load_start = os.getloadavg()
     model, tokenizer = load(args.model, args.device, args.dtype)
-    texts = corpus_texts(args.model, args.docs, args.languages, args.corpus)
+    texts = corpus_texts(args.model, args.docs, args.languages, args.corpus, args.max_tokens)
     batches = make_batches(tokenizer, texts, args.max_tokens, args.batch_size, args.device)
     tokens = int(sum(int(b.attention_mask.sum()) for b in batches))
     padded = int(sum(b.attention_mask.numel() for b in batches))
@@ -330,7 +387,7 @@ def main() -> None:
               f"device {args.device}")
     print(header, file=sys.stderr)
 
-    timing = paired_rounds(fns["forward"], {n: fns[n] for n in SITE_CONFIGS}, args.repeats, args.device, "detect")
+    timing = paired_rounds(fns["forward"], {n: fns[n] for n in configs}, args.repeats, args.device, "detect")
     ppl_tokens = tokens
     timing["forward"] = timing.pop("base")
     if not args.skip_ppl:
@@ -343,7 +400,7 @@ def main() -> None:
 
     memory: dict[str, dict[str, Any]] = {}
     if not args.skip_memory:
-        for config in ["forward", *SITE_CONFIGS]:
+        for config in ["forward", *configs]:
             memory[config] = {}
             for n in (args.docs, 2 * args.docs):
                 print(f"  memory: {config}, {n} docs", file=sys.stderr, flush=True)
@@ -352,12 +409,13 @@ def main() -> None:
     # ---- report -----------------------------------------------------------------------------
     print(header)
     rows, verdicts = [], {}
-    for name in ["forward", *SITE_CONFIGS, "ppl", "ppl masked"]:
+    limits = bars(args.device, args.max_tokens)
+    for name in ["forward", *configs, "ppl", "ppl masked"]:
         if name not in timing:
             continue
         t = timing[name]
         t["tokens_per_s"] = (ppl_tokens if name.startswith("ppl") else tokens) / t["wall_s"]
-        bar = BARS.get(name)
+        bar = limits.get(name)
         ok = None if bar is None or "ratio" not in t else t["ratio"] <= bar
         if ok is not None:
             verdicts[f"time: {name} <= {bar}x"] = ok
@@ -389,20 +447,17 @@ def main() -> None:
     load_end = os.getloadavg()
     print(f"load average at start {load_start[0]:.1f}, at end {load_end[0]:.1f} ({os.cpu_count()} CPUs)")
 
-    if args.json:
-        report = {
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "settings": {k: v for k, v in vars(args).items() if k not in ("json", "memory_probe")},
-            "documents": len(texts), "batches": len(batches), "tokens": tokens, "padded_tokens": padded,
-            "mask_neurons": mask_size,
-            "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                            "platform": platform.platform(), "load_average_start": load_start, "load_average_end": load_end},
-            "timing": timing, "memory": memory, "bars": BARS,
-            "verdicts": verdicts,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.json}")
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "memory_probe"},
+        "documents": len(texts), "batches": len(batches), "tokens": tokens, "padded_tokens": padded,
+        "mask_neurons": mask_size,
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                        "platform": platform.platform(), "load_average_start": load_start, "load_average_end": load_end,
+                        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
+        "timing": timing, "memory": memory, "bars": limits,
+        "verdicts": verdicts,
+    }
 
 
 def _table(header: list[str], rows: list[list[str]]) -> None:
