@@ -113,7 +113,8 @@ def initial_counts(edges: Tensor, f_at_edges: Tensor, nodes: int) -> Tensor:
     panels = edges.numel() - 1
     if nodes < panels:
         raise ValueError(f"the adaptive rule needs at least one node per panel ({panels}), got {nodes}")
-    f = f_at_edges.double().reshape(edges.numel(), -1)
+    # node counts are host bookkeeping: f arrives from the model's device, edges live on the host
+    f, edges = f_at_edges.detach().double().cpu().reshape(edges.numel(), -1), edges.detach().double().cpu()
     change = (f[1:] - f[:-1]).abs()  # [panels, B]
     total = change.sum(0, keepdim=True)
     moved = torch.where(total > 0, change / total.clamp_min(1e-300), torch.full_like(change, 1.0 / panels)).mean(1)

@@ -429,7 +429,7 @@ def attr_sharing(ctx: RunContext, stage: Stage, s: SharingAttribution, out: Path
                        completeness_gap=gap.tolist())
         if float(relative.max()) > 0.05:
             warnings.warn(f"{stage.id}: Integrated Gradients miss f(a) - f(0) by up to {float(relative.max()):.1%} "
-                          f"with {a['steps']} steps; raise detect.sharing.attribution.steps (and probes)",
+                          f"with {s.steps} steps; raise detect.sharing.attribution.steps (and probes)",
                           CompletenessWarning, stacklevel=2)
     else:
         with ctx.progress(f"activation norms {s.lang}", total=len(encodings)) as advance:
