@@ -31,6 +31,7 @@ chunks on CPU. Where the keys of a block lie is read from the mask once per batc
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -240,11 +241,24 @@ _COMPILED: dict[str, Any] = {}
 
 
 def _kernel(compiled: bool) -> Callable[..., Tensor]:
-    if not compiled:
+    """The chunk kernel, compiled or eager. If compiling fails (no C++ compiler on CPU, no Triton
+    on a GPU) the eager function is used from then on, with a warning: same values, slower."""
+    if not compiled or _COMPILED.get("failed"):
         return _fused_scores
     if "fn" not in _COMPILED:
         _COMPILED["fn"] = torch.compile(_fused_scores, dynamic=True)
-    return _COMPILED["fn"]
+
+    def run(*args: Any) -> Tensor:
+        if _COMPILED.get("failed"):
+            return _fused_scores(*args)
+        try:
+            return _COMPILED["fn"](*args)
+        except Exception as err:  # noqa: BLE001 - any compiler failure; the eager path computes the same
+            _COMPILED["failed"] = True
+            warnings.warn(f"the q/k score could not be compiled ({type(err).__name__}: {str(err)[:200]}); "
+                          "computing it eagerly (same values, several times slower)", RuntimeWarning, stacklevel=2)
+            return _fused_scores(*args)
+    return run
 
 
 def _use_compiled(device: torch.device, elements: int) -> bool:

@@ -10,6 +10,8 @@ size, soft-capping, and q/k norms.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -195,3 +197,18 @@ def test_an_overflowing_batch_is_redone_with_the_stable_form(monkeypatch: pytest
     for site in ("attn.q", "attn.k"):
         assert torch.isfinite(redone[site].sum).all()
         assert torch.allclose(redone[site].sum, fused[site].sum, rtol=1e-4, atol=1e-12)
+
+
+@pytest.mark.skipif(os.environ.get("NEURONSPEC_TEST_COMPILE") != "1",
+                    reason="compiling takes 30-100 s on a busy 2-core machine; NEURONSPEC_TEST_COMPILE=1 runs it")
+def test_compiled_kernel_equals_eager() -> None:
+    """The kernel torch.compile fuses (the fast path on CPU and GPU) computes the eager values
+    (one shape with RoPE and q/k norms: both rescale kinds)."""
+    torch.manual_seed(0)
+    uq, uk = torch.randn(2, 4, 40, 8), torch.randn(2, 2, 40, 8)
+    inp = _inputs(uq, uk, _mask(2, 40, [40, 33], 9), 0.3, None, (1 + 0.2 * torch.randn(8), 1 + 0.2 * torch.randn(8)),
+                  _rope(40, 8))
+    eager = qk_importance(inp, compiled=False)
+    fused = qk_importance(inp, compiled=True)
+    for site in eager:
+        assert torch.allclose(fused[site], eager[site], rtol=1e-5, atol=1e-9), site
