@@ -50,6 +50,8 @@ QK_QUERY_BLOCK = 16
 QK_QUERY_BLOCK_CUDA = 64
 #: elements (rows·T·S·D) of one layer from which compiling the kernel on CPU pays for itself
 QK_COMPILE_MIN_ELEMENTS = 1 << 27
+#: elements of one [rows, T, S] logits tensor (float32): larger batches are scored a few documents at a time
+QK_LAYER_ELEMENTS = 1 << 28
 #: Python threads sharing the chunks (more would queue on the GIL between ops)
 QK_MAX_WORKERS = 4
 #: additive mask values at or below this are "masked" (float16's minimum, -65504, included):
@@ -73,6 +75,13 @@ class QKInputs:
     softcap: float | None = None
     rotary: tuple[Tensor, Tensor] | None = None
     gains: tuple[Tensor, Tensor] | None = None
+
+
+    def rows(self, b0: int, b1: int) -> QKInputs:
+        """Documents b0..b1-1 (masks and rotary tables broadcast over documents stay whole)."""
+        cut = lambda x: x if x is None or x.shape[0] == 1 else x[b0:b1]  # noqa: E731
+        rotary = None if self.rotary is None else (cut(self.rotary[0]), cut(self.rotary[1]))
+        return QKInputs(self.query[b0:b1], self.key[b0:b1], cut(self.mask), self.scaling, self.softcap, rotary, self.gains)
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -183,6 +192,14 @@ class Plan:
         self.needed = None if needed is None else needed.cpu().repeat_interleave(heads, 0)
         self._spans: dict[int, tuple[Any, list[tuple[int, int, int, int]]]] = {}
         self.overflow: Tensor | None = None  # bool scalar on the device, see qk_importance
+
+    def rows(self, b0: int, b1: int, heads: int) -> Plan:
+        """The plan of documents b0..b1-1: their needed queries, the same (shared) key spans —
+        spans of the whole batch cover every sub-batch's visible keys."""
+        sub = Plan(None, heads)
+        sub.needed = None if self.needed is None else self.needed[b0 * heads:b1 * heads]
+        sub._spans = self._spans
+        return sub
 
     def flag(self, scores: Iterable[Tensor]) -> None:
         """Remember (on the device, no sync) whether any score is not finite."""
@@ -296,6 +313,15 @@ def qk_importance(inp: QKInputs, want: tuple[str, ...] = ("attn.q", "attn.k"), p
     q = inp.query
     b, h, t, d = q.shape
     s = inp.key.shape[2]
+    plan = plan or Plan(None, h)
+    group = max(1, QK_LAYER_ELEMENTS // (h * t * s))
+    if b > group:  # bound the [rows, T, S] tensors below (a 7B model at 2,048 tokens: 0.5 GB per document)
+        parts = [qk_importance(inp.rows(b0, b0 + group), want, plan.rows(b0, b0 + group, h), chunk_elements,
+                               mask_source, stable, compiled) for b0 in range(0, b, group)]
+        out = {site: torch.cat([part[site] for part in parts]) for site in want}
+        if not stable:
+            plan.flag(out.values())
+        return out
     rows = b * h
     shared = inp.rotary is None and inp.gains is None  # both sites remove the same q_n·k_n
     q_side, k_side = _sides(inp, "attn.q" in want or shared, "attn.k" in want and not shared)
@@ -311,7 +337,6 @@ def qk_importance(inp: QKInputs, want: tuple[str, ...] = ("attn.q", "attn.k"), p
     logits = (capped.view(b, h, t, s) + mask).view(rows, t, s)
     probs = torch.softmax(logits, dim=-1)
     out = {site: torch.zeros(rows, t, d, device=q.device) for site in sides}
-    plan = plan or Plan(None, h)
     need = plan.needed if plan.needed is not None else torch.ones(rows, t, dtype=torch.bool)
     use_compiled = False if stable else compiled if compiled is not None else _use_compiled(q.device, rows * t * s * d)
     # query blocks: small where chunks are materialised (cache-sized); larger for a fused kernel on a GPU

@@ -212,3 +212,20 @@ def test_compiled_kernel_equals_eager() -> None:
     fused = qk_importance(inp, compiled=True)
     for site in eager:
         assert torch.allclose(fused[site], eager[site], rtol=1e-5, atol=1e-9), site
+
+
+def test_large_batches_are_scored_a_few_documents_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bounding the [rows, T, S] tensors splits the batch; the scores are those of the whole batch."""
+    import neuronspec.methods.plnd_qk as qk
+
+    torch.manual_seed(0)
+    b, h, t, d = 5, 4, 30, 6
+    lengths = [30, 28, 20, 9, 4]
+    inp = _inputs(torch.randn(b, h, t, d), torch.randn(b, 2, t, d), _mask(b, t, lengths, 7), 0.3, None,
+                  (1 + 0.2 * torch.randn(d), 1 + 0.2 * torch.randn(d)), _rope(t, d))
+    needed = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
+    whole = qk_importance(inp, plan=Plan(needed, h))
+    monkeypatch.setattr(qk, "QK_LAYER_ELEMENTS", 2 * h * t * t)  # two documents per group
+    split = qk_importance(inp, plan=Plan(needed, h))
+    for site in whole:
+        assert torch.allclose(split[site], whole[site], rtol=1e-6, atol=1e-12), site
