@@ -219,12 +219,13 @@ class Plan:
         return hit[1]
 
 
-def _fused_scores(raw: Tensor, logp: Tensor, p: Tensor, s0: Tensor, center: Tensor,
+def _fused_scores(raw: Tensor, p: Tensor, pw: Tensor, lp0: Tensor, s0: Tensor, center: Tensor,
                   l1: Tensor, r1: Tensor, l2: Tensor | None, r2: Tensor | None,
                   scale_t: Tensor | None, scale_s: Tensor | None, cap: float | None) -> Tensor:
     """Σ_s (p'_s − p_s)² of one chunk from three sums over keys, [r, tb, D].
 
-    raw (scaled q·k, before soft-capping and mask) / logp (log p) / p: [r, tb, 1, span];
+    raw (scaled q·k, before soft-capping and mask) / p / pw / lp0: [r, tb, 1, span], with
+    pw = p where p > 0 else 1 and lp0 = 0 where p > 0 else log p (−inf for a masked key);
     l: [r, tb, D, 1]; r: [r, 1, D, span]; scale_t [r, tb, D, 1] / scale_s [r, 1, D, span]: the
     norm rescale; s0 = Σ p² [r, tb, 1]; center [r, tb, D, 1]: Σ_s p_s·d_s (before capping).
     With d_s the change of logit s minus a per-row constant (which no softmax sees) and
@@ -232,9 +233,9 @@ def _fused_scores(raw: Tensor, logp: Tensor, p: Tensor, s0: Tensor, center: Tens
     Σ_s (p'_s − p_s)² = (S2 − 2·D1·S1 + D1²·S0)/(1 + D1)², S2 = Σ e², S1 = Σ p·e. Centring d on
     its p-weighted mean makes D1 second-order small, so S2 dominates and nothing cancels
     (expm1 keeps small changes exact). A key whose p underflowed to 0 but is not masked can
-    regain probability: its e is e^{log p + d} (0 for a masked key, log p = −inf). Every op is
-    elementwise or a reduction over keys, so a compiler fuses the function into one pass that
-    never writes the [r, tb, D, span] tensor. e^d overflows only past ~88 nats (non-finite).
+    regain probability: there e = e^{log p + d} = expm1(log p + d) + 1 (0 for a masked key).
+    Every op is elementwise or a reduction over keys, so a compiler fuses the function into one
+    pass that never writes the [r, tb, D, span] tensor. e^d overflows only past ~88 nats.
     """
     c = l1 * r1 if l2 is None else l1 * r1 + l2 * r2  # the removed term
     if scale_t is not None:
@@ -247,9 +248,8 @@ def _fused_scores(raw: Tensor, logp: Tensor, p: Tensor, s0: Tensor, center: Tens
         t, y = torch.tanh(raw / cap), torch.tanh(d / cap)
         d = cap * y / (torch.cosh(raw / cap).square() * (1.0 + t * y))
         center = (p * d).sum(-1, keepdim=True)  # capping bends d: the linear change's mean is no centre
-    live = p > 0
-    x = torch.expm1(torch.where(live, d - center, logp + d - center))
-    e = torch.where(live, p * x, x + 1.0)
+    x = torch.expm1(d + (lp0 - center))
+    e = x * pw + (pw - p)  # p·x where p > 0, x + 1 where it underflowed (pw − p = 1 there, 0 elsewhere)
     d1, s1, s2 = e.sum(-1), (p * e).sum(-1), (e * e).sum(-1)
     return (s2 - 2.0 * d1 * s1 + d1 * d1 * s0) / (1.0 + d1).square()
 
@@ -377,7 +377,9 @@ def qk_importance(inp: QKInputs, want: tuple[str, ...] = ("attn.q", "attn.k"), p
             torch.linalg.vector_norm(x, dim=-1, out=out[site][r, t0:t1]).square_()
     else:
         s0 = probs.square().sum(-1)
-        logp = torch.log_softmax(logits, dim=-1)
+        live = probs > 0
+        pw = torch.where(live, probs, 1.0)
+        lp0 = torch.where(live, 0.0, torch.log_softmax(logits, dim=-1))
         p_raw = (probs * raw).sum(-1) if inp.gains is not None else None
         centers = {site: _center(side, probs, raw, p_raw) for site, side in sides.items()}
         kernel = _kernel(use_compiled)
@@ -385,14 +387,17 @@ def qk_importance(inp: QKInputs, want: tuple[str, ...] = ("attn.q", "attn.k"), p
         def score(chunk: tuple[str, slice, int, int, int, int]) -> None:
             site, r, t0, t1, lo, hi = chunk
             side = sides[site]
-            row = lambda x: x[r, t0:t1, None, lo:hi]  # noqa: E731 - [r, tb, 1, span]
-            left = [x[r, t0:t1, :, None] for x in side.left]
-            right = [x[r, None, :, lo:hi] for x in side.right]
+            # contiguous copies (small: nothing here spans D and the keys at once): one memory
+            # layout for every chunk, so the compiled kernel is specialised once, not per stride
+            row = lambda x: x[r, t0:t1, None, lo:hi].contiguous()  # noqa: E731 - [r, tb, 1, span]
+            left = [x[r, t0:t1, :, None].contiguous() for x in side.left]
+            right = [x[r, None, :, lo:hi].contiguous() for x in side.right]
             out[site][r, t0:t1] = kernel(
-                row(raw), row(logp), row(probs), s0[r, t0:t1, None], centers[site][r, t0:t1, :, None],
+                row(raw), row(probs), row(pw), row(lp0), s0[r, t0:t1, None].contiguous(),
+                centers[site][r, t0:t1, :, None].contiguous(),
                 left[0], right[0], left[1] if len(left) > 1 else None, right[1] if len(right) > 1 else None,
-                None if side.scale_t is None else side.scale_t[r, t0:t1, :, None],
-                None if side.scale_s is None else side.scale_s[r, None, :, lo:hi], cap)
+                None if side.scale_t is None else side.scale_t[r, t0:t1, :, None].contiguous(),
+                None if side.scale_s is None else side.scale_s[r, None, :, lo:hi].contiguous(), cap)
 
     if use_compiled:
         for c in chunks:
