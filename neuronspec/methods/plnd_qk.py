@@ -20,12 +20,15 @@ neuron the roles swap: ℓ'_ts = β_sn (ℓ_ts − scaling·k̃_sn·(cos_sn q_tn
 Soft-capping and the mask apply after, as in the model. Without RoPE and norm (GPT-2) both
 reduce to removing q_tn·k_sn, and one computation serves q and k.
 
-The computation never holds the [rows, queries, head_dim, keys] tensor whole: it runs in
-cache-sized chunks of (query head, query block, head dimension, key span), only over the keys
-a query block can see (a causal / sliding-window mask leaves about half of them out),
-skipping query blocks that no document row needs, with a few Python threads taking whole
-chunks on CPU. Where the keys of a block lie is read from the mask once per batch and mask
-(layers share their masks), not once per layer.
+The score per (query, neuron) needs three sums over keys (:func:`_fused_scores`), so one
+fused pass computes it without ever writing the [rows, queries, head_dim, keys] tensor:
+`torch.compile` makes that pass C++ on CPU and Triton on CUDA; small layers, or machines where
+compiling fails, run the same function eagerly in cache-sized chunks (threads on CPU). Work
+goes by query blocks, only over the keys a block can see (a causal / sliding-window mask
+leaves about half out), skipping blocks that no document needs. Where each block's keys lie
+is read from the mask once per batch and mask kind, and the needed queries once per batch:
+no host synchronisation per layer. Costs (benchmarks/detect_overhead.py, README): on CPU,
+~1 ns per (query, neuron, key) — a few times a forward pass at 512 tokens.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ from torch import Tensor
 #: elements of one perturbed-probability chunk [rows, block, D, span]: 2 MB, so each chunk's
 #: ops run in cache instead of streaming through memory
 QK_CHUNK_ELEMENTS = 1 << 19
-#: queries per block. Smaller blocks would skip more of a causal mask's triangle, but 16 keeps
-#: every softmax row a multiple of 16 floats (one AVX-512 vector) and measured fastest
+#: queries per block on CPU. Smaller blocks would skip more of a causal mask's triangle; 16
+#: keeps every row a multiple of 16 floats (one AVX-512 vector) and measured fastest
 QK_QUERY_BLOCK = 16
 #: queries per block for the compiled kernel on a GPU (fewer launches; a block's keys cover its last query)
 QK_QUERY_BLOCK_CUDA = 64
@@ -75,7 +78,6 @@ class QKInputs:
     softcap: float | None = None
     rotary: tuple[Tensor, Tensor] | None = None
     gains: tuple[Tensor, Tensor] | None = None
-
 
     def rows(self, b0: int, b1: int) -> QKInputs:
         """Documents b0..b1-1 (masks and rotary tables broadcast over documents stay whole)."""
