@@ -660,8 +660,10 @@ def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
              + (f" {s.mask_lang}" if s.mask_lang else "") + f" on {s.lang}")
     # the first layers of the study's arms: where later arms can pick up the base model's residual stream
     boundaries = {a for st in ctx.plan.stages.values() if isinstance(st.spec, Mask) for a, _ in st.spec.layers or ()}
-    with ctx.progress(label, total=None) as advance, reporting(advance), zeroed(lm.model, neurons), modified, \
-            shared_prefix(lm.model, start=start, boundaries=boundaries):
+    # the prefix store keys recordings by the weights: take their digest before the arm's neurons
+    # are zeroed (layers >= start only), so the arm replays the base model's prefix
+    with ctx.progress(label, total=None) as advance, reporting(advance), modified, \
+            shared_prefix(lm.model, start=start, boundaries=boundaries), zeroed(lm.model, neurons):
         result = run_evaluator(s.metric, lm.model, lm.tokenizer, docs, options, s.lang, s.seed)
     result["deactivated"] = neurons.count()
     _write_json(out / "result.json", result)
