@@ -44,7 +44,7 @@ def worker(args: argparse.Namespace) -> None:
     device = distributed.rank_device(args.device)
     torch.set_num_threads(max(1, args.threads // world.size))
     model, tokenizer = load(args.model, device, args.dtype)
-    texts = corpus_texts(args.model, args.docs, args.languages, args.corpus)
+    texts = corpus_texts(args.model, args.docs, args.languages, args.corpus, args.max_tokens)
     encodings = [e for e in encode(tokenizer, texts, args.max_tokens) if len(e) >= 2]
     local = distributed.shard(encodings)
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
