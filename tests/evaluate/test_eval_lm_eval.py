@@ -276,7 +276,7 @@ arms:
 evaluate:
   harness: {{metric: lm_eval, tasks: {{en: multiemo_choice, fr: multiemo_choice}}, corpus: items, include_path: {tasks},
              max_length: 23, on: self, batch_size: 3}}
-  own: {{metric: choice, corpus: items, on: self, bootstrap: 0, batch_size: 5}}
+  own: {{metric: choice, corpus: items, on: self, bootstrap: 0}}
 """
 
 
