@@ -170,7 +170,18 @@ def test_lm_eval_tasks_per_arm_equal_lm_eval_called_directly(tmp_path: Path, tin
     with (tmp_path / "tasks" / "data" / "text_de.jsonl").open("a") as f:
         f.write(json.dumps({"text": "qrst uvwx"}) + "\n")
     code, printed, _ = _cli(capsys, "run", str(study), "--json", "-q")
-    assert code == 0 and sorted(json.loads(printed)["computed"]) == ["eval/text/base/de", "eval/text/off/de@de"]
+    third = json.loads(printed)
+    assert code == 0 and sorted(third["computed"]) == ["eval/text/base/de", "eval/text/off/de@de"]
+    # diff and the HTML report read lm-eval cells like any evaluation's
+    code, printed, _ = _cli(capsys, "diff", out["run"], third["run"], "--json", "--store", str(tmp_path / ".neuronspec"))
+    assert code == 0
+    moved = {row["stage"]: row for row in json.loads(printed)["metrics"]}
+    assert set(moved) == {"eval/text/base/de", "eval/text/off/de@de"}
+    assert moved["eval/text/base/de"]["a"]["value"] == pytest.approx(text["base"]["de"])
+    assert moved["eval/text/base/de"]["metric"] == "word_perplexity,none"
+    code, _, _ = _cli(capsys, "report", third["run"], "--study", str(study), "-q")
+    html = (Path(third["folder"]) / "report.html").read_text()
+    assert code == 0 and "tiny_text_de: word_perplexity,none" in html and "tiny_choice: acc,none" in html
 
 
 HUB_TASK = """\
