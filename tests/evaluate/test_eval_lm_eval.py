@@ -315,3 +315,19 @@ def test_corpus_fed_task_agrees_with_the_choice_metric(tmp_path: Path, tiny_mode
     for c in ev["harness"]["cells"]:
         mine = own[(c["arm"], c["mask_lang"], c["lang"])]
         assert c["n"] == mine["n"] == 30 and c["value"] == pytest.approx(mine["value"]), (c["arm"], c["lang"])
+
+
+def test_lm_eval_stages_refuse_to_run_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rank running lm-eval while the others wait at the next collective could outlast the
+    process group's timeout: the stage says how to finish in one process instead."""
+    from neuronspec import distributed
+    from neuronspec.plan import kinds
+    from neuronspec.plan.graph import Stage
+
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(0, 2))
+    spec = kinds.LmEvalStage(seed=0, lang="en", task={"name": "t", "yaml": None}, corpus=None, batch_size=1, limit=None,
+                             num_fewshot=None, max_length=None, metric_name=None, bootstrap=0, arm=None, arm_kind=None,
+                             mask_lang=None)
+    stage = Stage("eval/x/base/en", "eval.lm_eval", spec, evaluation="x", lang="en")
+    with pytest.raises(ValueError, match=r"not under torchrun.*--only 'eval/x/\*'"):
+        kinds.evaluate_lm_eval(None, stage, spec, Path("."))  # type: ignore[arg-type]
