@@ -331,3 +331,28 @@ def test_lm_eval_stages_refuse_to_run_under_torchrun(monkeypatch: pytest.MonkeyP
     stage = Stage("eval/x/base/en", "eval.lm_eval", spec, evaluation="x", lang="en")
     with pytest.raises(ValueError, match=r"not under torchrun.*--only 'eval/x/\*'"):
         kinds.evaluate_lm_eval(None, stage, spec, Path("."))  # type: ignore[arg-type]
+
+
+def test_shipped_xcsqa_and_xlsum_yamls_score_rows_shaped_like_their_datasets(tmp_path: Path) -> None:
+    """The Hub datasets are out of reach here: the task YAMLs run on local rows of the same shape."""
+    from lm_eval.tasks import TaskManager
+
+    from neuronspec.evaluate.harness import task_config
+
+    tasks = Path(__file__).parents[2] / "studies" / "tasks"
+    xcsqa_rows = [{"id": "a", "lang": "zh", "answerKey": "C",
+                   "question": {"stem": "狗在哪里", "choices": {"label": list("ABCDE"), "text": ["公园", "海", "天", "月", "箱"]}}}]
+    xlsum_rows = [{"id": "a", "url": "u", "title": "t", "summary": "猫坐着", "text": "一只猫坐在垫子上"}]
+    for name, split, rows in (("xcsqa_zh", "validation", xcsqa_rows), ("xlsum_zh", "test", xlsum_rows)):
+        data = tmp_path / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        cfg = task_config(tasks / f"{name}.yaml") | {"dataset_path": "json", "dataset_name": None,
+                                                      "dataset_kwargs": {"data_files": {split: str(data)}}}
+        task = TaskManager(include_defaults=False).load([cfg])["tasks"][name]
+        doc = task.dataset[split][0]
+        if name == "xcsqa_zh":
+            assert task.doc_to_text(doc) == "Question: 狗在哪里\nAnswer:" and task.doc_to_target(doc) == 2
+            assert task.doc_to_choice(doc) == ["公园", "海", "天", "月", "箱"]
+        else:  # the !function in xlsum_common_yaml scores with neuronspec's ROUGE-L
+            assert task.process_results(doc, ["猫坐着"]) == {"rougeL": 1.0}
+            assert task.process_results(doc, ["狗"]) == {"rougeL": 0.0}
