@@ -470,8 +470,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     if variants and lang not in variants:
         _fail(f"arm {args.arm!r} has one {what} per language: pick one with --lang ({', '.join(variants)})")
         return 2
+    mask = f"mask/{args.arm}"
+    if arm.enhance is None:  # a random control with several draws: one mask per draw
+        from neuronspec.plan.compile import arm_draws, mask_id
+
+        draws = [d for d in arm_draws(loaded.study, args.arm) if d is not None]
+        if draws and args.draw not in draws:
+            _fail(f"arm {args.arm!r} has {len(draws)} random draws: pick one with --draw (1…{len(draws)})")
+            return 2
+        mask = mask_id(args.arm, args.draw if draws else None)
     store = _store(args, loaded.path)
-    stage = plan.stages[f"enhance/{args.arm}/{lang}" if arm.enhance is not None else f"mask/{args.arm}"]
+    stage = plan.stages[f"enhance/{args.arm}/{lang}" if arm.enhance is not None else mask]
     if store.status(stage.key) != "cached":
         _fail(f"{stage.id} has not run yet: neuronspec run {args.file} --only {stage.id}")
         return 1
@@ -557,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("arm")
     sp.add_argument("--lang", help="which language's fine-tune or neuron set (family arms have one per language)")
     sp.add_argument("--model", help="which model's arm, in a study with `models`")
+    sp.add_argument("--draw", type=int, help="which draw of a random control with several")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--force", action="store_true", help="replace an existing folder")
     study_args(sp)

@@ -683,6 +683,8 @@ class LmEvalStage(StageSpec):
     arm: str | None
     arm_kind: Literal["deactivate", "enhance"] | None
     mask_lang: str | None
+    draw: int | None = None  # which draw of a random control with several (its mask is the input)
+    random_like: str | None = None  # the arm that control matches
 
 
 def evaluate_lm_eval(ctx: RunContext, stage: Stage, s: LmEvalStage, out: Path) -> None:
@@ -698,14 +700,16 @@ def evaluate_lm_eval(ctx: RunContext, stage: Stage, s: LmEvalStage, out: Path) -
     docs = read_docs(ctx.input(stage, f"corpus/{s.corpus}"), s.lang) if s.corpus else None
     lm = ctx.model()
     neurons, modified = NeuronSet.empty(), nullcontext()
-    if s.arm_kind == "deactivate":
-        neurons = load_set(ctx.input(stage, f"mask/{s.arm}"), "mask", s.mask_lang)
+    if s.arm_kind == "deactivate":  # the arm's mask (of this draw, for a random control with several)
+        mask_dep = next(d for d in stage.deps if ctx.plan.stages[d].kind == "mask")
+        neurons = load_set(ctx.input(stage, mask_dep), "mask", s.mask_lang)
     elif s.arm_kind == "enhance":
         from neuronspec.enhance import Delta, apply_delta
 
         delta = Delta.load(ctx.input(stage, f"enhance/{s.arm}/{s.mask_lang}").file("delta.safetensors"))
         modified = apply_delta(lm.model, delta)
-    label = f"lm-eval {s.task['name']} {s.arm or 'base'}" + (f" {s.mask_lang}" if s.mask_lang else "")
+    label = (f"lm-eval {s.task['name']} {s.arm or 'base'}" + (f" draw {s.draw}" if s.draw else "")
+             + (f" {s.mask_lang}" if s.mask_lang else ""))
     with ctx.progress(label, total=None), deactivate(lm.model, neurons), modified:
         result = run_task(lm.model, lm.tokenizer, s.task["name"], yaml_path=Path(s.task["yaml"]) if s.task["yaml"] else None,
                           corpus_docs=docs, limit=s.limit, num_fewshot=s.num_fewshot, max_length=s.max_length, metric_name=s.metric_name,

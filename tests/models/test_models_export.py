@@ -61,6 +61,8 @@ def test_export_command_writes_a_deactivation_arm(tmp_path: Path, tiny_model_dir
     assert main(["export", str(study), "early", "--out", str(out)]) == 2  # a family arm needs --lang
     assert main(["export", str(study), "nope", "--lang", "fr", "--out", str(out)]) == 2
     assert main(["export", str(study), "early", "--lang", "fr", "--out", str(out)]) == 0
+    assert main(["export", str(study), "early-random", "--lang", "fr", "--out", str(tmp_path / "r")]) == 2  # which draw?
+    assert main(["export", str(study), "early-random", "--lang", "fr", "--draw", "2", "--out", str(tmp_path / "r")]) == 0
 
     plan = compile_study(load_study(study))
     neurons = NeuronSet.load(Store(tmp_path / ".neuronspec").get(plan.stages["mask/early"].key).file("mask.fr.safetensors"))
@@ -72,3 +74,6 @@ def test_export_command_writes_a_deactivation_arm(tmp_path: Path, tiny_model_dir
     with torch.no_grad():
         got = AutoModelForCausalLM.from_pretrained(out).eval()(**ids).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    drawn = NeuronSet.load(tmp_path / "r" / "neuronspec_neurons.safetensors")
+    assert drawn == NeuronSet.load(Store(tmp_path / ".neuronspec").get(plan.stages["mask/early-random/draw2"].key)
+                                   .file("mask.fr.safetensors")) and drawn.count() == neurons.count()
