@@ -439,8 +439,8 @@ def cmd_corpora(args: argparse.Namespace) -> int:
 
 # -- export -------------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write an enhanced arm as a full Hugging Face model folder, for use by other tools."""
-    from neuronspec.enhance import Delta, export_model
+    """Write an arm as a full Hugging Face model folder, for use by other tools: an enhance arm with
+    its fine-tuned slices written in, a deactivation arm with its neurons' weight slices zeroed."""
     from neuronspec.models.loading import load_model
 
     loaded = _load(args, args.file)
@@ -448,31 +448,59 @@ def cmd_export(args: argparse.Namespace) -> int:
         _fail(f"{args.out} exists; pass --force to replace it")
         return 2
     arm = loaded.study.arm(args.arm)
-    if arm is None or arm.enhance is None:
-        enhance_arms = [a.name for a in loaded.study.arms if a.enhance is not None]
-        _fail(f"{args.file}: no enhance arm named {args.arm!r} (enhance arms: {', '.join(enhance_arms) or 'none'})")
+    if arm is None:
+        names = [a.name for a in loaded.study.arms]
+        _fail(f"{args.file}: no arm named {args.arm!r} (arms: {', '.join(names) or 'none'})")
         return 2
-    if loaded.study.models:  # a multi-model study: the arm was trained once per model
+    if loaded.study.models:  # a multi-model study: the arm was trained / selected once per model
         if args.model not in loaded.study.models:
             _fail(f"{args.file} names several models: pick one with --model ({', '.join(loaded.study.models)})")
             return 2
         loaded = dataclasses.replace(loaded, study=loaded.study.variants()[args.model])
     plan = _compile(loaded)
-    variants = [str(s.lang) for s in plan.stages.values() if s.kind == "enhance" and s.arm == args.arm]
+    if arm.enhance is not None:
+        variants = [str(s.lang) for s in plan.stages.values() if s.kind == "enhance" and s.arm == args.arm]
+        what = "fine-tune"
+    else:
+        from neuronspec.plan.compile import arm_languages
+
+        variants = arm_languages(loaded.study, args.arm)  # empty: one set for every language
+        what = "neuron set"
     lang = args.lang or (variants[0] if len(variants) == 1 else None)
-    if lang not in variants:
-        _fail(f"arm {args.arm!r} has one fine-tune per language: pick one with --lang ({', '.join(variants)})")
+    if variants and lang not in variants:
+        _fail(f"arm {args.arm!r} has one {what} per language: pick one with --lang ({', '.join(variants)})")
         return 2
+    mask = f"mask/{args.arm}"
+    if arm.enhance is None:  # a random control with several draws: one mask per draw
+        from neuronspec.plan.compile import arm_draws, mask_id
+
+        draws = [d for d in arm_draws(loaded.study, args.arm) if d is not None]
+        if draws and args.draw not in draws:
+            _fail(f"arm {args.arm!r} has {len(draws)} random draws: pick one with --draw (1…{len(draws)})")
+            return 2
+        mask = mask_id(args.arm, args.draw if draws else None)
     store = _store(args, loaded.path)
-    stage = plan.stages[f"enhance/{args.arm}/{lang}"]
+    stage = plan.stages[f"enhance/{args.arm}/{lang}" if arm.enhance is not None else mask]
     if store.status(stage.key) != "cached":
         _fail(f"{stage.id} has not run yet: neuronspec run {args.file} --only {stage.id}")
         return 1
-    delta = Delta.load(store.get(stage.key).file("delta.safetensors"))
     m = loaded.study.model
+    if arm.enhance is not None:
+        from neuronspec.enhance import Delta, export_model
+
+        delta = Delta.load(store.get(stage.key).file("delta.safetensors"))
+        lm = load_model(m.id, revision=m.revision, dtype=m.dtype, device=m.device, gguf_file=m.gguf_file)
+        out = export_model(lm.model, lm.tokenizer, delta, args.out, overwrite=args.force)
+        console.print(_esc(f"wrote {out} ({args.arm}, {lang}: {len(delta)} changed tensors on top of {m.id})"), soft_wrap=True)
+        return 0
+    from neuronspec.models.export import export_deactivated
+    from neuronspec.plan.kinds import load_set
+
+    neurons = load_set(store.get(stage.key), "mask", lang if variants else None)
     lm = load_model(m.id, revision=m.revision, dtype=m.dtype, device=m.device, gguf_file=m.gguf_file)
-    out = export_model(lm.model, lm.tokenizer, delta, args.out, overwrite=args.force)
-    console.print(_esc(f"wrote {out} ({args.arm}, {lang}: {len(delta)} changed tensors on top of {m.id})"), soft_wrap=True)
+    out = export_deactivated(lm.model, lm.tokenizer, neurons, args.out, overwrite=args.force)
+    console.print(_esc(f"wrote {out} ({args.arm}" + (f", {lang}" if variants else "")
+                       + f": {neurons.count()} neurons zeroed in the weights of {m.id})"), soft_wrap=True)
     return 0
 
 
@@ -533,11 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-q", "--quiet", action="store_true", help="only write the HTML")
     sp.set_defaults(fn=cmd_report)
 
-    sp = sub.add_parser("export", help="write an enhanced arm as a full Hugging Face model folder")
+    sp = sub.add_parser("export", help="write an arm (enhanced, or with its neurons zeroed) as a full Hugging Face model folder")
     sp.add_argument("file")
     sp.add_argument("arm")
-    sp.add_argument("--lang", help="which language's fine-tune (arms train one per language)")
-    sp.add_argument("--model", help="which model's fine-tune, in a study with `models`")
+    sp.add_argument("--lang", help="which language's fine-tune or neuron set (family arms have one per language)")
+    sp.add_argument("--model", help="which model's arm, in a study with `models`")
+    sp.add_argument("--draw", type=int, help="which draw of a random control with several")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--force", action="store_true", help="replace an existing folder")
     study_args(sp)

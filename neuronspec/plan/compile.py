@@ -31,7 +31,7 @@ from neuronspec.plan.graph import Plan, Stage
 from neuronspec.plan.identity import model_dims, model_identity
 from neuronspec.spec.errors import StudyError
 from neuronspec.spec.loader import LoadedStudy
-from neuronspec.spec.models import Quantile, Study, expand_sites
+from neuronspec.spec.models import LmEvalSpec, Quantile, Study, expand_sites
 from neuronspec.spec.references import detectors, set_order, single_sets
 
 #: fields that change how documents are batched, not what is computed: not in selection keys
@@ -75,7 +75,10 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         if arm.enhance is not None:
             _add_enhance(plan, study, i)
     for name, ev in study.evaluate.items():
-        _add_evals(plan, study, name)
+        if isinstance(ev, LmEvalSpec):
+            _add_lm_evals(plan, loaded, name)
+        else:
+            _add_evals(plan, study, name)
     return plan
 
 
@@ -115,7 +118,7 @@ def _used_corpora(study: Study) -> list[str]:
     if study.analyses.logit_lens is not None:
         used.append(study.analyses.logit_lens.corpus)
     used += [arm.enhance.corpus for arm in study.arms if arm.enhance is not None]
-    used += [ev.corpus for ev in study.evaluate.values()]
+    used += [ev.corpus for ev in study.evaluate.values() if ev.corpus is not None]
     return list(dict.fromkeys(used))
 
 
@@ -351,3 +354,59 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
                     sid = f"eval/{name}/{arm.name}/" + (f"draw{draw}/" if draw else "") + (f"{mlang}@{lang}" if mlang else lang)
                     plan.add(Stage(sid, "eval", K.Evaluation(**base, **arm_spec, **draw_spec, lang=lang, mask_lang=mlang),
                                    deps=(cdep, dep), lang=lang, arm=arm.name, **where))
+
+
+def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
+    """eval/NAME/…/COLUMN stages running lm-eval tasks; COLUMN is the study language (or the task
+    of a language-neutral list). The key covers the task's files and data (neuronspec.plan.tasks)."""
+    from neuronspec.plan.tasks import lm_eval_version, sources
+
+    study = loaded.study
+    ev = study.evaluate[name]
+    assert isinstance(ev, LmEvalSpec)
+    columns = ev.task_map()
+    base_dir = loaded.path.parent if loaded.path is not None else Path.cwd()
+    include = (base_dir / ev.include_path) if ev.include_path else None
+    if include is not None and not include.is_dir():
+        raise StudyError([loaded.source.problem(("evaluate", name, "include_path"), f"{include} is not a folder")])
+    try:
+        found = sources(sorted(set(columns.values())), include)
+    except (ValueError, OSError) as exc:
+        raise StudyError([loaded.source.problem(("evaluate", name, "include_path"), str(exc))]) from None
+    for task in found.values():
+        if task.uses_corpus and ev.corpus is None:
+            raise StudyError([loaded.source.problem(("evaluate", name, "tasks"), f"task {task.name!r} reads "
+                                                    "data_files: '{corpus}': give the evaluation a `corpus`")])
+    by_task: dict[str, list[str]] = {}
+    for col, t in columns.items():
+        by_task.setdefault(t, []).append(col)
+    plan.notes.append(f"evaluate.{name}: lm-eval {lm_eval_version() or '(not installed: pip install neuronspec[tasks])'} tasks "
+                      + "; ".join(found[t].describe() + ("" if cols == [t] else f" for {', '.join(cols)}")
+                                  for t, cols in by_task.items()))
+    deps = (f"corpus/{ev.corpus}",) if ev.corpus is not None else ()
+    base = {"seed": study.seed, "corpus": ev.corpus, "batch_size": ev.batch_size, "limit": ev.limit,
+            "num_fewshot": ev.num_fewshot, "max_length": ev.max_length, "metric_name": ev.metric_name, "bootstrap": ev.bootstrap}
+    where: dict[str, Any] = {"model_bound": True, "origin": ("evaluate", name), "evaluation": name}
+
+    def add(sid: str, column: str, arm: str | None, mlang: str | None, draw: int | None, dep: tuple[str, ...]) -> None:
+        spec = K.LmEvalStage(**base, lang=column, task=found[columns[column]].identity(), arm=arm,
+                             arm_kind=study.arm(arm).kind if arm else None, mask_lang=mlang,  # type: ignore[union-attr]
+                             draw=draw, random_like=study.arm(arm).selection.random_like if draw else None)  # type: ignore[union-attr]
+        plan.add(Stage(sid, "eval.lm_eval", spec, deps=deps + dep, lang=column, arm=arm, **where))
+
+    for column in columns:
+        add(f"eval/{name}/base/{column}", column, None, None, None, ())
+    for arm in study.arms:
+        if ev.arms is not None and arm.name not in ev.arms:
+            continue
+        variants = arm_languages(study, arm.name)
+        for draw in arm_draws(study, arm.name):
+            for mlang in variants or [None]:
+                dep = f"enhance/{arm.name}/{mlang}" if arm.enhance is not None else mask_id(arm.name, draw)
+                for column in columns:
+                    # `on: self` pairs a language's arm with that language's task; a language-neutral list runs them all
+                    if variants and ev.on == "self" and isinstance(ev.tasks, dict) and column != mlang:
+                        continue
+                    sid = f"eval/{name}/{arm.name}/" + (f"draw{draw}/" if draw else "") + (f"{mlang}@{column}" if mlang else column)
+                    add(sid, column, arm.name, mlang, draw, (dep,))
+

@@ -669,6 +669,63 @@ def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
     _write_json(out / "result.json", result)
 
 
+class LmEvalStage(StageSpec):
+    """One lm-eval task on the model under an arm; `task` is its identity (neuronspec.plan.tasks)."""
+
+    seed: int
+    lang: str  # the column: a study language, or the task of a language-neutral list
+    task: dict[str, Any]
+    corpus: str | None  # written per language as the jsonl that data_files: "{corpus}" reads
+    batch_size: int
+    limit: int | None
+    num_fewshot: int | None
+    max_length: int | None
+    metric_name: str | None
+    bootstrap: int
+    arm: str | None
+    arm_kind: Literal["deactivate", "enhance"] | None
+    mask_lang: str | None
+    draw: int | None = None  # which draw of a random control with several (its mask is the input)
+    random_like: str | None = None  # the arm that control matches
+
+
+def evaluate_lm_eval(ctx: RunContext, stage: Stage, s: LmEvalStage, out: Path) -> None:
+    """lm-eval tasks run in one process: under torchrun the stage says so instead of running on one rank
+    while the others wait (every other stage is cached by then, so a plain run finishes the study)."""
+    from neuronspec import distributed
+    from neuronspec.evaluate.harness import run_task
+    from neuronspec.models.masks import NeuronSet, deactivate
+
+    if distributed.world().size > 1:
+        raise ValueError(f"{stage.id}: lm-eval tasks run in one process, not under torchrun; the other stages are "
+                         f"cached: finish with `neuronspec run STUDY --only 'eval/{stage.evaluation}/*'` without torchrun")
+    docs = read_docs(ctx.input(stage, f"corpus/{s.corpus}"), s.lang) if s.corpus else None
+    lm = ctx.model()
+    neurons, modified = NeuronSet.empty(), nullcontext()
+    if s.arm_kind == "deactivate":  # the arm's mask (of this draw, for a random control with several)
+        mask_dep = next(d for d in stage.deps if ctx.plan.stages[d].kind == "mask")
+        neurons = load_set(ctx.input(stage, mask_dep), "mask", s.mask_lang)
+    elif s.arm_kind == "enhance":
+        from neuronspec.enhance import Delta, apply_delta
+
+        delta = Delta.load(ctx.input(stage, f"enhance/{s.arm}/{s.mask_lang}").file("delta.safetensors"))
+        modified = apply_delta(lm.model, delta)
+    label = (f"lm-eval {s.task['name']} {s.arm or 'base'}" + (f" draw {s.draw}" if s.draw else "")
+             + (f" {s.mask_lang}" if s.mask_lang else ""))
+    with ctx.progress(label, total=None), deactivate(lm.model, neurons), modified:
+        result = run_task(lm.model, lm.tokenizer, s.task["name"], yaml_path=Path(s.task["yaml"]) if s.task["yaml"] else None,
+                          corpus_docs=docs, limit=s.limit, num_fewshot=s.num_fewshot, max_length=s.max_length, metric_name=s.metric_name,
+                          batch_size=s.batch_size, bootstrap=s.bootstrap, seed=s.seed)
+    summary = result.to_dict()
+    summary.update(kind="lm_eval", lang=s.lang, seed=s.seed, value=result.value, docs=result.n,
+                   ci=None if result.ci_low is None else [result.ci_low, result.ci_high],
+                   higher_is_better=result.higher_is_better, deactivated=neurons.count())
+    _write_json(out / "result.json", summary)
+
+
+#: kinds whose results are evaluation cells (rows = arms, columns = languages) in reports and diffs
+EVAL_KINDS = ("eval", "eval.lm_eval")
+
 KINDS: dict[str, Kind] = {
     "corpus": Kind(CorpusStage, corpus, "materialise and sample documents"),
     "stats.plnd": Kind(PlndStats, stats_plnd, "PLND importance statistics (one forward pass)", loads_model=True,
@@ -687,4 +744,6 @@ KINDS: dict[str, Kind] = {
     "mask": Kind(Mask, mask, "an arm's neurons per language"),
     "enhance": Kind(Enhance, enhance, "fine-tune only an arm's neurons → a delta", loads_model=True),
     "eval": Kind(Evaluation, evaluate, "evaluate the model (arm deactivated)", loads_model=True, data_parallel=True),
+    "eval.lm_eval": Kind(LmEvalStage, evaluate_lm_eval, "an lm-evaluation-harness task on the model (arm applied)",
+                         loads_model=True),
 }

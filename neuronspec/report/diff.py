@@ -31,7 +31,7 @@ from neuronspec.paths import study_store
 from pydantic import ConfigDict, ValidationError
 
 from neuronspec.plan.graph import Plan, Stage
-from neuronspec.plan.kinds import KINDS, Evaluation, StageSpec
+from neuronspec.plan.kinds import EVAL_KINDS, KINDS, Evaluation, LmEvalStage, StageSpec
 from neuronspec.plan.store import CorruptEntry, Store
 from neuronspec.report.records import find_run, git, read_record
 from neuronspec.report.results import derive
@@ -82,7 +82,7 @@ class Side:
         info = self.stages.get(sid)
         if self.record is None or info is None:
             return None
-        if info.kind == "eval":
+        if info.kind in EVAL_KINDS:
             return (self.record.get("stage_metrics") or {}).get(sid)
         if info.kind == "sets":
             return self.record.get("sets")
@@ -145,7 +145,7 @@ def _run_side(folder: Path) -> Side:
         facts = {k: s[k] if k in s else getattr(f, k) if f else None for k in ("lang", "arm", "evaluation")}
         if facts["evaluation"] is None and facts["arm"] is None:  # records before stages carried typed facts
             parts = sid.split(":", 1)[-1].split("/")
-            if s["kind"] == "eval":
+            if s["kind"] in EVAL_KINDS:
                 facts["evaluation"] = parts[1]
             elif s["kind"] in ("mask", "enhance"):
                 facts["arm"] = parts[1]
@@ -458,7 +458,7 @@ def _metric_rows(a: Side, b: Side, show_all: bool) -> list[dict[str, Any]]:
         ia, ib = a.stages.get(sid), b.stages.get(sid)
         info = ib or ia
         assert info is not None
-        if info.kind != "eval" or (not show_all and ia is not None and ib is not None and ia.key == ib.key):
+        if info.kind not in EVAL_KINDS or (not show_all and ia is not None and ib is not None and ia.key == ib.key):
             continue
         ra, rb = (a.result(sid) if ia else None), (b.result(sid) if ib else None)
         if (ia and ra is None) or (ib and rb is None):  # not run yet on a side that has it: reported as missing
@@ -480,15 +480,16 @@ def _metric_rows(a: Side, b: Side, show_all: bool) -> list[dict[str, Any]]:
 def _cells(side: Side, evaluation: str) -> tuple[str | None, list[dict[str, Any]]]:
     kind, cells = None, []
     for sid, s in side.stages.items():
-        if s.kind != "eval" or s.evaluation != evaluation:
+        if s.kind not in EVAL_KINDS or s.evaluation != evaluation:
             continue
         r = side.result(sid)
         if r is None:
             continue
-        if isinstance(s.spec, Evaluation):
-            kind = s.spec.metric
+        if isinstance(s.spec, (Evaluation, LmEvalStage)):
+            kind = getattr(s.spec, "metric", "lm_eval")
             cells.append({"arm": s.spec.arm, "mask_lang": s.spec.mask_lang, "lang": s.spec.lang, "value": r.get("value"),
-                          "draw": s.spec.draw, "random_like": s.spec.random_like})
+                          "draw": s.spec.draw, "random_like": s.spec.random_like, "metric": r.get("metric"),
+                          "higher_is_better": r.get("higher_is_better")})
         else:  # an old record without specs: its stage metrics carry arm/lang too
             kind = r.get("kind")
             cells.append({"arm": r["arm"], "mask_lang": r["mask_lang"], "lang": r["lang"], "value": r.get("value"),

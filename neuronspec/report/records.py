@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from neuronspec.fileio import write_json
+from neuronspec.plan.kinds import EVAL_KINDS
 
 _PACKAGES = ("neuronspec", "torch", "transformers", "pydantic", "safetensors", "datasets")
 INDEX = "index.jsonl"
 #: Keys of an evaluation result kept in the record (the rest — per-document lists — stays in the store).
 #: kept per evaluation in the record; per-document NLL and tokens let `report` recompute paired CIs without the cache
-_HEADLINE = ("metric", "value", "ci", "higher_is_better", "docs", "tokens", "doc_nll", "doc_tokens")
+_HEADLINE = ("metric", "value", "ci", "higher_is_better", "docs", "tokens", "doc_nll", "doc_tokens", "task", "stderr")
 
 
 def report_code() -> str:
@@ -82,13 +83,13 @@ def eval_metrics(plan: Any, results: dict[str, Any]) -> dict[str, dict[str, Any]
              for c in ev["cells"]}
     out: dict[str, dict[str, Any]] = {}
     for sid, stage in plan.stages.items():
-        if stage.kind != "eval":
+        if stage.kind not in EVAL_KINDS:
             continue
         s, name = stage.spec, stage.evaluation
         cell = cells.get((name, s.arm, s.draw, s.mask_lang, s.lang))
         if cell is not None:
-            out[sid] = {"evaluation": name, "kind": s.metric, "arm": s.arm, "arm_kind": s.arm_kind,
-                        "mask_lang": s.mask_lang, "lang": s.lang, "bootstrap": s.options.get("bootstrap", 1000),
+            out[sid] = {"evaluation": name, "kind": getattr(s, "metric", "lm_eval"), "arm": s.arm, "arm_kind": s.arm_kind,
+                        "mask_lang": s.mask_lang, "lang": s.lang, "bootstrap": getattr(s, "options", {}).get("bootstrap", getattr(s, "bootstrap", 1000)),
                         **({"draw": s.draw, "random_like": s.random_like} if s.draw else {}),
                         **{k: cell[k] for k in _HEADLINE if k in cell}}
     return out
@@ -151,7 +152,7 @@ def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: d
 
 def _outcome(plan: Any, results: dict[str, Any]) -> dict[str, Any]:
     """What a record keeps of one model's results: enough for `report` and `diff` once the store is gone."""
-    return {"metrics": {name: {k: ev[k] for k in ("metric", "base", "arms")} for name, ev in results["evaluations"].items()},
+    return {"metrics": {name: {k: ev[k] for k in ("metric", "base", "arms", "unit") if k in ev} for name, ev in results["evaluations"].items()},
             "stage_metrics": eval_metrics(plan, results), "sets": results.get("sets"), "masks": results.get("masks")}
 
 

@@ -107,7 +107,10 @@ def _cell(row: dict[str, Any], lang: str, digits: int = 1) -> str:
 def evaluation_tables(name: str, ev: dict[str, Any], base_lang: str) -> list[Table]:
     """One evaluation's tables: change per arm and language, paired CIs, and each family arm's matrix."""
     metric, langs = ev["metric"], ev["languages"]
-    unit = "% ppl change" if metric == "perplexity" else "points"
+    unit = ev.get("unit") or ("% ppl change" if metric == "perplexity" else "points")
+    measures = sorted(set((ev.get("measures") or {}).values()))  # lm_eval: which task metric, e.g. "xquad_en: f1,none"
+    if measures:
+        metric = f"{metric} ({'; '.join(measures)})"
     order = arm_order(ev)
     draws = {arm: r["draws"] for arm, r in ev["arms"].items() if r.get("draws")}
     tables: list[Table] = []

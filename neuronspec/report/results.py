@@ -15,6 +15,7 @@ from statistics import mean
 from typing import Any
 
 from neuronspec.plan.graph import Plan
+from neuronspec.plan.kinds import EVAL_KINDS
 from neuronspec.plan.store import Store
 
 
@@ -35,10 +36,12 @@ def collect(plan: Plan, store: Store, baseline: str = "en") -> dict[str, Any]:
         if not path.exists():
             continue
         result = json.loads(path.read_text(encoding="utf-8"))
-        if stage.kind == "eval":
+        if stage.kind in EVAL_KINDS:
             s = stage.spec
-            ev = out["evaluations"].setdefault(stage.evaluation, {"metric": s.metric, "cells": [],
-                                                                  "bootstrap": s.options.get("bootstrap", 1000)})
+            ev = out["evaluations"].setdefault(stage.evaluation, {"metric": getattr(s, "metric", "lm_eval"), "cells": [],
+                                                                  "bootstrap": getattr(s, "options", {}).get("bootstrap", 1000)})
+            if stage.kind == "eval.lm_eval":  # which of the task's metrics (e.g. acc,none), for the table titles
+                ev.setdefault("measures", {})[s.lang] = f"{result.get('task')}: {result.get('metric')}"
             ev["cells"].append({"arm": s.arm, "arm_kind": s.arm_kind, "mask_lang": s.mask_lang, "lang": s.lang,
                                 **({"draw": s.draw, "random_like": s.random_like} if s.draw else {}), **result})
         elif stage.kind == "sets":
@@ -121,6 +124,8 @@ def derive(metric: str, cells: list[dict[str, Any]], baseline: str, resamples: i
     against that distribution: its diagonal beats the control when it exceeds every draw.
     """
     cell = _lookup(cells)
+    if metric == "lm_eval" and cells and all("perplexity" in str(c.get("metric", "")) for c in cells):
+        metric = "perplexity"  # lm-eval's (word/byte) perplexities change in %, like neuronspec's own
     langs = list(dict.fromkeys(c["lang"] for c in cells))
     arms = list(dict.fromkeys(c["arm"] for c in cells if c["arm"] is not None))
     draws = {arm: sorted({c.get("draw") for c in cells if c["arm"] == arm}, key=lambda d: d or 0) for arm in arms}
@@ -129,6 +134,8 @@ def derive(metric: str, cells: list[dict[str, Any]], baseline: str, resamples: i
     matrices: dict[str, Any] = {}
     base_value = {lang: cell.get((None, None, None, lang), {}).get("value") for lang in langs}
     enhance_arms = {c["arm"] for c in cells if c.get("arm_kind") == "enhance"}
+    # perplexity (and lm-eval metrics where lower is better): damage = higher
+    lower_better = metric == "perplexity" or any(c.get("higher_is_better") is False for c in cells)
     for arm in arms:
         family = any(c["mask_lang"] is not None for c in cells if c["arm"] == arm)
         masks = list(dict.fromkeys(c["mask_lang"] for c in cells if c["arm"] == arm)) if family else []
@@ -164,7 +171,7 @@ def derive(metric: str, cells: list[dict[str, Any]], baseline: str, resamples: i
         if not any(v is not None for ml in m for lang, v in m[ml].items() if lang != ml):
             continue
         # deactivation should hurt its own language most; enhancement should help it most
-        higher = (metric == "perplexity") != (arm in enhance_arms)  # perplexity: damage = higher; accuracy: damage = lower
+        higher = lower_better != (arm in enhance_arms)  # perplexity: damage = higher; accuracy: damage = lower
         # a row whose set is empty changed nothing: reported as empty, never a win
         empty = [ml for ml in masks if any(c.get("deactivated") == 0 or c.get("neurons") == 0
                                            for c in cells if c["arm"] == arm and c["mask_lang"] == ml)]
@@ -180,13 +187,14 @@ def derive(metric: str, cells: list[dict[str, Any]], baseline: str, resamples: i
     for control, target in controls.items():  # the set arm's diagonal against every draw of its control
         if target in matrices and control in matrices and matrices[control].get("spread"):
             mt, spread = matrices[target], matrices[control]["spread"]
-            higher = (metric == "perplexity") == (mt["effect"] == "damage")
+            higher = lower_better == (mt["effect"] == "damage")
             beats = [ml for ml in mt["rows"] if ml in mt["cols"] and ml not in mt["empty_rows"] and mt["change"][ml].get(ml) is not None
                      and (spread.get(ml) or {}).get(ml) is not None
                      and (mt["change"][ml][ml] > spread[ml][ml][1] if higher else mt["change"][ml][ml] < spread[ml][ml][0])]
             mt.update(control=control, control_draws=matrices[control]["draws"], beats_control=len(beats),
                       beats_control_languages=beats)
-    return {"languages": langs, "base": base_value, "arms": rows, "matrices": matrices}
+    return {"languages": langs, "base": base_value, "arms": rows, "matrices": matrices,
+            "unit": "% ppl change" if metric == "perplexity" else "points"}
 
 
 def _diagonal_wins(m: dict[str, dict[str, float | None]], masks: list[str], higher: bool, empty: list[str]) -> int:

@@ -9,6 +9,7 @@ errors are reported together first.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -337,6 +338,48 @@ class EvaluationSpec(Batching):
         return self
 
 
+class LmEvalSpec(Batching):
+    """lm-evaluation-harness tasks run in-process on the stage's (masked or enhanced) model."""
+
+    metric: Literal["lm_eval"]
+    tasks: dict[LanguageCode, str] | Annotated[list[str], Field(min_length=1)] = Field(
+        description="Task per study language (e.g. {en: xquad_en, zh: xquad_zh}), or a list of language-neutral tasks.")
+    include_path: str | None = Field(
+        None, description="Folder of custom task YAMLs, relative to the study file; their local data files are part of the cache key.")
+    corpus: str | None = Field(
+        None, description="A corpus whose documents (id, text and meta fields) are written per language to a jsonl file that "
+                          "task YAMLs read as data_files: '{corpus}'.")
+    limit: int | None = Field(None, gt=0, description="Evaluate at most this many items per task.")
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples (default: the task's own).")
+    max_length: int | None = Field(
+        None, gt=1, description="lm-eval's context window in tokens; longer requests lose tokens from the left "
+                                "(default: the model's). max_length + 1 = a corpus' max_tokens truncates as `choice` does.")
+    metric_name: str | None = Field(
+        None, description="Which of the task's metrics to report, e.g. acc_norm or exact_match,flexible-extract (default: its first).")
+    on: Literal["self", "all"] = Field(
+        "all", description="self: evaluate each language's arm only on that language's task; all: on every task (the matrix).")
+    arms: list[str] | None = Field(None, description="Arms to evaluate (default: all). The untouched model is always evaluated.")
+    bootstrap: int = Field(1000, ge=0, description="lm-eval's bootstrap iterations for the standard error of non-mean metrics.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, value: dict[str, str] | list[str]) -> dict[str, str] | list[str]:
+        names = list(value.values()) if isinstance(value, dict) else value
+        bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", n)]
+        if bad:
+            raise ValueError(f"task names must be plain names (letters, digits, _ . -), got {bad}")
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ValueError("tasks must be unique")
+        return value
+
+    def task_map(self) -> dict[str, str]:
+        """Column of the tables → task: the study language, or the task itself for a language-neutral list."""
+        return dict(self.tasks) if isinstance(self.tasks, dict) else {t: t for t in self.tasks}
+
+
+Evaluation = Annotated[Union[EvaluationSpec, LmEvalSpec], Field(discriminator="metric")]
+
+
 class ReportSpec(Strict):
     baseline_language: LanguageCode = "en"
     formats: list[Literal["json", "markdown", "png"]] = Field(default_factory=lambda: ["json", "markdown", "png"],
@@ -368,7 +411,7 @@ class Study(Strict):
         default_factory=dict, description="Layer ranges [start, end) by name, e.g. understanding: [0, 4]."
     )
     arms: list[ArmSpec] = Field(default_factory=list)
-    evaluate: dict[str, EvaluationSpec] = Field(default_factory=dict)
+    evaluate: dict[str, Evaluation] = Field(default_factory=dict)
     report: ReportSpec = Field(default_factory=ReportSpec)
     seed: int = 0
 

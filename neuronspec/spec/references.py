@@ -87,8 +87,12 @@ def _corpora(study: Study) -> Iterator[Issue]:
                 yield ("detect", "plnd", "epsilon"), f"no ε for site {site!r} (give one per site in `sites`, or a single ε)"
     arm_names = [a.name for a in study.arms]
     for name, ev in study.evaluate.items():
-        if ev.corpus not in study.corpora:
+        if ev.corpus is not None and ev.corpus not in study.corpora:
             yield ("evaluate", name, "corpus"), _missing("corpus", ev.corpus, study.corpora)
+        if isinstance(getattr(ev, "tasks", None), dict):  # lm_eval: a task per study language
+            for lang in ev.tasks:
+                if lang not in study.languages:
+                    yield ("evaluate", name, "tasks", lang), f"{lang!r} is not one of the study's languages {study.languages}"
         for i, arm in enumerate(ev.arms or []):
             if arm not in arm_names:
                 yield ("evaluate", name, "arms", i), _missing("arm", arm, arm_names)

@@ -106,3 +106,26 @@ def test_quickstart_shows_language_specific_effect(tmp_path: Path, say) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["computed"] == []
     say(f"unchanged re-run: {warm:.1f} s, no stage computed")
+
+
+def test_lm_eval_and_choice_agree_on_multiemo_per_arm(tmp_path: Path, say) -> None:  # noqa: ANN001
+    """studies/harness.yaml scores the same multiemo items with lm-evaluation-harness and with
+    neuronspec's `choice` metric (same prompts, continuations and truncation): the accuracies of
+    every arm and language must be equal — a cross-check of both implementations."""
+    _require_embedded()
+    pytest.importorskip("lm_eval")
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "neuronspec.cli", "run", str(ROOT / "studies" / "harness.yaml"), "--store", str(store), "--json", "-q"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3000)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    ev = out["results"]["evaluations"]
+    lm, own = ev["sentiment-lm-eval"], ev["sentiment"]
+    say(f"\nharness study cold run: {time.perf_counter() - start:.0f} s, {len(out['computed'])} stages")
+    cells = {(c["arm"], c["mask_lang"], c["lang"]): c for c in lm["cells"]}
+    for c in own["cells"]:
+        other = cells[(c["arm"], c["mask_lang"], c["lang"])]
+        say(f"{c['arm'] or 'base'} {c['lang']}: lm-eval {other['value']:.3f}, choice {c['value']:.3f}")
+        assert other["value"] == pytest.approx(c["value"]) and other["n"] == c["n"]
+    assert len(lm["cells"]) == len(own["cells"]) == 9
