@@ -21,7 +21,7 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;font-variant-num
 th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}
 .caption{color:#555;font-size:.9em;margin:.2em 0 1.2em;max-width:60em}
 .pair{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
-.pair>div{flex:0 1 auto;min-width:0;overflow-x:auto}
+.pair>div{flex:0 1 auto;min-width:0}.pair>div:first-child{overflow-x:auto}
 .pair>.figs{flex:1 1 480px;max-width:760px}
 figure{margin:.5em 0;max-width:760px}
 figure img{max-width:100%;border:1px solid #eee}

@@ -50,7 +50,7 @@ def plot_layers(name: str, info: dict[str, Any], layers: int, path: Path, scale:
     totals = [sum(per[lang][s][i] for s in sites) for lang in per for i in range(layers)]
     log = use_log_axis(totals, scale)
     plt = pyplot()
-    cols = min(len(groups), 3)
+    cols = 2 if len(groups) == 4 else min(len(groups), 3)
     rows = -(-len(groups) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 0.6, 2.4 * rows + 0.8), sharex=True, sharey=True, squeeze=False)
     colours = dict(zip(SITE_ORDER, ("#4c72b0", "#c44e52", "#8172b2", "#55a868", "#dd8452")))
@@ -61,7 +61,10 @@ def plot_layers(name: str, info: dict[str, Any], layers: int, path: Path, scale:
             bottom = [b + v for b, v in zip(bottom, per[lang][site])]
         ax.set_title(f"{lang}: {sum(bottom):,} neurons" if lang else f"{sum(bottom):,} neurons", fontsize=9)
         if log:
+            from matplotlib.ticker import FuncFormatter
+
             ax.set_yscale("symlog", linthresh=1)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))  # 1, 10, 100, 1,000 (not 10⁰)
         else:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -42,10 +42,14 @@ class Table:
         cols = [max([len(c)] + [len(r[i]) for r in self.rows if i < len(r)]) for i, c in enumerate(self.columns)]
         return sum(min(c, wrap) for c in cols) + 3 * len(cols) + 1
 
-    def split(self, width: int, keys: int = 1) -> list["Table"]:
-        """Tables of at most `width` characters: the first `keys` columns (the row labels) in
-        each, the other columns spread over as few tables as fit — readable in a log file,
-        where a vertical dump of a wide table runs to hundreds of lines."""
+    def split(self, width: int, keys: int | None = None) -> list["Table"]:
+        """Tables of at most `width` characters: the first `keys` columns (the row labels; by
+        default every leading column of text) in each, the other columns spread over as few
+        tables as fit — readable in a log file, where a vertical dump runs to hundreds of lines."""
+        if keys is None:
+            keys = next((i for i in range(1, len(self.columns)) if any(_numeric(r[i]) for r in self.rows if i < len(r))),
+                        len(self.columns))
+            keys = max(1, min(keys, 2))
         if self.min_width() <= width or len(self.columns) <= keys + 1:
             return [self]
         sizes = [max([len(c)] + [len(r[i]) for r in self.rows if i < len(r)]) + 3 for i, c in enumerate(self.columns)]
@@ -86,6 +90,14 @@ class Table:
         if self.caption:
             lines += ["", self.caption]
         return "\n".join(lines) + "\n"
+
+
+def _numeric(cell: str) -> bool:
+    try:
+        float(cell.replace(",", "").split(" ")[0].rstrip("%"))
+    except ValueError:
+        return False
+    return True
 
 
 def fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
