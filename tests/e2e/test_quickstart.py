@@ -127,9 +127,9 @@ def test_lm_eval_and_choice_agree_on_multiemo_per_arm(tmp_path: Path, say) -> No
     ev = out["results"]["evaluations"]
     lm, own = ev["sentiment-lm-eval"], ev["sentiment"]
     say(f"\nharness study cold run: {time.perf_counter() - start:.0f} s, {len(out['computed'])} stages")
-    cells = {(c["arm"], c["mask_lang"], c["lang"]): c for c in lm["cells"]}
+    cells = {(c["arm"], c.get("draw"), c["mask_lang"], c["lang"]): c for c in lm["cells"]}
     for c in own["cells"]:
-        other = cells[(c["arm"], c["mask_lang"], c["lang"])]
-        say(f"{c['arm'] or 'base'} {c['lang']}: lm-eval {other['value']:.3f}, choice {c['value']:.3f}")
+        other = cells[(c["arm"], c.get("draw"), c["mask_lang"], c["lang"])]
+        say(f"{c['arm'] or 'base'} {c.get('draw') or ''} {c['lang']}: lm-eval {other['value']:.3f}, choice {c['value']:.3f}")
         assert other["value"] == pytest.approx(c["value"]) and other["n"] == c["n"]
-    assert len(lm["cells"]) == len(own["cells"]) == 9
+    assert len(lm["cells"]) == len(own["cells"]) == 21  # 3 languages × (base, specific, 5 random draws)

@@ -265,7 +265,7 @@ def test_shipped_mwork_tasks_study_validates_and_plans() -> None:
     xcsqa = plan.stages["eval/xcsqa/under/zh@zh"].spec.task
     assert xcsqa["dataset"] == "INK-USC/xcsr/X-CSQA-zh" and set(xcsqa["files"]) == {"xcsqa_zh.yaml", "xcsqa_common_yaml"}
     xlsum = plan.stages["eval/xlsum/base/hi"].spec.task
-    assert set(xlsum["files"]) == {"xlsum_hi.yaml", "xlsum_common_yaml", "xlsum_utils.py"}  # the !function module too
+    assert set(xlsum["files"]) == {"xlsum_hi.yaml", "xlsum_common_yaml", "rouge_utils.py"}  # the !function module too
     assert plan.stages["eval/xquad/base/en"].spec.task["yaml"] is None  # shipped with lm-eval, keyed by its version
     assert "eval/xquad/under/zh@es" not in plan.stages  # on: self
     assert any(n.startswith("evaluate.xlsum: lm-eval") and "csebuetnlp/xlsum/hindi" in n for n in plan.notes)
@@ -333,7 +333,7 @@ def test_lm_eval_stages_refuse_to_run_under_torchrun(monkeypatch: pytest.MonkeyP
         kinds.evaluate_lm_eval(None, stage, spec, Path("."))  # type: ignore[arg-type]
 
 
-def test_shipped_xcsqa_and_xlsum_yamls_score_rows_shaped_like_their_datasets(tmp_path: Path) -> None:
+def test_shipped_task_yamls_score_rows_shaped_like_their_datasets(tmp_path: Path) -> None:
     """The Hub datasets are out of reach here: the task YAMLs run on local rows of the same shape."""
     from lm_eval.tasks import TaskManager
 
@@ -343,16 +343,19 @@ def test_shipped_xcsqa_and_xlsum_yamls_score_rows_shaped_like_their_datasets(tmp
     xcsqa_rows = [{"id": "a", "lang": "zh", "answerKey": "C",
                    "question": {"stem": "狗在哪里", "choices": {"label": list("ABCDE"), "text": ["公园", "海", "天", "月", "箱"]}}}]
     xlsum_rows = [{"id": "a", "url": "u", "title": "t", "summary": "猫坐着", "text": "一只猫坐在垫子上"}]
-    for name, split, rows in (("xcsqa_zh", "validation", xcsqa_rows), ("xlsum_zh", "test", xlsum_rows)):
+    wiki_rows = [{"id": "a", "text": "一只猫坐在垫子上", "prompt": "summarize: 一只猫坐在垫子上", "reference": "猫坐着"}]
+    for name, split, rows in (("xcsqa_zh", "validation", xcsqa_rows), ("xlsum_zh", "test", xlsum_rows),
+                              ("wikilingua_summary", "test", wiki_rows)):
         data = tmp_path / f"{name}.jsonl"
         data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        cfg = task_config(tasks / f"{name}.yaml") | {"dataset_path": "json", "dataset_name": None,
-                                                      "dataset_kwargs": {"data_files": {split: str(data)}}}
+        cfg = task_config(tasks / f"{name}.yaml", corpus_file=data) | {
+            "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": {split: str(data)}}}
         task = TaskManager(include_defaults=False).load([cfg])["tasks"][name]
         doc = task.dataset[split][0]
         if name == "xcsqa_zh":
             assert task.doc_to_text(doc) == "Question: 狗在哪里\nAnswer:" and task.doc_to_target(doc) == 2
             assert task.doc_to_choice(doc) == ["公园", "海", "天", "月", "箱"]
-        else:  # the !function in xlsum_common_yaml scores with neuronspec's ROUGE-L
+        else:  # their !function scores with neuronspec's ROUGE-L
+            assert task.doc_to_target(doc) == "猫坐着" and task.doc_to_text(doc).endswith("Summary:")
             assert task.process_results(doc, ["猫坐着"]) == {"rougeL": 1.0}
             assert task.process_results(doc, ["狗"]) == {"rougeL": 0.0}
