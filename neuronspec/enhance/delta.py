@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -161,32 +158,10 @@ def merged_copy(model: nn.Module, delta: Delta) -> nn.Module:
 
 def export_model(model: nn.Module, tokenizer: Any, delta: Delta, out_dir: str | Path, *,
                  overwrite: bool = False) -> Path:
-    """A full Hugging Face folder (``save_pretrained``) of `model` with the delta applied.
+    """A full Hugging Face folder (``save_pretrained``) of `model` with the delta applied; `model`
+    itself is restored bit-identically. The delta is included as ``neuronspec_delta.safetensors``
+    for provenance."""
+    from neuronspec.models.export import write_model_folder
 
-    The folder is written under a temporary name next to `out_dir` and renamed when
-    complete; `model` itself is restored bit-identically. The delta file is included as
-    ``neuronspec_delta.safetensors`` for provenance.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
-        with apply_delta(model, delta):
-            model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        delta.save(tmp / "neuronspec_delta.safetensors")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return write_model_folder(model, tokenizer, out_dir, apply_delta(model, delta),
+                              lambda folder: delta.save(folder / "neuronspec_delta.safetensors"), overwrite=overwrite)
