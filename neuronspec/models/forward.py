@@ -82,9 +82,8 @@ class Batch:
         return torch.arange(self.input_ids.shape[1], device=self.input_ids.device).expand_as(self.input_ids)
 
     def to(self, device: torch.device | str) -> Batch:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Batch(self.index, self.input_ids.to(device), self.attention_mask.to(device),
-                     move(self.position_ids), move(self.segments))
+        optional = [None if t is None else t.to(device) for t in (self.position_ids, self.segments)]
+        return Batch(self.index, self.input_ids.to(device), self.attention_mask.to(device), *optional)
 
     @property
     def lengths(self) -> Tensor:
