@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from neuronspec.fileio import write_json
 from neuronspec.plan.fingerprint import CodeRef, Fingerprint, fingerprints
 from neuronspec.plan.graph import Stage
 from neuronspec.spec.models import AttributionSpec, Quantile
@@ -83,10 +84,6 @@ def code_fingerprints(kinds: Iterable[str] | None = None, root: Path | None = No
     return fingerprints({k: KINDS[k].code for k in names}, root)
 
 
-def _write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=1, ensure_ascii=False, sort_keys=True), encoding="utf-8")
-
-
 # -- corpus -----------------------------------------------------------------------------
 class CorpusStage(StageSpec):
     source: str
@@ -108,8 +105,8 @@ def corpus(ctx: RunContext, stage: Stage, s: CorpusStage, out: Path) -> None:
     docs = load_corpus(s.source, s.languages, split=s.split, docs_per_language=s.docs_per_language,
                        seed=s.seed, eval_fraction=s.eval_fraction, options=options)
     for lang, items in docs.items():
-        _write_json(out / f"{lang}.json", [{"id": d.id, "lang": d.lang, "text": d.text, "meta": d.meta} for d in items])
-    _write_json(out / "result.json", {"languages": {lang: len(items) for lang, items in docs.items()}})
+        write_json(out / f"{lang}.json", [{"id": d.id, "lang": d.lang, "text": d.text, "meta": d.meta} for d in items])
+    write_json(out / "result.json", {"languages": {lang: len(items) for lang, items in docs.items()}})
 
 
 def read_docs(entry: Any, lang: str) -> list[dict[str, Any]]:
@@ -148,7 +145,7 @@ def stats_plnd(ctx: RunContext, stage: Stage, s: PlndStats, out: Path) -> None:
     for site, st in stats.items():
         tensors.update({k: v.contiguous() for k, v in st.all_reduce().to_tensors(site).items()})
     save_file(tensors, str(out / "stats.safetensors"))
-    _write_json(out / "result.json", {"lang": s.lang, "docs": len(encodings), "dropped_short_docs": dropped,
+    write_json(out / "result.json", {"lang": s.lang, "docs": len(encodings), "dropped_short_docs": dropped,
                                       "tokens": sum(len(e) for e in encodings)})
 
 
@@ -202,7 +199,7 @@ def select_plnd(ctx: RunContext, stage: Stage, s: PlndSelect, out: Path) -> None
     for lang, ns in relevant.items():
         ns.save(out / f"plnd.{lang}.safetensors")
         summary[lang] = ns.per_layer_counts()
-    _write_json(out / "result.json", {"thresholds": thresholds, "rule": s.rule, "counts": _jsonable(summary)})
+    write_json(out / "result.json", {"thresholds": thresholds, "rule": s.rule, "counts": _jsonable(summary)})
 
 
 def _jsonable(counts: Any) -> Any:
@@ -240,7 +237,7 @@ def stats_act(ctx: RunContext, stage: Stage, s: ActStats, out: Path) -> None:
     # contiguous shards in rank order: concatenating them restores document order
     stats = ActivationStats.concat(distributed.gather(stats))
     save_file(stats.to_tensors(), str(out / "activations.safetensors"))
-    _write_json(out / "result.json", {"lang": s.lang, "docs": len(docs), "tokens": stats.tokens,
+    write_json(out / "result.json", {"lang": s.lang, "docs": len(docs), "tokens": stats.tokens,
                                       "ids": [d["id"] for d in docs]})
 
 
@@ -280,7 +277,7 @@ def select_lape(ctx: RunContext, stage: Stage, s: LapeSelect, out: Path) -> None
     result = lape(probs, langs, top_rate=s.top_rate, filter_quantile=s.filter_quantile, assign_quantile=s.assign_quantile)
     for lang, ns in result.sets.items():
         ns.save(out / f"lape.{lang}.safetensors")
-    _write_json(out / "result.json", _jsonable(result.to_json()))
+    write_json(out / "result.json", _jsonable(result.to_json()))
 
 
 class LinguaFrancaSelect(StageSpec):
@@ -305,7 +302,7 @@ def select_linguafranca(ctx: RunContext, stage: Stage, s: LinguaFrancaSelect, ou
         result = linguafranca({lang: st.pooled["mean"] for lang, st in stats.items()}, layers, threshold=s.z_threshold)
     for lang, ns in result.regions.sets.items():
         ns.save(out / f"linguafranca.{lang}.safetensors")
-    _write_json(out / "result.json", _jsonable(result.to_json()))
+    write_json(out / "result.json", _jsonable(result.to_json()))
     plot_similarity(result.similarity, result.lang_ids, result.item_ids, result.languages, out / "similarity.png")
     plot_layer_scores(result.per_layer, out / "lrds-sads.png")
 
@@ -333,7 +330,7 @@ def select_sharing(ctx: RunContext, stage: Stage, s: SharingSelect, out: Path) -
     attr_deps = [d for d in stage.deps if ctx.plan.stages[d].kind == "attr.sharing"]
     if attr_deps:
         summary["attribution"] = _sharing_attribution(ctx, stage, attr_deps, stats, ids[0], result.set_tau, out)
-    _write_json(out / "result.json", summary)
+    write_json(out / "result.json", summary)
     plot_shares(result.shares[str(result.set_tau)], out / "sharing.png")
 
 
@@ -438,7 +435,7 @@ def attr_sharing(ctx: RunContext, stage: Stage, s: SharingAttribution, out: Path
         scores = activation_norm_scores(lm.model, stats.pooled["mean_abs"])[:, layers]
         tensors = {"attributions": scores.contiguous(), "layers": torch.tensor(layers, dtype=torch.int64)}
     save_file(tensors, str(out / "attributions.safetensors"))
-    _write_json(out / "result.json", summary)
+    write_json(out / "result.json", summary)
 
 
 class LogitLens(Batched):
@@ -463,7 +460,7 @@ def logit_lens(ctx: RunContext, stage: Stage, s: LogitLens, out: Path) -> None:
     with ctx.progress(f"logit lens {s.lang}", total=len(encodings)) as advance:
         counts = lens(lm.model, _batches(encodings, s, lm, advance), s.lang, classifier, top_k=s.top_k,
                       positions=s.positions, final_norm=s.final_norm)
-    _write_json(out / "result.json", counts.to_json())
+    write_json(out / "result.json", counts.to_json())
 
 
 # -- named sets ---------------------------------------------------------------------------
@@ -502,7 +499,7 @@ def sets(ctx: RunContext, stage: Stage, s: Sets, out: Path) -> None:
         else:
             value.save(out / f"{name}.safetensors")
             summary[name] = {"family": False, "counts": value.per_layer_counts(), "empty": value.count() == 0}
-    _write_json(out / "result.json", _jsonable(summary))
+    write_json(out / "result.json", _jsonable(summary))
 
 
 def load_set(entry: Any, name: str, lang: str | None) -> Any:
@@ -513,6 +510,8 @@ def load_set(entry: Any, name: str, lang: str | None) -> Any:
 
 
 class ModelDims(StageSpec):
+    """`models.sites.Dims` as a spec field: that module imports torch, which planning must not."""
+
     num_layers: int
     hidden: int
     intermediate: int
@@ -552,7 +551,7 @@ def mask(ctx: RunContext, stage: Stage, s: Mask, out: Path) -> None:
             matched = load_set(target, "mask", lang)
             chosen = matched.random_like(dims, seed=s.seed + 1000 * i, exclude=matched)
             _save_mask(out, summary, chosen, lang)
-        _write_json(out / "result.json", {"family": family, "counts": _jsonable(summary)})
+        write_json(out / "result.json", {"family": family, "counts": _jsonable(summary)})
         return
     entry = ctx.input(stage, "sets")
     family = entry.json()[s.neurons]["family"]
@@ -562,7 +561,7 @@ def mask(ctx: RunContext, stage: Stage, s: Mask, out: Path) -> None:
     for lang in langs if family else [None]:
         chosen = load_set(entry, s.neurons, lang).restrict(layers=layers, sites=s.sites)
         _save_mask(out, summary, chosen, lang)
-    _write_json(out / "result.json", {"family": family, "counts": _jsonable(summary)})
+    write_json(out / "result.json", {"family": family, "counts": _jsonable(summary)})
 
 
 def _save_mask(out: Path, summary: dict[str, Any], ns: Any, lang: str | None) -> None:
@@ -612,7 +611,7 @@ def enhance(ctx: RunContext, stage: Stage, s: Enhance, out: Path) -> None:
                                on_step=lambda info: advance(1))
     result.delta.save(out / "delta.safetensors")
     summary = result.summary() | {"lang": s.lang, "docs": len(docs), "neurons": neurons.count()}
-    _write_json(out / "result.json", summary)
+    write_json(out / "result.json", summary)
     plot_losses(result.losses, out / "loss.png", title=f"{arm} / {s.lang}: training loss")
 
 
@@ -666,7 +665,7 @@ def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
             shared_prefix(lm.model, start=start, boundaries=boundaries), zeroed(lm.model, neurons):
         result = run_evaluator(s.metric, lm.model, lm.tokenizer, docs, options, s.lang, s.seed)
     result["deactivated"] = neurons.count()
-    _write_json(out / "result.json", result)
+    write_json(out / "result.json", result)
 
 
 class LmEvalStage(StageSpec):
@@ -720,7 +719,7 @@ def evaluate_lm_eval(ctx: RunContext, stage: Stage, s: LmEvalStage, out: Path) -
     summary.update(kind="lm_eval", lang=s.lang, seed=s.seed, value=result.value, docs=result.n,
                    ci=None if result.ci_low is None else [result.ci_low, result.ci_high],
                    higher_is_better=result.higher_is_better, deactivated=neurons.count())
-    _write_json(out / "result.json", summary)
+    write_json(out / "result.json", summary)
 
 
 #: kinds whose results are evaluation cells (rows = arms, columns = languages) in reports and diffs

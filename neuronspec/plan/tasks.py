@@ -10,13 +10,14 @@ by lm-eval's version. Nothing here imports torch or lm-eval (planning stays fast
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from neuronspec.fileio import file_sha256
 
 #: `data_files: "{corpus}"` in a task YAML reads the evaluation's corpus, written per language as jsonl.
 CORPUS_PLACEHOLDER = "{corpus}"
@@ -42,14 +43,6 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: a task YAML must be a mapping")
     return cfg
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _functions(node: Any) -> list[str]:
@@ -122,7 +115,7 @@ def resolve(path: Path, root: Path) -> TaskSource:
     for ref in _functions(cfg):
         module = path.parent / (ref.rsplit(".", 1)[0].replace(".", "/") + ".py")
         if module.exists():
-            files[_rel(module, root)] = _sha256(module)
+            files[_rel(module, root)] = file_sha256(module)
     data: dict[str, str] = {}
     uses_corpus = False
     for entry in data_paths(cfg):
@@ -133,7 +126,7 @@ def resolve(path: Path, root: Path) -> TaskSource:
         if local is None:
             raise ValueError(f"task {cfg.get('task')!r} ({path}): data file {entry!r} does not exist "
                              "(paths are relative to the task YAML)")
-        data[_rel(local, root)] = _sha256(local)
+        data[_rel(local, root)] = file_sha256(local)
     dataset = cfg.get("dataset_path")
     if dataset and cfg.get("dataset_name"):
         dataset = f"{dataset}/{cfg['dataset_name']}"
@@ -153,7 +146,7 @@ def _merged(path: Path, root: Path, files: dict[str, str], seen: set[Path]) -> d
     if path in seen:
         raise ValueError(f"{path}: include cycle")
     seen.add(path)
-    files[_rel(path, root)] = _sha256(path)
+    files[_rel(path, root)] = file_sha256(path)
     cfg = _read(path)
     includes = cfg.pop("include", None)
     merged: dict[str, Any] = {}
