@@ -61,6 +61,7 @@ def explain(plan: Plan, store: Store) -> list[StageStatus]:
     index = store.read_index(plan.study_name)
     out: list[StageStatus] = []
     stale_ids: set[str] = set()
+    first_of: dict[str, str] = {}  # key -> the first stale stage with it (identical stages are computed once)
     for sid, stage in plan.stages.items():
         status = store.status(stage.key)
         if status == "cached":
@@ -83,6 +84,9 @@ def explain(plan: Plan, store: Store) -> list[StageStatus]:
                     reasons.append(f"input {dep} changed")
             if not reasons:
                 reasons.append("result not in the store (removed by gc, or interrupted)")
+        if stage.key in first_of:
+            reasons.append(f"same computation as {first_of[stage.key]}: computed once")
+        first_of.setdefault(stage.key, sid)
         stale_ids.add(sid)
         out.append(StageStatus(stage, "stale", reasons))
     return out
@@ -161,6 +165,7 @@ def run_plan(plan: Plan, store: Store, study: Study, *, force: list[str] = (), o
     wanted = set(plan.upstream(plan.select(list(only)))) if only else set(plan.stages)
     computed: list[str] = []
     timings: dict[str, float] = {}
+    done: set[str] = set()  # keys computed in this run: a stage identical to an earlier one reuses its entry
     with store.lock() if world.main else nullcontext():
         statuses = explain(plan, store) if world.main else []
         reasons = {st.stage.id: st.reasons for st in statuses
@@ -172,7 +177,9 @@ def run_plan(plan: Plan, store: Store, study: Study, *, force: list[str] = (), o
                     on_stage(stage, "corrupt")
                 on_stage(stage, "start")
             start = time.perf_counter()
-            _compute(ctx, stage, world, replace=sid in forced)
+            if stage.key not in done:
+                _compute(ctx, stage, world, replace=sid in forced)
+                done.add(stage.key)
             timings[stage.id] = time.perf_counter() - start
             computed.append(stage.id)
             if world.main:

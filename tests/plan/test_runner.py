@@ -193,3 +193,34 @@ def test_batch_tokens_reaches_the_stages_only_when_set(study_file: Path) -> None
     assert packed.stages["stats/plnd/en"].spec.batch_tokens == 64
     assert packed.stages["eval/ppl/base/en"].spec.options["batch_tokens"] == 48
     assert packed.stages["corpus/detect"].key == plain.stages["corpus/detect"].key
+
+
+def test_identical_stages_of_two_evaluations_are_computed_once(study_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second evaluation asking the same question (mwork's ppl and ppl-matrix on the diagonal)
+    shares its keys, says so in `plan`, and costs no forward pass; a differing option does not share."""
+    import neuronspec.evaluate as evaluate
+
+    text = study_file.read_text().replace(
+        "  ppl: {metric: perplexity, corpus: ppl, bootstrap: 50}",
+        "  ppl: {metric: perplexity, corpus: ppl, bootstrap: 50, on: self}\n"
+        "  again: {metric: perplexity, corpus: ppl, bootstrap: 50, on: all}\n"
+        "  other: {metric: perplexity, corpus: ppl, bootstrap: 40}")
+    study_file.write_text(text)
+    calls: list[str] = []  # one per forward evaluation
+    real = evaluate.run_evaluator
+    monkeypatch.setattr(evaluate, "run_evaluator", lambda *a, **kw: (calls.append(a[0]), real(*a, **kw))[1])
+    plan, store, result = run(study_file)
+    evals = [s for s in plan.stages if s.startswith("eval/")]
+    again = [s for s in evals if s.startswith("eval/again/")]
+    same = {s: s.replace("eval/again/", "eval/ppl/") for s in again if s.replace("eval/again/", "eval/ppl/") in plan.stages}
+    assert same and len(same) < len(again)  # base and diagonal stages exist in both; off-diagonal ones only here
+    for sid, twin in same.items():
+        assert plan.stages[sid].key == plan.stages[twin].key
+        assert store.status(plan.stages[sid].key) == "cached"
+    assert set(result.computed) == set(plan.stages)  # every stage is done, the twins without a computation
+    assert len(calls) == len(evals) - len(same)  # "other" (bootstrap differs) computed its own
+    assert len({plan.stages[s].key for s in evals}) == len(evals) - len(same)
+    reasons = {st.stage.id: st.reasons for st in explain(plan, Store(study_file.parent / "fresh-store"))}
+    sid, twin = next(iter(same.items()))
+    assert reasons[sid] == ["never run", f"same computation as {twin}: computed once"]
+    assert reasons[twin] == ["never run"]
