@@ -287,7 +287,8 @@ def mask_id(arm: str, draw: int | None) -> str:
 
 
 def arm_draws(study: Study, arm_name: str) -> list[int | None]:
-    """[None] for an arm with one mask; [1, …, D] for a random control with D draws."""
+    """[None] for an arm with one mask; [1, …, D] for a random control with D draws (an
+    evaluation's `draws: N` takes the first N, so they are the draws every evaluation shares)."""
     arm = study.arm(arm_name)
     assert arm is not None
     n = arm.selection.draw_count(arm.kind)
@@ -344,7 +345,7 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
             continue
         arm_spec: dict[str, Any] = {"arm": arm.name, "arm_kind": arm.kind}
         variants = arm_languages(study, arm.name)
-        for draw in arm_draws(study, arm.name):
+        for draw in arm_draws(study, arm.name)[: ev.draws]:
             draw_spec = {} if draw is None else {"draw": draw, "random_like": arm.selection.random_like}
             for mlang in variants or [None]:
                 dep = f"enhance/{arm.name}/{mlang}" if arm.enhance is not None else mask_id(arm.name, draw)
@@ -400,7 +401,7 @@ def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
         if ev.arms is not None and arm.name not in ev.arms:
             continue
         variants = arm_languages(study, arm.name)
-        for draw in arm_draws(study, arm.name):
+        for draw in arm_draws(study, arm.name)[: ev.draws]:
             for mlang in variants or [None]:
                 dep = f"enhance/{arm.name}/{mlang}" if arm.enhance is not None else mask_id(arm.name, draw)
                 for column in columns:

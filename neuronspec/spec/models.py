@@ -316,14 +316,23 @@ EVALUATION_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-class EvaluationSpec(Batching):
+class ArmsEvaluated(Batching):
+    """Which arms an evaluation runs, and how many draws of their random controls."""
+
+    arms: list[str] | None = Field(None, description="Arms to evaluate (default: all). The untouched model is always evaluated.")
+    draws: int | None = Field(
+        None, ge=1, description="Evaluate only the first N draws of each random control (default: all of its draws), "
+                                "e.g. fewer for a language × language matrix than for the main table; the draws "
+                                "evaluated are the same ones other evaluations use.")
+
+
+class EvaluationSpec(ArmsEvaluated):
     metric: Literal["perplexity", "choice", "generation"]
     corpus: str = Field(description="Name of a corpus in `corpora`.")
     on: Literal["self", "all"] = Field(
         "all",
         description="self: evaluate each language's arm only on that language; all: on every language (the language × language matrix).",
     )
-    arms: list[str] | None = Field(None, description="Arms to evaluate (default: all). The untouched model is always evaluated.")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none).")
     options: dict[str, Any] = Field(default_factory=dict, description="Evaluator options: choice: normalize; generation: max_new_tokens, stop, metric (rouge_l | fidelity).")
 
@@ -338,7 +347,7 @@ class EvaluationSpec(Batching):
         return self
 
 
-class LmEvalSpec(Batching):
+class LmEvalSpec(ArmsEvaluated):
     """lm-evaluation-harness tasks run in-process on the stage's (masked or enhanced) model."""
 
     metric: Literal["lm_eval"]
@@ -358,7 +367,6 @@ class LmEvalSpec(Batching):
         None, description="Which of the task's metrics to report, e.g. acc_norm or exact_match,flexible-extract (default: its first).")
     on: Literal["self", "all"] = Field(
         "all", description="self: evaluate each language's arm only on that language's task; all: on every task (the matrix).")
-    arms: list[str] | None = Field(None, description="Arms to evaluate (default: all). The untouched model is always evaluated.")
     bootstrap: int = Field(1000, ge=0, description="lm-eval's bootstrap iterations for the standard error of non-mean metrics.")
 
     @field_validator("tasks")

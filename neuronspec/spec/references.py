@@ -96,6 +96,12 @@ def _corpora(study: Study) -> Iterator[Issue]:
         for i, arm in enumerate(ev.arms or []):
             if arm not in arm_names:
                 yield ("evaluate", name, "arms", i), _missing("arm", arm, arm_names)
+        if ev.draws is not None:
+            most = max((a.selection.draw_count(a.kind) for a in study.arms if a.selection.random_like is not None
+                        and (ev.arms is None or a.name in ev.arms)), default=0)
+            if ev.draws > most:
+                yield ("evaluate", name, "draws"), (f"{ev.draws} draws, but the random controls evaluated here have "
+                                                    f"{most} at most" if most else "no random control is evaluated here")
 
 
 def _sets(study: Study) -> Iterator[Issue]:

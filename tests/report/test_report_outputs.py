@@ -102,6 +102,37 @@ def test_adding_draws_reuses_the_earlier_ones(history: History, tmp_path: Path) 
     assert len({two.stages[f"mask/early-random/draw{k}"].key for k in (1, 2)}) == 2
 
 
+def test_an_evaluation_can_evaluate_fewer_draws(history: History, tmp_path: Path) -> None:
+    """`draws: 1` on a second evaluation: only draw 1 of the control, the same stages as the first
+    evaluation's draw 1 (computed once), reported as one draw; more draws than there are is located."""
+    from neuronspec.cli import main
+
+    text = history.study.read_text().replace(
+        "  ppl: {metric: perplexity, corpus: ppl, bootstrap: 50}",
+        "  ppl: {metric: perplexity, corpus: ppl, bootstrap: 50}\n  one: {metric: perplexity, corpus: ppl, bootstrap: 50, draws: 1}")
+    study = tmp_path / "tiny.yaml"
+    study.write_text(text)
+    plan = compile_study(load_study(study))
+    ones = [sid for sid in plan.stages if sid.startswith("eval/one/early-random/")]
+    assert ones and all(sid.startswith("eval/one/early-random/draw1/") for sid in ones)
+    for sid in ones:
+        assert plan.stages[sid].key == plan.stages[sid.replace("eval/one/", "eval/ppl/")].key
+    store = tmp_path / "store"
+    assert main(["run", "-q", "--store", str(store), str(study)]) == 0
+    results = json.loads(next((store / "runs").glob("*/results.json")).read_text())
+    two, one = results["evaluations"]["ppl"], results["evaluations"]["one"]
+    assert {c.get("draw") for c in one["cells"] if c["arm"] == "early-random"} == {1}
+    for cell in one["cells"]:  # the same numbers as the first evaluation's cells
+        assert cell["value"] in [c["value"] for c in two["cells"] if (c["arm"], c.get("draw"), c["lang"]) ==
+                                 (cell["arm"], cell.get("draw"), cell["lang"])]
+    study.write_text(text.replace("draws: 1}", "draws: 3}"))
+    out = subprocess.run([sys.executable, "-m", "neuronspec.cli", "plan", str(study)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2
+    assert re.search(r"tiny\.yaml:\d+:\d+: evaluate\.one\.draws: 3 draws, but the random controls evaluated here have 2 at most",
+                     out.stderr + out.stdout), out.stderr + out.stdout
+
+
 def test_draw_summary_and_control_comparison_against_the_cells(history: History) -> None:
     record = read_record(history.store / "runs" / history.second)
     results = json.loads((history.store / "runs" / history.second / "results.json").read_text())
