@@ -32,9 +32,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from unittest import mock
 
 import torch
-from torch.overrides import TorchFunctionMode
+from torch.autograd.function import BackwardCFunction
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 from torch.utils._pytree import tree_flatten, tree_map
 
 CUDA = torch.device("cuda", 0)
@@ -116,6 +118,13 @@ def _advanced(index: Any) -> bool:
     return any(isinstance(i, (torch.Tensor, list)) for i in items)
 
 
+def _in_place(func: Any) -> bool:
+    """Whether `func` writes into its first argument (`add_`, `+=`)."""
+    name = getattr(func, "__name__", "")
+    return (name.endswith("_") and not name.endswith("__")) or (name.startswith("__i") and name not in
+                                                                  ("__init__", "__index__", "__int__", "__invert__"))
+
+
 def _check_mixed(func: Any, args: tuple, kwargs: dict, tensors: list[torch.Tensor]) -> None:
     if func is _T.__getitem__ or func is _T.__setitem__:
         self, index = args[0], args[1]
@@ -129,11 +138,13 @@ def _check_mixed(func: Any, args: tuple, kwargs: dict, tensors: list[torch.Tenso
         return  # CPU indices of a CUDA tensor are moved by CUDA; basic slicing assigns by copy_
     if func in _COPIES or func is torch._has_compatible_shallow_copy_type:  # the latter: metadata only
         return
-    fake = [t for t in tensors if is_fake(t)]
-    if not fake:
+    if not any(is_fake(t) for t in tensors):
         return
     strict = func in _NO_SCALARS
     if any(t.device.type == "cpu" and not is_fake(t) and (strict or t.dim() > 0) for t in tensors):
+        raise RuntimeError(MIXED)
+    outputs = [kwargs.get("out")] + ([args[0]] if _in_place(func) else [])  # a CPU scalar is fine only as an input
+    if any(isinstance(t, torch.Tensor) and t.device.type == "cpu" and not is_fake(t) for t in outputs):
         raise RuntimeError(MIXED)
 
 
@@ -205,8 +216,36 @@ class FakeCudaMode(TorchFunctionMode):
         return tree_map(post, out)
 
 
+_FUNCTION_APPLY = torch.autograd.Function.apply.__func__
+_BACKWARD_APPLY = BackwardCFunction.apply
+
+
+def _function_apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """`Function.apply`, noting on the graph node which outputs are on the pretend device."""
+    out = _FUNCTION_APPLY(cls, *args, **kwargs)
+    outs = out if isinstance(out, tuple) else (out,)
+    node = next((o.grad_fn for o in outs if isinstance(o, torch.Tensor) and o.grad_fn is not None), None)
+    if node is not None:
+        node._fake_cuda_outputs = tuple(is_fake(o) for o in outs)
+    return out
+
+
 @contextmanager
 def fake_cuda() -> Iterator[FakeCudaMode]:
     """Run the block as if the machine had one CUDA GPU (see the module docstring)."""
-    with FakeCudaMode() as mode:
+    mode = FakeCudaMode()
+
+    def backward_apply(node: BackwardCFunction, *grads: Any) -> Any:
+        # a custom Function's backward is project code too, but the engine runs it inside
+        # `Tensor.backward` (a torch call, so the mode is off) with gradients fresh from C++
+        outputs = getattr(node, "_fake_cuda_outputs", ())
+        grads = tuple(mark(g) if isinstance(g, torch.Tensor) and i < len(outputs) and outputs[i] else g
+                      for i, g in enumerate(grads))
+        if mode in _get_current_function_mode_stack():
+            return _BACKWARD_APPLY(node, *grads)
+        with mode:
+            return _BACKWARD_APPLY(node, *grads)
+
+    with mock.patch.object(torch.autograd.Function, "apply", classmethod(_function_apply)), \
+            mock.patch.object(BackwardCFunction, "apply", backward_apply), mode:
         yield mode

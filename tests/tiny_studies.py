@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,15 +180,16 @@ class KindRun:
         return at if self.failed_stage in self.stages else f"{at}; its input {self.failed_stage} failed"
 
 
-def run_each_kind(study: Path, store: Path) -> Iterator[KindRun]:
-    """Run a study one stage kind at a time, in dependency order, so one failing kind does not hide
-    the others (a kind's stages run with `only=`; what they need and is missing runs with them)."""
+def run_each_kind(study: Path, store: Path, overrides: Sequence[str] = ()) -> Iterator[KindRun]:
+    """Run a study (with `key=value` overrides) one stage kind at a time, in dependency order, so one
+    failing kind does not hide the others (a kind's stages run with `only=`; what they need and is
+    missing runs with them)."""
     from neuronspec.plan.compile import compile_study
     from neuronspec.plan.runner import StageFailed, run_plan
     from neuronspec.plan.store import Store
     from neuronspec.spec import load_study
 
-    loaded = load_study(study)
+    loaded = load_study(study, overrides)
     plan = compile_study(loaded)
     kinds = list(dict.fromkeys(stage.kind for stage in plan.stages.values()))
     for kind in kinds:
