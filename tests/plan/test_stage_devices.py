@@ -20,8 +20,20 @@ from neuronspec.plan.kinds import KINDS
 HAS_LM_EVAL = importlib.util.find_spec("lm_eval") is not None
 
 
+#: the other code paths of the same kinds: packed batches, the cheap attribution, every position of
+#: the logit lens without the final norm, the top-k rule, LAPE on the neuron itself, evaluation of
+#: every arm's neurons on every language, bfloat16 weights (how GPU users run) and an explicit ordinal
+OTHER_PATHS = ["model.dtype=bfloat16", "model.device=cuda:0", "detect.plnd.batch_tokens=64",
+               "detect.plnd.rule=topk_intersect", "detect.lape.batch_tokens=64", "detect.lape.event=neuron",
+               "detect.linguafranca.batch_tokens=64", "detect.sharing.attribution.method=activation_norm",
+               "analyses.logit_lens.positions=all", "analyses.logit_lens.final_norm=false",
+               "evaluate.ppl.batch_tokens=64", "evaluate.ppl.on=all", "evaluate.choice.batch_tokens=64"]
+
+
 @pytest.mark.filterwarnings("ignore::neuronspec.methods.attribution.CompletenessWarning")  # IG, 8 steps, random model
-def test_every_stage_kind_runs_with_the_model_on_a_cuda_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("overrides", [[], OTHER_PATHS], ids=["study", "other-paths"])
+def test_every_stage_kind_runs_with_the_model_on_a_cuda_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               overrides: list[str]) -> None:
     monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
     # the q/k score compiles its kernel for CUDA models; torch.compile's CUDA backend needs a real GPU
     # (on a CPU build it fails, and the kernel would stay off for the rest of the process): eager here
@@ -29,7 +41,7 @@ def test_every_stage_kind_runs_with_the_model_on_a_cuda_device(tmp_path: Path, m
     study = write_every_kind_study(tmp_path, device="cuda", dtype="float32", lm_eval=HAS_LM_EVAL)
     failed, on_device, seen = {}, {}, 0
     with fake_cuda() as device:
-        for run in run_each_kind(study, tmp_path / ".neuronspec"):
+        for run in run_each_kind(study, tmp_path / ".neuronspec", overrides):
             if run.error is not None:
                 failed[run.kind] = f"{type(run.error).__name__}: {run.error} ({run.where()})"
             on_device[run.kind], seen = device.calls > seen, device.calls
