@@ -15,7 +15,11 @@ Gradients did). Under :func:`fake_cuda`:
   is not a 0-dim scalar (:data:`MIXED`), except the mixes CUDA accepts — copies (``copy_``,
   ``to``, ``new_tensor``, ``type_as``), CPU indices of a CUDA tensor, a basic-slicing
   assignment; ``.numpy()`` / ``np.asarray`` of a marked tensor; a CPU random generator for a
-  CUDA result; an ordinal other than ``cuda:0``.
+  CUDA result; an ordinal other than ``cuda:0``; a CPU scalar as the output of an in-place op.
+* A custom ``autograd.Function``'s backward (project code: the engine runs it inside
+  ``Tensor.backward``, a torch call, where the mode is off) runs with the mode on, and the
+  gradients the engine hands it are on the device of the outputs they belong to. Tensor and
+  module backward hooks are not covered (neuronspec registers none).
 * ``torch.cuda`` is not patched: with the model on CUDA, the study's stages (through torch,
   transformers and lm-eval) call only ``manual_seed_all`` (from ``torch.manual_seed``),
   ``is_initialized``, ``_is_in_bad_fork`` and ``is_current_stream_capturing``, which work

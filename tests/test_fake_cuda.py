@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from fake_cuda import INDICES, MIXED, NUMPY, fake_cuda, is_fake
+from fake_cuda import GENERATOR, INDICES, MIXED, NUMPY, ORDINAL, fake_cuda, is_fake
 
 from neuronspec.models.tiny import tiny_model
 
@@ -30,6 +30,10 @@ def test_mixing_a_cuda_tensor_with_a_cpu_tensor_raises_cudas_error() -> None:
             x.numpy()
         with pytest.raises(TypeError, match=re.escape(NUMPY)):
             np.asarray(x)
+        with pytest.raises(RuntimeError, match=re.escape(GENERATOR)):
+            torch.randperm(4, generator=torch.Generator(), device="cuda")
+        with pytest.raises(RuntimeError, match=re.escape(ORDINAL)):
+            x.to("cuda:1")
 
 
 def test_what_cuda_accepts_passes() -> None:
