@@ -41,7 +41,7 @@ alternately, --repeats rounds, median seconds; nothing asserts.
   (Llama-2-7B) scaled to the model's width. Left out (they would only slow the reference): the
   duplicate "fwd_down" copy of the same score, the early-exit decoding of every layer's
   hidden states through the unembedding, and the q/k/v/o scores. neuronspec: `plnd_statistics(...,
-  ["ffn"], token_reduce="mean", top_k=...)` over padded batches (`iter_batches`), as the
+  ["ffn"], token_reduce="mean", top_k=...)` over packed batches (`iter_packed`), as the
   `stats/plnd` stage runs for the ffn site under rule topk_intersect. Only `ffn` is compared:
   the reference's q/k score materialises [B, H, d, T, T] and recomputes the whole attention in
   a per-architecture hook (Gemma's q/k norm, softcapping, sliding window), which a faithful CPU
@@ -333,18 +333,19 @@ def bench_linguafranca(model, per_lang, args, pad: int) -> None:  # noqa: ANN001
 
 def bench_plnd(model, per_lang, args, pad: int) -> None:  # noqa: ANN001
     from neuronspec.methods.plnd import plnd_statistics
-    from neuronspec.models.forward import iter_batches
+    from neuronspec.models.forward import can_pack, iter_batches, iter_packed
     from neuronspec.models.sites import adapter_for
 
     width = adapter_for(model.config).dims(model.config).intermediate
     k = max(1, round(PLND_TOPK_FRACTION * width))
     ref = PlndReference(model, k)
-    ours = lambda: [plnd_statistics(model, iter_batches(enc, batch_size=args.batch_size, pad_id=pad), ["ffn"],  # noqa: E731
+    make = iter_packed if can_pack(model) else iter_batches  # as the stage batches
+    ours = lambda: [plnd_statistics(model, make(enc, batch_size=args.batch_size, pad_id=pad), ["ffn"],  # noqa: E731
                                     token_reduce="mean", top_k={"ffn": k}) for enc in per_lang]
     times, results = alternate({"reference": lambda: [ref.run(enc, pad) for enc in per_lang], "neuronspec": ours},
                                args.repeats)
     tokens = sum(len(e) for enc in per_lang for e in enc)
-    positions = sum(b.input_ids.numel() for enc in per_lang for b in iter_batches(enc, batch_size=args.batch_size, pad_id=pad))
+    positions = sum(b.input_ids.numel() for enc in per_lang for b in make(enc, batch_size=args.batch_size, pad_id=pad))
     report(f"PLND ffn (reference: batch 1, generate(max_new_tokens=1), per-document top {k} of {width})",
            Timed("reference", times["reference"], tokens, tokens),
            Timed("neuronspec", times["neuronspec"], positions, tokens))

@@ -24,6 +24,12 @@ counts (for the reference code's rule: per document, the k most important neuron
 layer and site; a neuron is kept when it is in that top k for every document). The first token of each
 document (BOS, an attention sink with language-independent "massive activations") is
 left out of every score.
+
+Batches may be packed (:func:`~neuronspec.models.forward.iter_packed`: several documents per
+row, positions restarting, attention kept inside each document): every token sum is taken per
+document through a [rows, documents per row, tokens] weight tensor (one document per row for a
+padded batch, the same products as before), so a packed pass scores each document as a padded
+one does without computing padding.
 """
 
 from __future__ import annotations
@@ -123,26 +129,28 @@ class _Scorer:
         self.model, self.sites, self.how = model, sites, token_reduce
         self.adapter: Adapter = adapter_for(model)
         self.dims: Dims = self.adapter.dims(model.config)
-        self.weights: Tensor | None = None  # [B,T] token weights of the batch being scored
-        self.denom: Tensor | None = None  # [B,1] what the token sum is divided by (1 for "sum")
+        self.weights: Tensor | None = None  # [B,S,T] token weights of the batch's S documents per row
+        self.denom: Tensor | None = None  # [B,S,1] what the token sum is divided by (1 for "sum")
+        self.where: tuple[Tensor, Tensor] | None = None  # (row, slot) of each document of the batch
         self.batch = _BatchScores()
         self.plan: Plan | None = None
         self.stable = False
         self._norms: dict[tuple[str, int], Tensor] = {}
         self.softcap = getattr(getattr(model.config, "get_text_config", lambda: model.config)(), "attn_logit_softcapping", None)
 
-    def start_batch(self, attention_mask: Tensor, stable: bool = False) -> None:
-        self.weights = token_weights(attention_mask)
-        count = self.weights.sum(1, keepdim=True)
+    def start_batch(self, batch: Batch, stable: bool = False) -> None:
+        self.weights, self.where = segment_weights(batch)
+        count = self.weights.sum(2, keepdim=True)
         self.denom = count.clamp_min(1) if self.how == "mean" else torch.ones_like(count)
         self.batch = _BatchScores()
         self.stable = stable
         if any(s in QK_SITES for s in self.sites):  # one host copy of the needed queries per batch
-            self.plan = Plan(self.weights > 0, self.dims.heads)
+            self.plan = Plan(self.weights.sum(1) > 0, self.dims.heads)
 
     def _token_sum(self, x2: Tensor) -> Tensor:
-        """[B,T,W] → [B,W]: Σ_t w_t x2_t / denom."""
-        return torch.bmm(self.weights[:, None, :].to(x2.dtype), x2.reshape(x2.shape[0], x2.shape[1], -1))[:, 0] / self.denom
+        """[B,T,W] → [documents, W]: Σ_t w_t x2_t / denom per document."""
+        per_slot = torch.bmm(self.weights.to(x2.dtype), x2.reshape(x2.shape[0], x2.shape[1], -1)) / self.denom
+        return per_slot[self.where]
 
     def _down_norm2(self, i: int) -> Tensor:
         if ("ffn", i) not in self._norms:
@@ -194,7 +202,7 @@ class _Scorer:
                 d = self.dims
                 b, t = z.shape[:2]
                 zz = z.reshape(b, t, d.kv_heads, d.heads // d.kv_heads, d.head_dim)
-                imp = z.new_zeros(b, d.kv_heads * d.head_dim)
+                imp = z.new_zeros(len(self.where[0]), d.kv_heads * d.head_dim)
                 for g, h, coef in self._v_gram(i):
                     imp += self._token_sum(zz[:, :, :, g] * zz[:, :, :, h]) * coef
                 self.batch.put("attn.v", i, imp)
@@ -209,12 +217,14 @@ class _Scorer:
         for site, imp in qk_importance(inp, want, self.plan, mask_source=mask, stable=self.stable).items():  # [B,H,T,D], 0 where w is 0
             b, h, _, d = imp.shape
             hkv = key.shape[1]
-            # Σ_t w_t imp[b,h,t,:] as a batched [1,T]@[T,D] product (einsum picks a much slower path here)
-            per_head = (self.weights[:, None, None, :].to(imp.dtype) @ imp)[:, :, 0] / self.denom[:, :, None]
+            # Σ_t w_t imp[b,h,t,:] per document as a batched [S,T]@[T,D] product (einsum picks a much slower path here)
+            per_head = (self.weights[:, None].to(imp.dtype) @ imp) / self.denom[:, None]  # [B,H,S,D]
+            per_head = per_head.transpose(1, 2)[self.where]  # [documents, H, D]
+            n = per_head.shape[0]
             if site == "attn.q":
-                self.batch.put(site, layer, per_head.reshape(b, h * d))
+                self.batch.put(site, layer, per_head.reshape(n, h * d))
             else:  # a K neuron feeds every query head of its group
-                self.batch.put(site, layer, per_head.view(b, hkv, h // hkv, d).sum(2).reshape(b, hkv * d))
+                self.batch.put(site, layer, per_head.view(n, hkv, h // hkv, d).sum(2).reshape(n, hkv * d))
 
 
 def topk_count(k: int | float, width: int) -> int:
@@ -235,6 +245,30 @@ def token_weights(attention_mask: Tensor, skip_first: bool = True) -> Tensor:
     if skip_first:
         w[:, 0] = 0.0
     return w
+
+
+def segment_weights(batch: Batch, skip_first: bool = True) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """[B, S, T] token weights, S = most documents in a row: w[b, s, t] = 1.0 where token t of row
+    b belongs to the row's s-th document and counts (not padding, not a document's first token when
+    `skip_first`); and (row, slot) of each entry of ``batch.index``. A padded batch has S = 1 and
+    w[:, 0] = :func:`token_weights`."""
+    if not batch.packed:
+        w = token_weights(batch.attention_mask, skip_first)
+        rows = torch.arange(w.shape[0], device=w.device)
+        return w[:, None, :], (rows, torch.zeros_like(rows))
+    owners = batch.owners()
+    real = owners >= 0
+    n = len(batch.index)
+    row_of = torch.zeros(n, dtype=torch.int64, device=owners.device)
+    row_of[owners[real]] = torch.nonzero(real)[:, 0]
+    first = torch.full((owners.shape[0],), n, dtype=torch.int64, device=owners.device).scatter_reduce(
+        0, row_of, torch.arange(n, device=owners.device), "amin")
+    slot = torch.arange(n, device=owners.device) - first[row_of]  # iter_packed numbers a row's documents in order
+    keep = real & (batch.positions() > 0) if skip_first else real
+    w = torch.zeros(owners.shape[0], int(slot.max()) + 1, owners.shape[1], device=owners.device)
+    b, t = keep.nonzero(as_tuple=True)
+    w[b, slot[owners[b, t]], t] = 1.0
+    return w, (row_of, slot)
 
 
 @torch.no_grad()
@@ -261,24 +295,25 @@ def plnd_statistics(
     want_qk = [s for s in sites if s in QK_SITES]
     try:
         for batch in batches:
-            scorer.start_batch(batch.attention_mask.to(batch.input_ids.device))
+            scorer.start_batch(batch)
+            run = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
             if want_qk:
                 with capture_attention(model, scorer.on_attention, set(range(dims.num_layers))):
-                    hidden_forward(model, batch.input_ids, batch.attention_mask)
+                    hidden_forward(model, **run)
                     if scorer.plan is not None and scorer.plan.overflow is not None and bool(scorer.plan.overflow):
                         # a logit rose by > ~88 nats somewhere (one sync per batch to know): redo the
                         # batch with the two-softmax form, which cannot overflow
-                        scorer.start_batch(batch.attention_mask.to(batch.input_ids.device), stable=True)
-                        hidden_forward(model, batch.input_ids, batch.attention_mask)
+                        scorer.start_batch(batch, stable=True)
+                        hidden_forward(model, **run)
             else:
-                hidden_forward(model, batch.input_ids, batch.attention_mask)
+                hidden_forward(model, **run)
             for site in sites:
                 per_layer = scorer.batch.scores[site]
                 # [B, layers, width]; .to(): with device_map="auto" the layers live on several devices
                 imp = torch.stack([per_layer[i].to(device) for i in range(dims.num_layers)], dim=1)
                 stats[site].update(imp, counts.get(site))
             if on_batch:
-                on_batch(batch.input_ids.shape[0])
+                on_batch(len(batch.index))
     finally:
         for h in handles:
             h.remove()

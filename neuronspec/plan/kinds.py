@@ -139,7 +139,7 @@ def stats_plnd(ctx: RunContext, stage: Stage, s: PlndStats, out: Path) -> None:
         raise ValueError(f"{stage.id}: no document of {s.lang!r} has two or more tokens")
     local = distributed.shard(encodings)  # all of them outside torch.distributed
     with ctx.progress(f"PLND statistics {s.lang}", total=len(local)) as advance:
-        stats = plnd_statistics(lm.model, _batches(local, s, lm, advance), s.sites,
+        stats = plnd_statistics(lm.model, _batches(local, s, lm, advance, packed=True), s.sites,
                                 token_reduce=s.token_reduce, top_k=s.top_k or None)
     tensors = {}
     for site, st in stats.items():
