@@ -49,9 +49,9 @@ alternately, --repeats rounds, median seconds; nothing asserts.
   benchmarks/detect_overhead.py. The two FFN scores are different quantities (Σ|up| against
   Σ a²·‖W_down[:,k]‖²), so only the agreement of the selected sets (Jaccard per layer) is printed.
 
-Printed per method: positions computed (padding and dropped tails included), seconds,
-tokens/s of the real tokens each one scored, neuronspec ÷ reference time and the throughput
-ratio, and the comparison above.
+Printed per method: positions computed (padding included), the real tokens among them (the
+LAPE reference's dropped tail is never computed), seconds, tokens/s of those real tokens,
+neuronspec ÷ reference time and the throughput ratio, and the comparison above.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ PLND_TOPK_FRACTION = 2000 / 11008
 
 @dataclass
 class Timed:
-    """One side of a comparison: its median seconds, positions computed and real tokens scored."""
+    """One side of a comparison: its median seconds, positions computed (padding included) and
+    real tokens among them (what tokens/s counts: the LAPE reference's dropped tail is not computed)."""
 
     name: str
     seconds: float
@@ -88,7 +89,7 @@ class Timed:
     tokens: int
 
     def line(self) -> str:
-        return (f"    {self.name:<11} {self.positions:>7} positions  {self.tokens:>7} tokens scored  "
+        return (f"    {self.name:<11} {self.positions:>7} positions  {self.tokens:>7} real tokens  "
                 f"{self.seconds:7.2f} s  {self.tokens / self.seconds:7.0f} tokens/s")
 
 
@@ -290,10 +291,13 @@ def bench_lape(model, per_lang, args, pad: int) -> None:  # noqa: ANN001
     times, results = alternate({"reference": lambda: [ref.run(r, args.batch_size) for r, _ in rows],
                                 "neuronspec": ours}, args.repeats)
     positions = sum(b.input_ids.numel() for enc in per_lang for b in iter_packed(enc, batch_size=args.batch_size, pad_id=pad))
+    real = sum(len(e) for enc in per_lang for e in enc)
     dropped = sum(d for _, d in rows)
     report(f"LAPE (reference rows of {args.lape_row} tokens, {dropped} tail tokens dropped over {len(per_lang)} languages)",
            Timed("reference", times["reference"], sum(r.numel() for r, _ in rows), sum(r.numel() for r, _ in rows)),
-           Timed("neuronspec", times["neuronspec"], positions, sum(s.tokens for s in results["neuronspec"])))
+           Timed("neuronspec", times["neuronspec"], positions, real))
+    print(f"    tokens counted: reference {sum(r.numel() for r, _ in rows)} (every position of its rows), "
+          f"neuronspec {sum(s.tokens for s in results['neuronspec'])} (every document's tokens but its first)")
     # the event: the reference's patched MLP on one document per row against neuronspec with every token counted
     alone = [ref.run(torch.tensor([e]), 1).over_zero.long() for enc in per_lang for e in enc]
     ref_counts = torch.stack(alone).sum(0)
@@ -324,7 +328,7 @@ def bench_linguafranca(model, per_lang, args, pad: int) -> None:  # noqa: ANN001
     positions = sum(b.input_ids.numel() for enc in per_lang for b in iter_packed(enc, batch_size=args.batch_size, pad_id=pad))
     report("LinguaFranca (reference: batch 1, generate(max_new_tokens=1))",
            Timed("reference", times["reference"], tokens, tokens),
-           Timed("neuronspec", times["neuronspec"], positions, sum(s.tokens for s in results["neuronspec"])))
+           Timed("neuronspec", times["neuronspec"], positions, tokens))
     ref_mean = torch.stack([v / len(e) for v, e in zip(results["reference"], everything)])
     ns_mean = torch.cat([s.pooled["mean"] for s in ours(skip_first=False)])
     print(f"    pooled vectors (reference sum / tokens vs neuronspec mean, every token): largest |difference| "
