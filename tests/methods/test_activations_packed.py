@@ -27,6 +27,13 @@ def test_pack_rows_balances_the_rows() -> None:
     assert sorted(i for r in pack_rows([3, 9, 4, 4, 8, 1, 7], 10) for i in r) == list(range(7))
 
 
+def test_batches_take_the_fullest_rows_first() -> None:
+    docs = [[1] * n for n in (10, 6, 5, 5)]  # rows filled 10, 6, 10 (in that order): batched fullest first, no padding
+    batches = list(iter_packed(docs, batch_size=2, pad_id=0))
+    assert [b.input_ids.shape for b in batches] == [(2, 10), (1, 6)]
+    assert [b.index for b in batches] == [[0, 2, 3], [1]]
+
+
 def test_packing_computes_less_than_padding() -> None:
     docs = _docs()
     padded = sum(b.input_ids.numel() for b in iter_batches(docs, batch_size=4, pad_id=0))
