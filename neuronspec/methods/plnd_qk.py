@@ -43,6 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from neuronspec.methods import plnd_qk_cpu
+
 #: elements of one perturbed-probability chunk [rows, block, D, span]: 2 MB, so each chunk's
 #: ops run in cache instead of streaming through memory
 QK_CHUNK_ELEMENTS = 1 << 19
@@ -195,14 +197,30 @@ class Plan:
         self.needed = None if needed is None else needed.cpu().repeat_interleave(heads, 0)
         self._spans: dict[int, tuple[Any, list[tuple[int, int, int, int]]]] = {}
         self.overflow: Tensor | None = None  # bool scalar on the device, see qk_importance
+        self._bounds: dict[tuple[int, int], tuple[Any, Tensor, Tensor]] = {}
+        self._offset = 0  # first document of this (sub-)plan in its batch
 
     def rows(self, b0: int, b1: int, heads: int) -> Plan:
         """The plan of documents b0..b1-1: their needed queries, the same (shared) key spans —
         spans of the whole batch cover every sub-batch's visible keys."""
         sub = Plan(None, heads)
         sub.needed = None if self.needed is None else self.needed[b0 * heads:b1 * heads]
-        sub._spans = self._spans
+        sub._spans, sub._bounds, sub._offset = self._spans, self._bounds, self._offset + b0
         return sub
+
+    def bounds(self, source: Any, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """First and one-past-last key each query can see, int32 [B|1, T] (the C kernel's spans:
+        per query, so no causal triangle is scored), memoised like :meth:`spans` per sub-batch."""
+        key = (id(source), self._offset)
+        hit = self._bounds.get(key)
+        if hit is None or hit[0] is not source or source is None:
+            allowed = (mask > _MASKED).any(1)  # [B|1, T, S]: a key any head may see
+            pos = torch.arange(allowed.shape[-1], device=allowed.device, dtype=torch.int32)
+            lo = torch.where(allowed, pos, allowed.shape[-1]).amin(-1).to(torch.int32)
+            hi = torch.where(allowed, pos + 1, 0).amax(-1).to(torch.int32)
+            hit = (source, lo.contiguous(), hi.contiguous())
+            self._bounds[key] = hit
+        return hit[1], hit[2]
 
     def flag(self, scores: Iterable[Tensor]) -> None:
         """Remember (on the device, no sync) whether any score is not finite."""
@@ -290,6 +308,41 @@ def _use_compiled(device: torch.device, elements: int) -> bool:
     return device.type == "cuda" or elements >= QK_COMPILE_MIN_ELEMENTS
 
 
+def _use_native(device: torch.device, cap: float | None, compiled: bool | None) -> bool:
+    """The C kernel (:mod:`plnd_qk_cpu`) on CPU without soft-capping, unless `compiled` is False
+    or NEURONSPEC_QK_COMPILE=0. It builds in about a second, so small layers use it too. If it
+    cannot be built, a warning says so once and the eager function is used from then on."""
+    if device.type != "cpu" or cap or compiled is False or os.environ.get("NEURONSPEC_QK_COMPILE") == "0":
+        return False
+    if "native_failed" in _COMPILED:
+        return False
+    try:
+        plnd_qk_cpu.load()
+    except (RuntimeError, OSError) as err:
+        _COMPILED["native_failed"] = True
+        warnings.warn(f"the q/k score's C kernel could not be built ({err}); computing it eagerly "
+                      "(same values, several times slower)", RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
+def _native_scores(inp: QKInputs, sides: dict[str, _Side], raw: Tensor, logits: Tensor, probs: Tensor,
+                   plan: Plan, mask_source: Any, mask: Tensor, out: dict[str, Tensor]) -> None:
+    """Fill `out` through the C kernel: one call per site, rows split over the intra-op threads."""
+    p_raw = (probs * raw).sum(-1) if inp.gains is not None else None
+    lo, hi = plan.bounds(mask_source, mask)
+    need = None if plan.needed is None else plan.needed.contiguous().view(torch.uint8)
+    common = dict(p=probs.contiguous(), lp=torch.log_softmax(logits, dim=-1), s0=probs.square().sum(-1),
+                  raw=raw if inp.gains is not None else None, lo=lo, hi=hi, heads=inp.query.shape[1], need=need)
+    for site, side in sides.items():
+        args = plnd_qk_cpu.KernelArgs(
+            centre=_center(side, probs, raw, p_raw).contiguous(), left=[x.contiguous() for x in side.left],
+            right=[x.contiguous() for x in side.right],
+            scale_t=None if side.scale_t is None else side.scale_t.contiguous(),
+            scale_s=None if side.scale_s is None else side.scale_s.contiguous(), **common)
+        plnd_qk_cpu.scores(args, out[site], threads=torch.get_num_threads())
+
+
 def _center(side: _Side, p: Tensor, raw: Tensor, p_raw: Tensor) -> Tensor:
     """Σ_s p_s·d_s per (row, query, neuron), d the un-capped logit change: matrix products only."""
     pr = [torch.bmm(p, (r if side.scale_s is None else r * side.scale_s).transpose(1, 2)) for r in side.right]
@@ -340,6 +393,11 @@ def qk_importance(inp: QKInputs, want: tuple[str, ...] = ("attn.q", "attn.k"), p
     logits = (capped.view(b, h, t, s) + mask).view(rows, t, s)
     probs = torch.softmax(logits, dim=-1)
     out = {site: torch.zeros(rows, t, d, device=q.device) for site in sides}
+    if not stable and _use_native(q.device, cap, compiled):
+        _native_scores(inp, sides, raw, logits, probs, plan, mask_source, mask, out)
+        plan.flag(out.values())
+        result = {site: v.view(b, h, t, d) for site, v in out.items()}
+        return {site: result["attn.q" if shared else site] for site in want}
     need = plan.needed if plan.needed is not None else torch.ones(rows, t, dtype=torch.bool)
     use_compiled = False if stable else compiled if compiled is not None else _use_compiled(q.device, rows * t * s * d)
     # query blocks: small where chunks are materialised (cache-sized); larger for a fused kernel on a GPU

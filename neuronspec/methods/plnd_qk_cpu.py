@@ -1,0 +1,225 @@
+"""The q/k score's three sums over keys as one hand-written C loop, for CPUs.
+
+Why not torch.compile on CPU: Inductor wrote the perturbed-probability tensor of each chunk to
+memory and reduced it in three further passes (each chunk also had to be copied contiguous
+first), ~0.65 ns per (query, neuron, key) on one AVX-512 core. This loop keeps everything in
+registers: per (row, query) the probabilities stay in L1 and the key factors of all neurons
+in L2; one range reduction gives e^x − 1 (accurate near 0, where the score's terms live) and
+e^x (for a key whose probability underflowed); keys run only over each query's own span
+(no causal triangle inside a block). The C source is compiled once per machine with the
+system C compiler (`$CC`, else `cc`) into the user cache, flags chosen from the vector unit
+PyTorch detected, and called through ctypes (which releases the GIL, so row ranges can run
+on threads). No compiler: :func:`load` raises and the caller warns and computes eagerly.
+
+Without soft-capping only (Gemma 2): a capped logit change needs a second pass over the keys
+for its centre; capped models take the compiled/eager path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from neuronspec.paths import user_cache
+
+_SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float from_bits(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
+INLINE int32_t to_bits(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
+
+/* d1 = sum e, s1 = sum p e, s2 = sum e^2 over keys lo..hi-1 of one (row, query, neuron), with
+   e = p (exp(x) - 1) where p > 0, exp(lp + x) where p underflowed (0 for a masked key, lp = -inf)
+   and x = d - centre, d the logit change:  -c (MODE 0), (a-1) raw - a c (MODE 1, a per query),
+   (b_s-1) raw_s - b_s c (MODE 2), c = b1 r1_s + b2 r2_s. SAFE: every p > 0 in the span. */
+INLINE void sums(const int MODE, const int PAIRS, const int SAFE, int64_t lo, int64_t hi,
+                 const float* __restrict p, const float* __restrict lp, const float* __restrict raw,
+                 const float* __restrict r1, const float* __restrict r2, const float* __restrict beta,
+                 float b1, float b2, float a, float centre, float* res) {
+    float d1 = 0.0f, s1 = 0.0f, s2 = 0.0f;
+    #pragma omp simd reduction(+:d1, s1, s2)
+    for (int64_t s = lo; s < hi; s++) {
+        float c = b1 * r1[s];
+        if (PAIRS == 2) c += b2 * r2[s];
+        float x;
+        if (MODE == 0) x = -c;
+        else if (MODE == 1) x = (a - 1.0f) * raw[s] - a * c;
+        else x = (beta[s] - 1.0f) * raw[s] - beta[s] * c;
+        x -= centre;
+        float ps = p[s];
+        float z = SAFE ? x : (ps > 0.0f ? x : lp[s] + x);
+        /* z = k ln2 + r, |r| <= ln2/2: exp(z) - 1 = 2^k expm1(r) + (2^k - 1), exact for k = 0 */
+        float zc = z < -87.0f ? -87.0f : z;
+        zc = zc > 88.0f ? 88.0f : zc;
+        float kf = zc * 1.44269504088896341f + 12582912.0f;  /* 1.5 * 2^23: round to nearest */
+        int32_t k = to_bits(kf) - 0x4B400000;
+        kf -= 12582912.0f;
+        float r = zc - kf * 0.693145751953125f;
+        r = r - kf * 1.428606765330187045e-06f;
+        float q = 1.0f / 5040.0f;
+        q = q * r + 1.0f / 720.0f;
+        q = q * r + 1.0f / 120.0f;
+        q = q * r + 1.0f / 24.0f;
+        q = q * r + 1.0f / 6.0f;
+        q = q * r + 0.5f;
+        float em = r + r * r * q;            /* expm1(r), relative error ~1e-8 */
+        float two_k = from_bits((k + 127) << 23);
+        float e = ps * (two_k * em + (two_k - 1.0f));
+        if (!SAFE) e = ps > 0.0f ? e : (z < -87.0f ? 0.0f : two_k * em + two_k);
+        e = z > 88.0f ? __builtin_inff() : e;  /* overflow: the caller redoes the batch exactly */
+        d1 += e;
+        s1 += ps * e;
+        s2 += e * e;
+    }
+    res[0] = d1; res[1] = s1; res[2] = s2;
+}
+
+#define SUMS(M, P, S) sums(M, P, S, lo, hi, pr, lpr, rawr, r1n, r2n, betan, b1, b2, a, cen, res)
+
+/* out[r, t, n] = sum_s (p'_s - p_s)^2 for rows r0..r1-1 (see plnd_qk._fused_scores for the
+   algebra). Arrays are contiguous: p, lp, raw [rows, T, S]; s0 [rows, T]; centre, l1, l2,
+   scale_t, out [rows, T, D]; r1, r2, scale_s [rows, D, S]; lo, hi [B or 1, T] (row r reads
+   mask row r / heads, or 0); need [rows, T] or NULL. Unneeded queries are left as they are. */
+void plnd_qk_scores(int64_t r0, int64_t r1_end, int64_t T, int64_t S, int64_t D, int64_t heads,
+                    int64_t mask_per_batch, int64_t mode, int64_t pairs,
+                    const float* p, const float* lp, const float* raw, const float* s0,
+                    const float* centre, const float* l1, const float* r1, const float* l2,
+                    const float* r2, const float* scale_t, const float* scale_s,
+                    const int32_t* lo_all, const int32_t* hi_all, const uint8_t* need, float* out) {
+    for (int64_t row = r0; row < r1_end; row++) {
+        const int64_t mb = mask_per_batch ? row / heads : 0;
+        for (int64_t t = 0; t < T; t++) {
+            const int64_t rt = row * T + t;
+            if (need && !need[rt]) continue;
+            const int64_t lo = lo_all[mb * T + t], hi = hi_all[mb * T + t];
+            float* o = out + rt * D;
+            if (hi <= lo) { for (int64_t n = 0; n < D; n++) o[n] = 0.0f; continue; }
+            const float* pr = p + rt * S;
+            const float* lpr = lp + rt * S;
+            const float* rawr = raw ? raw + rt * S : 0;
+            int safe = 1;
+            for (int64_t s = lo; s < hi; s++) safe &= pr[s] > 0.0f;
+            const float sq = s0[rt];
+            for (int64_t n = 0; n < D; n++) {
+                const int64_t rn = (row * D + n) * S;
+                const float* r1n = r1 + rn;
+                const float* r2n = pairs == 2 ? r2 + rn : 0;
+                const float* betan = scale_s ? scale_s + rn : 0;
+                const float b1 = l1[rt * D + n], b2 = pairs == 2 ? l2[rt * D + n] : 0.0f;
+                const float a = scale_t ? scale_t[rt * D + n] : 1.0f;
+                const float cen = centre[rt * D + n];
+                float res[3];
+                switch ((int)(mode * 4 + (pairs - 1) * 2 + safe)) {
+                    case 0: SUMS(0, 1, 0); break;  case 1: SUMS(0, 1, 1); break;
+                    case 2: SUMS(0, 2, 0); break;  case 3: SUMS(0, 2, 1); break;
+                    case 4: SUMS(1, 1, 0); break;  case 5: SUMS(1, 1, 1); break;
+                    case 6: SUMS(1, 2, 0); break;  case 7: SUMS(1, 2, 1); break;
+                    case 8: SUMS(2, 1, 0); break;  case 9: SUMS(2, 1, 1); break;
+                    case 10: SUMS(2, 2, 0); break; default: SUMS(2, 2, 1); break;
+                }
+                const float d1 = res[0], s1 = res[1], s2 = res[2], g = 1.0f + d1;
+                o[n] = (s2 - 2.0f * d1 * s1 + d1 * d1 * sq) / (g * g);
+            }
+        }
+    }
+}
+"""
+
+#: vector-unit flags per capability PyTorch detected (torch.backends.cpu.get_cpu_capability)
+_ISA_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma", "-mprefer-vector-width=512"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
+_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
+
+_LIB: list[ctypes.CDLL] = []
+
+
+def load() -> ctypes.CDLL:
+    """The compiled kernel library, built into the user cache on first use (a second or two).
+    Raises RuntimeError when no C compiler is found or compiling fails."""
+    if _LIB:
+        return _LIB[0]
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        raise RuntimeError(f"no C compiler ({os.environ.get('CC', 'cc')}) on PATH")
+    flags = _FLAGS + _ISA_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])
+    key = hashlib.sha256("\0".join([_SOURCE, compiler, *flags]).encode()).hexdigest()[:16]
+    target = user_cache() / "kernels" / f"plnd_qk_{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            src, lib = os.path.join(tmp, "plnd_qk.c"), os.path.join(tmp, "plnd_qk.so")
+            with open(src, "w") as f:
+                f.write(_SOURCE)
+            done = subprocess.run([compiler, *flags, src, "-o", lib], capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"compiling the q/k kernel failed: {done.stderr[-500:]}")
+            os.replace(lib, target)  # atomic: concurrent builders each install a complete file
+    lib = ctypes.CDLL(str(target))
+    fn = lib.plnd_qk_scores
+    fn.restype = None
+    fn.argtypes = [ctypes.c_int64] * 9 + [ctypes.c_void_p] * 15
+    _LIB.append(lib)
+    return lib
+
+
+@dataclass
+class KernelArgs:
+    """One layer's inputs of one site, all float32 contiguous on the CPU (see the C comment)."""
+
+    p: Tensor
+    lp: Tensor
+    raw: Tensor | None
+    s0: Tensor
+    centre: Tensor
+    left: list[Tensor]
+    right: list[Tensor]
+    scale_t: Tensor | None
+    scale_s: Tensor | None
+    lo: Tensor
+    hi: Tensor
+    heads: int
+    need: Tensor | None
+
+
+def scores(args: KernelArgs, out: Tensor, threads: int = 1) -> None:
+    """Fill out [rows, T, D] (zeros where a query is not needed) — row ranges on `threads` threads."""
+    fn = load().plnd_qk_scores
+    rows, t, s = args.p.shape
+    d = out.shape[-1]
+    mode = 1 if args.scale_t is not None else 2 if args.scale_s is not None else 0
+    pairs = len(args.left)
+    keep = [args.p, args.lp, args.raw, args.s0, args.centre, *args.left, *args.right, args.scale_t, args.scale_s,
+            args.lo, args.hi, args.need, out]
+    for x in keep:
+        if x is not None and not (x.is_contiguous() and x.device.type == "cpu"):
+            raise ValueError("the q/k kernel needs contiguous CPU tensors")
+    ptr = lambda x: None if x is None else x.data_ptr()  # noqa: E731
+    fixed = [t, s, d, args.heads, int(args.lo.shape[0] > 1), mode, pairs]
+    pointers = [ptr(args.p), ptr(args.lp), ptr(args.raw), ptr(args.s0), ptr(args.centre), ptr(args.left[0]),
+                ptr(args.right[0]), ptr(args.left[1]) if pairs == 2 else None, ptr(args.right[1]) if pairs == 2 else None,
+                ptr(args.scale_t), ptr(args.scale_s), ptr(args.lo), ptr(args.hi), ptr(args.need), ptr(out)]
+
+    def run(r: tuple[int, int]) -> None:
+        fn(r[0], r[1], *fixed, *pointers)
+
+    threads = max(1, min(threads, rows))
+    if threads == 1:
+        run((0, rows))
+        return
+    step = -(-rows // threads)
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run, [(r, min(rows, r + step)) for r in range(0, rows, step)]))
