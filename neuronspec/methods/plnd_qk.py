@@ -110,6 +110,7 @@ class _Side:
     right: list[Tensor]  # [rows, D, S] each
     scale_t: Tensor | None = None  # [rows, T, D]
     scale_s: Tensor | None = None  # [rows, D, S]
+    rotated: bool = False  # right[1] is -rotate_half(right[0]) over D: one product gives both centres
 
 
 def _sides(inp: QKInputs, want_q: bool, want_k: bool) -> tuple[_Side | None, _Side | None]:
@@ -131,7 +132,8 @@ def _sides(inp: QKInputs, want_q: bool, want_k: bool) -> tuple[_Side | None, _Si
         else:
             sq = q_pre * inp.scaling
             left, right = [rq(sq * cos), rq(sq * sin)], [rk(k), rk(-_rotate_half(k))]
-        q_side = _Side(left, right, rq(_norm_rescale(q_pre, inp.gains[0])) if inp.gains else None)
+        q_side = _Side(left, right, rq(_norm_rescale(q_pre, inp.gains[0])) if inp.gains else None,
+                       rotated=inp.rotary is not None)
     if want_k:
         if inp.rotary is None:
             left, right = [rq(q)], [rk(k_pre * inp.scaling)]
@@ -332,8 +334,7 @@ def _native_scores(inp: QKInputs, sides: dict[str, _Side], raw: Tensor, logits: 
     p_raw = (probs * raw).sum(-1) if inp.gains is not None else None
     lo, hi = plan.bounds(mask_source, mask)
     need = None if plan.needed is None else plan.needed.contiguous().view(torch.uint8)
-    common = dict(p=probs.contiguous(), lp=torch.log_softmax(logits, dim=-1), s0=probs.square().sum(-1),
-                  raw=raw if inp.gains is not None else None, lo=lo, hi=hi, heads=inp.query.shape[1], need=need)
+    common = dict(p=probs.contiguous(), logits=logits.contiguous(), raw=raw if inp.gains is not None else None, lo=lo, hi=hi, heads=inp.query.shape[1], need=need)
     for site, side in sides.items():
         args = plnd_qk_cpu.KernelArgs(
             centre=_center(side, probs, raw, p_raw).contiguous(), left=[x.contiguous() for x in side.left],
@@ -345,7 +346,11 @@ def _native_scores(inp: QKInputs, sides: dict[str, _Side], raw: Tensor, logits: 
 
 def _center(side: _Side, p: Tensor, raw: Tensor, p_raw: Tensor) -> Tensor:
     """Σ_s p_s·d_s per (row, query, neuron), d the un-capped logit change: matrix products only."""
-    pr = [torch.bmm(p, (r if side.scale_s is None else r * side.scale_s).transpose(1, 2)) for r in side.right]
+    if side.rotated and side.scale_s is None:  # p @ (-rot k) = -rot(p @ k): one product
+        pk = torch.bmm(p, side.right[0].transpose(1, 2))
+        pr = [pk, -_rotate_half(pk)]
+    else:
+        pr = [torch.bmm(p, (r if side.scale_s is None else r * side.scale_s).transpose(1, 2)) for r in side.right]
     c = sum(l * x for l, x in zip(side.left, pr))  # Σ_s p_s (β_s) c_s
     if side.scale_t is not None:
         return (side.scale_t - 1.0) * p_raw[..., None] - side.scale_t * c

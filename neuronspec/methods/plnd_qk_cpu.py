@@ -32,6 +32,7 @@ from torch import Tensor
 from neuronspec.paths import user_cache
 
 _SOURCE = r"""
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -41,60 +42,61 @@ INLINE float from_bits(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
 INLINE int32_t to_bits(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
 
 /* d1 = sum e, s1 = sum p e, s2 = sum e^2 over keys lo..hi-1 of one (row, query, neuron), with
-   e = p (exp(x) - 1) where p > 0, exp(lp + x) where p underflowed (0 for a masked key, lp = -inf)
+   e = p (exp(x) - 1) where p > 0, exp(lg - lse + x) where p underflowed (lg the key's logit, lse
+   the row's log-sum-exp; 0 for a masked key)
    and x = d - centre, d the logit change:  -c (MODE 0), (a-1) raw - a c (MODE 1, a per query),
    (b_s-1) raw_s - b_s c (MODE 2), c = b1 r1_s + b2 r2_s. SAFE: every p > 0 in the span. */
 INLINE void sums(const int MODE, const int PAIRS, const int SAFE, int64_t lo, int64_t hi,
-                 const float* __restrict p, const float* __restrict lp, const float* __restrict raw,
+                 const float* __restrict p, const float* __restrict lg, float lse, const float* __restrict raw,
                  const float* __restrict r1, const float* __restrict r2, const float* __restrict beta,
                  float b1, float b2, float a, float centre, float* res) {
-    float d1 = 0.0f, s1 = 0.0f, s2 = 0.0f;
-    #pragma omp simd reduction(+:d1, s1, s2)
+    const float nb1 = -b1, nb2 = -b2, ncentre = -centre;
+    float d1 = 0.0f, s1 = 0.0f, s2 = 0.0f, zmax = -__builtin_inff();
+    #pragma omp simd reduction(+:d1, s1, s2) reduction(max:zmax)
     for (int64_t s = lo; s < hi; s++) {
-        float c = b1 * r1[s];
-        if (PAIRS == 2) c += b2 * r2[s];
         float x;
-        if (MODE == 0) x = -c;
-        else if (MODE == 1) x = (a - 1.0f) * raw[s] - a * c;
-        else x = (beta[s] - 1.0f) * raw[s] - beta[s] * c;
-        x -= centre;
+        if (MODE == 0) x = PAIRS == 2 ? nb1 * r1[s] + (nb2 * r2[s] + ncentre) : nb1 * r1[s] + ncentre;
+        else {
+            float c = PAIRS == 2 ? b1 * r1[s] + b2 * r2[s] : b1 * r1[s];
+            if (MODE == 1) x = (a - 1.0f) * raw[s] - a * c - centre;
+            else x = (beta[s] - 1.0f) * raw[s] - beta[s] * c - centre;
+        }
         float ps = p[s];
-        float z = SAFE ? x : (ps > 0.0f ? x : lp[s] + x);
-        /* z = k ln2 + r, |r| <= ln2/2: exp(z) - 1 = 2^k expm1(r) + (2^k - 1), exact for k = 0 */
-        float zc = z < -87.0f ? -87.0f : z;
-        zc = zc > 88.0f ? 88.0f : zc;
+        float z = SAFE ? x : (ps > 0.0f ? x : (lg[s] - lse) + x);
+        zmax = zmax > z ? zmax : z;
+        /* z = k ln2 + r, |r| <= ln2/2: exp(z) - 1 = 2^k expm1(r) + (2^k - 1), exact for k = 0;
+           z below -87 counts as -87 (exp(z) - 1 = -1 in float); above 88 zmax flags it */
+        float zc = z > -87.0f ? z : -87.0f;
         float kf = zc * 1.44269504088896341f + 12582912.0f;  /* 1.5 * 2^23: round to nearest */
-        int32_t k = to_bits(kf) - 0x4B400000;
+        float two_k = from_bits((to_bits(kf) - (0x4B400000 - 127)) << 23);
         kf -= 12582912.0f;
-        float r = zc - kf * 0.693145751953125f;
-        r = r - kf * 1.428606765330187045e-06f;
+        float r = zc - kf * 0.693147182464599609375f;  /* ln2 rounded: r off by |k|*2e-9 */
         float q = 1.0f / 5040.0f;
         q = q * r + 1.0f / 720.0f;
         q = q * r + 1.0f / 120.0f;
         q = q * r + 1.0f / 24.0f;
         q = q * r + 1.0f / 6.0f;
         q = q * r + 0.5f;
-        float em = r + r * r * q;            /* expm1(r), relative error ~1e-8 */
-        float two_k = from_bits((k + 127) << 23);
+        float em = r + (r * r) * q;            /* expm1(r), relative error ~1e-8 */
         float e = ps * (two_k * em + (two_k - 1.0f));
-        if (!SAFE) e = ps > 0.0f ? e : (z < -87.0f ? 0.0f : two_k * em + two_k);
-        e = z > 88.0f ? __builtin_inff() : e;  /* overflow: the caller redoes the batch exactly */
+        if (!SAFE) e = ps > 0.0f ? e : (z > -87.0f ? two_k * em + two_k : 0.0f);
         d1 += e;
         s1 += ps * e;
         s2 += e * e;
     }
+    if (zmax > 88.0f) d1 = __builtin_inff();  /* exp overflows: the caller redoes the batch exactly */
     res[0] = d1; res[1] = s1; res[2] = s2;
 }
 
-#define SUMS(M, P, S) sums(M, P, S, lo, hi, pr, lpr, rawr, r1n, r2n, betan, b1, b2, a, cen, res)
+#define SUMS(M, P, S) sums(M, P, S, lo, hi, pr, lgr, lse, rawr, r1n, r2n, betan, b1, b2, a, cen, res)
 
 /* out[r, t, n] = sum_s (p'_s - p_s)^2 for rows r0..r1-1 (see plnd_qk._fused_scores for the
-   algebra). Arrays are contiguous: p, lp, raw [rows, T, S]; s0 [rows, T]; centre, l1, l2,
+   algebra). Arrays are contiguous: p, logits, raw [rows, T, S]; centre, l1, l2,
    scale_t, out [rows, T, D]; r1, r2, scale_s [rows, D, S]; lo, hi [B or 1, T] (row r reads
    mask row r / heads, or 0); need [rows, T] or NULL. Unneeded queries are left as they are. */
 void plnd_qk_scores(int64_t r0, int64_t r1_end, int64_t T, int64_t S, int64_t D, int64_t heads,
                     int64_t mask_per_batch, int64_t mode, int64_t pairs,
-                    const float* p, const float* lp, const float* raw, const float* s0,
+                    const float* p, const float* logits, const float* raw,
                     const float* centre, const float* l1, const float* r1, const float* l2,
                     const float* r2, const float* scale_t, const float* scale_s,
                     const int32_t* lo_all, const int32_t* hi_all, const uint8_t* need, float* out) {
@@ -103,15 +105,23 @@ void plnd_qk_scores(int64_t r0, int64_t r1_end, int64_t T, int64_t S, int64_t D,
         for (int64_t t = 0; t < T; t++) {
             const int64_t rt = row * T + t;
             if (need && !need[rt]) continue;
-            const int64_t lo = lo_all[mb * T + t], hi = hi_all[mb * T + t];
+            const int64_t lo_t = lo_all[mb * T + t], hi_t = hi_all[mb * T + t];
             float* o = out + rt * D;
-            if (hi <= lo) { for (int64_t n = 0; n < D; n++) o[n] = 0.0f; continue; }
+            if (hi_t <= lo_t) { for (int64_t n = 0; n < D; n++) o[n] = 0.0f; continue; }
             const float* pr = p + rt * S;
-            const float* lpr = lp + rt * S;
+            const float* lgr = logits + rt * S;
             const float* rawr = raw ? raw + rt * S : 0;
             int safe = 1;
-            for (int64_t s = lo; s < hi; s++) safe &= pr[s] > 0.0f;
-            const float sq = s0[rt];
+            float sq = 0.0f, lse = 0.0f;
+            #pragma omp simd reduction(+:sq) reduction(&:safe)
+            for (int64_t s = lo_t; s < hi_t; s++) { sq += pr[s] * pr[s]; safe &= pr[s] > 0.0f; }
+            if (!safe) {  /* some probability underflowed: the log-sum-exp from the likeliest key */
+                int64_t j = lo_t;
+                for (int64_t s = lo_t; s < hi_t; s++) j = pr[s] > pr[j] ? s : j;
+                lse = lgr[j] - logf(pr[j]);
+            }
+            /* whole vectors: keys outside the query's span are masked (p = 0), so they add 0 */
+            const int64_t up = (hi_t + 15) & ~(int64_t)15, lo = lo_t & ~(int64_t)15, hi = up < S ? up : S;
             for (int64_t n = 0; n < D; n++) {
                 const int64_t rn = (row * D + n) * S;
                 const float* r1n = r1 + rn;
@@ -171,7 +181,7 @@ def load() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     fn = lib.plnd_qk_scores
     fn.restype = None
-    fn.argtypes = [ctypes.c_int64] * 9 + [ctypes.c_void_p] * 15
+    fn.argtypes = [ctypes.c_int64] * 9 + [ctypes.c_void_p] * 14
     _LIB.append(lib)
     return lib
 
@@ -181,9 +191,8 @@ class KernelArgs:
     """One layer's inputs of one site, all float32 contiguous on the CPU (see the C comment)."""
 
     p: Tensor
-    lp: Tensor
+    logits: Tensor
     raw: Tensor | None
-    s0: Tensor
     centre: Tensor
     left: list[Tensor]
     right: list[Tensor]
@@ -202,14 +211,14 @@ def scores(args: KernelArgs, out: Tensor, threads: int = 1) -> None:
     d = out.shape[-1]
     mode = 1 if args.scale_t is not None else 2 if args.scale_s is not None else 0
     pairs = len(args.left)
-    keep = [args.p, args.lp, args.raw, args.s0, args.centre, *args.left, *args.right, args.scale_t, args.scale_s,
+    keep = [args.p, args.logits, args.raw, args.centre, *args.left, *args.right, args.scale_t, args.scale_s,
             args.lo, args.hi, args.need, out]
     for x in keep:
         if x is not None and not (x.is_contiguous() and x.device.type == "cpu"):
             raise ValueError("the q/k kernel needs contiguous CPU tensors")
     ptr = lambda x: None if x is None else x.data_ptr()  # noqa: E731
     fixed = [t, s, d, args.heads, int(args.lo.shape[0] > 1), mode, pairs]
-    pointers = [ptr(args.p), ptr(args.lp), ptr(args.raw), ptr(args.s0), ptr(args.centre), ptr(args.left[0]),
+    pointers = [ptr(args.p), ptr(args.logits), ptr(args.raw), ptr(args.centre), ptr(args.left[0]),
                 ptr(args.right[0]), ptr(args.left[1]) if pairs == 2 else None, ptr(args.right[1]) if pairs == 2 else None,
                 ptr(args.scale_t), ptr(args.scale_s), ptr(args.lo), ptr(args.hi), ptr(args.need), ptr(out)]
 
