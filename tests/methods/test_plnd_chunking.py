@@ -85,7 +85,9 @@ def _mask(b: int, t: int, lengths: list[int], window: int | None) -> torch.Tenso
 @pytest.mark.parametrize("chunk", [1, 97, 1 << 12, 1 << 19])
 @pytest.mark.parametrize("kind", ["plain", "rope", "rope+norm"])
 @pytest.mark.parametrize("stable", [False, True])
-def test_chunked_equals_direct(window: int | None, softcap: float | None, chunk: int, kind: str, stable: bool) -> None:
+@pytest.mark.parametrize("compiled", [None, False])  # None: the C kernel on CPU (no soft-cap); False: eager
+def test_chunked_equals_direct(window: int | None, softcap: float | None, chunk: int, kind: str, stable: bool,
+                               compiled: bool | None) -> None:
     torch.manual_seed(0)
     b, h, hkv, t, d = 3, 4, 2, 37, 6
     uq, uk = torch.randn(b, h, t, d) * 2, torch.randn(b, hkv, t, d) * 2
@@ -97,7 +99,7 @@ def test_chunked_equals_direct(window: int | None, softcap: float | None, chunk:
                                              gains and tuple(g.double() for g in gains),
                                              rot and tuple(r.double() for r in rot)).items()}
     inp = _inputs(uq, uk, mask, 0.4, softcap, gains, rot)
-    got = qk_importance(inp, chunk_elements=chunk, stable=stable)
+    got = qk_importance(inp, chunk_elements=chunk, stable=stable, compiled=compiled)
     # against float64: float32 rounding of logits up to ~10 leaves a few 1e-6 on scores of order 1
     tol = dict(rtol=1e-3, atol=1e-5)
     for site in want:
@@ -105,7 +107,7 @@ def test_chunked_equals_direct(window: int | None, softcap: float | None, chunk:
 
     needed = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
     needed[:, 0] = False
-    got = qk_importance(inp, plan=Plan(needed, h), chunk_elements=chunk, stable=stable)
+    got = qk_importance(inp, plan=Plan(needed, h), chunk_elements=chunk, stable=stable, compiled=compiled)
     rows = needed[:, None, :, None].expand_as(want["attn.q"])
     for site in want:
         assert torch.allclose(got[site][rows], want[site][rows], **tol)
@@ -229,3 +231,48 @@ def test_large_batches_are_scored_a_few_documents_at_a_time(monkeypatch: pytest.
     split = qk_importance(inp, plan=Plan(needed, h))
     for site in whole:
         assert torch.allclose(split[site], whole[site], rtol=1e-6, atol=1e-12), site
+
+
+def test_c_kernel_scores_cpu_layers_without_falling_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU the hand-written kernel computes the default score (no warning, no eager fallback),
+    for every shape kind, and equals the eager function; threads split rows without changing it."""
+    import warnings
+
+    from neuronspec.methods import plnd_qk_cpu
+
+    calls = []
+    real = plnd_qk_cpu.scores
+    monkeypatch.setattr(plnd_qk_cpu, "scores", lambda *a, **kw: (calls.append(a[0].scale_s is not None), real(*a, **kw)))
+    torch.manual_seed(0)
+    b, h, t, d = 2, 4, 45, 8
+    for gains, rot in [(None, None), (None, _rope(t, d)), ((1 + 0.2 * torch.randn(d), 1 + 0.2 * torch.randn(d)), _rope(t, d))]:
+        inp = _inputs(torch.randn(b, h, t, d), torch.randn(b, 2, t, d), _mask(b, t, [45, 30], 11), 0.3, None, gains, rot)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            native = qk_importance(inp)
+        eager = qk_importance(inp, compiled=False)
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(2)
+            threaded = qk_importance(inp)
+        finally:
+            torch.set_num_threads(before)
+        for site in native:
+            assert torch.allclose(native[site], eager[site], rtol=1e-5, atol=1e-9), site
+            assert torch.equal(threaded[site], native[site]), site
+    # twice each (one and two threads): plain (q and k share one call), rope (q, k), rope+norm (q, k with scale_s)
+    assert len(calls) == 2 * (1 + 2 + 2) and calls.count(True) == 2
+
+
+def test_c_kernel_flags_an_overflowing_logit_change() -> None:
+    """Removing a term of -100 nats raises a logit past e^88: the kernel's score is not finite and
+    the plan says so (the caller then redoes the batch); the stable form gives the direct values."""
+    b, h, t, d = 1, 1, 12, 4
+    q, k = torch.full((b, h, t, d), 0.1), torch.full((b, h, t, d), 0.1)
+    q[..., 0], k[..., 2, 0] = 10.0, -10.0  # scaling 1: key 2's logit loses 100 when dimension 0 is removed
+    inp = QKInputs(q, k, _mask(b, t, [t], None), 1.0)
+    plan = Plan(None, h)
+    fast = qk_importance(inp, ("attn.q",), plan=plan)["attn.q"]
+    assert not torch.isfinite(fast).all() and bool(plan.overflow)
+    want = _direct(q.double(), k.double(), _mask(b, t, [t], None).double(), 1.0, None, None, None)["attn.q"].float()
+    assert torch.allclose(qk_importance(inp, ("attn.q",), stable=True)["attn.q"], want, rtol=1e-4, atol=1e-9)
