@@ -136,6 +136,7 @@ class _Scorer:
         self.plan: Plan | None = None
         self.stable = False
         self._norms: dict[tuple[str, int], Tensor] = {}
+        self._norm_inputs: dict[tuple[int, int], Tensor] = {}  # (layer, 0 q / 1 k) → this forward's q/k norm input
         self.softcap = getattr(getattr(model.config, "get_text_config", lambda: model.config)(), "attn_logit_softcapping", None)
 
     def start_batch(self, batch: Batch, stable: bool = False) -> None:
@@ -183,7 +184,15 @@ class _Scorer:
                 handles.append(self.adapter.ffn_down(self.model, i).register_forward_pre_hook(self._ffn_hook(i)))
             if "attn.o" in self.sites or "attn.v" in self.sites:
                 handles.append(self.adapter.attn_out(self.model, i).register_forward_pre_hook(self._attn_out_hook(i)))
+            norms = self.adapter.qk_norms(self.model, i) if any(s in QK_SITES for s in self.sites) else None
+            for which, norm in enumerate(norms or ()):
+                handles.append(norm.register_forward_pre_hook(self._norm_input_hook(i, which)))
         return handles
+
+    def _norm_input_hook(self, i: int, which: int) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
+            self._norm_inputs[(i, which)] = args[0].detach()  # [B, heads, T, D]: what deactivation zeroes
+        return hook
 
     def _ffn_hook(self, i: int) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
@@ -211,8 +220,11 @@ class _Scorer:
     def on_attention(self, layer: int, query: Tensor, key: Tensor, mask: Tensor | None, scaling: float, module: Any) -> None:
         if ("gains", layer) not in self._norms:
             self._norms[("gains", layer)] = self.adapter.qk_norm_gains(self.model, layer)  # type: ignore[assignment]
+        norms = self.adapter.qk_norms(self.model, layer)
+        pre = None if norms is None else (self._norm_inputs.pop((layer, 0)), self._norm_inputs.pop((layer, 1)))
         inp = QKInputs(query.detach(), key.detach(), additive_mask(mask), scaling, self.softcap,
-                       rotary_of(module), self._norms[("gains", layer)])  # type: ignore[arg-type]
+                       rotary_of(module), self._norms[("gains", layer)],  # type: ignore[arg-type]
+                       pre, (float(norms[0].eps), float(norms[1].eps)) if norms is not None else (0.0, 0.0))
         want = tuple(s for s in QK_SITES if s in self.sites)
         for site, imp in qk_importance(inp, want, self.plan, mask_source=mask, stable=self.stable).items():  # [B,H,T,D], 0 where w is 0
             b, h, _, d = imp.shape

@@ -21,14 +21,15 @@ Soft-capping and the mask apply after, as in the model. Without RoPE and norm (G
 reduce to removing q_tn·k_sn, and one computation serves q and k.
 
 The score per (query, neuron) needs three sums over keys (:func:`_fused_scores`), so one
-fused pass computes it without ever writing the [rows, queries, head_dim, keys] tensor:
-`torch.compile` makes that pass C++ on CPU and Triton on CUDA; small layers, or machines where
-compiling fails, run the same function eagerly in cache-sized chunks (threads on CPU). Work
-goes by query blocks, only over the keys a block can see (a causal / sliding-window mask
-leaves about half out), skipping blocks that no document needs. Where each block's keys lie
-is read from the mask once per batch and mask kind, and the needed queries once per batch:
-no host synchronisation per layer. Costs (benchmarks/detect_overhead.py, README): on CPU,
-~1 ns per (query, neuron, key) — a few times a forward pass at 512 tokens.
+pass computes it without ever writing the [rows, queries, head_dim, keys] tensor. On CPU that
+pass is a hand-written C loop (:mod:`plnd_qk_cpu`, built once per machine; each query from
+the first to the last key its mask lets it see); on CUDA, and on CPU for soft-capped logits,
+the function is `torch.compile`d (Triton / C++) and run by query blocks over the keys a block
+can see; small soft-capped layers, or machines where neither can be built, run it eagerly in
+cache-sized chunks, with a warning when building failed. Where keys lie is read from the mask
+once per batch and mask kind, and the needed queries once per batch: no host synchronisation
+per layer. Costs (benchmarks/detect_overhead.py, README): on one CPU core ~0.25 ns per
+(query, neuron, key) — about 1.3 forward passes per site at 512 tokens on random-llama-small.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ QK_CHUNK_ELEMENTS = 1 << 19
 QK_QUERY_BLOCK = 16
 #: queries per block for the compiled kernel on a GPU (fewer launches; a block's keys cover its last query)
 QK_QUERY_BLOCK_CUDA = 64
-#: elements (rows·T·S·D) of one layer from which the compiled kernel is used on CPU (measured:
-#: 2.4x instead of 3.8x a forward pass for attn.q at 128 tokens; compiling takes ~20-60 s once)
+#: elements (rows·T·S·D) of one soft-capped layer from which torch.compile is used on CPU (other
+#: CPU layers use the C kernel; measured before it: 2.4x instead of 3.8x a forward pass for attn.q
+#: at 128 tokens; compiling takes ~20-60 s once)
 QK_COMPILE_MIN_ELEMENTS = 1 << 22
 #: elements of one [rows, T, S] logits tensor (float32): larger batches are scored a few documents at a time
 QK_LAYER_ELEMENTS = 1 << 28
@@ -71,7 +73,9 @@ class QKInputs:
 
     query [B,H,T,D] and key [B,Hkv,S,D] post-RoPE (and post-norm); mask additive [B,1|H,T,S]
     (None: causal); rotary (cos, sin) [B|1,T,D] or None; gains: the (q, k) per-head RMSNorm
-    gains [D] or None.
+    gains [D] or None; pre: the (q, k) norms' inputs u [B,H,T,D] / [B,Hkv,S,D] and eps their
+    epsilons. How much zeroing u_n rescales the rest of a head needs u_n: from `pre` when given,
+    else recovered as q̃_n/g_n — which a zero gain (Gemma 3 270M has some) makes 0/0.
     """
 
     query: Tensor
@@ -81,12 +85,16 @@ class QKInputs:
     softcap: float | None = None
     rotary: tuple[Tensor, Tensor] | None = None
     gains: tuple[Tensor, Tensor] | None = None
+    pre: tuple[Tensor, Tensor] | None = None
+    eps: tuple[float, float] = (0.0, 0.0)
 
     def rows(self, b0: int, b1: int) -> QKInputs:
         """Documents b0..b1-1 (masks and rotary tables broadcast over documents stay whole)."""
         cut = lambda x: x if x is None or x.shape[0] == 1 else x[b0:b1]  # noqa: E731
         rotary = None if self.rotary is None else (cut(self.rotary[0]), cut(self.rotary[1]))
-        return QKInputs(self.query[b0:b1], self.key[b0:b1], cut(self.mask), self.scaling, self.softcap, rotary, self.gains)
+        pre = None if self.pre is None else (self.pre[0][b0:b1], self.pre[1][b0:b1])
+        return QKInputs(self.query[b0:b1], self.key[b0:b1], cut(self.mask), self.scaling, self.softcap, rotary,
+                        self.gains, pre, self.eps)
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -94,10 +102,15 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _norm_rescale(pre: Tensor, gain: Tensor) -> Tensor:
-    """r/r' per (position, neuron): how much the rest of a normalised head grows when one
-    pre-norm coordinate is zeroed. (pre/gain)² / D = u_n² / (D·(mean u² + eps)) exactly."""
-    share = (pre / gain).square_().div_(pre.shape[-1])
+def _norm_rescale(inp: QKInputs, which: int, normed: Tensor) -> Tensor:
+    """r/r' per (position, neuron): how much the rest of a normalised head grows when its
+    pre-norm coordinate u_n is zeroed, (1 − u_n² / (D·(mean u² + eps)))^(−1/2). From the norm's
+    input when known; else u_n² / (D·(mean u² + eps)) = (q̃_n/g_n)² / D, `normed` being q̃."""
+    if inp.pre is not None:
+        u = inp.pre[which].float()
+        share = u.square() / (u.square().mean(-1, keepdim=True) + inp.eps[which]).mul_(u.shape[-1])
+    else:
+        share = (normed / inp.gains[which]).square_().div_(normed.shape[-1])
     return share.neg_().add_(1.0).clamp_min_(1e-12).rsqrt_()
 
 
@@ -132,7 +145,7 @@ def _sides(inp: QKInputs, want_q: bool, want_k: bool) -> tuple[_Side | None, _Si
         else:
             sq = q_pre * inp.scaling
             left, right = [rq(sq * cos), rq(sq * sin)], [rk(k), rk(-_rotate_half(k))]
-        q_side = _Side(left, right, rq(_norm_rescale(q_pre, inp.gains[0])) if inp.gains else None,
+        q_side = _Side(left, right, rq(_norm_rescale(inp, 0, q_pre)) if inp.gains else None,
                        rotated=inp.rotary is not None)
     if want_k:
         if inp.rotary is None:
@@ -140,7 +153,8 @@ def _sides(inp: QKInputs, want_q: bool, want_k: bool) -> tuple[_Side | None, _Si
         else:
             sk = k_pre * inp.scaling
             left, right = [rq(q), rq(-_rotate_half(q))], [rk(sk * cos[..., :s, :]), rk(sk * sin[..., :s, :])]
-        k_side = _Side(left, right, scale_s=rk(_norm_rescale(k_pre, inp.gains[1])) if inp.gains else None)
+        scale = _norm_rescale(inp, 1, k_pre[:, ::group]) if inp.gains else None  # once per KV head
+        k_side = _Side(left, right, scale_s=rk(scale.repeat_interleave(group, dim=1)) if inp.gains else None)
     return q_side, k_side
 
 
@@ -334,7 +348,8 @@ def _native_scores(inp: QKInputs, sides: dict[str, _Side], raw: Tensor, logits: 
     p_raw = (probs * raw).sum(-1) if inp.gains is not None else None
     lo, hi = plan.bounds(mask_source, mask)
     need = None if plan.needed is None else plan.needed.contiguous().view(torch.uint8)
-    common = dict(p=probs.contiguous(), logits=logits.contiguous(), raw=raw if inp.gains is not None else None, lo=lo, hi=hi, heads=inp.query.shape[1], need=need)
+    common = dict(p=probs.contiguous(), logits=logits.contiguous(), raw=raw if inp.gains is not None else None,
+                  lo=lo, hi=hi, heads=inp.query.shape[1], need=need)
     for site, side in sides.items():
         args = plnd_qk_cpu.KernelArgs(
             centre=_center(side, probs, raw, p_raw).contiguous(), left=[x.contiguous() for x in side.left],

@@ -37,63 +37,130 @@ _SOURCE = r"""
 #include <string.h>
 
 #define INLINE static inline __attribute__((always_inline))
+#define EXP_LIMIT 40.0f  /* largest exponent the three sums take (see score) */
 
 INLINE float from_bits(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
 INLINE int32_t to_bits(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
 
+/* The change of key s's logit when the neuron is off: -c (MODE 0), (a-1) raw - a c (MODE 1,
+   a per query), (b_s-1) raw_s - b_s c (MODE 2), c = b1 r1_s + b2 r2_s; minus `centre`. */
+#define CHANGE(MODE, PAIRS, s)                                                                   \
+    (MODE == 0 ? (PAIRS == 2 ? nb1 * r1[s] + (nb2 * r2[s] + ncentre) : nb1 * r1[s] + ncentre)   \
+     : MODE == 1 ? (a - 1.0f) * raw[s] - a * (PAIRS == 2 ? b1 * r1[s] + b2 * r2[s] : b1 * r1[s]) - centre \
+     : (beta[s] - 1.0f) * raw[s] - beta[s] * (PAIRS == 2 ? b1 * r1[s] + b2 * r2[s] : b1 * r1[s]) - centre)
+
+/* z = k ln2 + r, |r| <= ln2/2 (z >= -87, the caller clamps; past 88 2^k is garbage, which
+   callers discard): *two_k = 2^k and the
+   return value expm1(r) (relative error ~1e-8), so exp(z) - 1 = 2^k expm1(r) + (2^k - 1),
+   exact near 0 (k = 0), and exp(z) = 2^k expm1(r) + 2^k. */
+INLINE float expm1_parts(float z, float* two_k) {
+    float kf = z * 1.44269504088896341f + 12582912.0f;  /* 1.5 * 2^23: round to nearest */
+    *two_k = from_bits((to_bits(kf) - (0x4B400000 - 127)) << 23);
+    kf -= 12582912.0f;
+    float r = z - kf * 0.693147182464599609375f;  /* ln2 rounded: r off by |k| * 2e-9 */
+    float q = 1.0f / 5040.0f;
+    q = q * r + 1.0f / 720.0f;
+    q = q * r + 1.0f / 120.0f;
+    q = q * r + 1.0f / 24.0f;
+    q = q * r + 1.0f / 6.0f;
+    q = q * r + 0.5f;
+    return r + (r * r) * q;
+}
+
 /* d1 = sum e, s1 = sum p e, s2 = sum e^2 over keys lo..hi-1 of one (row, query, neuron), with
-   e = p (exp(x) - 1) where p > 0, exp(lg - lse + x) where p underflowed (lg the key's logit, lse
-   the row's log-sum-exp; 0 for a masked key)
-   and x = d - centre, d the logit change:  -c (MODE 0), (a-1) raw - a c (MODE 1, a per query),
-   (b_s-1) raw_s - b_s c (MODE 2), c = b1 r1_s + b2 r2_s. SAFE: every p > 0 in the span. */
-INLINE void sums(const int MODE, const int PAIRS, const int SAFE, int64_t lo, int64_t hi,
-                 const float* __restrict p, const float* __restrict lg, float lse, const float* __restrict raw,
-                 const float* __restrict r1, const float* __restrict r2, const float* __restrict beta,
-                 float b1, float b2, float a, float centre, float* res) {
+   x the centred logit change and e = p (exp(x) - 1) where p > 0, exp(lg - lse + x) where p
+   underflowed (lg the key's logit, lse the row's log-sum-exp; 0 for a masked key). SAFE: every
+   p in the query's span is > 0 (keys outside it are masked: p = 0, e = 0). Returns the largest
+   exponent of a key with p > 0 or lg - lse + x > -87 (the caller's check for overflow). */
+INLINE float sums(const int MODE, const int PAIRS, const int SAFE, int64_t lo, int64_t hi,
+                  const float* __restrict p, const float* __restrict lg, float lse, const float* __restrict raw,
+                  const float* __restrict r1, const float* __restrict r2, const float* __restrict beta,
+                  float b1, float b2, float a, float centre, float* res) {
     const float nb1 = -b1, nb2 = -b2, ncentre = -centre;
     float d1 = 0.0f, s1 = 0.0f, s2 = 0.0f, zmax = -__builtin_inff();
     #pragma omp simd reduction(+:d1, s1, s2) reduction(max:zmax)
     for (int64_t s = lo; s < hi; s++) {
-        float x;
-        if (MODE == 0) x = PAIRS == 2 ? nb1 * r1[s] + (nb2 * r2[s] + ncentre) : nb1 * r1[s] + ncentre;
-        else {
-            float c = PAIRS == 2 ? b1 * r1[s] + b2 * r2[s] : b1 * r1[s];
-            if (MODE == 1) x = (a - 1.0f) * raw[s] - a * c - centre;
-            else x = (beta[s] - 1.0f) * raw[s] - beta[s] * c - centre;
-        }
+        float x = CHANGE(MODE, PAIRS, s);
         float ps = p[s];
         float z = SAFE ? x : (ps > 0.0f ? x : (lg[s] - lse) + x);
-        zmax = zmax > z ? zmax : z;
-        /* z = k ln2 + r, |r| <= ln2/2: exp(z) - 1 = 2^k expm1(r) + (2^k - 1), exact for k = 0;
-           z below -87 counts as -87 (exp(z) - 1 = -1 in float); above 88 zmax flags it */
-        float zc = z > -87.0f ? z : -87.0f;
-        float kf = zc * 1.44269504088896341f + 12582912.0f;  /* 1.5 * 2^23: round to nearest */
-        float two_k = from_bits((to_bits(kf) - (0x4B400000 - 127)) << 23);
-        kf -= 12582912.0f;
-        float r = zc - kf * 0.693147182464599609375f;  /* ln2 rounded: r off by |k|*2e-9 */
-        float q = 1.0f / 5040.0f;
-        q = q * r + 1.0f / 720.0f;
-        q = q * r + 1.0f / 120.0f;
-        q = q * r + 1.0f / 24.0f;
-        q = q * r + 1.0f / 6.0f;
-        q = q * r + 0.5f;
-        float em = r + (r * r) * q;            /* expm1(r), relative error ~1e-8 */
+        zmax = zmax > z ? zmax : z;  /* SAFE: may be a masked key's, then the caller checks */
+        float zc = z > -87.0f ? z : -87.0f;  /* exp(z) - 1 = -1 in float below */
+        float two_k, em = expm1_parts(zc, &two_k);
         float e = ps * (two_k * em + (two_k - 1.0f));
         if (!SAFE) e = ps > 0.0f ? e : (z > -87.0f ? two_k * em + two_k : 0.0f);
         d1 += e;
         s1 += ps * e;
         s2 += e * e;
     }
-    if (zmax > 88.0f) d1 = __builtin_inff();  /* exp overflows: the caller redoes the batch exactly */
     res[0] = d1; res[1] = s1; res[2] = s2;
+    return zmax;
 }
 
-#define SUMS(M, P, S) sums(M, P, S, lo, hi, pr, lgr, lse, rawr, r1n, r2n, betan, b1, b2, a, cen, res)
+/* sum_s (p'_s - p_s)^2 of one (row, query, neuron) from the two softmaxes, shifted by the
+   largest perturbed log-probability, for a logit change past e^EXP_LIMIT. */
+INLINE float exact(const int MODE, const int PAIRS, int64_t lo, int64_t hi,
+                   const float* __restrict p, const float* __restrict lg, float lse, const float* __restrict raw,
+                   const float* __restrict r1, const float* __restrict r2, const float* __restrict beta,
+                   float b1, float b2, float a) {
+    const float nb1 = -b1, nb2 = -b2, ncentre = 0.0f, centre = 0.0f;
+    float m = -__builtin_inff(), g = 0.0f, out = 0.0f;
+    for (int64_t s = lo; s < hi; s++) {
+        float z = CHANGE(MODE, PAIRS, s) + (lg[s] - lse);
+        m = m > z ? m : z;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        const float inv = pass ? 1.0f / g : 0.0f;
+        for (int64_t s = lo; s < hi; s++) {
+            float z = CHANGE(MODE, PAIRS, s) + (lg[s] - lse) - m;  /* <= 0 */
+            float two_k, em = expm1_parts(z > -87.0f ? z : -87.0f, &two_k);
+            float w = z > -87.0f ? two_k * em + two_k : 0.0f;
+            if (pass) { float dp = w * inv - p[s]; out += dp * dp; } else g += w;
+        }
+    }
+    return out;
+}
+
+/* log-sum-exp of a row from its likeliest key (p >= 1/S there, so log p is accurate) */
+static float row_lse(const float* pr, const float* lgr, int64_t lo, int64_t hi) {
+    int64_t j = lo;
+    for (int64_t s = lo; s < hi; s++) j = pr[s] > pr[j] ? s : j;
+    return lgr[j] - logf(pr[j]);
+}
+
+#define ARGS pr, lgr, lse, rawr, r1n, r2n, betan, b1, b2, a
+#define SUMS(M, P, S) zmax = sums(M, P, S, lo, hi, ARGS, cen, res)
+#define EXACT(M, P) return exact(M, P, lo, hi, ARGS)
+
+/* sum_s (p'_s - p_s)^2 of one (row, query, neuron) over keys lo..hi-1: the three sums, or the
+   two-softmax form where they overflow. Each case is its own vector loop. */
+static float score(int mode, int pairs, int safe, int64_t lo, int64_t hi, int64_t lo_t, int64_t hi_t,
+                   const float* pr, const float* lgr, float lse, float sq, const float* rawr, const float* r1n,
+                   const float* r2n, const float* betan, float b1, float b2, float a, float cen) {
+    float res[3], zmax;
+    switch (mode * 4 + (pairs - 1) * 2 + safe) {
+        case 0: SUMS(0, 1, 0); break;  case 1: SUMS(0, 1, 1); break;
+        case 2: SUMS(0, 2, 0); break;  case 3: SUMS(0, 2, 1); break;
+        case 4: SUMS(1, 1, 0); break;  case 5: SUMS(1, 1, 1); break;
+        case 6: SUMS(1, 2, 0); break;  case 7: SUMS(1, 2, 1); break;
+        case 8: SUMS(2, 1, 0); break;  case 9: SUMS(2, 1, 1); break;
+        case 10: SUMS(2, 2, 0); break; default: SUMS(2, 2, 1); break;
+    }
+    const float d1 = res[0], s1 = res[1], s2 = res[2], g = 1.0f + d1;
+    const float three = (s2 - 2.0f * d1 * s1 + d1 * d1 * sq) / (g * g);
+    /* past e^40 the squares approach float's range (e^88 overflows e itself): for such a large
+       change (or a masked key's, if SAFE) the two-softmax form is exact and safe */
+    if (zmax <= EXP_LIMIT && fabsf(three) <= 3.4e38f) return three;
+    if (safe) lse = row_lse(pr, lgr, lo_t, hi_t);
+    switch (mode * 2 + pairs - 1) {
+        case 0: EXACT(0, 1); case 1: EXACT(0, 2); case 2: EXACT(1, 1);
+        case 3: EXACT(1, 2); case 4: EXACT(2, 1); default: EXACT(2, 2);
+    }
+}
 
 /* out[r, t, n] = sum_s (p'_s - p_s)^2 for rows r0..r1-1 (see plnd_qk._fused_scores for the
-   algebra). Arrays are contiguous: p, logits, raw [rows, T, S]; centre, l1, l2,
-   scale_t, out [rows, T, D]; r1, r2, scale_s [rows, D, S]; lo, hi [B or 1, T] (row r reads
-   mask row r / heads, or 0); need [rows, T] or NULL. Unneeded queries are left as they are. */
+   algebra). Arrays are contiguous: p, logits, raw [rows, T, S]; centre, l1, l2, scale_t, out
+   [rows, T, D]; r1, r2, scale_s [rows, D, S]; lo, hi [B or 1, T] (row r reads mask row
+   r / heads, or 0); need [rows, T] or NULL. Unneeded queries are left as they are. */
 void plnd_qk_scores(int64_t r0, int64_t r1_end, int64_t T, int64_t S, int64_t D, int64_t heads,
                     int64_t mask_per_batch, int64_t mode, int64_t pairs,
                     const float* p, const float* logits, const float* raw,
@@ -115,32 +182,15 @@ void plnd_qk_scores(int64_t r0, int64_t r1_end, int64_t T, int64_t S, int64_t D,
             float sq = 0.0f, lse = 0.0f;
             #pragma omp simd reduction(+:sq) reduction(&:safe)
             for (int64_t s = lo_t; s < hi_t; s++) { sq += pr[s] * pr[s]; safe &= pr[s] > 0.0f; }
-            if (!safe) {  /* some probability underflowed: the log-sum-exp from the likeliest key */
-                int64_t j = lo_t;
-                for (int64_t s = lo_t; s < hi_t; s++) j = pr[s] > pr[j] ? s : j;
-                lse = lgr[j] - logf(pr[j]);
-            }
+            if (!safe) lse = row_lse(pr, lgr, lo_t, hi_t);  /* some probability underflowed */
             /* whole vectors: keys outside the query's span are masked (p = 0), so they add 0 */
             const int64_t up = (hi_t + 15) & ~(int64_t)15, lo = lo_t & ~(int64_t)15, hi = up < S ? up : S;
             for (int64_t n = 0; n < D; n++) {
                 const int64_t rn = (row * D + n) * S;
-                const float* r1n = r1 + rn;
-                const float* r2n = pairs == 2 ? r2 + rn : 0;
-                const float* betan = scale_s ? scale_s + rn : 0;
-                const float b1 = l1[rt * D + n], b2 = pairs == 2 ? l2[rt * D + n] : 0.0f;
-                const float a = scale_t ? scale_t[rt * D + n] : 1.0f;
-                const float cen = centre[rt * D + n];
-                float res[3];
-                switch ((int)(mode * 4 + (pairs - 1) * 2 + safe)) {
-                    case 0: SUMS(0, 1, 0); break;  case 1: SUMS(0, 1, 1); break;
-                    case 2: SUMS(0, 2, 0); break;  case 3: SUMS(0, 2, 1); break;
-                    case 4: SUMS(1, 1, 0); break;  case 5: SUMS(1, 1, 1); break;
-                    case 6: SUMS(1, 2, 0); break;  case 7: SUMS(1, 2, 1); break;
-                    case 8: SUMS(2, 1, 0); break;  case 9: SUMS(2, 1, 1); break;
-                    case 10: SUMS(2, 2, 0); break; default: SUMS(2, 2, 1); break;
-                }
-                const float d1 = res[0], s1 = res[1], s2 = res[2], g = 1.0f + d1;
-                o[n] = (s2 - 2.0f * d1 * s1 + d1 * d1 * sq) / (g * g);
+                o[n] = score((int)mode, (int)pairs, safe, lo, hi, lo_t, hi_t, pr, lgr, lse, sq, rawr, r1 + rn,
+                             pairs == 2 ? r2 + rn : 0, scale_s ? scale_s + rn : 0, l1[rt * D + n],
+                             pairs == 2 ? l2[rt * D + n] : 0.0f, scale_t ? scale_t[rt * D + n] : 1.0f,
+                             centre[rt * D + n]);
             }
         }
     }

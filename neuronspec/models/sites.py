@@ -171,6 +171,11 @@ class Adapter:
         or None when the family has no q/k norm: zeroing a q/k neuron then also rescales its head."""
         return None
 
+    def qk_norms(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module] | None:
+        """The per-head q and k RMSNorm modules (their inputs are the pre-norm projection outputs
+        that deactivation zeroes), or None when the family has none."""
+        return None
+
     # ---- weights: always [out, in] ----------------------------------------------
     def down_weight(self, model: nn.Module, i: int) -> Tensor:
         """FFN down-projection weight as [hidden, intermediate]."""
@@ -303,6 +308,10 @@ class Gemma3Adapter(GatedAdapter):
     def qk_norm_gains(self, model: nn.Module, i: int) -> tuple[Tensor, Tensor]:
         attn = self.attention(model, i)  # Gemma3RMSNorm scales by (1 + weight)
         return 1.0 + attn.q_norm.weight.detach().float(), 1.0 + attn.k_norm.weight.detach().float()
+
+    def qk_norms(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module]:
+        attn = self.attention(model, i)
+        return attn.q_norm, attn.k_norm
 
 
 class _TransformerHAdapter(Adapter):

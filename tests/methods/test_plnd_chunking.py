@@ -63,9 +63,11 @@ def _direct(uq, uk, mask, scaling, softcap, gains, rot) -> dict[str, torch.Tenso
     return out
 
 
-def _inputs(uq, uk, mask, scaling, softcap, gains, rot) -> QKInputs:  # noqa: ANN001
+def _inputs(uq, uk, mask, scaling, softcap, gains, rot, pre: bool = False) -> QKInputs:  # noqa: ANN001
+    """pre: also hand over the norms' inputs (as plnd does), not only their gains."""
     gq, gk = gains if gains is not None else (None, None)
-    return QKInputs(_finish(uq, gq, rot), _finish(uk, gk, rot), mask, scaling, softcap, rot, gains)
+    return QKInputs(_finish(uq, gq, rot), _finish(uk, gk, rot), mask, scaling, softcap, rot, gains,
+                    (uq, uk) if pre else None, (EPS, EPS))
 
 
 def _mask(b: int, t: int, lengths: list[int], window: int | None) -> torch.Tensor:
@@ -264,15 +266,70 @@ def test_c_kernel_scores_cpu_layers_without_falling_back(monkeypatch: pytest.Mon
     assert len(calls) == 2 * (1 + 2 + 2) and calls.count(True) == 2
 
 
-def test_c_kernel_flags_an_overflowing_logit_change() -> None:
-    """Removing a term of -100 nats raises a logit past e^88: the kernel's score is not finite and
-    the plan says so (the caller then redoes the batch); the stable form gives the direct values."""
-    b, h, t, d = 1, 1, 12, 4
-    q, k = torch.full((b, h, t, d), 0.1), torch.full((b, h, t, d), 0.1)
-    q[..., 0], k[..., 2, 0] = 10.0, -10.0  # scaling 1: key 2's logit loses 100 when dimension 0 is removed
-    inp = QKInputs(q, k, _mask(b, t, [t], None), 1.0)
+@pytest.mark.parametrize("kind", ["plain", "rope+norm"])
+def test_c_kernel_scores_an_overflowing_logit_change_exactly(kind: str) -> None:
+    """Logit changes of ~100 nats or more, where the three sums overflow (the eager function
+    returns non-finite scores and would have the batch redone): the kernel switches to the
+    two-softmax form for those (query, neuron) pairs — finite, nothing flagged, the direct values.
+    plain: removing dimension 0 raises key 2's logit by 100; rope+norm: one pre-norm coordinate
+    carries nearly all of a head's norm, so removing it rescales the rest ~50-fold."""
+    torch.manual_seed(0)
+    b, h, t, d = 1, 2, 20, 8
+    if kind == "plain":
+        uq, uk = torch.full((b, h, t, d), 0.1), torch.full((b, 1, t, d), 0.1)
+        uq[..., 0], uk[..., 2, 0] = 10.0, -10.0
+        gains = rot = None
+        scaling = 1.0
+    else:
+        uq, uk = torch.randn(b, h, t, d), torch.randn(b, 1, t, d)
+        uq[..., 3, 0], uk[..., 7, 1] = 40.0, 40.0
+        gains, rot = (1 + 0.2 * torch.randn(d), 1 + 0.2 * torch.randn(d)), _rope(t, d)
+        scaling = 30.0
+    mask = _mask(b, t, [t], None)
+    inp = _inputs(uq, uk, mask, scaling, None, gains, rot)
+    assert not all(torch.isfinite(v).all() for v in qk_importance(inp, compiled=False).values())
     plan = Plan(None, h)
-    fast = qk_importance(inp, ("attn.q",), plan=plan)["attn.q"]
-    assert not torch.isfinite(fast).all() and bool(plan.overflow)
-    want = _direct(q.double(), k.double(), _mask(b, t, [t], None).double(), 1.0, None, None, None)["attn.q"].float()
-    assert torch.allclose(qk_importance(inp, ("attn.q",), stable=True)["attn.q"], want, rtol=1e-4, atol=1e-9)
+    got = qk_importance(inp, plan=plan)
+    assert plan.overflow is not None and not bool(plan.overflow)
+    want = _direct(uq.double(), uk.double(), mask.double(), scaling, None,
+                   gains and tuple(g.double() for g in gains), rot and tuple(r.double() for r in rot))
+    for site in got:
+        # scores of order 1 from float32 logits of order 10^2: absolute error ~1e-5 (the
+        # two-softmax form in torch, qk_importance(stable=True), is off by as much)
+        assert torch.allclose(got[site], want[site].float(), rtol=1e-4, atol=1e-4), site
+
+
+def test_a_huge_change_at_a_masked_key_is_no_overflow() -> None:
+    """The kernel scores whole vectors of 16 keys, so a query also passes over future keys its
+    mask hides. A +100 nat change at such a key (query 2, key 5) changes nothing: the score stays
+    finite, nothing is flagged, and it equals the direct definition."""
+    b, h, t, d = 1, 1, 20, 4
+    q, k = torch.full((b, h, t, d), 0.1), torch.full((b, h, t, d), 0.1)
+    q[:, :, 2, 0], k[:, :, 5, 0] = 10.0, -10.0
+    mask = _mask(b, t, [t], None)
+    plan = Plan(None, h)
+    got = qk_importance(QKInputs(q, k, mask, 1.0), ("attn.q",), plan=plan)["attn.q"]
+    assert torch.isfinite(got).all() and not bool(plan.overflow)
+    want = _direct(q.double(), k.double(), mask.double(), 1.0, None, None, None)["attn.q"].float()
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("compiled", [None, False])
+def test_a_zero_norm_gain_is_scored_from_the_norm_input(compiled: bool | None) -> None:
+    """Gemma 3 270M has q/k norm gains of exactly 0: such a neuron reaches attention only through
+    the norm's mean square, and how much zeroing it rescales its head needs its pre-norm value,
+    which q̃_n / g_n cannot give back (0/0). With the norms' inputs the scores equal the direct
+    definition, zero-gain neurons included."""
+    torch.manual_seed(0)
+    b, h, t, d = 2, 4, 30, 8
+    uq, uk = torch.randn(b, h, t, d) * 2, torch.randn(b, 2, t, d) * 2
+    gains = (1 + 0.3 * torch.randn(d), 1 + 0.3 * torch.randn(d))
+    gains[0][[1, 5]] = 0.0
+    gains[1][2] = 0.0
+    mask, rot = _mask(b, t, [30, 21], None), _rope(t, d)
+    want = _direct(uq.double(), uk.double(), mask.double(), 0.4, None, tuple(g.double() for g in gains),
+                   tuple(r.double() for r in rot))
+    got = qk_importance(_inputs(uq, uk, mask, 0.4, None, gains, rot, pre=True), compiled=compiled)
+    for site, zero in (("attn.q", [1, 5]), ("attn.k", [2])):
+        assert want[site][..., zero].amax() > 1e-4  # the zero-gain neurons do matter
+        assert torch.allclose(got[site], want[site].float(), rtol=1e-3, atol=1e-5), site

@@ -81,3 +81,28 @@ def test_qk_scores_equal_deactivating_the_neuron(shape: str) -> None:
             label = f"{shape} layer {layer} {site}"
             _assert_same_values_and_ranking(stats[site].sum[layer].float(), per_doc.sum(0), label)
             assert torch.allclose(stats[site].min[layer], per_doc.min(0).values, rtol=2e-4, atol=1e-12), label
+
+
+def test_zero_qk_norm_gains_equal_deactivating_the_neuron() -> None:
+    """Gemma 3 270M's q/k norms have gains of exactly 0 (weight -1): such a neuron changes
+    attention only through its head's mean square. Scores stay finite and equal switching it off."""
+    model = tiny_model("gemma3_text")
+    dims = adapter_for(model).dims(model.config)
+    with torch.no_grad():
+        for layer in range(dims.num_layers):
+            attn = adapter_for(model).attention(model, layer)
+            attn.q_norm.weight[[0, 3]] = -1.0
+            attn.k_norm.weight[1] = -1.0
+    batch = next(iter_batches(DOCS, batch_size=len(DOCS), pad_id=0))
+    weights = token_weights(batch.attention_mask)
+    stats = plnd_statistics(model, [batch], ["attn.q", "attn.k"])
+    for layer in range(dims.num_layers):
+        base = _probabilities(model, batch, layer, NeuronSet.empty())
+        for site in ("attn.q", "attn.k"):
+            per_doc = torch.empty(len(DOCS), site_width(dims, site))
+            for n in range(site_width(dims, site)):
+                p = _probabilities(model, batch, layer, NeuronSet.from_dict({site: {layer: [n]}}))
+                per_token = (p - base).pow(2).sum(-1).sum(1)
+                per_doc[:, n] = (per_token * weights).sum(1) / weights.sum(1)
+            assert torch.isfinite(stats[site].sum[layer]).all(), (layer, site)
+            _assert_same_values_and_ranking(stats[site].sum[layer].float(), per_doc.sum(0), f"zero gains layer {layer} {site}")
