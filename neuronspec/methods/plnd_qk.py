@@ -353,9 +353,9 @@ def _native_scores(inp: QKInputs, sides: dict[str, _Side], raw: Tensor, logits: 
     for site, side in sides.items():
         args = plnd_qk_cpu.KernelArgs(
             centre=_center(side, probs, raw, p_raw).contiguous(), left=[x.contiguous() for x in side.left],
-            right=[x.contiguous() for x in side.right],
+            right=[x.transpose(1, 2).contiguous() for x in side.right],  # [rows, S, D]: as computed, no copy
             scale_t=None if side.scale_t is None else side.scale_t.contiguous(),
-            scale_s=None if side.scale_s is None else side.scale_s.contiguous(), **common)
+            scale_s=None if side.scale_s is None else side.scale_s.transpose(1, 2).contiguous(), **common)
         plnd_qk_cpu.scores(args, out[site], threads=torch.get_num_threads())
 
 

@@ -40,22 +40,16 @@ _SOURCE = r"""
 #include <string.h>
 
 #define INLINE static inline __attribute__((always_inline))
-#define EXP_LIMIT 40.0f  /* largest exponent the three sums take (see score) */
+#define EXP_LIMIT 40.0f  /* largest exponent the three sums take (see finish) */
+#define MASKED -1e4f     /* a logit at or below this is masked (plnd_qk._MASKED) */
+#define MAX_D 1024       /* head_dim bound of the per-query accumulators */
 
 INLINE float from_bits(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
 INLINE int32_t to_bits(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
 
-/* The change of key s's logit when the neuron is off: -c (MODE 0), (a-1) raw - a c (MODE 1,
-   a per query), (b_s-1) raw_s - b_s c (MODE 2), c = b1 r1_s + b2 r2_s; minus `centre`. */
-#define CHANGE(MODE, PAIRS, s)                                                                   \
-    (MODE == 0 ? (PAIRS == 2 ? nb1 * r1[s] + (nb2 * r2[s] + ncentre) : nb1 * r1[s] + ncentre)   \
-     : MODE == 1 ? (a - 1.0f) * raw[s] - a * (PAIRS == 2 ? b1 * r1[s] + b2 * r2[s] : b1 * r1[s]) - centre \
-     : (beta[s] - 1.0f) * raw[s] - beta[s] * (PAIRS == 2 ? b1 * r1[s] + b2 * r2[s] : b1 * r1[s]) - centre)
-
 /* z = k ln2 + r, |r| <= ln2/2 (z >= -87, the caller clamps; past 88 2^k is garbage, which
-   callers discard): *two_k = 2^k and the
-   return value expm1(r) (relative error ~1e-8), so exp(z) - 1 = 2^k expm1(r) + (2^k - 1),
-   exact near 0 (k = 0), and exp(z) = 2^k expm1(r) + 2^k. */
+   callers discard): *two_k = 2^k and the return value expm1(r) (relative error ~1e-8), so
+   exp(z) - 1 = 2^k expm1(r) + (2^k - 1), exact near 0 (k = 0), and exp(z) = 2^k expm1(r) + 2^k. */
 INLINE float expm1_parts(float z, float* two_k) {
     float kf = z * 1.44269504088896341f + 12582912.0f;  /* 1.5 * 2^23: round to nearest */
     *two_k = from_bits((to_bits(kf) - (0x4B400000 - 127)) << 23);
@@ -70,54 +64,54 @@ INLINE float expm1_parts(float z, float* two_k) {
     return r + (r * r) * q;
 }
 
-/* d1 = sum e, s1 = sum p e, s2 = sum e^2 over keys lo..hi-1 of one (row, query, neuron), with
-   x the centred logit change and e = p (exp(x) - 1) where p > 0, exp(lg - lse + x) where p
-   underflowed (lg the key's logit, lse the row's log-sum-exp; 0 for a masked key). SAFE: every
-   p in the query's span is > 0 (keys outside it are masked: p = 0, e = 0). Returns the largest
-   exponent of a key with p > 0 or lg - lse + x > -87 (the caller's check for overflow). */
-INLINE float sums(const int MODE, const int PAIRS, const int SAFE, int64_t lo, int64_t hi,
-                  const float* __restrict p, const float* __restrict lg, float lse, const float* __restrict raw,
-                  const float* __restrict r1, const float* __restrict r2, const float* __restrict beta,
-                  float b1, float b2, float a, float centre, float* res) {
-    const float nb1 = -b1, nb2 = -b2, ncentre = -centre;
-    float d1 = 0.0f, s1 = 0.0f, s2 = 0.0f, zmax = -__builtin_inff();
-    #pragma omp simd reduction(+:d1, s1, s2) reduction(max:zmax)
-    for (int64_t s = lo; s < hi; s++) {
-        float x = CHANGE(MODE, PAIRS, s);
-        float ps = p[s];
-        float z = SAFE ? x : (ps > 0.0f ? x : (lg[s] - lse) + x);
-        zmax = zmax > z ? zmax : z;  /* SAFE: may be a masked key's, then the caller checks */
+/* The change of one key's logit for neuron n when it is off: -c (MODE 0), (a_n-1) raw - a_n c
+   (MODE 1), (b_n-1) raw - b_n c (MODE 2, b the key's rescale), c = l1_n r1_n + l2_n r2_n. */
+#define C(PAIRS, n) (PAIRS == 2 ? l1[n] * r1[n] + l2[n] * r2[n] : l1[n] * r1[n])
+#define CHANGE(MODE, PAIRS, n)                                                                   \
+    (MODE == 0 ? -C(PAIRS, n) : MODE == 1 ? (a[n] - 1.0f) * raw - a[n] * C(PAIRS, n)             \
+                              : (beta[n] - 1.0f) * raw - beta[n] * C(PAIRS, n))
+
+/* One visible key for all D neurons of a query: e = p (exp(x) - 1), x the centred change
+   (UNDER: p underflowed to 0, e = exp(lp + x), lp the key's log-probability), added to the
+   per-neuron sums d1 = sum e, s1 = sum p e, s2 = sum e^2; zmax: the largest exponent. */
+INLINE void key_step(const int MODE, const int PAIRS, const int UNDER, int64_t D, float p, float lp, float raw,
+                     const float* __restrict r1, const float* __restrict r2, const float* __restrict beta,
+                     const float* __restrict l1, const float* __restrict l2, const float* __restrict a,
+                     const float* __restrict centre, float* __restrict d1, float* __restrict s1,
+                     float* __restrict s2, float* __restrict zmax) {
+    #pragma omp simd
+    for (int64_t n = 0; n < D; n++) {
+        float x = CHANGE(MODE, PAIRS, n) - centre[n];
+        float z = UNDER ? x + lp : x;
+        zmax[n] = zmax[n] > z ? zmax[n] : z;
         float zc = z > -87.0f ? z : -87.0f;  /* exp(z) - 1 = -1 in float below */
         float two_k, em = expm1_parts(zc, &two_k);
-        float e = ps * (two_k * em + (two_k - 1.0f));
-        if (!SAFE) e = ps > 0.0f ? e : (z > -87.0f ? two_k * em + two_k : 0.0f);
-        d1 += e;
-        s1 += ps * e;
-        s2 += e * e;
+        float e = UNDER ? (z > -87.0f ? two_k * em + two_k : 0.0f) : p * (two_k * em + (two_k - 1.0f));
+        d1[n] += e;
+        s1[n] += p * e;
+        s2[n] += e * e;
     }
-    res[0] = d1; res[1] = s1; res[2] = s2;
-    return zmax;
 }
 
-/* sum_s (p'_s - p_s)^2 of one (row, query, neuron) from the two softmaxes, shifted by the
-   largest perturbed log-probability, for a logit change past e^EXP_LIMIT. */
-INLINE float exact(const int MODE, const int PAIRS, int64_t lo, int64_t hi,
-                   const float* __restrict p, const float* __restrict lg, float lse, const float* __restrict raw,
-                   const float* __restrict r1, const float* __restrict r2, const float* __restrict beta,
-                   float b1, float b2, float a) {
-    const float nb1 = -b1, nb2 = -b2, ncentre = 0.0f, centre = 0.0f;
+/* sum_s (p'_s - p_s)^2 of neuron n from the two softmaxes, shifted by the largest perturbed
+   log-probability: for a logit change past e^EXP_LIMIT, where the three sums near float's range. */
+static float exact(int mode, int pairs, int64_t n, int64_t D, int64_t lo, int64_t hi, const float* pr,
+                   const float* lgr, float lse, const float* rawr, const float* r1, const float* r2,
+                   const float* beta, const float* l1, const float* l2, const float* a) {
     float m = -__builtin_inff(), g = 0.0f, out = 0.0f;
-    for (int64_t s = lo; s < hi; s++) {
-        float z = CHANGE(MODE, PAIRS, s) + (lg[s] - lse);
-        m = m > z ? m : z;
-    }
-    for (int pass = 0; pass < 2; pass++) {
-        const float inv = pass ? 1.0f / g : 0.0f;
+    for (int pass = 0; pass < 3; pass++) {
         for (int64_t s = lo; s < hi; s++) {
-            float z = CHANGE(MODE, PAIRS, s) + (lg[s] - lse) - m;  /* <= 0 */
-            float two_k, em = expm1_parts(z > -87.0f ? z : -87.0f, &two_k);
-            float w = z > -87.0f ? two_k * em + two_k : 0.0f;
-            if (pass) { float dp = w * inv - p[s]; out += dp * dp; } else g += w;
+            if (lgr[s] <= MASKED) continue;
+            const int64_t k = s * D + n;
+            const float raw = rawr ? rawr[s] : 0.0f, al = a ? a[n] : 1.0f, be = beta ? beta[k] : 1.0f;
+            const float c = l1[n] * r1[k] + (pairs == 2 ? l2[n] * r2[k] : 0.0f);
+            const float x = mode == 0 ? -c : mode == 1 ? (al - 1.0f) * raw - al * c : (be - 1.0f) * raw - be * c;
+            const float z = x + (lgr[s] - lse);
+            if (pass == 0) { m = m > z ? m : z; continue; }
+            float two_k, em = expm1_parts(z - m > -87.0f ? z - m : -87.0f, &two_k);
+            const float w = z - m > -87.0f ? two_k * em + two_k : 0.0f;
+            if (pass == 1) g += w;
+            else { const float dp = w / g - pr[s]; out += dp * dp; }
         }
     }
     return out;
@@ -130,73 +124,74 @@ static float row_lse(const float* pr, const float* lgr, int64_t lo, int64_t hi) 
     return lgr[j] - logf(pr[j]);
 }
 
-#define ARGS pr, lgr, lse, rawr, r1n, r2n, betan, b1, b2, a
-#define SUMS(M, P, S) zmax = sums(M, P, S, lo, hi, ARGS, cen, res)
-#define EXACT(M, P) return exact(M, P, lo, hi, ARGS)
-
-/* sum_s (p'_s - p_s)^2 of one (row, query, neuron) over keys lo..hi-1: the three sums, or the
-   two-softmax form where they overflow. Each case is its own vector loop. */
-static float score(int mode, int pairs, int safe, int64_t lo, int64_t hi, int64_t lo_t, int64_t hi_t,
-                   const float* pr, const float* lgr, float lse, float sq, const float* rawr, const float* r1n,
-                   const float* r2n, const float* betan, float b1, float b2, float a, float cen) {
-    float res[3], zmax;
-    switch (mode * 4 + (pairs - 1) * 2 + safe) {
-        case 0: SUMS(0, 1, 0); break;  case 1: SUMS(0, 1, 1); break;
-        case 2: SUMS(0, 2, 0); break;  case 3: SUMS(0, 2, 1); break;
-        case 4: SUMS(1, 1, 0); break;  case 5: SUMS(1, 1, 1); break;
-        case 6: SUMS(1, 2, 0); break;  case 7: SUMS(1, 2, 1); break;
-        case 8: SUMS(2, 1, 0); break;  case 9: SUMS(2, 1, 1); break;
-        case 10: SUMS(2, 2, 0); break; default: SUMS(2, 2, 1); break;
-    }
-    const float d1 = res[0], s1 = res[1], s2 = res[2], g = 1.0f + d1;
-    const float three = (s2 - 2.0f * d1 * s1 + d1 * d1 * sq) / (g * g);
-    /* past e^40 the squares approach float's range (e^88 overflows e itself): for such a large
-       change (or a masked key's, if SAFE) the two-softmax form is exact and safe */
-    if (zmax <= EXP_LIMIT && fabsf(three) <= 3.4e38f) return three;
-    if (safe) lse = row_lse(pr, lgr, lo_t, hi_t);
-    switch (mode * 2 + pairs - 1) {
-        case 0: EXACT(0, 1); case 1: EXACT(0, 2); case 2: EXACT(1, 1);
-        case 3: EXACT(1, 2); case 4: EXACT(2, 1); default: EXACT(2, 2);
-    }
-}
+#define STEP(M, P, U) key_step(M, P, U, D, ps, lp, raw, r1s, r2s, betas, l1t, l2t, at, cen, d1, s1, s2, zmax)
 
 /* out[r, t, n] = sum_s (p'_s - p_s)^2 for rows r0..r1-1 (see plnd_qk._fused_scores for the
    algebra). Arrays are contiguous: p, logits, raw [rows, T, S]; centre, l1, l2, scale_t, out
-   [rows, T, D]; r1, r2, scale_s [rows, D, S]; lo, hi [B or 1, T] (row r reads mask row
-   r / heads, or 0); need [rows, T] or NULL. Unneeded queries are left as they are. */
-void plnd_qk_scores(int64_t r0, int64_t r1_end, int64_t T, int64_t S, int64_t D, int64_t heads,
-                    int64_t mask_per_batch, int64_t mode, int64_t pairs,
-                    const float* p, const float* logits, const float* raw,
-                    const float* centre, const float* l1, const float* r1, const float* l2,
-                    const float* r2, const float* scale_t, const float* scale_s,
-                    const int32_t* lo_all, const int32_t* hi_all, const uint8_t* need, float* out) {
+   [rows, T, D]; r1, r2, scale_s [rows, S, D]; lo, hi [B or 1, T] (row r reads mask row
+   r / heads, or 0); need [rows, T] or NULL. Unneeded queries are left as they are. Keys run
+   in the outer loop and neurons in the inner, vectorised one: no sums across vector lanes, and
+   a masked key costs one comparison. Returns 0, or -1 if D > MAX_D (nothing written). */
+int plnd_qk_scores(int64_t r0, int64_t r1_end, int64_t T, int64_t S, int64_t D, int64_t heads,
+                   int64_t mask_per_batch, int64_t mode, int64_t pairs,
+                   const float* p, const float* logits, const float* raw_all,
+                   const float* centre, const float* l1, const float* r1, const float* l2,
+                   const float* r2, const float* scale_t, const float* scale_s,
+                   const int32_t* lo_all, const int32_t* hi_all, const uint8_t* need, float* out) {
+    if (D > MAX_D) return -1;
+    float d1[MAX_D], s1[MAX_D], s2[MAX_D], zmax[MAX_D];
     for (int64_t row = r0; row < r1_end; row++) {
         const int64_t mb = mask_per_batch ? row / heads : 0;
+        const float* r1r = r1 + row * S * D;
+        const float* r2r = pairs == 2 ? r2 + row * S * D : 0;
+        const float* betar = scale_s ? scale_s + row * S * D : 0;
         for (int64_t t = 0; t < T; t++) {
             const int64_t rt = row * T + t;
             if (need && !need[rt]) continue;
-            const int64_t lo_t = lo_all[mb * T + t], hi_t = hi_all[mb * T + t];
+            const int64_t lo = lo_all[mb * T + t], hi = hi_all[mb * T + t];
             float* o = out + rt * D;
-            if (hi_t <= lo_t) { for (int64_t n = 0; n < D; n++) o[n] = 0.0f; continue; }
+            if (hi <= lo) { for (int64_t n = 0; n < D; n++) o[n] = 0.0f; continue; }
             const float* pr = p + rt * S;
             const float* lgr = logits + rt * S;
-            const float* rawr = raw ? raw + rt * S : 0;
-            int safe = 1;
+            const float* rawr = raw_all ? raw_all + rt * S : 0;
+            const float* l1t = l1 + rt * D;
+            const float* l2t = pairs == 2 ? l2 + rt * D : 0;
+            const float* at = scale_t ? scale_t + rt * D : 0;
+            const float* cen = centre + rt * D;
             float sq = 0.0f, lse = 0.0f;
-            #pragma omp simd reduction(+:sq) reduction(&:safe)
-            for (int64_t s = lo_t; s < hi_t; s++) { sq += pr[s] * pr[s]; safe &= pr[s] > 0.0f; }
-            if (!safe) lse = row_lse(pr, lgr, lo_t, hi_t);  /* some probability underflowed */
-            /* whole vectors: keys outside the query's span are masked (p = 0), so they add 0 */
-            const int64_t up = (hi_t + 15) & ~(int64_t)15, lo = lo_t & ~(int64_t)15, hi = up < S ? up : S;
+            int under = 0, have_lse;
+            for (int64_t s = lo; s < hi; s++) { sq += pr[s] * pr[s]; under |= pr[s] == 0.0f && lgr[s] > MASKED; }
+            if ((have_lse = under)) lse = row_lse(pr, lgr, lo, hi);
+            for (int64_t n = 0; n < D; n++) { d1[n] = s1[n] = s2[n] = 0.0f; zmax[n] = -__builtin_inff(); }
+            for (int64_t s = lo; s < hi; s++) {
+                const float ps = pr[s], raw = rawr ? rawr[s] : 0.0f;
+                const int u = ps == 0.0f;
+                if (u && lgr[s] <= MASKED) continue;  /* masked: p = p' = 0 */
+                const float lp = u ? lgr[s] - lse : 0.0f;
+                const float* r1s = r1r + s * D;
+                const float* r2s = pairs == 2 ? r2r + s * D : 0;
+                const float* betas = scale_s ? betar + s * D : 0;
+                switch ((int)(mode * 4 + (pairs - 1) * 2 + u)) {
+                    case 0: STEP(0, 1, 0); break;  case 1: STEP(0, 1, 1); break;
+                    case 2: STEP(0, 2, 0); break;  case 3: STEP(0, 2, 1); break;
+                    case 4: STEP(1, 1, 0); break;  case 5: STEP(1, 1, 1); break;
+                    case 6: STEP(1, 2, 0); break;  case 7: STEP(1, 2, 1); break;
+                    case 8: STEP(2, 1, 0); break;  case 9: STEP(2, 1, 1); break;
+                    case 10: STEP(2, 2, 0); break; default: STEP(2, 2, 1); break;
+                }
+            }
             for (int64_t n = 0; n < D; n++) {
-                const int64_t rn = (row * D + n) * S;
-                o[n] = score((int)mode, (int)pairs, safe, lo, hi, lo_t, hi_t, pr, lgr, lse, sq, rawr, r1 + rn,
-                             pairs == 2 ? r2 + rn : 0, scale_s ? scale_s + rn : 0, l1[rt * D + n],
-                             pairs == 2 ? l2[rt * D + n] : 0.0f, scale_t ? scale_t[rt * D + n] : 1.0f,
-                             centre[rt * D + n]);
+                const float g = 1.0f + d1[n];
+                const float three = (s2[n] - 2.0f * d1[n] * s1[n] + d1[n] * d1[n] * sq) / (g * g);
+                /* past e^EXP_LIMIT the squares near float's range (e^88 overflows e itself): for
+                   such a large change the two-softmax form is exact and safe */
+                if (zmax[n] <= EXP_LIMIT && fabsf(three) <= 3.4e38f) { o[n] = three; continue; }
+                if (!have_lse) { lse = row_lse(pr, lgr, lo, hi); have_lse = 1; }
+                o[n] = exact((int)mode, (int)pairs, n, D, lo, hi, pr, lgr, lse, rawr, r1r, r2r, betar, l1t, l2t, at);
             }
         }
     }
+    return 0;
 }
 """
 
@@ -233,7 +228,7 @@ def load() -> ctypes.CDLL:
             os.replace(lib, target)  # atomic: concurrent builders each install a complete file
     lib = ctypes.CDLL(str(target))
     fn = lib.plnd_qk_scores
-    fn.restype = None
+    fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_int64] * 9 + [ctypes.c_void_p] * 14
     _LIB.append(lib)
     return lib
@@ -248,9 +243,9 @@ class KernelArgs:
     raw: Tensor | None
     centre: Tensor
     left: list[Tensor]
-    right: list[Tensor]
+    right: list[Tensor]  # [rows, S, D]
     scale_t: Tensor | None
-    scale_s: Tensor | None
+    scale_s: Tensor | None  # [rows, S, D]
     lo: Tensor
     hi: Tensor
     heads: int
@@ -276,7 +271,8 @@ def scores(args: KernelArgs, out: Tensor, threads: int = 1) -> None:
                 ptr(args.scale_t), ptr(args.scale_s), ptr(args.lo), ptr(args.hi), ptr(args.need), ptr(out)]
 
     def run(r: tuple[int, int]) -> None:
-        fn(r[0], r[1], *fixed, *pointers)
+        if fn(r[0], r[1], *fixed, *pointers) != 0:
+            raise ValueError(f"head_dim {d} is above the q/k kernel's bound")
 
     threads = max(1, min(threads, rows))
     if threads == 1:
