@@ -333,3 +333,19 @@ def test_a_zero_norm_gain_is_scored_from_the_norm_input(compiled: bool | None) -
     for site, zero in (("attn.q", [1, 5]), ("attn.k", [2])):
         assert want[site][..., zero].amax() > 1e-4  # the zero-gain neurons do matter
         assert torch.allclose(got[site], want[site].float(), rtol=1e-3, atol=1e-5), site
+
+
+def test_without_a_c_compiler_the_score_warns_and_is_computed_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No silent fallback: a machine without a C compiler gets a warning, then the eager values."""
+    from neuronspec.methods import plnd_qk, plnd_qk_cpu
+
+    monkeypatch.setattr(plnd_qk_cpu, "_LIB", [])
+    monkeypatch.setattr(plnd_qk, "_COMPILED", {})
+    monkeypatch.setenv("CC", "no-such-c-compiler")
+    torch.manual_seed(0)
+    inp = _inputs(torch.randn(1, 2, 20, 4), torch.randn(1, 1, 20, 4), _mask(1, 20, [20], None), 0.5, None, None, _rope(20, 4))
+    with pytest.warns(RuntimeWarning, match="C kernel could not be built"):
+        got = qk_importance(inp)
+    want = qk_importance(inp, compiled=False)
+    for site in want:
+        assert torch.equal(got[site], want[site]), site
