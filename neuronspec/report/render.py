@@ -119,7 +119,7 @@ def evaluation_tables(name: str, ev: dict[str, Any], base_lang: str) -> list[Tab
     t.add("base", *[fmt(ev["base"].get(lang)) for lang in langs], "", "", "")
     for arm in order:
         row = ev["arms"][arm]
-        label = f"{arm} (mean of {draws[arm]} draws)" if arm in draws else arm
+        label = f"{arm} (mean of {draws[arm]} draws)" if arm in draws else f"{arm} (draw {row['draw']})" if row.get("draw") else arm
         t.add(label, *[_cell(row, lang) for lang in langs],
               fmt(row["delta_eng"], 1, True), fmt(row["delta_n_eng"], 1, True), fmt(row["delta"], 1, True))
     t.caption = (f"base row: the untouched model's {metric}; arm rows: the {unit} when each language's own set is "
@@ -138,7 +138,7 @@ def evaluation_tables(name: str, ev: dict[str, Any], base_lang: str) -> list[Tab
             if arm in draws:
                 ct.add(f"{arm} (mean of {draws[arm]} draws)", *[_cell(row, lang, 2) for lang in langs])
                 continue
-            ct.add(arm, *[fmt(row["change"].get(lang), 2, signed=True)
+            ct.add(f"{arm} (draw {row['draw']})" if row.get("draw") else arm, *[fmt(row["change"].get(lang), 2, signed=True)
                           + (f" [{fmt(ci[lang][0], 2, True)}, {fmt(ci[lang][1], 2, True)}]" if ci.get(lang) else "")
                           for lang in langs])
         resamples = ev.get("bootstrap", 1000)
@@ -149,7 +149,8 @@ def evaluation_tables(name: str, ev: dict[str, Any], base_lang: str) -> list[Tab
     for i, arm in enumerate(a for a in order if a in ev["matrices"]):
         m = ev["matrices"][arm]
         verb = "enhanced" if m.get("effect") == "improvement" else "deactivated"
-        title_arm = f"{arm}, mean of {m['draws']} random draws" if m.get("draws") else arm
+        title_arm = (f"{arm}, mean of {m['draws']} random draws" if m.get("draws")
+                     else f"{arm}, random draw {m['draw']}" if m.get("draw") else arm)
         mt = Table(f"{name}: {title_arm} — {verb} language (rows) × evaluated language (columns), {unit}",
                    [verb] + m["cols"], anchor="" if i else f"matrices/{name}")  # the figure of all matrices goes beside the first
         for r, ml in enumerate(m["rows"]):

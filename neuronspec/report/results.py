@@ -162,6 +162,8 @@ def derive(metric: str, cells: list[dict[str, Any]], baseline: str, resamples: i
         row.update(delta_eng=eng, delta_n_eng=n_eng, delta=(eng - n_eng) if eng is not None and n_eng is not None else None)
         if len(draws[arm]) > 1:
             row.update(draws=len(draws[arm]), change_draws=per_draw, spread="min–max over draws", random_like=controls.get(arm))
+        elif draws[arm][0] is not None:  # one draw of a control with several (an evaluation's `draws: 1`)
+            row["draw"] = draws[arm][0]
         rows[arm] = row
         if not family:
             continue
@@ -183,6 +185,8 @@ def derive(metric: str, cells: list[dict[str, Any]], baseline: str, resamples: i
                           spread={ml: {lang: _spread(v)[1] for lang, v in r.items()} for ml, r in m_draws.items()},
                           diagonal_largest_per_draw=[_diagonal_wins({ml: {lang: m_draws[ml][lang][i] for lang in langs} for ml in masks},
                                                                     masks, higher, empty) for i in range(len(draws[arm]))])
+        elif draws[arm][0] is not None:
+            matrix["draw"] = draws[arm][0]
         matrices[arm] = matrix
     for control, target in controls.items():  # the set arm's diagonal against every draw of its control
         if target in matrices and control in matrices and matrices[control].get("spread"):

@@ -122,6 +122,10 @@ def test_an_evaluation_can_evaluate_fewer_draws(history: History, tmp_path: Path
     results = json.loads(next((store / "runs").glob("*/results.json")).read_text())
     two, one = results["evaluations"]["ppl"], results["evaluations"]["one"]
     assert {c.get("draw") for c in one["cells"] if c["arm"] == "early-random"} == {1}
+    assert one["arms"]["early-random"]["draw"] == 1 and "draws" not in one["arms"]["early-random"]
+    labels = [row[0] for t in result_tables(results) if t.title.startswith("one: ") for row in t.rows]
+    assert "early-random (draw 1)" in labels and "early-random (mean of 2 draws)" not in labels
+    assert any(t.title.startswith("one: early-random, random draw 1 — deactivated language") for t in result_tables(results))
     for cell in one["cells"]:  # the same numbers as the first evaluation's cells
         assert cell["value"] in [c["value"] for c in two["cells"] if (c["arm"], c.get("draw"), c["lang"]) ==
                                  (cell["arm"], cell.get("draw"), cell["lang"])]
