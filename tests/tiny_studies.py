@@ -96,11 +96,12 @@ evaluate:
   gen: {{metric: generation, corpus: gen, arms: [early], options: {{max_new_tokens: 4}}}}
 """
 _LM_EVAL = "  harness: {{metric: lm_eval, tasks: [tiny_choice], include_path: {tasks}, limit: 6, arms: [early], batch_size: 4}}\n"
-_LM_EVAL_TASK = """\
+#: a local lm-eval multiple-choice task; `.replace("DATA_FILE", path)` says where its jsonl is
+LM_EVAL_CHOICE_TASK = """\
 task: tiny_choice
 dataset_path: json
 dataset_kwargs:
-  data_files: {test: choice.jsonl}
+  data_files: {test: DATA_FILE}
 test_split: test
 output_type: multiple_choice
 doc_to_text: "{{prompt}}"
@@ -131,7 +132,7 @@ def _lm_eval_tasks(folder: Path, choice: Path) -> Path:
     """A local lm-eval multiple-choice task over the same items (lm-eval reads its own jsonl shape)."""
     tasks = folder / "tasks"
     tasks.mkdir()
-    (tasks / "tiny_choice.yaml").write_text(_LM_EVAL_TASK)
+    (tasks / "tiny_choice.yaml").write_text(LM_EVAL_CHOICE_TASK.replace("DATA_FILE", "choice.jsonl"))
     with (tasks / "choice.jsonl").open("w") as f:
         for line in choice.read_text().splitlines():
             f.write(json.dumps(json.loads(line)["meta"]) + "\n")

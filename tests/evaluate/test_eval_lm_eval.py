@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from tiny_studies import ALPHABETS, make_corpus  # noqa: E402
+from tiny_studies import ALPHABETS, LM_EVAL_CHOICE_TASK, make_corpus  # noqa: E402
 
 # a rolling log-likelihood task (continuous: any mask moves it) and a multiple-choice task, per language
 ROLLING = """\
@@ -28,20 +28,7 @@ metric_list:
   - {{metric: word_perplexity, aggregation: weighted_perplexity, higher_is_better: false}}
 metadata: {{version: 1.0}}
 """
-CHOICE = """\
-task: tiny_choice
-dataset_path: json
-dataset_kwargs:
-  data_files: {test: data/choice.jsonl}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{prompt}}"
-doc_to_choice: "{{choices}}"
-doc_to_target: label
-metric_list:
-  - {metric: acc, aggregation: mean, higher_is_better: true}
-metadata: {version: 1.0}
-"""
+CHOICE = LM_EVAL_CHOICE_TASK.replace("DATA_FILE", "data/choice.jsonl")
 
 STUDY = """\
 name: tiny-tasks

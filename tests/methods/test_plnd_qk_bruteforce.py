@@ -62,22 +62,29 @@ def _assert_same_values_and_ranking(got: torch.Tensor, want: torch.Tensor, label
     assert not (swapped & (gaps > 1e-4 * want.abs().max())).any(), label
 
 
+def _switched_off(model, batch, layer: int, site: str, width: int) -> torch.Tensor:  # noqa: ANN001
+    """[docs, width]: the PLND score of each neuron by definition — switch it off through the real
+    hooks, recompute the layer's attention probabilities, Σ over keys and heads of (p′ − p)², token mean."""
+    weights = token_weights(batch.attention_mask)
+    base = _probabilities(model, batch, layer, NeuronSet.empty())
+    per_doc = torch.empty(batch.input_ids.shape[0], width)
+    for n in range(width):
+        p = _probabilities(model, batch, layer, NeuronSet.from_dict({site: {layer: [n]}}))
+        per_token = (p - base).pow(2).sum(-1).sum(1)  # [B, T]: Σ over keys and (changed) heads
+        per_doc[:, n] = (per_token * weights).sum(1) / weights.sum(1)
+    return per_doc
+
+
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_qk_scores_equal_deactivating_the_neuron(shape: str) -> None:
     arch, overrides = SHAPES[shape]
     model = tiny_model(arch, **overrides)
     dims = adapter_for(model).dims(model.config)
     batch = next(iter_batches(DOCS, batch_size=len(DOCS), pad_id=0))
-    weights = token_weights(batch.attention_mask)
     stats = plnd_statistics(model, [batch], ["attn.q", "attn.k"])
     for layer in range(dims.num_layers):
-        base = _probabilities(model, batch, layer, NeuronSet.empty())
         for site in ("attn.q", "attn.k"):
-            per_doc = torch.empty(len(DOCS), site_width(dims, site))
-            for n in range(site_width(dims, site)):
-                p = _probabilities(model, batch, layer, NeuronSet.from_dict({site: {layer: [n]}}))
-                per_token = (p - base).pow(2).sum(-1).sum(1)  # [B, T]: Σ over keys and (changed) heads
-                per_doc[:, n] = (per_token * weights).sum(1) / weights.sum(1)
+            per_doc = _switched_off(model, batch, layer, site, site_width(dims, site))
             label = f"{shape} layer {layer} {site}"
             _assert_same_values_and_ranking(stats[site].sum[layer].float(), per_doc.sum(0), label)
             assert torch.allclose(stats[site].min[layer], per_doc.min(0).values, rtol=2e-4, atol=1e-12), label
@@ -94,15 +101,9 @@ def test_zero_qk_norm_gains_equal_deactivating_the_neuron() -> None:
             attn.q_norm.weight[[0, 3]] = -1.0
             attn.k_norm.weight[1] = -1.0
     batch = next(iter_batches(DOCS, batch_size=len(DOCS), pad_id=0))
-    weights = token_weights(batch.attention_mask)
     stats = plnd_statistics(model, [batch], ["attn.q", "attn.k"])
     for layer in range(dims.num_layers):
-        base = _probabilities(model, batch, layer, NeuronSet.empty())
         for site in ("attn.q", "attn.k"):
-            per_doc = torch.empty(len(DOCS), site_width(dims, site))
-            for n in range(site_width(dims, site)):
-                p = _probabilities(model, batch, layer, NeuronSet.from_dict({site: {layer: [n]}}))
-                per_token = (p - base).pow(2).sum(-1).sum(1)
-                per_doc[:, n] = (per_token * weights).sum(1) / weights.sum(1)
+            per_doc = _switched_off(model, batch, layer, site, site_width(dims, site))
             assert torch.isfinite(stats[site].sum[layer]).all(), (layer, site)
             _assert_same_values_and_ranking(stats[site].sum[layer].float(), per_doc.sum(0), f"zero gains layer {layer} {site}")
