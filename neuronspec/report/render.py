@@ -104,6 +104,13 @@ def _cell(row: dict[str, Any], lang: str, digits: int = 1) -> str:
     return fmt(value, digits, signed=True)
 
 
+def _arm_label(arm: str, row: dict[str, Any]) -> str:
+    """An arm's row label: a random control's mean over its draws, or the one draw evaluated."""
+    if row.get("draws"):
+        return f"{arm} (mean of {row['draws']} draws)"
+    return f"{arm} (draw {row['draw']})" if row.get("draw") else arm
+
+
 def evaluation_tables(name: str, ev: dict[str, Any], base_lang: str) -> list[Table]:
     """One evaluation's tables: change per arm and language, paired CIs, and each family arm's matrix."""
     metric, langs = ev["metric"], ev["languages"]
@@ -119,8 +126,7 @@ def evaluation_tables(name: str, ev: dict[str, Any], base_lang: str) -> list[Tab
     t.add("base", *[fmt(ev["base"].get(lang)) for lang in langs], "", "", "")
     for arm in order:
         row = ev["arms"][arm]
-        label = f"{arm} (mean of {draws[arm]} draws)" if arm in draws else f"{arm} (draw {row['draw']})" if row.get("draw") else arm
-        t.add(label, *[_cell(row, lang) for lang in langs],
+        t.add(_arm_label(arm, row), *[_cell(row, lang) for lang in langs],
               fmt(row["delta_eng"], 1, True), fmt(row["delta_n_eng"], 1, True), fmt(row["delta"], 1, True))
     t.caption = (f"base row: the untouched model's {metric}; arm rows: the {unit} when each language's own set is "
                  "deactivated or enhanced (family arms), or the arm's single set, evaluated on that language. "
@@ -136,9 +142,9 @@ def evaluation_tables(name: str, ev: dict[str, Any], base_lang: str) -> list[Tab
             row = ev["arms"][arm]
             ci = row.get("change_ci") or {}
             if arm in draws:
-                ct.add(f"{arm} (mean of {draws[arm]} draws)", *[_cell(row, lang, 2) for lang in langs])
+                ct.add(_arm_label(arm, row), *[_cell(row, lang, 2) for lang in langs])
                 continue
-            ct.add(f"{arm} (draw {row['draw']})" if row.get("draw") else arm, *[fmt(row["change"].get(lang), 2, signed=True)
+            ct.add(_arm_label(arm, row), *[fmt(row["change"].get(lang), 2, signed=True)
                           + (f" [{fmt(ci[lang][0], 2, True)}, {fmt(ci[lang][1], 2, True)}]" if ci.get(lang) else "")
                           for lang in langs])
         resamples = ev.get("bootstrap", 1000)
