@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from neuronspec.data.languages import LANGUAGES
 from neuronspec.methods.plnd import token_weights
 from neuronspec.models.forward import Batch, hidden_forward
+from neuronspec.models.onednn import linear
 from neuronspec.models.sites import adapter_for
 
 CATEGORIES: tuple[str, ...] = ("english", "prompt", "other", "ambiguous", "non_linguistic")
@@ -182,7 +183,7 @@ def lens_topk(model: nn.Module, states: Tensor, k: int, *, final_norm: bool = Tr
     best_i = torch.zeros((n, 0), dtype=torch.int64, device=x.device)
     for v0 in range(0, vocab, chunk):
         v1 = min(vocab, v0 + chunk)
-        logits = torch.nn.functional.linear(x, weight[v0:v1], None if bias is None else bias[v0:v1]).float()
+        logits = linear(x, weight[v0:v1], None if bias is None else bias[v0:v1]).float()
         top = logits.topk(min(k, v1 - v0), dim=-1)
         vals = torch.cat([best_v, top.values], dim=1)
         idx = torch.cat([best_i, top.indices + v0], dim=1)

@@ -32,6 +32,7 @@ from torch import nn
 from ..fileio import memo_sha256, write_json
 from ..paths import user_cache
 from .catalog import EMBEDDED_SHA256
+from .onednn import use_onednn
 from .sites import Adapter, Dims, adapter_for
 
 log = logging.getLogger(__name__)
@@ -349,8 +350,10 @@ def load_model(id: str = DEFAULT_MODEL, *, revision: str | None = None, dtype: s
             identity["weights_sha256"] = state_dict_digest(model)
 
     adapter = adapter_for(model)  # also checks every site width against the modules
+    onednn = use_onednn(model)  # float32 CPU linears: 2x faster than MKL's on AMD (see .onednn)
     identity.update(dtype=str(torch_dtype).removeprefix("torch."), architecture=str(model.config.model_type),
                     tokenizer=tokenizer_identity(tokenizer))
-    log.info("loaded %s in %.1f s (%s)", id, time.perf_counter() - t0,
-             "first load: converted from GGUF" if converted else identity["source"])
+    log.info("loaded %s in %.1f s (%s; %s)", id, time.perf_counter() - t0,
+             "first load: converted from GGUF" if converted else identity["source"],
+             f"{onednn} linear layers through oneDNN" if onednn else "linear layers through torch's default BLAS")
     return LoadedModel(model, tokenizer, adapter, adapter.dims(model.config), identity)

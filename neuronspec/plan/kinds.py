@@ -73,9 +73,11 @@ class Kind:
         """Where its fingerprint starts: the compute function and spec class (a spec defined in
         another module counts that whole module)."""
         module = self.compute.__module__
+        # the model comes from ctx.model(): how it is loaded (dtype, linear backend) is part of the computation
+        modules = self.modules + (("neuronspec.models.loading",) if self.loads_model else ())
         if self.spec.__module__ == module:
-            return CodeRef(module, (self.compute.__name__, self.spec.__name__), self.modules, (self.compute,))
-        return CodeRef(module, (self.compute.__name__,), self.modules + (self.spec.__module__,), (self.compute,))
+            return CodeRef(module, (self.compute.__name__, self.spec.__name__), modules, (self.compute,))
+        return CodeRef(module, (self.compute.__name__,), modules + (self.spec.__module__,), (self.compute,))
 
 
 def code_fingerprints(kinds: Iterable[str] | None = None, root: Path | None = None) -> dict[str, Fingerprint]:
