@@ -108,12 +108,13 @@ def random_llama(name: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def load(model_name: str, device: str, dtype: str = "float32") -> tuple[torch.nn.Module, Any]:
-    if model_name in RANDOM_LLAMAS:
-        from neuronspec.models.testing import tiny_tokenizer
+    """The model as `load_model` gives it (on the CPU: float32 linears through oneDNN, see models/onednn.py)."""
+    from neuronspec.models.onednn import use_onednn
+    from neuronspec.models.testing import tiny_tokenizer
 
-        return random_llama(model_name, device, getattr(torch, dtype)).eval(), tiny_tokenizer()
-    if model_name.startswith("tiny-"):
-        from neuronspec.models.testing import tiny_tokenizer
+    if model_name in RANDOM_LLAMAS:
+        model, tokenizer = random_llama(model_name, device, getattr(torch, dtype)), tiny_tokenizer()
+    elif model_name.startswith("tiny-"):
         from neuronspec.models.tiny import tiny_model
 
         model, tokenizer = tiny_model(model_name.removeprefix("tiny-")), tiny_tokenizer()
@@ -122,6 +123,7 @@ def load(model_name: str, device: str, dtype: str = "float32") -> tuple[torch.nn
 
         lm = load_model(model_name, dtype=dtype)
         model, tokenizer = lm.model, lm.tokenizer
+    use_onednn(model)
     return model.to(device).eval(), tokenizer
 
 

@@ -60,7 +60,8 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import MethodType
@@ -73,6 +74,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from detect_overhead import load  # noqa: E402
+
+from neuronspec.models.onednn import OneDNNLinear  # noqa: E402
 
 #: the PLND reference's per-document FFN top-k (2,000 of Llama-2-7B's 11,008 neurons per layer)
 PLND_TOPK_FRACTION = 2000 / 11008
@@ -254,15 +257,31 @@ def documents(model_name: str, tokenizer, langs: list[str], docs: int, max_token
     return [encode(tokenizer, [d.text for d in corpus[lang]], max_tokens) for lang in langs]
 
 
-def alternate(sides: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, float], dict[str, object]]:
-    """Median seconds of each side over `repeats` rounds, the sides taking turns; and each side's last result."""
+@contextmanager
+def plain_linears(model: nn.Module) -> Iterator[None]:
+    """The model's linears as transformers builds them (torch's default BLAS, MKL on x86), as the references run."""
+    swapped = [m for m in model.modules() if type(m) is OneDNNLinear]
+    for m in swapped:
+        m.__class__ = nn.Linear
+    try:
+        yield
+    finally:
+        for m in swapped:
+            m.__class__ = OneDNNLinear
+
+
+def alternate(sides: dict[str, Callable[[], object]], args: argparse.Namespace) -> tuple[dict[str, float], dict[str, object]]:
+    """Median seconds of each side over `args.repeats` rounds, the sides taking turns; and each side's last result.
+
+    The reference runs on torch's default linears unless --reference-onednn."""
     runs: dict[str, list[float]] = {name: [] for name in sides}
     results: dict[str, object] = {}
-    for _ in range(repeats):
+    for _ in range(args.repeats):
         for name, fn in sides.items():
-            start = time.perf_counter()
-            results[name] = fn()
-            runs[name].append(time.perf_counter() - start)
+            with plain_linears(args.model_obj) if name == "reference" and not args.reference_onednn else nullcontext():
+                start = time.perf_counter()
+                results[name] = fn()
+                runs[name].append(time.perf_counter() - start)
     return {name: statistics.median(r) for name, r in runs.items()}, results
 
 
@@ -289,7 +308,7 @@ def bench_lape(model, per_lang, args, pad: int) -> None:  # noqa: ANN001
                 for enc in per_lang]
 
     times, results = alternate({"reference": lambda: [ref.run(r, args.batch_size) for r, _ in rows],
-                                "neuronspec": ours}, args.repeats)
+                                "neuronspec": ours}, args)
     positions = sum(b.input_ids.numel() for enc in per_lang for b in iter_packed(enc, batch_size=args.batch_size, pad_id=pad))
     real = sum(len(e) for enc in per_lang for e in enc)
     dropped = sum(d for _, d in rows)
@@ -323,7 +342,7 @@ def bench_linguafranca(model, per_lang, args, pad: int) -> None:  # noqa: ANN001
         return [activation_statistics(model, iter_packed(enc, batch_size=args.batch_size, pad_id=pad), poolings=("mean",),
                                       thresholds=(), n_samples=len(enc), skip_first=skip_first) for enc in per_lang]
 
-    times, results = alternate({"reference": lambda: ref.run(everything, pad), "neuronspec": ours}, args.repeats)
+    times, results = alternate({"reference": lambda: ref.run(everything, pad), "neuronspec": ours}, args)
     tokens = sum(len(e) for e in everything)
     positions = sum(b.input_ids.numel() for enc in per_lang for b in iter_packed(enc, batch_size=args.batch_size, pad_id=pad))
     report("LinguaFranca (reference: batch 1, generate(max_new_tokens=1))",
@@ -346,8 +365,7 @@ def bench_plnd(model, per_lang, args, pad: int) -> None:  # noqa: ANN001
     make = iter_packed if can_pack(model) else iter_batches  # as the stage batches
     ours = lambda: [plnd_statistics(model, make(enc, batch_size=args.batch_size, pad_id=pad), ["ffn"],  # noqa: E731
                                     token_reduce="mean", top_k={"ffn": k}) for enc in per_lang]
-    times, results = alternate({"reference": lambda: [ref.run(enc, pad) for enc in per_lang], "neuronspec": ours},
-                               args.repeats)
+    times, results = alternate({"reference": lambda: [ref.run(enc, pad) for enc in per_lang], "neuronspec": ours}, args)
     tokens = sum(len(e) for enc in per_lang for e in enc)
     positions = sum(b.input_ids.numel() for enc in per_lang for b in make(enc, batch_size=args.batch_size, pad_id=pad))
     report(f"PLND ffn (reference: batch 1, generate(max_new_tokens=1), per-document top {k} of {width})",
@@ -376,16 +394,20 @@ def main() -> None:
     parser.add_argument("--methods", default="lape,linguafranca,plnd")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--reference-onednn", action="store_true",
+                        help="run the references on neuronspec's oneDNN linears too (default: torch's, as published)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model, tokenizer = load(args.model, "cpu")
+    args.model_obj = model
     langs = args.languages.split(",")
     per_lang = documents(args.model, tokenizer, langs, args.docs, args.max_tokens)
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     real = sum(len(e) for enc in per_lang for e in enc)
     print(f"{args.model}, {len(langs)} languages x {args.docs} documents ({real} tokens), batch {args.batch_size}, "
-          f"{args.threads} thread(s), median of {args.repeats}")
+          f"{args.threads} thread(s), median of {args.repeats}; reference linears: "
+          f"{'oneDNN (as neuronspec)' if args.reference_onednn else 'torch default (as published)'}")
     benches = {"lape": bench_lape, "linguafranca": bench_linguafranca, "plnd": bench_plnd}
     with torch.no_grad():
         for name in args.methods.split(","):
