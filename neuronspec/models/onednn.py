@@ -37,9 +37,13 @@ def available() -> bool:
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """`F.linear(x, weight, bias)`, through oneDNN for float32 CPU tensors without gradient."""
+    """`F.linear(x, weight, bias)`, through oneDNN for float32 CPU tensors without gradient.
+
+    A one-row product (batch-1 decoding) stays with MKL unless it is unembedding-shaped: at one
+    row oneDNN was 0.48-0.78x on Gemma 3 270M's layer shapes and 2.5x on its unembedding."""
     if (
         x.device.type == "cpu"
+        and (x.numel() > x.shape[-1] or weight.shape[0] >= 16 * weight.shape[1])
         and x.dtype == weight.dtype == torch.float32
         and (bias is None or bias.dtype == torch.float32)
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
