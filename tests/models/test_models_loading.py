@@ -14,6 +14,7 @@ import torch
 from neuronspec.models import loading
 from neuronspec.models.loading import MissingDependency, list_embedded, load_model
 from neuronspec.models.masks import NeuronSet, deactivate
+from neuronspec.models.onednn import use_onednn
 from neuronspec.models.testing import tiny_loaded, tiny_tokenizer
 from neuronspec.models.tiny import tiny_model
 
@@ -38,6 +39,9 @@ def test_local_folder(tmp_path: Path) -> None:
     original = save_tiny(tmp_path / "a")
     lm = load_model(str(tmp_path / "a"))
     assert not lm.model.training and lm.dims.num_layers == 3 and lm.dims.kv_heads == 2
+    loaded = lm.model.state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in original.state_dict().items())
+    use_onednn(original)  # load_model's float32 kernels (MKL and oneDNN round differently)
     ids = lm.tokenizer(["hello"], return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(lm.model(**ids).logits, original(**ids).logits)
