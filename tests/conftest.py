@@ -17,6 +17,16 @@ from neuronspec.models.tiny import tiny_model
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    """The end-to-end tier raises the thread count for the real model; later tests must not
+    inherit it (results of float32 products can depend on it)."""
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama and the character tokenizer saved as a model folder (for studies)."""
