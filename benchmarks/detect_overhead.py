@@ -47,7 +47,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,22 @@ def load(model_name: str, device: str, dtype: str = "float32") -> tuple[torch.nn
         model, tokenizer = lm.model, lm.tokenizer
     use_onednn(model)
     return model.to(device).eval(), tokenizer
+
+
+@contextmanager
+def plain_linears(model: torch.nn.Module) -> Iterator[None]:
+    """The model's linears back on torch's default BLAS (MKL on x86) inside the block, as
+    transformers builds them: undoes what `load` installed, and redoes it on exit."""
+    from neuronspec.models.onednn import OneDNNLinear
+
+    swapped = [m for m in model.modules() if type(m) is OneDNNLinear]
+    for m in swapped:
+        m.__class__ = torch.nn.Linear
+    try:
+        yield
+    finally:
+        for m in swapped:
+            m.__class__ = OneDNNLinear
 
 
 def corpus_texts(model_name: str, n_docs: int, languages: list[str], source: str, max_tokens: int) -> list[str]:

@@ -60,11 +60,12 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import MethodType
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,9 +74,7 @@ from torch import Tensor, nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from detect_overhead import load  # noqa: E402
-
-from neuronspec.models.onednn import OneDNNLinear  # noqa: E402
+from detect_overhead import load, plain_linears  # noqa: E402
 
 #: the PLND reference's per-document FFN top-k (2,000 of Llama-2-7B's 11,008 neurons per layer)
 PLND_TOPK_FRACTION = 2000 / 11008
@@ -94,6 +93,15 @@ class Timed:
     def line(self) -> str:
         return (f"    {self.name:<11} {self.positions:>7} positions  {self.tokens:>7} real tokens  "
                 f"{self.seconds:7.2f} s  {self.tokens / self.seconds:7.0f} tokens/s")
+
+
+def _layers(model: nn.Module) -> tuple[Any, int, int]:
+    """The model's site adapter, number of layers and FFN width (what every reference port sizes itself by)."""
+    from neuronspec.models.sites import adapter_for
+
+    adapter = adapter_for(model.config)
+    dims = adapter.dims(model.config)
+    return adapter, dims.num_layers, dims.intermediate
 
 
 def _mlp(model: nn.Module, i: int) -> nn.Module:
@@ -119,12 +127,8 @@ class LapeReference:
     every position, then down(act·up)."""
 
     def __init__(self, model: nn.Module) -> None:
-        from neuronspec.models.sites import adapter_for
-
         self.model = model
-        self.adapter = adapter_for(model.config)
-        dims = self.adapter.dims(model.config)
-        self.L, self.I = dims.num_layers, dims.intermediate
+        self.adapter, self.L, self.I = _layers(model)
         self.reset()
 
     def reset(self) -> None:
@@ -176,12 +180,8 @@ class LinguaFrancaReference:
     when every layer has reported, the running vector is (vector·calls + sums) / (calls + batch)."""
 
     def __init__(self, model: nn.Module) -> None:
-        from neuronspec.models.sites import adapter_for
-
         self.model = model
-        self.adapter = adapter_for(model.config)
-        dims = self.adapter.dims(model.config)
-        self.L, self.I = dims.num_layers, dims.intermediate
+        self.adapter, self.L, self.I = _layers(model)
         self.initialize()
 
     def initialize(self) -> None:
@@ -216,11 +216,8 @@ class PlndReference:
     per-document top-k per layer by np.argsort; set intersection over documents per layer."""
 
     def __init__(self, model: nn.Module, k: int) -> None:
-        from neuronspec.models.sites import adapter_for
-
         self.model, self.k = model, k
-        self.adapter = adapter_for(model.config)
-        self.L = self.adapter.dims(model.config).num_layers
+        self.adapter, self.L, _ = _layers(model)
         self.scores: dict[int, list[float]] = {}
 
     def _hook(self, layer: int) -> Callable[..., None]:
@@ -257,20 +254,8 @@ def documents(model_name: str, tokenizer, langs: list[str], docs: int, max_token
     return [encode(tokenizer, [d.text for d in corpus[lang]], max_tokens) for lang in langs]
 
 
-@contextmanager
-def plain_linears(model: nn.Module) -> Iterator[None]:
-    """The model's linears as transformers builds them (torch's default BLAS, MKL on x86), as the references run."""
-    swapped = [m for m in model.modules() if type(m) is OneDNNLinear]
-    for m in swapped:
-        m.__class__ = nn.Linear
-    try:
-        yield
-    finally:
-        for m in swapped:
-            m.__class__ = OneDNNLinear
-
-
-def alternate(sides: dict[str, Callable[[], object]], args: argparse.Namespace) -> tuple[dict[str, float], dict[str, object]]:
+def alternate(sides: dict[str, Callable[[], object]], model: nn.Module,
+              args: argparse.Namespace) -> tuple[dict[str, float], dict[str, object]]:
     """Median seconds of each side over `args.repeats` rounds, the sides taking turns; and each side's last result.
 
     The reference runs on torch's default linears unless --reference-onednn."""
@@ -278,7 +263,7 @@ def alternate(sides: dict[str, Callable[[], object]], args: argparse.Namespace) 
     results: dict[str, object] = {}
     for _ in range(args.repeats):
         for name, fn in sides.items():
-            with plain_linears(args.model_obj) if name == "reference" and not args.reference_onednn else nullcontext():
+            with plain_linears(model) if name == "reference" and not args.reference_onednn else nullcontext():
                 start = time.perf_counter()
                 results[name] = fn()
                 runs[name].append(time.perf_counter() - start)
@@ -308,7 +293,7 @@ def bench_lape(model, per_lang, args, pad: int) -> None:  # noqa: ANN001
                 for enc in per_lang]
 
     times, results = alternate({"reference": lambda: [ref.run(r, args.batch_size) for r, _ in rows],
-                                "neuronspec": ours}, args)
+                                "neuronspec": ours}, model, args)
     positions = sum(b.input_ids.numel() for enc in per_lang for b in iter_packed(enc, batch_size=args.batch_size, pad_id=pad))
     real = sum(len(e) for enc in per_lang for e in enc)
     dropped = sum(d for _, d in rows)
@@ -342,7 +327,7 @@ def bench_linguafranca(model, per_lang, args, pad: int) -> None:  # noqa: ANN001
         return [activation_statistics(model, iter_packed(enc, batch_size=args.batch_size, pad_id=pad), poolings=("mean",),
                                       thresholds=(), n_samples=len(enc), skip_first=skip_first) for enc in per_lang]
 
-    times, results = alternate({"reference": lambda: ref.run(everything, pad), "neuronspec": ours}, args)
+    times, results = alternate({"reference": lambda: ref.run(everything, pad), "neuronspec": ours}, model, args)
     tokens = sum(len(e) for e in everything)
     positions = sum(b.input_ids.numel() for enc in per_lang for b in iter_packed(enc, batch_size=args.batch_size, pad_id=pad))
     report("LinguaFranca (reference: batch 1, generate(max_new_tokens=1))",
@@ -365,7 +350,7 @@ def bench_plnd(model, per_lang, args, pad: int) -> None:  # noqa: ANN001
     make = iter_packed if can_pack(model) else iter_batches  # as the stage batches
     ours = lambda: [plnd_statistics(model, make(enc, batch_size=args.batch_size, pad_id=pad), ["ffn"],  # noqa: E731
                                     token_reduce="mean", top_k={"ffn": k}) for enc in per_lang]
-    times, results = alternate({"reference": lambda: [ref.run(enc, pad) for enc in per_lang], "neuronspec": ours}, args)
+    times, results = alternate({"reference": lambda: [ref.run(enc, pad) for enc in per_lang], "neuronspec": ours}, model, args)
     tokens = sum(len(e) for enc in per_lang for e in enc)
     positions = sum(b.input_ids.numel() for enc in per_lang for b in make(enc, batch_size=args.batch_size, pad_id=pad))
     report(f"PLND ffn (reference: batch 1, generate(max_new_tokens=1), per-document top {k} of {width})",
@@ -400,7 +385,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model, tokenizer = load(args.model, "cpu")
-    args.model_obj = model
     langs = args.languages.split(",")
     per_lang = documents(args.model, tokenizer, langs, args.docs, args.max_tokens)
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)

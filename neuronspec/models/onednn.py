@@ -3,8 +3,8 @@
 PyTorch's CPU build multiplies float32 matrices with MKL, and MKL runs its AVX2 code on
 AMD processors. oneDNN, the library PyTorch ships for its own fused CPU kernels, uses the
 processor's AVX-512: on the 2-core AMD EPYC (Zen 5) machine this project is measured on it
-is 2.0–2.5x faster on every linear shape of Gemma 3 270M, the 262k-token unembedding
-included, and perplexity evaluation runs 2.2x faster (`benchmarks/cpu_linear.py`). Both
+is 1.7–2.2x faster on the linear shapes of Gemma 3 270M, the 262k-token unembedding
+included, and perplexity evaluation runs 2.0–2.1x faster (`benchmarks/cpu_linear.py`). Both
 compute IEEE float32 products with float32 accumulation (oneDNN's default "strict" math
 mode): results differ at rounding level only, as two GEMM libraries always do.
 
@@ -40,7 +40,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`F.linear(x, weight, bias)`, through oneDNN for float32 CPU tensors without gradient.
 
     A one-row product (batch-1 decoding) stays with MKL unless it is unembedding-shaped: at one
-    row oneDNN was 0.48-0.78x on Gemma 3 270M's layer shapes and 2.5x on its unembedding."""
+    row oneDNN was 0.5-0.95x on Gemma 3 270M's layer shapes and 2.5-2.6x on its unembedding."""
     if (
         x.device.type == "cpu"
         and (x.numel() > x.shape[-1] or weight.shape[0] >= 16 * weight.shape[1])
