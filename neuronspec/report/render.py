@@ -141,12 +141,11 @@ def evaluation_tables(name: str, ev: dict[str, Any], base_lang: str) -> list[Tab
         for arm in order:
             row = ev["arms"][arm]
             ci = row.get("change_ci") or {}
-            if arm in draws:
-                ct.add(_arm_label(arm, row), *[_cell(row, lang, 2) for lang in langs])
-                continue
-            ct.add(_arm_label(arm, row), *[fmt(row["change"].get(lang), 2, signed=True)
-                          + (f" [{fmt(ci[lang][0], 2, True)}, {fmt(ci[lang][1], 2, True)}]" if ci.get(lang) else "")
-                          for lang in langs])
+            cells = ([_cell(row, lang, 2) for lang in langs] if arm in draws  # mean (min…max) of the draws
+                     else [fmt(row["change"].get(lang), 2, signed=True)
+                           + (f" [{fmt(ci[lang][0], 2, True)}, {fmt(ci[lang][1], 2, True)}]" if ci.get(lang) else "")
+                           for lang in langs])
+            ct.add(_arm_label(arm, row), *cells)
         resamples = ev.get("bootstrap", 1000)
         ct.caption = (f"[low, high]: documents resampled together for the base model and the arm ({resamples:,} resamples): "
                       "an interval that excludes 0 is an effect of the arm, not of which documents were drawn"
