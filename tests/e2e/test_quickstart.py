@@ -133,3 +133,30 @@ def test_lm_eval_and_choice_agree_on_next_verse_items_per_arm(tmp_path: Path, sa
         say(f"{c['arm'] or 'base'} {c.get('draw') or ''} {c['lang']}: lm-eval {other['value']:.3f}, choice {c['value']:.3f}")
         assert other["value"] == pytest.approx(c["value"]) and other["n"] == c["n"]
     assert len(lm["cells"]) == len(own["cells"]) == 21  # 3 languages × (base, specific, 5 random draws)
+
+
+def test_embedded_model_does_the_next_verse_task_in_every_study_language(say) -> None:  # noqa: ANN001
+    """builtin:bible-next is the labelled task of the shipped studies: it only says something about
+    an arm if the base model can do it. Chance is 0.25 (four choices); English must reach 0.5 and
+    every language of studies/mwork.yaml must be above chance with its 95 % interval."""
+    _require_embedded()
+    import torch
+
+    from neuronspec.data import load_corpus
+    from neuronspec.evaluate.choice import multiple_choice
+    from neuronspec.models.loading import load_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    lm = load_model("gemma-3-270m")
+    languages = ["en", "zh", "fr", "es", "ru", "hi"]
+    items = load_corpus("builtin:bible-next", languages, split="eval", docs_per_language=NEXT_ITEMS)
+    for lang in languages:
+        result = multiple_choice(lm.model, lm.tokenizer, items[lang], max_tokens=256, bootstrap=1000, seed=0)
+        say(f"bible-next {lang}: accuracy {result.accuracy:.3f} (95 % CI {result.ci_low:.3f}…{result.ci_high:.3f}, "
+            f"n={result.n})")
+        assert result.ci_low > 0.25, (lang, result.accuracy, result.ci_low)
+        if lang == "en":
+            assert result.accuracy >= 0.5
+
+
+NEXT_ITEMS = 60
