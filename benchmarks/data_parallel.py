@@ -95,7 +95,7 @@ def main() -> None:
     p.add_argument("--model", default="gemma-3-270m")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--languages", type=lambda s: s.split(","), default=["en", "zh"])
-    p.add_argument("--corpus", default="builtin:wikilingua")
+    p.add_argument("--corpus", default="builtin:bible-passages")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads in total, split over the ranks")
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3)

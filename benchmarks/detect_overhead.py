@@ -354,7 +354,7 @@ def main() -> None:
                                    f"{', '.join(SITE_CONFIGS)})")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--languages", type=lambda s: s.split(","), default=["en", "zh"])
-    p.add_argument("--corpus", default="builtin:wikilingua")
+    p.add_argument("--corpus", default="builtin:bible-passages")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up (medians reported)")
     p.add_argument("--mask-neurons", type=int, default=1000)
     p.add_argument("--ppl-docs", type=int, help="documents for the perplexity comparison (default: all N)")

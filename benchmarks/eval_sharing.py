@@ -3,7 +3,7 @@
     python benchmarks/eval_sharing.py                          # Gemma 3 270M, 2 threads
     python benchmarks/eval_sharing.py --model tiny-llama       # smoke run, seconds
 
-1. Multiple choice (the MWork sentiment evaluation: builtin multiemo, 4 choices): the old
+1. Multiple choice (the MWork next-verse evaluation: builtin bible-next, 4 choices): the old
    path (every prompt + choice through `token_logprobs`, every position unembedded; kept
    here as the baseline) against `multiple_choice` (prompt once, key/value cache, only the
    choice positions unembedded), each as a ratio to perplexity on the same items' texts
@@ -52,7 +52,7 @@ def items(model_name: str, n: int, lang: str) -> list[dict[str, Any]]:
                 for i in range(n)]
     from neuronspec.data import load_corpus
 
-    return [{"meta": dict(d.meta)} for d in load_corpus("builtin:multiemo", [lang], split="eval", docs_per_language=n)[lang]]
+    return [{"meta": dict(d.meta)} for d in load_corpus("builtin:bible-next", [lang], split="eval", docs_per_language=n)[lang]]
 
 
 def old_choice(model: Any, tokenizer: Any, batch: list[dict[str, Any]], max_tokens: int) -> list[list[float]]:
@@ -108,7 +108,7 @@ def prefix_section(args: argparse.Namespace, model: Any, tokenizer: Any) -> None
     else:
         from neuronspec.data import load_corpus
 
-        texts = [d.text for d in load_corpus("builtin:wikilingua", [args.lang], split="eval",
+        texts = [d.text for d in load_corpus("builtin:bible-passages", [args.lang], split="eval",
                                              docs_per_language=args.docs)[args.lang]]
     seqs = [encode(tokenizer, t)[: args.ppl_tokens] for t in texts]
     pad = pad_token_id(model, tokenizer)
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lang", default="en")
     parser.add_argument("--items", type=int, default=16, help="multiple-choice items")
-    parser.add_argument("--max-tokens", type=int, default=256, help="as the mwork sentiment corpus")
+    parser.add_argument("--max-tokens", type=int, default=256, help="as the mwork next-verse corpus")
     parser.add_argument("--docs", type=int, default=12, help="perplexity documents (as mwork's ppl corpus)")
     parser.add_argument("--ppl-tokens", type=int, default=160)
     parser.add_argument("--repeats", type=int, default=3)

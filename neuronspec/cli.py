@@ -441,6 +441,21 @@ def cmd_corpora(args: argparse.Namespace) -> int:
 
 
 # -- export -------------------------------------------------------------------------------
+def _export_clash(out: Path, loaded: Any, store_root: Path) -> str | None:
+    """Why `out` must not be written (`--force` replaces the folder): it holds or is inside the
+    study's store, a model folder of the study, or the study file's own folder."""
+    target = out.expanduser().resolve()
+    study = loaded.study
+    models = [m.id for m in study.models.values()] if study.models else [study.model.id]
+    guarded = [(store_root, "the study's artifact store"), (Path(loaded.path).parent, "the study's own folder")]
+    guarded += [(Path(m).expanduser(), f"the model folder {m}") for m in models if Path(m).expanduser().exists()]
+    for path, what in guarded:
+        path = path.resolve()
+        if target == path or path.is_relative_to(target) or (what != "the study's own folder" and target.is_relative_to(path)):
+            return f"it is, holds or lies inside {what}"
+    return None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Write an arm as a full Hugging Face model folder, for use by other tools: an enhance arm with
     its fine-tuned slices written in, a deactivation arm with its neurons' weight slices zeroed."""
@@ -449,6 +464,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     loaded = _load(args, args.file)
     if Path(args.out).exists() and not args.force:
         _fail(f"{args.out} exists; pass --force to replace it")
+        return 2
+    protected = _export_clash(Path(args.out), loaded, _store(args, loaded.path).root)
+    if protected is not None:
+        _fail(f"--out {args.out}: {protected}; choose a folder of its own")
         return 2
     arm = loaded.study.arm(args.arm)
     if arm is None:

@@ -366,3 +366,52 @@ def test_a_store_marks_itself_and_ignores_itself_in_git(folder: Path) -> None:
     store = _fake_store(folder / "store")
     assert (store / "neuronspec-store.json").is_file()
     assert (store / ".gitignore").read_text().splitlines()[-1] == "*"
+
+
+# -- names that become file names --------------------------------------------------------
+@pytest.mark.parametrize("old, new, line, field", [
+    ("  specific: plnd", '  "../../../../tmp/pwned": plnd', 10, "neurons"),       # a set name as a path
+    ("  specific: plnd", '  "fam.en": plnd', 10, "neurons"),                        # would collide with family `fam`, language en
+    ("  specific: plnd", '  "a/b": plnd', 10, "neurons"),
+    ("  specific: plnd", '  "x\\0y": plnd', 10, "neurons"),
+    ("  specific: plnd", f'  {"s" * 300}: plnd', 10, "neurons"),
+    ("  ppl: {metric", '  "x/../../m": {metric', 16, "evaluate"),
+    ("  ppl: {source", '  "../c": {source', 6, "corpora"),
+    ("partitions: {early:", 'partitions: {"e/x":', 11, "partitions"),
+    ("  - {name: early,", f'  - {{name: {"a" * 65},', 13, "arms.0.name"),
+])
+def test_names_that_reach_the_file_system_are_checked_at_validate(folder: Path, capsys: pytest.CaptureFixture[str],
+                                                                   old: str, new: str, line: int, field: str) -> None:
+    path = broken(folder, old, new)
+    fails_located(capsys, ["validate", str(path)], path, line=line, contains=field)
+
+
+def test_a_crafted_run_index_line_is_ignored(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`runs/index.jsonl` is data: a line naming a folder outside `runs/`, a null line or a list
+    is skipped; `runs` and `report latest` keep working and write only inside the store."""
+    study = folder / "tiny.yaml"
+    assert main(["run", "-q", str(study)]) == 0
+    capsys.readouterr()
+    outside = folder / "outside"
+    (outside / "x").mkdir(parents=True)
+    real = next((folder / ".neuronspec" / "runs").glob("*/record.json"))
+    (outside / "x" / "record.json").write_text(real.read_text())  # a record there, so only the id check stops it
+    index = folder / ".neuronspec" / "runs" / "index.jsonl"
+    crafted = [json.dumps({"run_id": "../../outside/x", "created": 9e12}), "null", "[1, 2]", json.dumps({"run_id": None})]
+    index.write_text(index.read_text() + "\n".join(crafted) + "\n")
+    assert main(["runs", str(study)]) == 0
+    assert main(["report", "latest", "--store", str(folder / ".neuronspec")]) == 0
+    assert not (outside / "x" / "report.html").exists()
+
+
+def test_export_refuses_the_store_and_the_model_folder(folder: Path, tiny_model_dir: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    study = folder / "tiny.yaml"
+    assert main(["run", "-q", str(study)]) == 0
+    before = sorted(p.name for p in tiny_model_dir.iterdir())
+    for out in (tiny_model_dir, folder / ".neuronspec", folder / ".neuronspec" / "runs", folder):
+        capsys.readouterr()
+        assert main(["export", str(study), "early", "--lang", "en", "--out", str(out), "--force"]) == 2
+        assert "choose a folder of its own" in capsys.readouterr().err
+    assert sorted(p.name for p in tiny_model_dir.iterdir()) == before
+    assert (folder / ".neuronspec" / "runs").is_dir() and study.exists()

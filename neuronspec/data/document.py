@@ -28,7 +28,7 @@ class Document:
 class CorpusError(ValueError):
     """A corpus cannot provide what was asked.
 
-    The message always starts with the corpus (`builtin:wikilingua: …`, `file corpus
+    The message always starts with the corpus (`builtin:bible: …`, `file corpus
     'data/x.jsonl': …`) and names the language where one is involved, so the study layer can
     show it next to the offending line unchanged. `source` and `language` are kept as
     attributes for callers that want to map the error back to a field.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 import time
 import uuid
@@ -191,17 +192,33 @@ def list_runs(store_root: Path, study: str | None = None) -> list[dict[str, Any]
             e = json.loads(line)
         except ValueError:  # a torn last line after a crash
             continue
-        if (runs / e.get("run_id", "") / "record.json").exists():
+        # Only plain run ids name a folder: an index line is data, and must not point outside `runs/`.
+        if not isinstance(e, dict) or not is_run_id(e.get("run_id")):
+            continue
+        if _is_run_folder(runs / e["run_id"]):
             entries[e["run_id"]] = e
     if runs.is_dir():
         for folder in runs.iterdir():
-            if folder.name not in entries and (folder / "record.json").exists():
+            if folder.name not in entries and is_run_id(folder.name) and _is_run_folder(folder):
                 try:
                     entries[folder.name] = index_entry(read_record(folder))
                 except (OSError, ValueError, KeyError):
                     continue
     out = [e for e in entries.values() if study is None or e.get("study") == study]
     return sorted(out, key=lambda e: (e.get("created") or 0, e["run_id"]), reverse=True)
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,200}")
+
+
+def is_run_id(value: object) -> bool:
+    """A run id as `start_run` makes them: one plain folder name, no separators, no leading dot."""
+    return isinstance(value, str) and _RUN_ID.fullmatch(value) is not None
+
+
+def _is_run_folder(folder: Path) -> bool:
+    """A real folder (never a link) holding a record."""
+    return not folder.is_symlink() and folder.is_dir() and (folder / "record.json").is_file()
 
 
 class RecordError(ValueError):

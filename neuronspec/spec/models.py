@@ -26,7 +26,13 @@ from neuronspec.data.languages import LANGUAGES
 
 #: Names of studies, arms and models: safe in file names, stage ids and run ids.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-ModelName = Annotated[str, Field(pattern=NAME_PATTERN)]
+NAME_MAX = 64
+ModelName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=NAME_MAX)]
+#: Names of neuron sets, evaluations, corpora and partitions. They become file names
+#: (`{set}.{lang}.safetensors`, `{evaluation}-….png`), so no separators and no dots: a dot
+#: would let a set `fam.en` collide with language `en` of a family set `fam`.
+KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+Key = Annotated[str, Field(pattern=KEY_PATTERN, max_length=NAME_MAX)]
 
 SITES = ("ffn", "attn.q", "attn.k", "attn.v", "attn.o")
 Site = Literal["ffn", "attn.q", "attn.k", "attn.v", "attn.o"]
@@ -288,7 +294,7 @@ class EnhanceSpec(NeuronSelection):
 
 
 class ArmSpec(Strict):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     deactivate: DeactivateSpec | None = None
     enhance: EnhanceSpec | None = None
     description: str = ""
@@ -399,7 +405,7 @@ class ReportSpec(Strict):
 class Study(Strict):
     """A whole study: model(s), languages, corpora, detection, neuron sets, partitions, arms, evaluations."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     description: str = ""
     model: ModelSpec = Field(default_factory=ModelSpec)
     models: dict[ModelName, ModelSpec] = Field(
@@ -408,18 +414,18 @@ class Study(Strict):
                     "per model and the report compares them side by side (LRDS, SADS, SKLR, set sizes, perplexity).",
     )
     languages: list[LanguageCode] = Field(min_length=1)
-    corpora: dict[str, CorpusSpec] = Field(default_factory=dict)
+    corpora: dict[Key, CorpusSpec] = Field(default_factory=dict)
     detect: DetectSpec = Field(default_factory=DetectSpec)
     analyses: AnalysesSpec = Field(default_factory=AnalysesSpec)
-    neurons: dict[str, str] = Field(
+    neurons: dict[Key, str] = Field(
         default_factory=dict,
         description="Named neuron sets by set algebra over detectors and other sets, e.g. 'plnd[lang] - plnd[others]'.",
     )
-    partitions: dict[str, LayerRange] = Field(
+    partitions: dict[Key, LayerRange] = Field(
         default_factory=dict, description="Layer ranges [start, end) by name, e.g. understanding: [0, 4]."
     )
     arms: list[ArmSpec] = Field(default_factory=list)
-    evaluate: dict[str, Evaluation] = Field(default_factory=dict)
+    evaluate: dict[Key, Evaluation] = Field(default_factory=dict)
     report: ReportSpec = Field(default_factory=ReportSpec)
     seed: int = 0
 

@@ -33,8 +33,8 @@ languages: [en, zh, fr, ru]
 # ({{lang}} placeholder allowed) or hf:DATASET. `split` makes detection and evaluation
 # documents disjoint.
 corpora:
-  detect: {{source: "builtin:wikilingua", split: detect, docs_per_language: 16, max_tokens: 128}}
-  ppl: {{source: "builtin:wikilingua", split: eval, docs_per_language: 8, max_tokens: 128}}
+  detect: {{source: "builtin:bible-passages", split: detect, docs_per_language: 16, max_tokens: 128}}
+  ppl: {{source: "builtin:bible-passages", split: eval, docs_per_language: 8, max_tokens: 128}}
 
 # PLND (Zhao et al. 2024): a neuron is relevant for a language when its importance is at
 # least ε on every document of that language. One forward pass per language computes the

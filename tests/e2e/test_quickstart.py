@@ -69,35 +69,33 @@ def test_embedded_model_loads_offline_and_has_sensible_perplexity(say) -> None: 
 
 def test_quickstart_shows_language_specific_effect(tmp_path: Path, say) -> None:  # noqa: ANN001
     """Deactivating a language's specific neurons must hurt that language more than (a) the
-    same number of random neurons do on average over the control's 5 draws, and (b) much more
-    than it hurts the other languages.
+    same number of random neurons do on average over the control's 5 draws, and (b) more than
+    twice as much as it hurts any other language — for every language, English included (on
+    the Bible passages English's exclusive set is 230 neurons and costs it +51 %; README).
 
-    Not asserted: beating *every* draw. For ru (941 neurons) the draws range from +47 % to
-    +263 % against the specific set's +195 % (README); which languages beat every draw is
-    printed, as the report does.
-
-    English is the baseline: its exclusive set is tiny (most English-relevant neurons are
-    relevant for other languages too), so the claim is checked on the other languages —
-    a detector returning arbitrary neurons fails both comparisons.
+    Not asserted: beating *every* draw. For ru (749 neurons) the draws range from +35 % to
+    +133 % against the specific set's +130 % (README); which languages beat every draw is
+    printed, as the report says. A detector returning arbitrary neurons fails both comparisons.
     """
     _require_embedded()
     store = tmp_path / "store"
     cmd = [sys.executable, "-m", "neuronspec.cli", "run", str(ROOT / "studies" / "quickstart.yaml"), "--store", str(store), "--json", "-q"]
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)  # 114 stages: 5 random draws
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)  # 66 stages: 5 random draws
     cold = time.perf_counter() - start
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
     ev = out["results"]["evaluations"]["ppl"]
     specific, random = ev["arms"]["specific"], ev["arms"]["random"]
-    matrix = ev["matrices"]["specific"]["change"]
+    matrix = out["results"]["evaluations"]["ppl-matrix"]["matrices"]["specific"]["change"]
     say(f"\nquickstart cold run: {cold:.0f} s, {len(out['computed'])} stages")
     say("base ppl:", ev["base"])
     say("% ppl change, specific:", {k: round(v, 1) for k, v in specific["change"].items()})
     say("% ppl change, random (mean of draws):", {k: round(v, 1) for k, v in random["change"].items()})
     assert random["draws"] == 5 and all(len(v) == 5 for v in random["change_draws"].values())
-    say("diagonal beats every random draw for:", ev["matrices"]["specific"]["beats_control_languages"])
-    for lang in [x for x in ev["languages"] if x != "en"]:
+    say("own set beats every random draw for:",
+        [lang for lang in ev["languages"] if specific["change"][lang] > max(random["change_draws"][lang])])
+    for lang in ev["languages"]:
         own = specific["change"][lang]
         draws = random["change_draws"][lang]
         assert own > max(sum(draws) / len(draws), 1.0), (lang, own, draws)

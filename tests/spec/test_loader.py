@@ -15,8 +15,8 @@ GOOD = """\
 name: small
 languages: [en, zh, fr]
 corpora:
-  detect: {source: builtin:wikilingua, split: detect, docs_per_language: 8}
-  ppl: {source: builtin:wikilingua, split: eval, docs_per_language: 8}
+  detect: {source: builtin:bible-passages, split: detect, docs_per_language: 8}
+  ppl: {source: builtin:bible-passages, split: eval, docs_per_language: 8}
 detect:
   plnd: {sites: [ffn, attn], epsilon: {quantile: 0.99}}
 neurons:
@@ -54,7 +54,7 @@ def test_four_kinds_of_error_reported_together_with_positions(tmp_path: Path) ->
         languages: [en, zh, xx]
         seed: lots
         corpora:
-          detect: {source: builtin:wikilingua}
+          detect: {source: builtin:bible-passages}
         detect:
           plnd:
             epsilon: -0.5
