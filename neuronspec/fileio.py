@@ -2,8 +2,8 @@
 
 A JSON file is written to a temp file in the same folder and renamed over the target, so a
 reader sees the old file or the new one, never half of one; a failed write (a full disk)
-removes its temp file. `memo_sha256` remembers a file's digest by (path, size, mtime), so a
-14 GB checkpoint is hashed once.
+removes its temp file. `memo_sha256` remembers a file's digest by (path, size, mtime, inode,
+ctime), so a 14 GB checkpoint is hashed once.
 """
 
 from __future__ import annotations
@@ -26,12 +26,19 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def stat_tag(path: Path) -> list[int]:
+    """What must be unchanged for a file's memoised digest to hold. Size and mtime alone miss a
+    file rewritten in place with its mtime restored (`os.utime`); that still changes the ctime,
+    which no user call can set back, and a replacement by rename changes the inode."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns]
+
+
 def memo_sha256(path: str | Path) -> str:
-    """`file_sha256`, memoised in the user cache (one small file per path) by size and mtime."""
+    """`file_sha256`, memoised in the user cache (one small file per path) by `stat_tag`."""
     path = Path(path).resolve()
-    stat = path.stat()
     memo = user_cache() / "digests" / (hashlib.sha256(str(path).encode()).hexdigest()[:32] + ".json")
-    tag = [stat.st_size, stat.st_mtime_ns]
+    tag = stat_tag(path)
     try:
         saved = json.loads(memo.read_text(encoding="utf-8"))
         if saved["tag"] == tag:

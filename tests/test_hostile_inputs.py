@@ -415,3 +415,61 @@ def test_export_refuses_the_store_and_the_model_folder(folder: Path, tiny_model_
         assert "choose a folder of its own" in capsys.readouterr().err
     assert sorted(p.name for p in tiny_model_dir.iterdir()) == before
     assert (folder / ".neuronspec" / "runs").is_dir() and study.exists()
+
+
+# -- the store does not trust its own metadata -------------------------------------------
+def test_gc_never_follows_a_symlinked_shard(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = _fake_store(folder / "store")
+    victim = folder / "victim" / "ef0123"
+    victim.mkdir(parents=True)
+    (victim / "meta.json").write_text(json.dumps({"key": "ef0123", "stage": "x", "kind": "corpus", "files": {}}))
+    (victim / "precious.txt").write_text("keep me")
+    (store / "objects" / "ef").symlink_to(folder / "victim", target_is_directory=True)  # a whole shard
+    (store / "objects" / "cd").mkdir()
+    (store / "objects" / "cd" / "cd0123").symlink_to(victim, target_is_directory=True)  # one entry
+    assert main(["cache", "gc", "--store", str(store), "--yes"]) == 0
+    assert (victim / "precious.txt").read_text() == "keep me"
+    assert not (store / "objects" / "ef").is_symlink() and not (store / "objects" / "cd" / "cd0123").is_symlink()
+
+
+def test_an_entry_under_another_key_is_not_served(tmp_path: Path) -> None:
+    """Two entries whose folders were swapped answer each other's question: neither is cached."""
+    from neuronspec.plan.store import Store
+
+    store = Store(tmp_path / "store")
+    a, b = "a" * 64, "b" * 64
+    for key, text in ((a, "French statistics"), (b, "English statistics")):
+        store.put(key, f"stats/{key[0]}", "stats", lambda d, t=text: (d / "result.json").write_text(json.dumps(t)))
+    assert store.status(a) == store.status(b) == "cached"
+    tmp = store.entry_dir(a).with_name("swap")
+    os.replace(store.entry_dir(a), tmp)
+    os.replace(store.entry_dir(b), store.root / "objects" / "aa" / a)
+    store.entry_dir(b).parent.mkdir(exist_ok=True)
+    os.replace(tmp, store.entry_dir(b))
+    assert store.status(a) == store.status(b) == "corrupt"
+
+
+def test_a_store_of_another_format_is_refused(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study = folder / "tiny.yaml"
+    store = folder / ".neuronspec"
+    store.mkdir()
+    (store / "neuronspec-store.json").write_text(json.dumps({"format": 99, "what": "neuronspec artifact store"}))
+    assert main(["run", "-q", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert "format 99" in err and "reads format 1" in err and "Traceback" not in err
+    assert sorted(p.name for p in store.iterdir()) == ["neuronspec-store.json"]
+
+
+def test_weights_rewritten_with_their_mtime_restored_are_hashed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuronspec.fileio import memo_sha256
+
+    monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"A" * 4096)
+    before = memo_sha256(weights)
+    stat = weights.stat()
+    with weights.open("r+b") as f:  # same size, in place
+        f.write(b"B")
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the old mtime
+    assert weights.stat().st_mtime_ns == stat.st_mtime_ns and weights.stat().st_size == stat.st_size
+    assert memo_sha256(weights) != before

@@ -19,7 +19,7 @@ renamed variable included — changes the fingerprint. That errs on recomputing.
 upgrade that changes the AST format changes fingerprints too (recomputed, never misread).
 Third-party libraries are not fingerprinted: their versions are in the run record.
 
-Each file's digest and imports are memoised by (size, mtime) in the user cache, so an
+Each file's digest and imports are memoised by (size, mtime, inode, ctime) in the user cache, so an
 unchanged study plans in milliseconds.
 """
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neuronspec.fileio import write_json
+from neuronspec.fileio import stat_tag, write_json
 from neuronspec.paths import user_cache
 
 PACKAGE = "neuronspec"
@@ -127,12 +127,11 @@ class _Source:
         return path.relative_to(self.root).as_posix()
 
     def module_info(self, module: str) -> tuple[str, str, list[tuple[str, list[str]]]]:
-        """(relative path, digest, imports) of a module, memoised by size and mtime."""
+        """(relative path, digest, imports) of a module, memoised by `stat_tag`."""
         path = self.file(module)
         if path is None:
             raise ModuleNotFoundError(f"{module}: no source under {self.root}")
-        stat = path.stat()
-        tag = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+        tag = [str(path.resolve()), *stat_tag(path)]
         saved = self._memo.get(tag[0])
         if saved is None or saved["tag"] != tag:
             tree = self.tree(path)

@@ -79,8 +79,20 @@ class Store:
         """Whether the folder is a store: it carries the marker (or the layout of a store made
         before the marker existed)."""
         if (self.root / MARKER).is_file():
+            self._check_format()
             return True
         return all((self.root / name).exists() for name in _LEGACY_LAYOUT) and (self.root / "objects").is_dir()
+
+    def _check_format(self) -> None:
+        """A marker of another format is a store this version cannot read correctly: say so."""
+        try:
+            marker = json.loads((self.root / MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise StoreError(f"{self.root / MARKER} is not readable JSON; is {self.root} a neuronspec store?") from None
+        found = marker.get("format") if isinstance(marker, dict) else None
+        if found != STORE_FORMAT:
+            raise StoreError(f"{self.root} is a neuronspec store of format {found!r}; this version reads format "
+                             f"{STORE_FORMAT} (use the neuronspec that made it, or another --store)")
 
     def _ensure(self) -> None:
         """Create the store (or check it) before writing: a clear error, never a half-made store
@@ -98,6 +110,8 @@ class Store:
                 (self.root / sub).mkdir(exist_ok=True)
             if not (self.root / MARKER).exists():
                 write_json(self.root / MARKER, {"format": STORE_FORMAT, "what": "neuronspec artifact store"})
+            else:
+                self._check_format()
             if not (self.root / ".gitignore").exists():
                 (self.root / ".gitignore").write_text("# neuronspec artifact store: never commit it\n*\n", encoding="utf-8")
             if not os.access(self.root, os.W_OK) or not os.access(self.root / "objects", os.W_OK):
@@ -123,8 +137,12 @@ class Store:
 
     def _verify(self, key: str) -> dict[str, Any]:
         path = self.entry_dir(key)
+        if path.is_symlink() or path.parent.is_symlink():
+            raise CorruptEntry(f"{path} is reached through a symbolic link; entries are plain folders")
         try:
             meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+            if meta["key"] != key:  # an entry moved or copied under another key answers another question
+                raise CorruptEntry(f"meta.json records key {str(meta['key'])[:12]}…, not the {key[:12]}… it lies under")
             for name, sha in meta["files"].items():
                 if file_sha256(path / name) != sha:
                     raise CorruptEntry(f"{name} fails its checksum")
@@ -207,8 +225,10 @@ class Store:
         """Every finished entry, keyed by its folder's name (what `meta.json` says is never trusted
         to locate anything)."""
         out = []
-        for meta_path in sorted((self.root / "objects").glob("*/*/meta.json")):
-            folder = meta_path.parent
+        for folder in self._entry_folders():
+            meta_path = folder / "meta.json"
+            if not meta_path.is_file():
+                continue
             try:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -219,6 +239,22 @@ class Store:
             out.append({"key": folder.name, "stage": meta.get("stage"), "kind": meta.get("kind"),
                         "created": meta.get("created"), "bytes": size, "path": str(folder)})
         return out
+
+    def _entry_folders(self) -> list[Path]:
+        """`objects/XX/KEY` folders, found without following a symbolic link anywhere."""
+        objects = self.root / "objects"
+        if objects.is_symlink() or not objects.is_dir():
+            return []
+        shards = [d for d in sorted(objects.iterdir()) if d.is_dir() and not d.is_symlink()]
+        return [e for shard in shards for e in sorted(shard.iterdir()) if e.is_dir() and not e.is_symlink()]
+
+    def _stray_links(self) -> list[Path]:
+        """Symbolic links under `objects/` (neuronspec never makes one): gc unlinks them."""
+        objects = self.root / "objects"
+        if objects.is_symlink() or not objects.is_dir():
+            return []
+        shards = [d for d in objects.iterdir() if not d.is_symlink() and d.is_dir()]
+        return [p for p in objects.iterdir() if p.is_symlink()] + [p for d in shards for p in d.iterdir() if p.is_symlink()]
 
     def gc(self, keep: set[str]) -> tuple[int, int]:
         """Delete entries not in `keep` and every temp leftover. Returns (entries removed, bytes freed).
@@ -234,6 +270,8 @@ class Store:
                     _remove(Path(entry["path"]))
                     removed += 1
                     freed += entry["bytes"]
+            for link in self._stray_links():
+                link.unlink(missing_ok=True)
             tmp = self.root / "tmp"
             if tmp.is_dir() and not tmp.is_symlink():
                 for leftover in tmp.iterdir():
