@@ -6,6 +6,7 @@ previous run's folder as it is. The command line and the Python API both run stu
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -118,7 +119,8 @@ def unchanged_run(loaded: Any, plan: Any, store: Any) -> Path | None:
     same = ({sid: s.get("key") for sid, s in record.get("stages", {}).items()} == _stage_keys(plan)
             and record.get("study", {}).get("report") == loaded.study.report.model_dump(mode="json")
             and record.get("report_code") == report_code()
-            and ("json" not in loaded.study.report.formats or (folder / "results.json").exists()))
+            and ("json" not in loaded.study.report.formats or (folder / "results.json").exists())
+            and (folder / "report.html").exists())
     return folder if same else None
 
 
@@ -147,7 +149,8 @@ def run_study(loaded: Any, plan: Any, store: Any, *, started: float | None = Non
     from neuronspec.plan.runner import StageFailed, run_plan
     from neuronspec.plan.variants import as_variants, run_variants
     from neuronspec.report.html import write_html_report
-    from neuronspec.report.records import read_record, write_run_record
+    from neuronspec.plan.store import StoreError
+    from neuronspec.report.records import publish_run, read_record, write_run_record
     from neuronspec.report.render import result_tables, write_outputs
     from neuronspec.report.results import collect_study
 
@@ -187,9 +190,20 @@ def run_study(loaded: Any, plan: Any, store: Any, *, started: float | None = Non
         return RunOutcome(result, results, result_tables(results), read_record(previous), previous, True)
     results = collect_study(loaded, variants, store)
     tables = result_tables(results)
-    record, folder = write_run_record(loaded, variants, store, result, results, time.perf_counter() - started, git_info=git_info)
-    write_outputs(results, tables, folder, loaded.study.report.formats, loaded.study.report.layer_axis)
-    write_html_report(folder, record, tables)
+    staging: Path | None = None
+    try:
+        record, staging = write_run_record(loaded, variants, store, result, results, time.perf_counter() - started,
+                                           git_info=git_info)
+        write_outputs(results, tables, staging, loaded.study.report.formats, loaded.study.report.layer_axis)
+        write_html_report(staging, record, tables)
+        folder = publish_run(store.root / "runs", record, staging)
+    except BaseException as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, a read-only folder: say so, exit 2
+            raise StoreError(f"cannot write the run folder under {store.root / 'runs'}: {exc.strerror or exc}; "
+                             "no run was recorded (the computed stages are cached: run again to write it)") from None
+        raise
     return RunOutcome(result, results, tables, record, folder, False)
 
 

@@ -276,6 +276,10 @@ class Store:
             if tmp.is_dir() and not tmp.is_symlink():
                 for leftover in tmp.iterdir():
                     _remove(leftover)
+            runs = self.root / "runs"
+            if runs.is_dir() and not runs.is_symlink():  # run folders a killed run left half-written
+                for leftover in runs.glob(".incoming-*"):
+                    _remove(leftover)
         return removed, freed
 
 

@@ -14,6 +14,7 @@ each other) for `neuronspec runs`; records missing from it are found by scanning
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import subprocess
@@ -28,6 +29,7 @@ from neuronspec.plan.kinds import EVAL_KINDS
 
 _PACKAGES = ("neuronspec", "torch", "transformers", "pydantic", "safetensors", "datasets")
 INDEX = "index.jsonl"
+INCOMING = ".incoming-"  # a run folder being written; not a run id (leading dot), swept by `cache gc`
 #: Keys of an evaluation result kept in the record (the rest — per-document lists — stays in the store).
 #: kept per evaluation in the record; per-document NLL and tokens let `report` recompute paired CIs without the cache
 _HEADLINE = ("metric", "value", "ci", "higher_is_better", "docs", "tokens", "doc_nll", "doc_tokens", "task", "stderr")
@@ -98,7 +100,8 @@ def eval_metrics(plan: Any, results: dict[str, Any]) -> dict[str, dict[str, Any]
 
 def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: dict[str, Any], seconds: float,
                      git_info: dict[str, Any] | None | bool = True) -> tuple[dict[str, Any], Path]:
-    """Write `runs/RUN_ID/record.json` and append the run to the index.
+    """Write `record.json` into a staging folder `runs/.incoming-RUN_ID/`; `publish_run` moves the
+    finished folder into place (only then does the run exist for `runs`, `report` and reuse).
 
     `plan` is a one-model study's Plan or a study's variants (neuronspec.plan.variants). With
     several models, stages are listed as MODEL:STAGE, and each model's identity, dims,
@@ -111,7 +114,7 @@ def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: d
     multi, first = is_multi(variants), variants[0].plan
     stages = all_stages(variants)
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{loaded.study.name}-{uuid.uuid4().hex[:6]}"
-    folder = store.root / "runs" / run_id
+    folder = store.root / "runs" / f"{INCOMING}{run_id}"
     folder.mkdir(parents=True, exist_ok=True)
     computed = set(result.computed)
     record = {
@@ -147,8 +150,17 @@ def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: d
     else:
         record.update(_outcome(first, results))
     write_json(folder / "record.json", record)
-    _append_index(store.root / "runs", record)
     return record, folder
+
+
+def publish_run(runs: Path, record: dict[str, Any], staging: Path) -> Path:
+    """Rename a complete staging folder to `runs/RUN_ID` and list it in the index: a run folder
+    is whole (record, report, figures) or absent — an interrupted or failed write never leaves a
+    folder that a later unchanged run would reuse."""
+    final = runs / record["run_id"]
+    os.replace(staging, final)
+    _append_index(runs, record)
+    return final
 
 
 def _outcome(plan: Any, results: dict[str, Any]) -> dict[str, Any]:
