@@ -503,3 +503,17 @@ def test_a_run_folder_is_published_whole_or_not_at_all(folder: Path, capsys: pyt
     assert main(["run", "-q", str(study)]) == 0  # every stage cached, the report written now
     written = [p for p in runs.iterdir() if p.is_dir()]
     assert len(written) == 1 and (written[0] / "report.html").is_file() and (written[0] / "record.json").is_file()
+
+
+# -- values with no sensible meaning are refused at validate ------------------------------
+@pytest.mark.parametrize("old, new, line, message", [
+    ("bootstrap: 50", "bootstrap: 1000000000", 16, "less than or equal to 100000"),
+    ("layers: early}", "layers: early, sites: []}", 13, "at least 1 item"),
+    ("layers: early}", "layers: []}", 13, "at least 1 item"),
+    ("name: tiny", "name: tiny\nseed: -1", 2, "greater than or equal to 0"),
+    ("bootstrap: 50", "bootstrap: .inf", 16, "finite number"),
+])
+def test_values_without_a_meaning_are_refused(folder: Path, capsys: pytest.CaptureFixture[str], old: str, new: str,
+                                              line: int, message: str) -> None:
+    path = broken(folder, old, new)
+    fails_located(capsys, ["validate", str(path)], path, line=line, contains=message)

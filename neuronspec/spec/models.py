@@ -27,6 +27,8 @@ from neuronspec.data.languages import LANGUAGES
 #: Names of studies, arms and models: safe in file names, stage ids and run ids.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 NAME_MAX = 64
+#: Bootstrap resamples are held in memory per cell: 1e9 died with MemoryError at run time.
+MAX_BOOTSTRAP = 100_000
 ModelName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=NAME_MAX)]
 #: Names of neuron sets, evaluations, corpora and partitions. They become file names
 #: (`{set}.{lang}.safetensors`, `{evaluation}-….png`), so no separators and no dots: a dot
@@ -41,7 +43,8 @@ SITE_GROUPS: dict[str, tuple[str, ...]] = {"attn": SITES[1:], "all": SITES}
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and NaN are never a meaningful setting (`lr: .inf` used to give "+nan" cells and exit 0)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_language(code: str) -> str:
@@ -239,14 +242,16 @@ class NeuronSelection(Strict):
     """Which neurons an arm touches: a named set (optionally restricted), or a random match of another arm."""
 
     neurons: str | None = Field(None, description="A named neuron set (see `neurons`) or a detector name.")
-    layers: str | list[str] | None = Field(None, description="Partition name(s) to restrict to (default: all layers).")
-    sites: list[Literal["ffn", "attn.q", "attn.k", "attn.v", "attn.o", "attn", "all"]] | None = Field(
+    # An empty list would restrict to nothing; it used to mean "everything": refused instead.
+    layers: str | Annotated[list[str], Field(min_length=1)] | None = Field(
+        None, description="Partition name(s) to restrict to (default: all layers).")
+    sites: Annotated[list[Literal["ffn", "attn.q", "attn.k", "attn.v", "attn.o", "attn", "all"]], Field(min_length=1)] | None = Field(
         None, description="Restrict to these sites: ffn, attn (all attention sites) or single sites."
     )
     random_like: str | None = Field(
         None, description="Name of another arm of the same kind: use as many random neurons per site and layer as it does."
     )
-    seed: int | None = Field(None, description="Seed for random_like (default: the study seed).")
+    seed: int | None = Field(None, ge=0, description="Seed for random_like (default: the study seed).")
     draws: int | None = Field(
         None, ge=1, le=100,
         description="random_like: independent random draws, each with the matched arm's counts per site and layer "
@@ -339,7 +344,7 @@ class EvaluationSpec(ArmsEvaluated):
         "all",
         description="self: evaluate each language's arm only on that language; all: on every language (the language × language matrix).",
     )
-    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none).")
+    bootstrap: int = Field(1000, ge=0, le=MAX_BOOTSTRAP, description="Bootstrap resamples for confidence intervals (0: none).")
     options: dict[str, Any] = Field(default_factory=dict, description="Evaluator options: choice: normalize; generation: max_new_tokens, stop, metric (rouge_l | fidelity).")
 
     @model_validator(mode="after")
@@ -373,7 +378,7 @@ class LmEvalSpec(ArmsEvaluated):
         None, description="Which of the task's metrics to report, e.g. acc_norm or exact_match,flexible-extract (default: its first).")
     on: Literal["self", "all"] = Field(
         "all", description="self: evaluate each language's arm only on that language's task; all: on every task (the matrix).")
-    bootstrap: int = Field(1000, ge=0, description="lm-eval's bootstrap iterations for the standard error of non-mean metrics.")
+    bootstrap: int = Field(1000, ge=0, le=MAX_BOOTSTRAP, description="lm-eval's bootstrap iterations for the standard error of non-mean metrics.")
 
     @field_validator("tasks")
     @classmethod
@@ -427,7 +432,7 @@ class Study(Strict):
     arms: list[ArmSpec] = Field(default_factory=list)
     evaluate: dict[Key, Evaluation] = Field(default_factory=dict)
     report: ReportSpec = Field(default_factory=ReportSpec)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
     @field_validator("languages")
     @classmethod
