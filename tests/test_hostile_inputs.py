@@ -517,3 +517,40 @@ def test_values_without_a_meaning_are_refused(folder: Path, capsys: pytest.Captu
                                               line: int, message: str) -> None:
     path = broken(folder, old, new)
     fails_located(capsys, ["validate", str(path)], path, line=line, contains=message)
+
+
+# -- inputs checked at one time and read at another ---------------------------------------
+def test_a_corpus_edited_after_compile_is_not_stored_under_its_old_key(folder: Path, capsys: pytest.CaptureFixture[str],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The corpus stage parses the bytes it hashes: a file changed between `compile` (digest
+    taken, key made) and the stage reading it fails the stage instead of caching new text under
+    the old text's key."""
+    from neuronspec.data import api
+
+    real = api.resolve
+
+    def edit_then_resolve(source, options=None):  # noqa: ANN001, ANN202 - runs inside the corpus stage, after compile
+        corpus = folder / "corpus.jsonl"
+        corpus.write_text(corpus.read_text().replace('"text": "', '"text": "edited ', 1))
+        return real(source, options)
+
+    monkeypatch.setattr(api, "resolve", edit_then_resolve)
+    assert main(["run", "-q", str(folder / "tiny.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "changed after the plan was compiled" in err and "corpus.jsonl" in err
+    assert not [p for p in (folder / ".neuronspec" / "objects").rglob("meta.json")
+                if json.loads(p.read_text()).get("kind") == "corpus"]
+
+
+@pytest.mark.parametrize("suffix, payload, message", [
+    (".jsonl", '{"id": "1", "lang": "en", "text": "ok"}\n{"id": "2", "lang": "en", "text": "caf\xe9"}\n'.encode("latin-1"),
+     "corpus.jsonl:2: not utf-8 (byte 0xe9)"),
+    (".jsonl.gz", b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03+I", "not a complete gzip file"),
+])
+def test_undecodable_corpus_files_name_file_and_line(tmp_path: Path, suffix: str, payload: bytes, message: str) -> None:
+    from neuronspec.data import CorpusError, load_corpus
+
+    path = tmp_path / f"corpus{suffix}"
+    path.write_bytes(payload)
+    with pytest.raises(CorpusError, match=re.escape(message)):
+        load_corpus(str(path), ["en"])

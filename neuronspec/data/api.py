@@ -27,6 +27,7 @@ def load_corpus(
     seed: int = 0,
     eval_fraction: float = 0.3,
     options: Mapping[str, Any] | None = None,
+    expect: Mapping[str, Any] | None = None,
 ) -> dict[str, list[Document]]:
     """Documents per language from `source`, split and sampled deterministically.
 
@@ -35,6 +36,8 @@ def load_corpus(
     language, chosen by a seeded hash order (None: all of the split). Parallel corpora return
     the same items, in the same order, for every language. Too few documents, an unknown
     language or a missing file raise `CorpusError` naming the corpus and the language.
+    `expect`: the `corpus_identity` a cache key was made with; reading other content than it
+    describes (a file edited since) raises instead of being stored under that key.
     """
     label_source = source if isinstance(source, str) else str(source)
     if isinstance(languages, str) or not languages:
@@ -53,6 +56,8 @@ def load_corpus(
         raise corpus_error(label_source, f"docs_per_language must be a positive integer or None, got {docs_per_language!r}")
     src = resolve(label_source, options)
     docs, aligned = src.read(languages)
+    if expect is not None:
+        src.check_unchanged(expect)
     return select(
         docs,
         source=src.source,

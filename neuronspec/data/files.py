@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
+import io
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,6 +47,7 @@ class FileSource(Source):
         self.template = str(path)
         self.templated = PLACEHOLDER in self.template
         self.kind = "monolingual"
+        self.read_digests: dict[str, str] = {}  # sha256 of the bytes `read` parsed, keyed as `identity` keys them
 
     # -- locating files -------------------------------------------------------------------
 
@@ -73,7 +76,7 @@ class FileSource(Source):
                     has = ", ".join(self.present()) or "none"
                     raise corpus_error(self.source, f"no file for language {lang!r} ({path} not found; "
                                                     f"files found for: {has})", language=lang)
-                collect(self._rows(path), source=self.source, fields=self.fields, fixed_lang=lang,
+                collect(self._rows(path, lang), source=self.source, fields=self.fields, fixed_lang=lang,
                         wanted=[lang], into=collected)
         else:
             path = Path(self.template)
@@ -91,25 +94,55 @@ class FileSource(Source):
         return {lang: collected.docs[lang] for lang in languages}, is_parallel(
             collected, languages, self.options.get("parallel"))
 
-    def _rows(self, path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    def _bytes(self, path: Path, lang: str | None) -> bytes:
+        """The file's bytes, read once: what is parsed is exactly what `read_digests` records."""
+        raw = path.read_bytes()
+        self.read_digests[lang if self.templated and lang is not None else path.name] = hashlib.sha256(raw).hexdigest()
+        return raw
+
+    def check_unchanged(self, identity: Mapping[str, Any]) -> None:
+        """Raise when a file read now differs from the digest the plan was compiled with: its
+        result would be stored under the old content's key and later served as that content."""
+        expected = identity.get("sha256") or {}
+        for name, sha in self.read_digests.items():
+            if expected.get(name) != sha:
+                raise corpus_error(self.source, f"{name} changed after the plan was compiled (it is being edited?); "
+                                                "run again to use its new content", language=name if self.templated else None)
+
+    def _text(self, path: Path, raw: bytes, encoding: str) -> str:
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError as err:
+            line = raw[: err.start].count(b"\n") + 1
+            raise corpus_error(self.source, f"{path.name}:{line}: not {encoding} (byte {raw[err.start]:#04x}); "
+                                            "convert the file, or set the corpus option `encoding`") from None
+        except LookupError:
+            raise corpus_error(self.source, f"unknown encoding {encoding!r}") from None
+
+    def _rows(self, path: Path, lang: str | None = None) -> Iterator[tuple[str, Mapping[str, Any]]]:
         encoding = str(self.options.get("encoding", "utf-8"))
+        raw = self._bytes(path, lang)
         if self.suffix == ".txt":
-            with path.open(encoding=encoding) as fh:
-                for lineno, line in enumerate(fh, start=1):
-                    if line.strip():
-                        yield f"{path.name}:{lineno}", {self.fields.text: line.strip(), self.fields.id: str(lineno)}
+            for lineno, line in enumerate(io.StringIO(self._text(path, raw, encoding), newline=None), start=1):
+                if line.strip():
+                    yield f"{path.name}:{lineno}", {self.fields.text: line.strip(), self.fields.id: str(lineno)}
         elif self.suffix == ".parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
             try:
-                table = pq.read_table(path)
+                table = pq.read_table(pa.BufferReader(raw))
             except Exception as err:  # pyarrow raises several types for a bad file
                 raise corpus_error(self.source, f"cannot read {path.name} as Parquet: {err}") from None
             for i, row in enumerate(table.to_pylist()):
                 yield f"{path.name} row {i}", row
         else:
-            opener = gzip.open if self.suffix == ".jsonl.gz" else open
-            with opener(path, "rt", encoding=encoding) as fh:
+            if self.suffix == ".jsonl.gz":
+                try:
+                    raw = gzip.decompress(raw)
+                except (OSError, EOFError) as err:  # not gzip, or cut short
+                    raise corpus_error(self.source, f"{path.name}: not a complete gzip file ({err})") from None
+            with io.StringIO(self._text(path, raw, encoding), newline=None) as fh:
                 for lineno, line in enumerate(fh, start=1):
                     if not line.strip():
                         continue

@@ -48,6 +48,10 @@ class Source(ABC):
     def identity(self) -> dict[str, Any]:
         """Everything that determines what `read` returns, as JSON-able values."""
 
+    def check_unchanged(self, identity: Mapping[str, Any]) -> None:
+        """After `read`: raise if what was read is not what `identity` (taken at compile time) describes.
+        Built-ins verify their own checksums and hub datasets are pinned by revision: nothing to do."""
+
     def missing(self, languages: Sequence[str], available: Sequence[str]) -> None:
         """Raise the standard error when a requested language is not in `available`."""
         for lang in languages:

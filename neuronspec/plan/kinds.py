@@ -105,7 +105,7 @@ def corpus(ctx: RunContext, stage: Stage, s: CorpusStage, out: Path) -> None:
     if s.source.startswith("hf:") and s.identity.get("revision") and "revision" not in options:
         options["revision"] = s.identity["revision"]  # read the commit the key was made with
     docs = load_corpus(s.source, s.languages, split=s.split, docs_per_language=s.docs_per_language,
-                       seed=s.seed, eval_fraction=s.eval_fraction, options=options)
+                       seed=s.seed, eval_fraction=s.eval_fraction, options=options, expect=s.identity)
     for lang, items in docs.items():
         write_json(out / f"{lang}.json", [{"id": d.id, "lang": d.lang, "text": d.text, "meta": d.meta} for d in items])
     write_json(out / "result.json", {"languages": {lang: len(items) for lang, items in docs.items()}})
