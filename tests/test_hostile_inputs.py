@@ -554,3 +554,31 @@ def test_undecodable_corpus_files_name_file_and_line(tmp_path: Path, suffix: str
     path.write_bytes(payload)
     with pytest.raises(CorpusError, match=re.escape(message)):
         load_corpus(str(path), ["en"])
+
+
+# -- extends: bounded, regular files only ---------------------------------------------------
+@pytest.mark.parametrize("target, message", [
+    ("/dev/zero", "not a regular file"),
+    ("fifo", "not a regular file"),
+    ("big.yaml", "larger than 1024 KiB"),
+    ('""', "extends must be a path to another study"),
+])
+def test_extends_reads_only_small_regular_files(folder: Path, capsys: pytest.CaptureFixture[str], target: str,
+                                                message: str) -> None:
+    os.mkfifo(folder / "fifo")
+    (folder / "big.yaml").write_text("# padding\n" * 200_000)
+    path = folder / "child.yaml"
+    path.write_text(f"extends: {target}\nname: child\n")
+    err = fails_located(capsys, ["validate", str(path)], Path(target) if target == "/dev/zero" else
+                        (folder / target if target not in ('""',) else path), contains=message)
+    assert "Traceback" not in err
+
+
+def test_a_deep_extends_chain_is_refused(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (folder / "s0.yaml").write_text((folder / "tiny.yaml").read_text())
+    for i in range(1, 60):
+        (folder / f"s{i}.yaml").write_text(f"extends: s{i - 1}.yaml\nname: s{i}\n")
+    path = folder / "s59.yaml"
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "more than 32 studies deep" in err and "Traceback" not in err

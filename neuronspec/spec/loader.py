@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -113,13 +114,25 @@ def _check_size(tree: Any, file: str) -> None:
             stack.extend((v, node, i) for i, v in enumerate(node))
 
 
+#: A study is a page of YAML; `extends: /dev/zero` must not grow to gigabytes.
+MAX_STUDY_BYTES = 1 << 20
+MAX_EXTENDS = 32
+
+
 def read_text(path: Path) -> str:
     """A study file's text; anything but UTF-8 is a located error (not a traceback)."""
     file = str(path)
     try:
-        data = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise StudyError([Problem(Location(file, 1, 1), "", "not a regular file (a device, FIFO or folder)")])
+            data = fh.read(MAX_STUDY_BYTES + 1)
     except OSError as exc:
         raise StudyError([Problem(Location(file, 1, 1), "", f"cannot read study: {exc.strerror or exc}")]) from None
+    if len(data) > MAX_STUDY_BYTES:
+        raise StudyError([Problem(Location(file, 1, 1), "", f"larger than {MAX_STUDY_BYTES // 1024} KiB: not a study file")])
     if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and b"\x00" in data[:2]):
         raise StudyError([Problem(Location(file, 1, 1), "", "the file is UTF-16; save the study as UTF-8")])
     try:
@@ -173,6 +186,8 @@ def _merge(base: CommentedMap, over: CommentedMap, origin: dict[tuple[int, Any],
 
 def _read_tree(path: Path, origin: dict[tuple[int, Any], str], seen: tuple[Path, ...] = ()) -> CommentedMap:
     file = str(path)
+    if len(seen) >= MAX_EXTENDS:
+        raise StudyError([Problem(Location(file, 1, 1), "extends", f"more than {MAX_EXTENDS} studies deep in `extends`")])
     if path.resolve() in seen:
         raise StudyError([Problem(Location(file, 1, 1), "extends", "circular extends: " + " → ".join(map(str, seen + (path,))))])
     tree = _parse(read_text(path), file)
@@ -180,7 +195,7 @@ def _read_tree(path: Path, origin: dict[tuple[int, Any], str], seen: tuple[Path,
     parent = tree.pop("extends", None)
     if parent is None:
         return tree
-    if not isinstance(parent, str):
+    if not isinstance(parent, str) or not parent.strip():
         line, col = _position(tree, None)
         raise StudyError([Problem(Location(file, line, col), "extends", "extends must be a path to another study")])
     base_path = (path.parent / parent).resolve()
