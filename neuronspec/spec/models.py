@@ -102,7 +102,8 @@ class Quantile(Strict):
     quantile: float = Field(gt=0, lt=1, description="ε is this quantile of the scores pooled over languages, layers and neurons of a site.")
 
 
-Threshold = Annotated[Union[Annotated[float, Field(ge=0)], Quantile], Field(union_mode="left_to_right")]
+# ε = .inf is meaningful (select nothing: the empty-set path); NaN still fails `ge=0`.
+Threshold = Annotated[Union[Annotated[float, Field(ge=0, allow_inf_nan=True)], Quantile], Field(union_mode="left_to_right")]
 
 
 #: a per-layer top-k: a count (an integer ≥ 1) or a fraction of the layer's width (a float in (0, 1))
