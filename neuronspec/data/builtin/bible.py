@@ -19,9 +19,10 @@ from __future__ import annotations
 import re
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from neuronspec.data.builtin import Builtin
+from neuronspec.data.builtin import Builtin, Kind
 from neuronspec.data.document import Document
 from neuronspec.data.packages import Archive, Package
 from neuronspec.data.text import drop_cjk_spaces, has_letters, normalise
@@ -198,3 +199,12 @@ BUILTIN = Builtin(
     extract=extract,
     extra={"translations": {lang: {"bbName": bb, "name": name} for lang, (bb, name) in VERSIONS.items()}},
 )
+
+
+def derived(name: str, kind: Kind, description: str, cleaning: str, builder: int,
+            extract: Callable[[Archive], dict[str, list[Document]]], extra: dict[str, object] | None = None) -> Builtin:
+    """A corpus made from these Bibles (passages, tasks): the same package, licence and languages;
+    its cleaning notes add to the verses' own."""
+    return Builtin(name=name, kind=kind, aligned=True, package=BUILTIN.package, licence=BUILTIN.licence,
+                   description=description, languages=BUILTIN.languages, cleaning=f"{BUILTIN.cleaning} {cleaning}",
+                   builder=builder, extract=extract, extra=BUILTIN.extra if extra is None else extra)

@@ -25,7 +25,7 @@ import bisect
 import random
 import re
 
-from neuronspec.data.builtin import Builtin, bible
+from neuronspec.data.builtin import bible
 from neuronspec.data.builtin.bible_passages import chapter_of, joiner, verse_number
 from neuronspec.data.document import Document
 from neuronspec.data.packages import Archive
@@ -117,18 +117,14 @@ def extract(archive: Archive) -> dict[str, list[Document]]:
     return {lang: items_for(lang, docs, items) for lang, docs in verses.items()}
 
 
-BUILTIN = Builtin(
-    name="bible-next",
-    kind="task",
-    aligned=True,
-    package=bible.BUILTIN.package,
-    licence=bible.BUILTIN.licence,
-    description=f"How the passage goes on, {CHOICES}-way: {CONTEXT} verses and half a verse, its true second half "
-    f"among those of length-matched verses of other books; {ITEMS} items.",
-    languages=bible.BUILTIN.languages,
-    cleaning=bible.BUILTIN.cleaning + f" Items: {ITEMS} anchors drawn with seed {SEED} from the KJV verse list; "
-    f"distractors from other books, within the {2 * LENGTH_WINDOW} KJV verses nearest in length to the answer; "
-    "verses cut after the clause mark nearest the middle (else the space, or in zh/ja the character, nearest it).",
+BUILTIN = bible.derived(
+    "bible-next",
+    "task",
+    f"How the passage goes on, {CHOICES}-way: {CONTEXT} verses and half a verse, its true second half among those "
+    f"of length-matched verses of other books; {ITEMS} items.",
+    f"Items: {ITEMS} anchors drawn with seed {SEED} from the KJV verse list; distractors from other books, within the "
+    f"{2 * LENGTH_WINDOW} KJV verses nearest in length to the answer; verses cut after the clause mark nearest the "
+    "middle (else the space, or in zh/ja the character, nearest it).",
     builder=1,
     extract=extract,
     extra={"choices": CHOICES, "context_verses": CONTEXT, "seed": SEED},

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from itertools import groupby
 
-from neuronspec.data.builtin import Builtin, bible
+from neuronspec.data.builtin import bible
 from neuronspec.data.document import Document
 from neuronspec.data.packages import Archive
 
@@ -51,17 +51,12 @@ def extract(archive: Archive) -> dict[str, list[Document]]:
     return {lang: passages(verses, lang) for lang, verses in bible.extract(archive).items()}
 
 
-BUILTIN = Builtin(
-    name="bible-passages",
-    kind="parallel",
-    aligned=True,
-    package=bible.BUILTIN.package,
-    licence=bible.BUILTIN.licence,
-    description="The Bibles of builtin:bible as 5-verse passages (item id BOOK.chapter.first-last), for perplexity and detection.",
-    languages=bible.BUILTIN.languages,
-    cleaning=bible.BUILTIN.cleaning + f" Passages: verses 1-{VERSES}, {VERSES + 1}-{2 * VERSES}, … of each chapter, "
-    "complete blocks only, joined by a space (none in zh/ja).",
+BUILTIN = bible.derived(
+    "bible-passages",
+    "parallel",
+    "The Bibles of builtin:bible as 5-verse passages (item id BOOK.chapter.first-last), for perplexity and detection.",
+    f"Passages: verses 1-{VERSES}, {VERSES + 1}-{2 * VERSES}, … of each chapter, complete blocks only, joined by a "
+    "space (none in zh/ja).",
     builder=1,
     extract=extract,
-    extra=bible.BUILTIN.extra,
 )
