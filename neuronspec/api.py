@@ -84,14 +84,27 @@ class Study:
         return Results(done.folder, done.record, done.results, self.store)
 
     def results(self) -> Results:
-        """The latest run's results, without running anything."""
+        """The newest run of *this* study as loaded (file and overrides): one whose stages have the
+        keys this plan has. A run made with other settings (`--set …`, an edited file) is never
+        returned in its place, however recent; without a matching run this raises `LookupError`."""
         from neuronspec.report.records import list_runs, read_record
+        from neuronspec.session import stage_keys
 
         store = self.store
         runs = list_runs(store.root, self.name)
         if not runs:
             raise LookupError(f"study {self.name!r} has no runs in {store.root}: call .run() first")
-        return Results.from_folder(store.root / "runs" / runs[0]["run_id"], store)
+        keys = stage_keys(self.variants())
+        for entry in runs:
+            folder = store.root / "runs" / entry["run_id"]
+            try:
+                record = read_record(folder)
+            except ValueError:
+                continue
+            if {sid: s.get("key") for sid, s in record.get("stages", {}).items()} == keys:
+                return Results.from_folder(folder, store)
+        raise LookupError(f"study {self.name!r}: none of its {len(runs)} runs in {store.root} was made with these "
+                          f"settings (the newest, {runs[0]['run_id']}, differs in some stage): call .run()")
 
 
 class RunFailed(RuntimeError):

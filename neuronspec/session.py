@@ -97,7 +97,7 @@ def stage_summary(plan: Any, result: Any) -> list[str]:
             for kind, (c, k, t) in by_kind.items()]
 
 
-def _stage_keys(plan: Any) -> dict[str, str]:
+def stage_keys(plan: Any) -> dict[str, str]:
     from neuronspec.plan.variants import all_stages
 
     return {sid: s.key for sid, s in all_stages(plan).items()}
@@ -116,7 +116,7 @@ def unchanged_run(loaded: Any, plan: Any, store: Any) -> Path | None:
         record = read_record(folder)
     except (OSError, ValueError):  # includes RecordError (a damaged record): write a new run
         return None
-    same = ({sid: s.get("key") for sid, s in record.get("stages", {}).items()} == _stage_keys(plan)
+    same = ({sid: s.get("key") for sid, s in record.get("stages", {}).items()} == stage_keys(plan)
             and record.get("study", {}).get("report") == loaded.study.report.model_dump(mode="json")
             and record.get("report_code") == report_code()
             and ("json" not in loaded.study.report.formats or (folder / "results.json").exists())

@@ -174,3 +174,14 @@ def test_draws_belong_to_random_deactivate_controls(study_path: Path) -> None:
         load_study(text=text.replace("draws: 2", "draws: 0"), name="s.yaml")
     default = load_study(text=text.replace(", draws: 2", ""), name="s.yaml").study
     assert default.arms[1].selection.draw_count("deactivate") == 5
+
+
+def test_results_belong_to_the_study_as_loaded(study_path: Path) -> None:
+    """A later run with another ε is newer, but `results()` of the unmodified study is its own run."""
+    plain = ns.open_study(study_path).run(quiet=True)
+    other = ns.open_study(study_path, {"detect.plnd.epsilon.quantile": 0.8}).run(quiet=True)
+    assert other.folder != plain.folder
+    assert ns.open_study(study_path).results().folder == plain.folder
+    assert ns.open_study(study_path, {"detect.plnd.epsilon.quantile": 0.8}).results().folder == other.folder
+    with pytest.raises(LookupError, match="none of its .* runs .* was made with these settings"):
+        ns.open_study(study_path, {"detect.plnd.epsilon.quantile": 0.7}).results()
