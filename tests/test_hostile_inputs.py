@@ -582,3 +582,23 @@ def test_a_deep_extends_chain_is_refused(folder: Path, capsys: pytest.CaptureFix
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "more than 32 studies deep" in err and "Traceback" not in err
+
+
+def test_a_folder_without_config_is_not_hashed_as_a_model(folder: Path, capsys: pytest.CaptureFixture[str],
+                                                          tiny_model_dir: Path) -> None:
+    """`model.id: /usr` used to hash thousands of files before failing; a study kept inside its
+    model folder was never cached (its store's files changed the model's digest)."""
+    path = broken(folder, f"id: {tiny_model_dir}", f"id: {folder}")
+    fails_located(capsys, ["validate", str(path)], path, line=2, contains="is not a model folder (no config.json")
+    from neuronspec.plan.identity import model_identity
+    from neuronspec.spec.models import ModelSpec
+
+    before = model_identity(ModelSpec(id=str(tiny_model_dir)))
+    (tiny_model_dir / ".neuronspec" / "objects").mkdir(parents=True, exist_ok=True)
+    (tiny_model_dir / ".neuronspec" / "objects" / "meta.json").write_text("{}")
+    try:
+        assert model_identity(ModelSpec(id=str(tiny_model_dir))) == before
+    finally:
+        import shutil
+
+        shutil.rmtree(tiny_model_dir / ".neuronspec")

@@ -40,7 +40,11 @@ def model_identity(spec: ModelSpec) -> dict[str, Any]:
 
 
 def _path_digest(path: Path, gguf_file: str | None) -> str:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    """The model's files, top level only: a Hugging Face folder is flat, and walking below it would
+    hash whatever else lives there (a study's own store inside it, which changes every run)."""
+    if path.is_dir() and not (path / "config.json").is_file() and not (gguf_file and (path / gguf_file).is_file()):
+        raise ValueError(f"{path} is not a model folder (no config.json{' or ' + gguf_file if gguf_file else ''} in it)")
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
     if gguf_file and path.is_dir():
         files = [path / gguf_file] + [p for p in files if p.suffix == ".json"]
     h = hashlib.sha256()
