@@ -81,7 +81,7 @@ def test_quickstart_shows_language_specific_effect(tmp_path: Path, say) -> None:
     store = tmp_path / "store"
     cmd = [sys.executable, "-m", "neuronspec.cli", "run", str(ROOT / "studies" / "quickstart.yaml"), "--store", str(store), "--json", "-q"]
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)  # 66 stages: 5 random draws
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)  # 78 stages: 5 random draws
     cold = time.perf_counter() - start
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
