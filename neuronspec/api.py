@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 def open_study(path: str | Path, overrides: Mapping[str, Any] | None = None, *, store: str | Path | None = None) -> Study:
     """Load and validate a study file; `overrides` are `--set` overrides as a dict
     (`{"detect.plnd.epsilon.quantile": 0.9}`). Raises `StudyError` (every problem, located)."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"open_study needs the path of a study file, got {type(path).__name__}")
     sets = [f"{key}={json.dumps(value)}" for key, value in (overrides or {}).items()]  # JSON is YAML
     return Study(load_study(path, sets), store)
 

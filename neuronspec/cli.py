@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -313,6 +314,11 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     from neuronspec.spec.starter import SCHEMA_MODELINE, starter_study
 
+    from neuronspec.spec.models import NAME_MAX, NAME_PATTERN
+
+    if not re.fullmatch(NAME_PATTERN, args.name) or len(args.name) > NAME_MAX:
+        _fail(f"study name {args.name!r}: letters, digits, '_', '.', '-' (not first), at most {NAME_MAX} characters")
+        return 2
     out = Path(args.out) if args.out else Path("studies") / f"{args.name}.yaml"
     if out.exists() and not args.force:
         _fail(f"{out} exists; pass --force to overwrite it")

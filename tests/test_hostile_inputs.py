@@ -602,3 +602,35 @@ def test_a_folder_without_config_is_not_hashed_as_a_model(folder: Path, capsys: 
         import shutil
 
         shutil.rmtree(tiny_model_dir / ".neuronspec")
+
+
+# -- errors that used to be tracebacks ------------------------------------------------------
+def test_setting_a_list_item_past_its_end(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(folder / "tiny.yaml"), "--set", "languages.5=it"]) == 2
+    err = capsys.readouterr().err
+    assert "--set languages.5=it: languages.5: no item 5 here" in err and "Traceback" not in err
+
+
+def test_twenty_thousand_nested_lists(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = folder / "deep.yaml"
+    path.write_text("name: x\nlanguages: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    fails_located(capsys, ["validate", str(path)], path, line=1, contains="nested too deeply")
+
+
+def test_init_with_an_unusable_name(folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(folder)
+    assert main(["init", "a" * 300]) == 2
+    assert "at most 64 characters" in capsys.readouterr().err and not (folder / "studies").exists()
+
+
+def test_a_store_path_too_long_for_the_file_system(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "-q", str(folder / "tiny.yaml"), "--store", str(folder / ("x/" * 3000))]) == 2
+    err = capsys.readouterr().err
+    assert "cannot use the store" in err and "File name too long" in err and "Traceback" not in err
+
+
+def test_open_study_without_a_path() -> None:
+    import neuronspec as ns
+
+    with pytest.raises(TypeError, match="needs the path of a study file, got NoneType"):
+        ns.open_study(None)  # type: ignore[arg-type]

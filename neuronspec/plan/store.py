@@ -99,9 +99,13 @@ class Store:
         in a file's place or in some unrelated folder."""
         if self._ready:
             return
-        if self.root.exists() and not self.root.is_dir():
+        try:
+            exists, is_dir = self.root.exists(), self.root.is_dir()
+        except OSError as exc:  # a path too long for the file system, say
+            raise StoreError(f"cannot use the store {str(self.root)[:200]}…: {exc.strerror or exc}") from None
+        if exists and not is_dir:
             raise StoreError(f"store {self.root} is not a folder")
-        if self.root.is_dir() and any(self.root.iterdir()) and not self.recognised():
+        if is_dir and any(self.root.iterdir()) and not self.recognised():
             raise StoreError(f"{self.root} is not empty and is not a neuronspec store (no {MARKER}); "
                              "pick another --store")
         try:

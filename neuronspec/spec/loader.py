@@ -148,6 +148,8 @@ def read_text(path: Path) -> str:
 def _parse(text: str, file: str) -> CommentedMap:
     try:
         data = _yaml().load(io.StringIO(text))
+    except RecursionError:  # ruamel composes nested nodes recursively: 20,000 `[` exhaust the stack
+        raise StudyError([Problem(Location(file, 1, 1), "", "the YAML is nested too deeply to be a study")]) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -241,6 +243,9 @@ def apply_overrides(tree: CommentedMap, overrides: Iterable[str], source: Source
         last = path[-1]
         if isinstance(node, CommentedSeq) and isinstance(last, int) and last == len(node):
             node.append(value)
+        elif isinstance(node, CommentedSeq) and (not isinstance(last, int) or not 0 <= last < len(node)):
+            raise StudyError([Problem(Location("", 0, 0, override=text), ".".join(map(str, path)),
+                                      f"no item {last} here (the list has {len(node)}; {len(node)} appends one)")])
         else:
             node[last] = value
         source.overrides[path] = text
