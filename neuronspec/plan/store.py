@@ -51,6 +51,7 @@ class StoreError(Exception):
 
 
 MARKER = "neuronspec-store.json"
+INCOMING = ".incoming-"  # runs/.incoming-RUN_ID: a run folder being written (not a run id), swept by gc
 STORE_FORMAT = 1
 #: folders a store made before the marker existed always has
 _LEGACY_LAYOUT = ("objects", "index", "lock")
@@ -229,7 +230,7 @@ class Store:
         """Every finished entry, keyed by its folder's name (what `meta.json` says is never trusted
         to locate anything)."""
         out = []
-        for folder in self._entry_folders():
+        for folder in self._walk_objects()[0]:
             meta_path = folder / "meta.json"
             if not meta_path.is_file():
                 continue
@@ -244,21 +245,18 @@ class Store:
                         "created": meta.get("created"), "bytes": size, "path": str(folder)})
         return out
 
-    def _entry_folders(self) -> list[Path]:
-        """`objects/XX/KEY` folders, found without following a symbolic link anywhere."""
+    def _walk_objects(self) -> tuple[list[Path], list[Path]]:
+        """(`objects/XX/KEY` folders, symbolic links) under `objects/`, found without following a
+        link anywhere; neuronspec never makes a link there, so gc unlinks those it finds."""
         objects = self.root / "objects"
         if objects.is_symlink() or not objects.is_dir():
-            return []
-        shards = [d for d in sorted(objects.iterdir()) if d.is_dir() and not d.is_symlink()]
-        return [e for shard in shards for e in sorted(shard.iterdir()) if e.is_dir() and not e.is_symlink()]
-
-    def _stray_links(self) -> list[Path]:
-        """Symbolic links under `objects/` (neuronspec never makes one): gc unlinks them."""
-        objects = self.root / "objects"
-        if objects.is_symlink() or not objects.is_dir():
-            return []
-        shards = [d for d in objects.iterdir() if not d.is_symlink() and d.is_dir()]
-        return [p for p in objects.iterdir() if p.is_symlink()] + [p for d in shards for p in d.iterdir() if p.is_symlink()]
+            return [], []
+        folders: list[Path] = []
+        links = [d for d in objects.iterdir() if d.is_symlink()]
+        for shard in sorted(d for d in objects.iterdir() if d.is_dir() and not d.is_symlink()):
+            for entry in sorted(shard.iterdir()):
+                (links if entry.is_symlink() else folders if entry.is_dir() else []).append(entry)
+        return folders, links
 
     def gc(self, keep: set[str]) -> tuple[int, int]:
         """Delete entries not in `keep` and every temp leftover. Returns (entries removed, bytes freed).
@@ -274,7 +272,7 @@ class Store:
                     _remove(Path(entry["path"]))
                     removed += 1
                     freed += entry["bytes"]
-            for link in self._stray_links():
+            for link in self._walk_objects()[1]:
                 link.unlink(missing_ok=True)
             tmp = self.root / "tmp"
             if tmp.is_dir() and not tmp.is_symlink():
@@ -282,7 +280,7 @@ class Store:
                     _remove(leftover)
             runs = self.root / "runs"
             if runs.is_dir() and not runs.is_symlink():  # run folders a killed run left half-written
-                for leftover in runs.glob(".incoming-*"):
+                for leftover in runs.glob(f"{INCOMING}*"):
                     _remove(leftover)
         return removed, freed
 

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from neuronspec.fileio import write_json
+from neuronspec.plan.store import INCOMING
 from neuronspec.plan.kinds import EVAL_KINDS
 
 _PACKAGES = ("neuronspec", "torch", "transformers", "pydantic", "safetensors", "datasets")
 INDEX = "index.jsonl"
-INCOMING = ".incoming-"  # a run folder being written; not a run id (leading dot), swept by `cache gc`
 #: Keys of an evaluation result kept in the record (the rest — per-document lists — stays in the store).
 #: kept per evaluation in the record; per-document NLL and tokens let `report` recompute paired CIs without the cache
 _HEADLINE = ("metric", "value", "ci", "higher_is_better", "docs", "tokens", "doc_nll", "doc_tokens", "task", "stderr")
@@ -224,7 +224,7 @@ _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,200}")
 
 
 def is_run_id(value: object) -> bool:
-    """A run id as `start_run` makes them: one plain folder name, no separators, no leading dot."""
+    """A run id as `write_run_record` makes them: one plain folder name, no separators, no leading dot."""
     return isinstance(value, str) and _RUN_ID.fullmatch(value) is not None
 
 
