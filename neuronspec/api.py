@@ -75,12 +75,13 @@ class Study:
                 for v in self.variants() for s in explain(v.plan, store)]
         return pd.DataFrame(rows, columns=["stage", "model", "kind", "state", "why"])
 
-    def run(self, *, force: Sequence[str] = (), only: Sequence[str] = (), quiet: bool = False) -> Results:
+    def run(self, *, force: Sequence[str] = (), only: Sequence[str] = (), quiet: bool = False, note: str | None = None) -> Results:
         """Run what is stale (the command line's progress display on stderr), write the run folder,
-        and return its results. Raises `RunFailed` when a stage fails (finished stages stay cached)."""
+        and return its results. `note` is kept in the run record (`neuronspec runs` lists it).
+        Raises `RunFailed` when a stage fails (finished stages stay cached)."""
         from neuronspec.session import run_study
 
-        done = run_study(self.loaded, self.variants(), self.store, force=force, only=only, quiet=quiet)
+        done = run_study(self.loaded, self.variants(), self.store, force=force, only=only, quiet=quiet, note=note)
         if done is None:
             raise RunFailed(f"study {self.name!r}: a stage failed (reported above); finished stages are cached")
         return Results(done.folder, done.record, done.results, self.store)
@@ -88,25 +89,15 @@ class Study:
     def results(self) -> Results:
         """The newest run of *this* study as loaded (file and overrides): one whose stages have the
         keys this plan has. A run made with other settings (`--set …`, an edited file) is never
-        returned in its place, however recent; without a matching run this raises `LookupError`."""
-        from neuronspec.report.records import list_runs, read_record
-        from neuronspec.session import stage_keys
+        returned in its place, however recent; without a matching run this raises `LookupError`
+        naming the newest run and what differs in it."""
+        from neuronspec.session import matching_run
 
         store = self.store
-        runs = list_runs(store.root, self.name)
-        if not runs:
-            raise LookupError(f"study {self.name!r} has no runs in {store.root}: call .run() first")
-        keys = stage_keys(self.variants())
-        for entry in runs:
-            folder = store.root / "runs" / entry["run_id"]
-            try:
-                record = read_record(folder)
-            except ValueError:
-                continue
-            if {sid: s.get("key") for sid, s in record.get("stages", {}).items()} == keys:
-                return Results.from_folder(folder, store)
-        raise LookupError(f"study {self.name!r}: none of its {len(runs)} runs in {store.root} was made with these "
-                          f"settings (the newest, {runs[0]['run_id']}, differs in some stage): call .run()")
+        match = matching_run(self.loaded, self.variants(), store)
+        if match.folder is None:
+            raise LookupError(match.explain(self.name, store.root) + ": call .run()")
+        return Results.from_folder(match.folder, store)
 
 
 class RunFailed(RuntimeError):

@@ -113,10 +113,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 # -- run --------------------------------------------------------------------------------
 def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Sequence[str] = (), only: Sequence[str] = (),
-               quiet: bool = False, git_info: Any = True) -> Any:
+               quiet: bool = False, git_info: Any = True, note: str | None = None) -> Any:
     from neuronspec.session import run_study
 
-    return run_study(loaded, plan, store, started=started, force=force, only=only, quiet=quiet, git_info=git_info, console=err)
+    return run_study(loaded, plan, store, started=started, force=force, only=only, quiet=quiet, git_info=git_info,
+                     console=err, note=note)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -166,7 +167,8 @@ def _run_and_print(args: argparse.Namespace, loaded: Any, plan: Any, store: Any,
     if not args.quiet:
         for note in notes(plan):
             err.print(f"[yellow]note:[/yellow] {_esc(note)}")
-    done = _run_study(loaded, plan, store, started=started, force=args.force or [], only=args.only or [], quiet=args.quiet)
+    done = _run_study(loaded, plan, store, started=started, force=args.force or [], only=args.only or [], quiet=args.quiet,
+                      note=args.note)
     if done is None:
         return 1
     result, results, tables, record, folder, reused = (done.run, done.results, done.tables, done.record, done.folder, done.reused)
@@ -198,25 +200,42 @@ def _print_tables(tables: list[Any]) -> None:
 
 # -- runs -------------------------------------------------------------------------------
 def cmd_runs(args: argparse.Namespace) -> int:
-    from neuronspec.report.records import list_runs
+    from neuronspec.report.records import list_runs, read_record
     from neuronspec.report.tables import Table
+    from neuronspec.session import setting_differences
 
     path = Path(args.study) if args.study else None
-    name = _load(args, args.study).study.name if args.study else None
+    loaded = _load(args, args.study) if args.study else None
+    name = loaded.study.name if loaded else None
     store = _store(args, path)
     runs = list_runs(store.root, name)[: args.limit or None]
+    if loaded is not None:  # what each run's settings differ in from the study file as it is now
+        current = loaded.study.model_dump(mode="json")
+        for r in runs:
+            try:
+                r["differs"] = setting_differences(read_record(store.root / "runs" / r["run_id"]).get("study") or {}, current)
+            except ValueError:
+                r["differs"] = None
     if args.json:
         print(json.dumps(runs, indent=1, ensure_ascii=False))
         return 0
     if not runs:
         console.print(_esc(f"no runs in {store.root / 'runs'}" + (f" for study {name!r}" if name else "")))
         return 0
-    t = Table(f"runs in {store.root} (newest first)", ["run", "study", "date", "computed", "cached", "duration", "commit"])
+    columns = ["run", "study", "date", "computed", "cached", "duration", "commit", "--set", "note"]
+    t = Table(f"runs in {store.root} (newest first)", columns + (["differs from the file"] if loaded else []))
     for r in runs:
         commit = (r["commit"] or "")[:10] + ("*" if r.get("dirty") else "") if r.get("commit") else "–"
-        t.add(r["run_id"], r["study"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created") or 0)),
-              r["computed"], r["cached"], f"{r.get('seconds') or 0:.1f} s", commit)
-    t.caption = "commit*: the study file had uncommitted changes"
+        row = [r["run_id"], r["study"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created") or 0)),
+               r["computed"], r["cached"], f"{r.get('seconds') or 0:.1f} s", commit,
+               " ".join(r.get("overrides") or []) or "–", r.get("note") or "–"]
+        if loaded:
+            differs = r.get("differs")
+            row.append("(record unreadable)" if differs is None else "; ".join(differs[:3])
+                       + (f"; … {len(differs) - 3} more" if len(differs) > 3 else "") if differs else "–")
+        t.add(*row)
+    t.caption = "commit*: the study file had uncommitted changes" + (
+        "; differs: settings of the run that are not the study's as it is now (–: none)" if loaded else "")
     _print_tables([t])
     return 0
 
@@ -233,6 +252,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if not args.rev and len(args.refs) != 2:
         err.print("[red]diff needs two sides: A B (study files, REV:path, run ids), or --rev REV FILE[/red]")
         return 2
+    if args.study and "latest" in args.refs:  # the newest run of the study as it is now
+        folder = _matching_run(args)
+        if folder is None:
+            return 2
+        args.refs = [str(folder) if r == "latest" else r for r in args.refs]
     studies = [Path(args.study)] if args.study else []
     stores = [study_store(p, args.store) for p in studies + [Path(r) for r in args.refs if Path(r).is_file()]] + [
         study_store(None, args.store)]
@@ -282,21 +306,40 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 # -- report -----------------------------------------------------------------------------
+def _matching_run(args: argparse.Namespace) -> Path | None:
+    """`latest` for `--study FILE [--set …]`: the newest run made with the study as it is now —
+    never a run of other settings, however recent (None, with the reason printed, if none is)."""
+    from neuronspec.plan.variants import compile_variants
+    from neuronspec.session import matching_run
+
+    loaded = _load(args, args.study)
+    store = _store(args, loaded.path)
+    match = matching_run(loaded, compile_variants(loaded), store)
+    if match.folder is None:
+        _fail(match.explain(loaded.study.name, store.root) + f" (run it: neuronspec run {args.study})")
+    return match.folder
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from neuronspec.paths import study_store
     from neuronspec.report.html import run_summary, write_html_report
     from neuronspec.report.records import find_run, read_record, results_from_record
     from neuronspec.report.render import result_tables
 
-    stores = [study_store(Path(args.study) if args.study else None, args.store)]
-    try:
-        folder = find_run(args.run, stores)
-    except ValueError as exc:
-        _fail(exc)
-        return 2
-    if folder is None:
-        _fail(f"no run {args.run!r} in {stores[0] / 'runs'} (see `neuronspec runs`)")
-        return 2
+    if args.run == "latest" and args.study:
+        folder = _matching_run(args)
+        if folder is None:
+            return 2
+    else:
+        stores = [study_store(Path(args.study) if args.study else None, args.store)]
+        try:
+            folder = find_run(args.run, stores)
+        except ValueError as exc:
+            _fail(exc)
+            return 2
+        if folder is None:
+            _fail(f"no run {args.run!r} in {stores[0] / 'runs'} (see `neuronspec runs`)")
+            return 2
     record = read_record(folder)
     saved = folder / "results.json"
     results = json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else results_from_record(record)
@@ -559,11 +602,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--only", action="append", metavar="STAGE", help="run only matching stages (glob) and what they need")
     sp.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     sp.add_argument("-q", "--quiet", action="store_true", help="print only errors and the run record's path")
+    sp.add_argument("--note", help="a line kept in the run record and listed by `neuronspec runs`")
     sp.set_defaults(fn=cmd_run)
 
-    sp = sub.add_parser("runs", help="list past runs, newest first")
-    sp.add_argument("study", nargs="?", help="only this study's runs (and its store)")
-    sp.add_argument("--store")
+    sp = sub.add_parser("runs", help="list past runs, newest first, with their --set overrides and notes")
+    sp.add_argument("study", nargs="?", help="only this study's runs (and its store), and how each differs from the file")
+    study_args(sp)
     sp.add_argument("-n", "--limit", type=int, help="show at most N runs")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_runs)
@@ -573,7 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="A B: each a study file, REV:path (a study at a git revision) or a run id; with --rev, one FILE")
     sp.add_argument("--rev", metavar="REV", help="compare FILE at git revision REV (A) with the working tree (B)")
     sp.add_argument("--store", help="artifact store holding the results and runs")
-    sp.add_argument("--study", help="a study whose store holds the runs named (from any working folder)")
+    sp.add_argument("--study", help="a study whose store holds the runs named (from any working folder); "
+                                    "`latest` is then its newest run made with the study as it is now")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --study: overrides that `latest` must match")
     output = sp.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the diff as JSON")
     output.add_argument("--md", action="store_true", help="print the diff as Markdown")
@@ -584,8 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("report", help="re-render a past run's tables and write a self-contained report.html")
     sp.add_argument("run", help="run id (or unique prefix, `latest`, or the run folder)")
-    sp.add_argument("--study", help="study whose store holds the run")
-    sp.add_argument("--store")
+    sp.add_argument("--study", help="study whose store holds the run; `latest` is then its newest run made with the "
+                                    "study as it is now (file and --set)")
+    study_args(sp)
     sp.add_argument("-q", "--quiet", action="store_true", help="only write the HTML")
     sp.set_defaults(fn=cmd_report)
 

@@ -176,12 +176,37 @@ def test_draws_belong_to_random_deactivate_controls(study_path: Path) -> None:
     assert default.arms[1].selection.draw_count("deactivate") == 5
 
 
-def test_results_belong_to_the_study_as_loaded(study_path: Path) -> None:
-    """A later run with another ε is newer, but `results()` of the unmodified study is its own run."""
+def test_results_belong_to_the_study_as_loaded(study_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A later run with another ε is newer, but `results()`, `report latest --study` and
+    `diff --study … latest` of the unmodified study read its own run; an unchanged re-run reuses
+    that run (not the newest); `runs` tells the runs apart by their --set, note and settings."""
+    from neuronspec.cli import main
+
     plain = ns.open_study(study_path).run(quiet=True)
-    other = ns.open_study(study_path, {"detect.plnd.epsilon.quantile": 0.8}).run(quiet=True)
-    assert other.folder != plain.folder
+    other = ns.open_study(study_path, {"detect.plnd.epsilon.quantile": 0.8}).run(quiet=True, note="looser ε")
+    assert other.folder != plain.folder and other.folder.name > plain.folder.name
     assert ns.open_study(study_path).results().folder == plain.folder
     assert ns.open_study(study_path, {"detect.plnd.epsilon.quantile": 0.8}).results().folder == other.folder
-    with pytest.raises(LookupError, match="none of its .* runs .* was made with these settings"):
+    with pytest.raises(LookupError) as err:
         ns.open_study(study_path, {"detect.plnd.epsilon.quantile": 0.7}).results()
+    message = str(err.value)
+    assert other.folder.name in message and "detect.plnd.epsilon.quantile: 0.8 → 0.7" in message, message
+    assert ns.open_study(study_path).run(quiet=True).folder == plain.folder  # cached: its own run, reused
+
+    capsys.readouterr()
+    assert main(["report", "latest", "--study", str(study_path), "-q"]) == 0
+    assert str(plain.folder / "report.html") in capsys.readouterr().out.replace("\n", "")
+    assert main(["report", "latest", "--study", str(study_path), "--set", "detect.plnd.epsilon.quantile=0.8", "-q"]) == 0
+    assert str(other.folder / "report.html") in capsys.readouterr().out.replace("\n", "")
+    assert main(["report", "latest", "--study", str(study_path), "--set", "detect.plnd.epsilon.quantile=0.7", "-q"]) == 2
+    assert "0.8 → 0.7" in capsys.readouterr().err.replace("\n", "")
+    assert main(["diff", "--study", str(study_path), "latest", other.folder.name, "--json"]) == 0
+    diff = json.loads(capsys.readouterr().out)
+    assert [c["field"] for c in diff["spec"]][:1] == ["detect.plnd.epsilon.quantile"], diff["spec"]
+
+    assert main(["runs", str(study_path), "--json"]) == 0
+    listed = {r["run_id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert listed[other.folder.name]["overrides"] == ["detect.plnd.epsilon.quantile=0.8"]
+    assert listed[other.folder.name]["note"] == "looser ε"
+    assert listed[other.folder.name]["differs"] == ["detect.plnd.epsilon.quantile: 0.8 → 0.9"]
+    assert listed[plain.folder.name]["differs"] == [] and listed[plain.folder.name]["overrides"] == []

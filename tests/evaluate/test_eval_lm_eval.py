@@ -115,8 +115,10 @@ def test_lm_eval_tasks_per_arm_equal_lm_eval_called_directly(tmp_path: Path, tin
     assert code == 0
     assert "tiny_text_en (text_en.yaml; 1 local file(s)) for en" in " ".join(printed.split())
 
-    code, printed, _ = _cli(capsys, "run", str(study), "--json", "-q")
+    code, printed, logged = _cli(capsys, "run", str(study), "--json", "-q")
     assert code == 0
+    # stderr is not a terminal here (as in `run > run.log 2>&1`): no lm-eval / datasets progress bars
+    assert "it/s" not in logged and "requests" not in logged and "%|" not in logged, logged[:500]
     out = json.loads(printed)
     results = json.loads((Path(out["folder"]) / "results.json").read_text())
     text, choice = results["evaluations"]["text"], results["evaluations"]["choice"]
