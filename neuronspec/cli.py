@@ -650,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Idle OpenMP workers sleep instead of spinning. On a machine whose cores are shared with
     # other work, spinning workers of 2 threads made Gemma 3 270M's perplexity 2.7x and
     # multiple choice 6-8x slower than 1 thread (measured at load average 6-9 on 2 cores);
-    # passive waiting keeps 2 threads within ~20% of 1 thread there (README). Read by the
+    # passive waiting keeps 2 threads within ~20% of 1 thread there (docs/benchmarks.md). Read by the
     # OpenMP runtime when torch loads, which is later than this (the CLI imports it lazily).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)

@@ -22,7 +22,8 @@ hand (tests/test_docs.py fails when this file is out of date). -->
 `FILE:LINE:COL: field: message` and exit with status 2. `STAGE` patterns are globs over stage ids
 (`stats/plnd/*`, `eval`, `select/plnd`). The artifact store lives in `.neuronspec/` beside the study
 (`--store` or `$NEURONSPEC_STORE` moves it); models and corpora are cached in `~/.cache/neuronspec`
-(`$NEURONSPEC_HOME`). What a run writes: [the run folder](../README.md#what-a-run-leaves-behind).
+(`$NEURONSPEC_HOME`). Each run writes a folder `.neuronspec/runs/RUN_ID/`: `report.html`, `report.md`,
+`results.json`, `record.json` (what ran, with what), every table as CSV under `tables/` and the figures.
 """
 
 
