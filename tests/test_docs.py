@@ -114,3 +114,27 @@ def _classes(annotation: object) -> list[type]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     return [c for a in get_args(annotation) for c in _classes(a)]
+
+
+def test_schema_command_writes_the_study_reference(tmp_path: Path) -> None:
+    from neuronspec.cli import main
+
+    out = tmp_path / "study.md"
+    assert main(["schema", "--markdown", "--out", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == (ROOT / "docs" / "study.md").read_text(encoding="utf-8")
+
+
+def test_api_reference_names_every_public_name() -> None:
+    from dataclasses import fields
+
+    import neuronspec as ns
+    from neuronspec.api import Results, Study
+
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    public = [f"ns.{n}" for n in ns.__all__]
+    for cls in (Study, Results):  # methods and properties (a Study's fields are how it was opened)
+        skip = {f.name for f in fields(cls)} if cls is Study else set()
+        public += [f".{n}" for n in vars(cls) if not n.startswith("_") and n not in skip]
+    public += [f".{f.name}" for f in fields(Results)]  # what a run's results hold
+    missing = [n for n in public if n not in text]
+    assert not missing, f"docs/api.md does not mention {missing}"
