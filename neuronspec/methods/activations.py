@@ -1,6 +1,6 @@
 """One streaming pass that collects the ``ffn`` activation statistics several methods share.
 
-"Activation statistics that two methods need are computed once" (DESIGN.md section 3):
+Activation statistics that two methods need are computed once:
 LinguaFranca and Sharing Matters need per-sample pooled activations, LAPE needs
 per-neuron activation counts, the logit lens can reuse per-layer residual states at the
 last token. :func:`activation_statistics` runs the decoder once over a list of batches

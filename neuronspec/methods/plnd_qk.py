@@ -28,7 +28,7 @@ the function is `torch.compile`d (Triton / C++) and run by query blocks over the
 can see; small soft-capped layers, or machines where neither can be built, run it eagerly in
 cache-sized chunks, with a warning when building failed. Where keys lie is read from the mask
 once per batch and mask kind, and the needed queries once per batch: no host synchronisation
-per layer. Costs (benchmarks/detect_overhead.py, README): on one CPU core ~0.25 ns per
+per layer. Costs (benchmarks/detect_overhead.py, docs/benchmarks.md): on one CPU core ~0.25 ns per
 (query, neuron, key); a site costs ~2.5 forward passes through MKL's linears, ~3.5 through
 oneDNN's (models/onednn.py), on random-llama-small at 512 tokens.
 """

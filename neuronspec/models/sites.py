@@ -1,6 +1,6 @@
 """The one site registry: which tensor a "neuron" is, per architecture family.
 
-A *site* names a family of neurons (DESIGN.md section 2):
+A *site* names a family of neurons (docs/methods.md, "Neurons: the five sites", per architecture):
 
 - ``ffn``     coordinate k of the input of the FFN down-projection (width intermediate);
 - ``attn.q``  output coordinate k of the query projection (heads * head_dim);

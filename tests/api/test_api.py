@@ -1,4 +1,4 @@
-"""The Python API on a tiny quickstart-shaped study: the README's Python section as written,
+"""The Python API on a tiny quickstart-shaped study: the tour of docs/api.md as written,
 tidy results checked against the store's own stage results, sets and masks as NeuronSets."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import neuronspec as ns
 from neuronspec.plan.store import Store
 from neuronspec.spec import load_study
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+API_DOC = ROOT / "docs" / "api.md"
 ALPHABETS = {"en": "abcdefgh ", "zh": "ijklmnop ", "hi": "qrstuvwx "}
 #: the quickstart's shape (set `specific`, arms `specific` and `random`) on a tiny model, 2 draws
 STUDY = """\
@@ -60,20 +61,19 @@ def home(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         yield
 
 
-def readme_python() -> str:
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("\n## Python\n"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def api_tour() -> str:
+    text = API_DOC.read_text(encoding="utf-8")
+    return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
-def test_readme_python_section_runs_as_written(study_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_tour_runs_as_written(study_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the study path changes: the tiny study stands in for studies/quickstart.yaml
     (the model comes from the study file, so it is the tiny model too)."""
-    code = readme_python()
+    code = api_tour()
     assert code.count("studies/quickstart.yaml") == 1
     monkeypatch.chdir(study_path.parent.parent)
     scope: dict = {}
-    exec(compile(code.replace("studies/quickstart.yaml", str(study_path)), "README.md", "exec"), scope)  # noqa: S102
+    exec(compile(code.replace("studies/quickstart.yaml", str(study_path)), "docs/api.md", "exec"), scope)  # noqa: S102
     # the export really has the set's neurons off: reload it and compare with the hooked model
     from transformers import AutoModelForCausalLM
 
@@ -160,7 +160,7 @@ def test_public_api_is_short_and_lazy() -> None:
 def _env() -> dict[str, str]:
     import os
 
-    return {**os.environ, "PYTHONPATH": str(README.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def test_draws_belong_to_random_deactivate_controls(study_path: Path) -> None:

@@ -157,4 +157,4 @@ def test_embedded_model_does_the_next_verse_task_in_every_study_language(say) ->
             assert result.accuracy >= 0.5
 
 
-NEXT_ITEMS = 100  # the README's measurement: en 0.62, every language's CI low ≥ 0.39
+NEXT_ITEMS = 100  # docs/corpora.md's measurement: en 0.62, every language's CI low ≥ 0.39
