@@ -155,29 +155,62 @@ class Results:
 
     def neuron_set(self, name: str, language: str | None = None, *, model: str | None = None) -> NeuronSet:
         """A named set (or a detector's, e.g. `plnd`) for `language`; `model` in a study with `models`."""
-        return self._load(self._stage("sets", model), name, language)
+        return self._load(self._stage("sets", model), name, language, "neuron set")
 
     def mask(self, arm: str, language: str | None = None, *, draw: int | None = None, model: str | None = None) -> NeuronSet:
         """The neurons an arm switched off for `language` (of one `draw`, for a random control with several)."""
+        prefix = f"{model}:" if model else ""
+        stages = self.record.get("stages", {})
+        draws = sorted(int(sid.rsplit("draw", 1)[1]) for sid in stages
+                       if sid.startswith(f"{prefix}mask/{arm}/draw") and sid.rsplit("draw", 1)[1].isdigit())
+        if draw is None and draws:
+            raise KeyError(f"arm {arm!r} is a random control with {len(draws)} draws: pick one with draw= "
+                           f"({draws[0]}…{draws[-1]})")
+        if draw is not None and not draws:
+            raise KeyError(f"arm {arm!r} has no draws (only random controls do): leave out draw=")
+        if draw is not None and draw not in draws:
+            raise KeyError(f"arm {arm!r} has draws {draws[0]}…{draws[-1]}, not {draw}")
         sid = f"mask/{arm}" if draw is None else f"mask/{arm}/draw{draw}"
-        return self._load(self._stage(sid, model), "mask", language)
+        return self._load(self._stage(sid, model), "mask", language, f"mask of arm {arm!r}")
 
     def _stage(self, sid: str, model: str | None) -> str:
         stages = self.record.get("stages", {})
         full = f"{model}:{sid}" if model else sid
         if full not in stages:
-            hint = "; name the model with model=" if self.record.get("models") and not model else ""
-            raise KeyError(f"run {self.record.get('run_id')} has no stage {full!r}{hint}")
+            models = self.record.get("models") or {}
+            if models and not model:
+                raise KeyError(f"run {self.record.get('run_id')} has several models: name one with model= "
+                               f"({', '.join(models)})")
+            if model and models and model not in models:
+                raise KeyError(f"run {self.record.get('run_id')} has no model {model!r} (it has: {', '.join(models)})")
+            arms = sorted({s.split("/")[1] for s in stages if s.split(":")[-1].startswith("mask/")}
+                          if "mask/" in sid else [])
+            what = f"arm {sid.split('/')[1]!r}" if sid.startswith("mask/") else f"stage {full!r}"
+            raise KeyError(f"run {self.record.get('run_id')} has no {what}"
+                           + (f" (arms with masks: {', '.join(arms) or 'none'})" if sid.startswith("mask/") else ""))
         return stages[full]["key"]
 
-    def _load(self, key: str, name: str, language: str | None) -> NeuronSet:
+    def _load(self, key: str, name: str, language: str | None, what: str) -> NeuronSet:
         from neuronspec.models.masks import NeuronSet
 
         entry = self.store.get(key)
         path = entry.file(f"{name}.{language}.safetensors" if language else f"{name}.safetensors")
         if not path.exists():
-            raise KeyError(f"no neuron set {name!r}" + (f" for {language!r}" if language else "") + f" in {entry.path}")
+            raise KeyError(_missing_file(entry.path, name, language, what))
         return NeuronSet.load(path)
+
+
+def _missing_file(folder: Path, name: str, language: str | None, what: str) -> str:
+    """What a set or mask lookup could have asked for instead, from the stage's own files (NAME.LANG.safetensors)."""
+    files = [p.name.removesuffix(".safetensors").split(".", 1) for p in folder.glob("*.safetensors")]
+    names = sorted({f[0] for f in files})
+    langs = sorted(f[1] for f in files if f[0] == name and len(f) == 2)
+    asked = f"no {what}" + (f" {name!r}" if what == "neuron set" else "") + (f" for {language!r}" if language else "")
+    if what == "neuron set" and name not in names:
+        return f"{asked} in this run (sets: {', '.join(names) or 'none'})"
+    if langs:
+        return f"{asked} (languages: {', '.join(langs)})"
+    return f"{asked}: it is one for all languages, leave out the language"
 
 
 def _pandas() -> Any:

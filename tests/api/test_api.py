@@ -131,8 +131,19 @@ def test_sets_masks_and_layer_counts(study_path: Path) -> None:
         for d in draws:  # same count per site and layer, none of the target's neurons
             assert d.per_layer_counts() == target.per_layer_counts() and (d & target).count() == 0
         assert draws[0] != draws[1] or target.count() == 0
-    with pytest.raises(KeyError):
+    # a notebook user's slips name what exists instead of a store path or a bare key
+    with pytest.raises(KeyError, match=r"no neuron set 'nonexistent' for 'en' in this run \(sets: .*specific"):
         results.neuron_set("nonexistent", "en")
+    with pytest.raises(KeyError, match=r"no neuron set 'specific' for 'xx' \(languages: en, hi, zh\)"):
+        results.neuron_set("specific", "xx")
+    with pytest.raises(KeyError, match=r"random control with 2 draws: pick one with draw= \(1…2\)"):
+        results.mask("random", "en")
+    with pytest.raises(KeyError, match=r"has draws 1…2, not 7"):
+        results.mask("random", "en", draw=7)
+    with pytest.raises(KeyError, match=r"no draws .*leave out draw="):
+        results.mask("specific", "en", draw=1)
+    with pytest.raises(KeyError, match=r"has no arm 'specfic' \(arms with masks: random, specific\)"):
+        results.mask("specfic", "en")
 
 
 def test_overrides_dict_is_set_overrides(study_path: Path) -> None:
