@@ -123,6 +123,8 @@ def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Seq
 def cmd_run(args: argparse.Namespace) -> int:
     from neuronspec.plan.variants import compile_variants, run_variants
 
+    if args.sweep:
+        return _run_sweep(args)
     started = time.perf_counter()
     loaded = _load(args, args.file)
     plan = compile_variants(loaded)  # one plan per model of the study (usually one)
@@ -159,6 +161,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         # report can take gloo's connection threads down with it (seen as SIGABRT under load).
         dist.barrier()
         dist.destroy_process_group()
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    """`run FILE --sweep KEY=V1,V2,…`: one ordinary run per value, then the sensitivity table."""
+    from neuronspec import distributed
+    from neuronspec.api import Results
+    from neuronspec.plan.variants import compile_variants
+    from neuronspec.sweep import SweepFailed, parse_sweep, run_sweep, sensitivity_tables
+
+    if args.force or args.only or distributed.launched():
+        _fail("--sweep runs whole studies on one process: leave out --force / --only, and run it without torchrun")
+        return 2
+    sweep = parse_sweep(args.sweep)
+    store = _store(args, Path(args.file))
+
+    def run(loaded: Any, note: str) -> Any:
+        done = _run_study(loaded, compile_variants(loaded), store, started=time.perf_counter(), quiet=args.quiet, note=note)
+        return None if done is None else Results(done.folder, done.record, done.results, store)
+
+    try:
+        folder, rows = run_sweep(sweep, lambda extra: load_study(args.file, [*(args.set or []), *extra]), run, store.root,
+                                 lambda line: None if args.quiet else err.print(_esc(line)))
+    except SweepFailed as exc:
+        _fail(exc)
+        return 1
+    if args.json:
+        print(json.dumps({"sweep": str(folder), "key": sweep.key, "values": list(sweep.values),
+                          "rows": [r.__dict__ for r in rows]}, indent=1, ensure_ascii=False))
+        return 0
+    if not args.quiet:
+        _print_tables(sensitivity_tables(sweep, rows))
+    console.print(f"sensitivity table and figure: {_esc(folder)}", soft_wrap=True)
+    return 0
 
 
 def _run_and_print(args: argparse.Namespace, loaded: Any, plan: Any, store: Any, started: float) -> int:
@@ -611,6 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     sp.add_argument("-q", "--quiet", action="store_true", help="print only errors and the run record's path")
     sp.add_argument("--note", help="a line kept in the run record and listed by `neuronspec runs`")
+    sp.add_argument("--sweep", metavar="KEY=V1,V2,…", help="run the study once per value of one field (cached stages shared) "
+                    "and write a sensitivity table and figure: set sizes and own-language effects against the value")
     sp.set_defaults(fn=cmd_run)
 
     sp = sub.add_parser("runs", help="list past runs, newest first, with their --set overrides and notes",
