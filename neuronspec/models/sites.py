@@ -176,6 +176,16 @@ class Adapter:
         that deactivation zeroes), or None when the family has none."""
         return None
 
+    def post_norm(self, model: nn.Module, i: int, which: str) -> nn.Module | None:
+        """The RMSNorm that layer `i` applies to its ``"ffn"`` or ``"attn"`` sublayer's output before
+        adding it to the residual stream (Gemma 2/3, OLMo 2), or None: PLND then scores the change
+        after it (:mod:`neuronspec.methods.plnd_postnorm`)."""
+        return None
+
+    def rms_norm_params(self, norm: nn.Module) -> tuple[Tensor, float]:
+        """(gain [hidden] float32, eps) of one of this family's RMSNorms: y ↦ gain ⊙ y / √(mean y² + eps)."""
+        return norm.weight.detach().float(), float(norm.variance_epsilon)
+
     # ---- weights: always [out, in] ----------------------------------------------
     def down_weight(self, model: nn.Module, i: int) -> Tensor:
         """FFN down-projection weight as [hidden, intermediate]."""
@@ -312,6 +322,13 @@ class Gemma3Adapter(GatedAdapter):
     def qk_norms(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module]:
         attn = self.attention(model, i)
         return attn.q_norm, attn.k_norm
+
+    def post_norm(self, model: nn.Module, i: int, which: str) -> nn.Module:
+        layer = self.layers(model)[i]
+        return {"ffn": layer.post_feedforward_layernorm, "attn": layer.post_attention_layernorm}[which]
+
+    def rms_norm_params(self, norm: nn.Module) -> tuple[Tensor, float]:
+        return 1.0 + norm.weight.detach().float(), float(norm.eps)  # Gemma's RMSNorm scales by (1 + weight)
 
 
 class _TransformerHAdapter(Adapter):
