@@ -299,10 +299,32 @@ class GatedAdapter(Adapter):
         return getattr(attn, name), _identity
 
 
-class Gemma3Adapter(GatedAdapter):
+# ---- sandwich-norm families: Gemma 2 (and 3, below), OLMo 2 ----------------------------------
+
+
+class Gemma2Adapter(GatedAdapter):
+    """Gemma 2: Llama module names plus a post-norm on each sublayer's output
+    (``post_attention_layernorm`` / ``post_feedforward_layernorm``, Gemma's (1 + weight) RMSNorm).
+
+    Attention logits are soft-capped (``attn_logit_softcapping``, read from the config by the q/k
+    score) and so are the final logits (``final_logit_softcapping``, see evaluate.logprobs);
+    sliding-window layers alternate with global ones, which the attention mask carries.
+    """
+
+    model_types = ("gemma2",)
+
+    def post_norm(self, model: nn.Module, i: int, which: str) -> nn.Module:
+        layer = self.layers(model)[i]
+        return {"ffn": layer.post_feedforward_layernorm, "attn": layer.post_attention_layernorm}[which]
+
+    def rms_norm_params(self, norm: nn.Module) -> tuple[Tensor, float]:
+        return 1.0 + norm.weight.detach().float(), float(norm.eps)  # Gemma's RMSNorm scales by (1 + weight)
+
+
+class Gemma3Adapter(Gemma2Adapter):
     """Gemma 3: the text-only model, or the text part of Gemma3ForConditionalGeneration.
 
-    Note: Gemma 3 applies RMSNorm per head (q_norm / k_norm) *after* the projection;
+    Gemma 2's blocks plus an RMSNorm per head (q_norm / k_norm) *after* the projection;
     the q/k neurons are the projection outputs, before that norm.
     """
 
@@ -322,13 +344,6 @@ class Gemma3Adapter(GatedAdapter):
     def qk_norms(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module]:
         attn = self.attention(model, i)
         return attn.q_norm, attn.k_norm
-
-    def post_norm(self, model: nn.Module, i: int, which: str) -> nn.Module:
-        layer = self.layers(model)[i]
-        return {"ffn": layer.post_feedforward_layernorm, "attn": layer.post_attention_layernorm}[which]
-
-    def rms_norm_params(self, norm: nn.Module) -> tuple[Tensor, float]:
-        return 1.0 + norm.weight.detach().float(), float(norm.eps)  # Gemma's RMSNorm scales by (1 + weight)
 
 
 class _TransformerHAdapter(Adapter):
@@ -448,7 +463,7 @@ def register_adapter(adapter_cls: type[Adapter]) -> type[Adapter]:
     return adapter_cls
 
 
-for _cls in (GatedAdapter, Gemma3Adapter, GPT2Adapter, BloomAdapter):
+for _cls in (GatedAdapter, Gemma2Adapter, Gemma3Adapter, GPT2Adapter, BloomAdapter):
     register_adapter(_cls)
 
 

@@ -5,8 +5,8 @@ projection output), run the model, recompute that layer's attention probabilitie
 q/k that attention then sees, and measure Σ_s (p' − p)² per query (summed over heads), reduced
 over tokens like the statistic. Values must agree within float tolerance and rank neurons
 identically. Shapes: every RoPE architecture, grouped-query attention with 8 query / 2 KV
-heads of dim 16, Gemma 3 with query_pre_attn_scalar ≠ head_dim and with soft-capping, and
-GPT-2 (no RoPE).
+heads of dim 16, Gemma 3 with query_pre_attn_scalar ≠ head_dim and with soft-capping, Gemma 2
+(soft-capped, sliding windows alternating, no q/k norm) and GPT-2 (no RoPE).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ SHAPES = {
     "llama-8q2kv-d16": ("llama", {"num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 16}),
     "gemma3-scalar32-softcap": ("gemma3_text", {"query_pre_attn_scalar": 32, "attn_logit_softcapping": 5.0}),
     "gpt2": ("gpt2", {}),
+    "gemma2-softcap": ("gemma2", {}),  # its tiny config caps attention logits at 0.5: the tanh bends them
 }
 
 
