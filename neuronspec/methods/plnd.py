@@ -220,8 +220,11 @@ class _Scorer:
         return handles
 
     def _norm_input_hook(self, i: int, which: int) -> Callable[..., None]:
+        whole, d = not self.adapter.qk_norm_per_head, self.dims.head_dim
+
         def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
-            self._norm_inputs[(i, which)] = args[0].detach()  # [B, heads, T, D]: what deactivation zeroes
+            u = args[0].detach()  # [B, heads, T, D] (a whole-projection norm: [B, T, heads·D]): what deactivation zeroes
+            self._norm_inputs[(i, which)] = u.view(*u.shape[:2], -1, d).transpose(1, 2) if whole else u
         return hook
 
     def _ffn_hook(self, i: int) -> Callable[..., None]:
@@ -275,10 +278,13 @@ class _Scorer:
         if ("gains", layer) not in self._norms:
             self._norms[("gains", layer)] = self.adapter.qk_norm_gains(self.model, layer)  # type: ignore[assignment]
         norms = self.adapter.qk_norms(self.model, layer)
+        if norms is not None and ("qk_eps", layer) not in self._norms:
+            self._norms[("qk_eps", layer)] = tuple(self.adapter.rms_norm_params(n)[1] for n in norms)  # type: ignore[assignment]
         pre = None if norms is None else (self._norm_inputs.pop((layer, 0)), self._norm_inputs.pop((layer, 1)))
         inp = QKInputs(query.detach(), key.detach(), additive_mask(mask), scaling, self.softcap,
                        rotary_of(module), self._norms[("gains", layer)],  # type: ignore[arg-type]
-                       pre, (float(norms[0].eps), float(norms[1].eps)) if norms is not None else (0.0, 0.0))
+                       pre, self._norms[("qk_eps", layer)] if norms is not None else (0.0, 0.0),  # type: ignore[arg-type]
+                       not self.adapter.qk_norm_per_head)
         want = tuple(s for s in QK_SITES if s in self.sites)
         for site, imp in qk_importance(inp, want, self.plan, mask_source=mask, stable=self.stable).items():  # [B,H,T,D], 0 where w is 0
             b, h, _, d = imp.shape

@@ -92,18 +92,18 @@ def _strong_post_norms(model, adapter, eps: float) -> None:
             for which in ("ffn", "attn"):
                 norm = adapter.post_norm(model, layer, which)
                 norm.weight.copy_(torch.randn_like(norm.weight) * 1.5)
-                norm.eps = eps
+                setattr(norm, "variance_epsilon" if hasattr(norm, "variance_epsilon") else "eps", eps)
 
 
 @pytest.mark.parametrize("site", ["ffn", "attn.o", "attn.v"])
-@pytest.mark.parametrize("chunk", [None, 7])
-def test_post_norm_scores_with_strong_gains_eps_and_neuron_chunks(site: str, chunk: int | None,
+@pytest.mark.parametrize(("arch", "chunk"), [("gemma3_text", None), ("gemma3_text", 7), ("olmo2", None)])
+def test_post_norm_scores_with_strong_gains_eps_and_neuron_chunks(arch: str, site: str, chunk: int | None,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from neuronspec.methods import plnd_postnorm
 
     if chunk:  # a few neurons per chunk, so several chunks per layer
         monkeypatch.setattr(plnd_postnorm, "CHUNK_ELEMENTS", chunk * len(DOCS) * max(map(len, DOCS)))
-    model = tiny_model("gemma3_text")
+    model = tiny_model(arch)
     adapter = adapter_for(model)
     _strong_post_norms(model, adapter, eps=1e-3)
     batch = _batch()

@@ -18,7 +18,7 @@ from neuronspec.report.results import collect
 from neuronspec.spec import load_study
 
 
-@pytest.mark.parametrize("arch", ["gemma2"])
+@pytest.mark.parametrize("arch", ["gemma2", "olmo2"])
 def test_tiny_study_runs_end_to_end(arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
     folder = tmp_path / "model"
