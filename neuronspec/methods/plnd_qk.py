@@ -1,7 +1,7 @@
 """PLND's q/k importance, for the neuron that deactivation switches off.
 
 A q (k) neuron is output n of the query (key) projection of one head, *before* Gemma's
-per-head q/k RMSNorm and before rotary embeddings — that is what ``deactivate`` and
+per-head (OLMo 2's whole-projection) q/k RMSNorm and before rotary embeddings — that is what ``deactivate`` and
 ``zero_weights`` zero. Its score is the paper's: the squared change of the attention
 probabilities, Σ_s (p'_ts − p_ts)², when the neuron is switched off, per query t (a K neuron
 sums it over the query heads of its group).
@@ -17,8 +17,16 @@ Zeroing u_n removes q̃_n and, through r, rescales the rest of the head by
 
 the removed part of q_t being q̃_tn·R_t e_n, which lives on both rotary partners of n. For a K
 neuron the roles swap: ℓ'_ts = β_sn (ℓ_ts − scaling·k̃_sn·(cos_sn q_tn − sin_sn rot(q_t)_n)).
-Soft-capping and the mask apply after, as in the model. Without RoPE and norm (GPT-2) both
-reduce to removing q_tn·k_sn, and one computation serves q and k.
+Soft-capping (Gemma 2: cap·tanh(ℓ/cap)) and the mask apply after, as in the model. Without
+RoPE and norm (GPT-2) both reduce to removing q_tn·k_sn, and one computation serves q and k.
+
+OLMo 2 normalises the whole projection (all heads together, width N = heads·D) before the head
+split. Its q neuron is still output n of the projection, before that norm (what deactivation
+zeroes), and its score is the change of *its own head's* probabilities (a K neuron: its group's),
+computed exactly as above with r and α over the N coordinates (α_tn = (1 − (q̃_n/g_n)²/N)^(−1/2)).
+The norm also rescales every other head by the same α_tn, a uniform change of their softmax
+temperature of order u_n²/‖u‖², which the score leaves out: counting it would cost one more
+pass over keys per head and neuron.
 
 The score per (query, neuron) needs three sums over keys (:func:`_fused_scores`), so one
 pass computes it without ever writing the [rows, queries, head_dim, keys] tensor. On CPU that
@@ -74,9 +82,10 @@ class QKInputs:
 
     query [B,H,T,D] and key [B,Hkv,S,D] post-RoPE (and post-norm); mask additive [B,1|H,T,S]
     (None: causal); rotary (cos, sin) [B|1,T,D] or None; gains: the (q, k) per-head RMSNorm
-    gains [D] or None; pre: the (q, k) norms' inputs u [B,H,T,D] / [B,Hkv,S,D] and eps their
-    epsilons. How much zeroing u_n rescales the rest of a head needs u_n: from `pre` when given,
-    else recovered as q̃_n/g_n — which a zero gain (Gemma 3 270M has some) makes 0/0.
+    gains [D] (or [heads, 1, D] when `whole`) or None; pre: the (q, k) norms' inputs u [B,H,T,D] /
+    [B,Hkv,S,D] and eps their epsilons. How much zeroing u_n rescales the rest of a head needs u_n:
+    from `pre` when given, else recovered as q̃_n/g_n — which a zero gain (Gemma 3 270M has some)
+    makes 0/0. `whole`: one norm over the whole projection (all heads; OLMo 2), not one per head.
     """
 
     query: Tensor
@@ -88,6 +97,7 @@ class QKInputs:
     gains: tuple[Tensor, Tensor] | None = None
     pre: tuple[Tensor, Tensor] | None = None
     eps: tuple[float, float] = (0.0, 0.0)
+    whole: bool = False
 
     def rows(self, b0: int, b1: int) -> QKInputs:
         """Documents b0..b1-1 (masks and rotary tables broadcast over documents stay whole)."""
@@ -95,7 +105,7 @@ class QKInputs:
         rotary = None if self.rotary is None else (cut(self.rotary[0]), cut(self.rotary[1]))
         pre = None if self.pre is None else (self.pre[0][b0:b1], self.pre[1][b0:b1])
         return QKInputs(self.query[b0:b1], self.key[b0:b1], cut(self.mask), self.scaling, self.softcap, rotary,
-                        self.gains, pre, self.eps)
+                        self.gains, pre, self.eps, self.whole)
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -105,13 +115,17 @@ def _rotate_half(x: Tensor) -> Tensor:
 
 def _norm_rescale(inp: QKInputs, which: int, normed: Tensor) -> Tensor:
     """r/r' per (position, neuron): how much the rest of a normalised head grows when its
-    pre-norm coordinate u_n is zeroed, (1 − u_n² / (D·(mean u² + eps)))^(−1/2). From the norm's
-    input when known; else u_n² / (D·(mean u² + eps)) = (q̃_n/g_n)² / D, `normed` being q̃."""
+    pre-norm coordinate u_n is zeroed, (1 − u_n² / (N·(mean u² + eps)))^(−1/2), the mean taken over
+    the N = D coordinates of the head (N = heads·D, all heads, when `inp.whole`). From the norm's
+    input when known; else u_n² / (N·(mean u² + eps)) = (q̃_n/g_n)² / N, `normed` being q̃."""
+    over = (1, 3) if inp.whole else (-1,)
     if inp.pre is not None:
         u = inp.pre[which].float()
-        share = u.square() / (u.square().mean(-1, keepdim=True) + inp.eps[which]).mul_(u.shape[-1])
+        n = u.shape[1] * u.shape[3] if inp.whole else u.shape[-1]
+        share = u.square() / (u.square().mean(over, keepdim=True) + inp.eps[which]).mul_(n)
     else:
-        share = (normed / inp.gains[which]).square_().div_(normed.shape[-1])
+        n = normed.shape[1] * normed.shape[3] if inp.whole else normed.shape[-1]
+        share = (normed / inp.gains[which]).square_().div_(n)
     return share.neg_().add_(1.0).clamp_min_(1e-12).rsqrt_()
 
 

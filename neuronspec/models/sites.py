@@ -123,6 +123,8 @@ class Adapter:
 
     model_types: tuple[str, ...] = ()
     supports_attention_interface: bool = True
+    #: the q/k norms (if any) normalise each head; False: the whole projection at once (OLMo 2)
+    qk_norm_per_head: bool = True
 
     # ---- config -----------------------------------------------------------------
     def text_config(self, config):  # noqa: ANN001, ANN201 - transformers configs are untyped
@@ -167,14 +169,25 @@ class Adapter:
         raise NotImplementedError
 
     def qk_norm_gains(self, model: nn.Module, i: int) -> tuple[Tensor, Tensor] | None:
-        """Per-head RMSNorm gains [head_dim] applied to q and k after the projection (before RoPE),
-        or None when the family has no q/k norm: zeroing a q/k neuron then also rescales its head."""
+        """RMSNorm gains applied to q and k after the projection (before RoPE): [head_dim] per head, or
+        [heads, 1, head_dim] for a whole-projection norm (``qk_norm_per_head`` False); None when the
+        family has no q/k norm. With one, zeroing a q/k neuron also rescales its head."""
         return None
 
     def qk_norms(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module] | None:
         """The per-head q and k RMSNorm modules (their inputs are the pre-norm projection outputs
         that deactivation zeroes), or None when the family has none."""
         return None
+
+    def post_norm(self, model: nn.Module, i: int, which: str) -> nn.Module | None:
+        """The RMSNorm that layer `i` applies to its ``"ffn"`` or ``"attn"`` sublayer's output before
+        adding it to the residual stream (Gemma 2/3, OLMo 2), or None: PLND then scores the change
+        after it (:mod:`neuronspec.methods.plnd_postnorm`)."""
+        return None
+
+    def rms_norm_params(self, norm: nn.Module) -> tuple[Tensor, float]:
+        """(gain [hidden] float32, eps) of one of this family's RMSNorms: y ↦ gain ⊙ y / √(mean y² + eps)."""
+        return norm.weight.detach().float(), float(norm.variance_epsilon)
 
     # ---- weights: always [out, in] ----------------------------------------------
     def down_weight(self, model: nn.Module, i: int) -> Tensor:
@@ -289,10 +302,32 @@ class GatedAdapter(Adapter):
         return getattr(attn, name), _identity
 
 
-class Gemma3Adapter(GatedAdapter):
+# ---- sandwich-norm families: Gemma 2 (and 3, below), OLMo 2 ----------------------------------
+
+
+class Gemma2Adapter(GatedAdapter):
+    """Gemma 2: Llama module names plus a post-norm on each sublayer's output
+    (``post_attention_layernorm`` / ``post_feedforward_layernorm``, Gemma's (1 + weight) RMSNorm).
+
+    Attention logits are soft-capped (``attn_logit_softcapping``, read from the config by the q/k
+    score) and so are the final logits (``final_logit_softcapping``, see evaluate.logprobs);
+    sliding-window layers alternate with global ones, which the attention mask carries.
+    """
+
+    model_types = ("gemma2",)
+
+    def post_norm(self, model: nn.Module, i: int, which: str) -> nn.Module:
+        layer = self.layers(model)[i]
+        return {"ffn": layer.post_feedforward_layernorm, "attn": layer.post_attention_layernorm}[which]
+
+    def rms_norm_params(self, norm: nn.Module) -> tuple[Tensor, float]:
+        return 1.0 + norm.weight.detach().float(), float(norm.eps)  # Gemma's RMSNorm scales by (1 + weight)
+
+
+class Gemma3Adapter(Gemma2Adapter):
     """Gemma 3: the text-only model, or the text part of Gemma3ForConditionalGeneration.
 
-    Note: Gemma 3 applies RMSNorm per head (q_norm / k_norm) *after* the projection;
+    Gemma 2's blocks plus an RMSNorm per head (q_norm / k_norm) *after* the projection;
     the q/k neurons are the projection outputs, before that norm.
     """
 
@@ -312,6 +347,33 @@ class Gemma3Adapter(GatedAdapter):
     def qk_norms(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module]:
         attn = self.attention(model, i)
         return attn.q_norm, attn.k_norm
+
+
+class Olmo2Adapter(GatedAdapter):
+    """OLMo 2: Llama module names, no pre-norms, a post-norm on each sublayer's output
+    (``post_attention_layernorm`` / ``post_feedforward_layernorm``, RMSNorm scaling by its weight)
+    and q/k RMSNorms over the *whole* projection (heads·head_dim wide), before the head split.
+
+    The q/k neurons are the projection outputs before that norm (what deactivation zeroes);
+    zeroing one rescales every head of the projection (see methods.plnd_qk for the score).
+    """
+
+    model_types = ("olmo2",)
+    qk_norm_per_head = False
+
+    def post_norm(self, model: nn.Module, i: int, which: str) -> nn.Module:
+        layer = self.layers(model)[i]
+        return {"ffn": layer.post_feedforward_layernorm, "attn": layer.post_attention_layernorm}[which]
+
+    def qk_norms(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module]:
+        attn = self.attention(model, i)
+        return attn.q_norm, attn.k_norm
+
+    def qk_norm_gains(self, model: nn.Module, i: int) -> tuple[Tensor, Tensor]:
+        """The gains as [heads, 1, head_dim] (and [kv_heads, 1, head_dim]), to broadcast over [B, heads, T, D]."""
+        d = self.dims(model.config).head_dim
+        q, k = self.qk_norms(model, i)
+        return q.weight.detach().float().view(-1, 1, d), k.weight.detach().float().view(-1, 1, d)
 
 
 class _TransformerHAdapter(Adapter):
@@ -431,7 +493,7 @@ def register_adapter(adapter_cls: type[Adapter]) -> type[Adapter]:
     return adapter_cls
 
 
-for _cls in (GatedAdapter, Gemma3Adapter, GPT2Adapter, BloomAdapter):
+for _cls in (GatedAdapter, Gemma2Adapter, Gemma3Adapter, Olmo2Adapter, GPT2Adapter, BloomAdapter):
     register_adapter(_cls)
 
 

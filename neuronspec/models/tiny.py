@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma3_text", "gpt2", "bloom")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma3_text", "gpt2", "bloom", "gemma2", "olmo2")
 
 
 def tiny_config(arch: str, **overrides: object) -> PretrainedConfig:
@@ -41,6 +41,18 @@ def tiny_config(arch: str, **overrides: object) -> PretrainedConfig:
     elif arch == "bloom":
         cfg = BloomConfig(vocab_size=96, n_layer=3, hidden_size=32, n_head=4, pad_token_id=0,
                           bos_token_id=1, eos_token_id=2)
+    # ---- sandwich-norm families (post-sublayer norms) ----
+    elif arch == "gemma2":
+        from transformers import Gemma2Config
+
+        # caps far below the real 50 / 30 so that they bend a tiny model's small logits
+        cfg = Gemma2Config(**common, **gated, query_pre_attn_scalar=16, sliding_window=16,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                           attn_logit_softcapping=0.5, final_logit_softcapping=2.0)
+    elif arch == "olmo2":
+        from transformers import Olmo2Config
+
+        cfg = Olmo2Config(**common, **gated)
     else:
         raise ValueError(f"no tiny config for {arch!r}; known: {', '.join(ARCHITECTURES)}")
     for key, value in overrides.items():

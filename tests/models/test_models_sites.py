@@ -185,7 +185,7 @@ def _attn_out(m: torch.nn.Module, layer: int, neurons: NeuronSet) -> tuple[torch
     return store["o"], store
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text", "gemma2", "olmo2"])
 def test_gqa_value_neuron_hits_exactly_its_group(arch: str) -> None:
     """Masking v neuron (h_kv, d) == zeroing coordinate d of every query head of group h_kv."""
     m = model(arch)
@@ -200,7 +200,7 @@ def test_gqa_value_neuron_hits_exactly_its_group(arch: str) -> None:
         torch.testing.assert_close(masked, expected.flatten(2), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text", "gemma2"])
 def test_gqa_key_neuron_changes_only_its_group(arch: str) -> None:
     """Masking k neuron (h_kv, d) changes key head h_kv only, hence only its group's outputs."""
     m = model(arch)
