@@ -46,7 +46,7 @@ from neuronspec.methods.plnd_qk import Plan, QKInputs, qk_importance
 from neuronspec.models.attention import additive_mask, capture_attention, rotary_of
 from neuronspec.models.forward import Batch, hidden_forward
 from neuronspec.models.masks import NeuronSet
-from neuronspec.models.sites import Adapter, Dims, adapter_for, site_width
+from neuronspec.models.sites import Adapter, Dims, adapter_for, norm_eps, site_width
 
 QK_SITES = ("attn.q", "attn.k")
 
@@ -191,7 +191,8 @@ class _Scorer:
 
     def _norm_input_hook(self, i: int, which: int) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
-            self._norm_inputs[(i, which)] = args[0].detach()  # [B, heads, T, D]: what deactivation zeroes
+            u = args[0].detach()  # what deactivation zeroes, [B, heads, T, D] or (Qwen 3) [B, T, heads, D]
+            self._norm_inputs[(i, which)] = u if self.adapter.qk_norm_heads_first else u.transpose(1, 2)
         return hook
 
     def _ffn_hook(self, i: int) -> Callable[..., None]:
@@ -224,7 +225,7 @@ class _Scorer:
         pre = None if norms is None else (self._norm_inputs.pop((layer, 0)), self._norm_inputs.pop((layer, 1)))
         inp = QKInputs(query.detach(), key.detach(), additive_mask(mask), scaling, self.softcap,
                        rotary_of(module), self._norms[("gains", layer)],  # type: ignore[arg-type]
-                       pre, (float(norms[0].eps), float(norms[1].eps)) if norms is not None else (0.0, 0.0))
+                       pre, (norm_eps(norms[0]), norm_eps(norms[1])) if norms is not None else (0.0, 0.0))
         want = tuple(s for s in QK_SITES if s in self.sites)
         for site, imp in qk_importance(inp, want, self.plan, mask_source=mask, stable=self.stable).items():  # [B,H,T,D], 0 where w is 0
             b, h, _, d = imp.shape

@@ -98,9 +98,23 @@ class QKInputs:
                         self.gains, pre, self.eps)
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _rotate_half(x: Tensor, dim: int | None = None) -> Tensor:
+    """rotate_half over the first `dim` coordinates (all by default), 0 on the rest: with the
+    rotary tables widened by :func:`_full_tables`, partial rotary is rotary over all D."""
+    dim = x.shape[-1] if dim is None else dim
+    half = dim // 2
+    return torch.cat((-x[..., half:dim], x[..., :half], torch.zeros_like(x[..., dim:])), dim=-1)
+
+
+def _full_tables(rotary: tuple[Tensor, Tensor], d: int) -> tuple[Tensor, Tensor, int]:
+    """(cos, sin) [B|1,1,T,D] and the rotary width r: partial rotary (GPT-NeoX's rotary_pct,
+    Phi's partial_rotary_factor) turns only the first r coordinates, so cos is 1 and sin 0 past r."""
+    cos, sin = (x.float()[:, None] for x in rotary)
+    r = cos.shape[-1]
+    if r < d:
+        cos = torch.cat((cos, cos.new_ones(*cos.shape[:-1], d - r)), dim=-1)
+        sin = torch.cat((sin, sin.new_zeros(*sin.shape[:-1], d - r)), dim=-1)
+    return cos, sin, r
 
 
 def _norm_rescale(inp: QKInputs, which: int, normed: Tensor) -> Tensor:
@@ -124,7 +138,7 @@ class _Side:
     right: list[Tensor]  # [rows, D, S] each
     scale_t: Tensor | None = None  # [rows, T, D]
     scale_s: Tensor | None = None  # [rows, D, S]
-    rotated: bool = False  # right[1] is -rotate_half(right[0]) over D: one product gives both centres
+    rotary_dim: int = 0  # > 0: right[1] is -rotate_half(right[0], rotary_dim): one product gives both centres
 
 
 def _sides(inp: QKInputs, want_q: bool, want_k: bool) -> tuple[_Side | None, _Side | None]:
@@ -137,23 +151,23 @@ def _sides(inp: QKInputs, want_q: bool, want_k: bool) -> tuple[_Side | None, _Si
     if inp.rotary is None:
         q_pre, k_pre = q, k
     else:
-        cos, sin = (x.float()[:, None] for x in inp.rotary)  # [B|1, 1, T, D]
-        q_pre, k_pre = q * cos - _rotate_half(q) * sin, k * cos[..., :s, :] - _rotate_half(k) * sin[..., :s, :]
+        cos, sin, r = _full_tables(inp.rotary, d)  # [B|1, 1, T, D]
+        q_pre, k_pre = q * cos - _rotate_half(q, r) * sin, k * cos[..., :s, :] - _rotate_half(k, r) * sin[..., :s, :]
     q_side = k_side = None
     if want_q:
         if inp.rotary is None:
             left, right = [rq(q_pre * inp.scaling)], [rk(k)]
         else:
             sq = q_pre * inp.scaling
-            left, right = [rq(sq * cos), rq(sq * sin)], [rk(k), rk(-_rotate_half(k))]
+            left, right = [rq(sq * cos), rq(sq * sin)], [rk(k), rk(-_rotate_half(k, r))]
         q_side = _Side(left, right, rq(_norm_rescale(inp, 0, q_pre)) if inp.gains else None,
-                       rotated=inp.rotary is not None)
+                       rotary_dim=r if inp.rotary is not None else 0)
     if want_k:
         if inp.rotary is None:
             left, right = [rq(q)], [rk(k_pre * inp.scaling)]
         else:
             sk = k_pre * inp.scaling
-            left, right = [rq(q), rq(-_rotate_half(q))], [rk(sk * cos[..., :s, :]), rk(sk * sin[..., :s, :])]
+            left, right = [rq(q), rq(-_rotate_half(q, r))], [rk(sk * cos[..., :s, :]), rk(sk * sin[..., :s, :])]
         scale = _norm_rescale(inp, 1, k_pre[:, ::group]) if inp.gains else None  # once per KV head
         k_side = _Side(left, right, scale_s=rk(scale.repeat_interleave(group, dim=1)) if inp.gains else None)
     return q_side, k_side
@@ -362,9 +376,9 @@ def _native_scores(inp: QKInputs, sides: dict[str, _Side], raw: Tensor, logits: 
 
 def _center(side: _Side, p: Tensor, raw: Tensor, p_raw: Tensor) -> Tensor:
     """Σ_s p_s·d_s per (row, query, neuron), d the un-capped logit change: matrix products only."""
-    if side.rotated and side.scale_s is None:  # p @ (-rot k) = -rot(p @ k): one product
+    if side.rotary_dim and side.scale_s is None:  # p @ (-rot k) = -rot(p @ k): one product
         pk = torch.bmm(p, side.right[0].transpose(1, 2))
-        pr = [pk, -_rotate_half(pk)]
+        pr = [pk, -_rotate_half(pk, side.rotary_dim)]
     else:
         pr = [torch.bmm(p, (r if side.scale_s is None else r * side.scale_s).transpose(1, 2)) for r in side.right]
     c = sum(l * x for l, x in zip(side.left, pr))  # Σ_s p_s (β_s) c_s

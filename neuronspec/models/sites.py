@@ -123,6 +123,9 @@ class Adapter:
 
     model_types: tuple[str, ...] = ()
     supports_attention_interface: bool = True
+    #: the queries attention sees must be checked, once per layer, to be the q projection's output under
+    #: half-split rotary (families recognised by layout only, whose rotary convention nothing declares)
+    verify_rotary: bool = False
 
     # ---- config -----------------------------------------------------------------
     def text_config(self, config):  # noqa: ANN001, ANN201 - transformers configs are untyped
@@ -166,6 +169,11 @@ class Adapter:
         """Modules whose output rows feed the ``ffn`` neurons (up and gate, or fc1)."""
         raise NotImplementedError
 
+    def ffn_in_slices(self, model: nn.Module, i: int) -> list[tuple[nn.Module, IndexFn]]:
+        """(module, index_fn) per input of the ``ffn`` neurons, [up, gate] or [fc1]: neuron n is
+        output coordinate index_fn(n). Fused gate/up projections override this (one module, two maps)."""
+        return [(module, _identity) for module in self.ffn_in(model, i)]
+
     def qk_norm_gains(self, model: nn.Module, i: int) -> tuple[Tensor, Tensor] | None:
         """Per-head RMSNorm gains [head_dim] applied to q and k after the projection (before RoPE),
         or None when the family has no q/k norm: zeroing a q/k neuron then also rescales its head."""
@@ -175,6 +183,9 @@ class Adapter:
         """The per-head q and k RMSNorm modules (their inputs are the pre-norm projection outputs
         that deactivation zeroes), or None when the family has none."""
         return None
+
+    #: the q/k norms' inputs are [B, heads, T, D] (Gemma 3 normalises after the transpose), not [B, T, heads, D]
+    qk_norm_heads_first: bool = True
 
     # ---- weights: always [out, in] ----------------------------------------------
     def down_weight(self, model: nn.Module, i: int) -> Tensor:
@@ -215,8 +226,8 @@ class Adapter:
                 slices.append(WeightSlice(names[id(bias)], bias, 0, index_fn))
 
         if site == "ffn":
-            for module in self.ffn_in(model, i):
-                add(module, "out", _identity)
+            for module, index_fn in self.ffn_in_slices(model, i):
+                add(module, "out", index_fn)
             add(self.ffn_down(model, i), "in", _identity)
         elif site == "attn.o":
             add(self.attn_out(model, i), "in", _identity)
@@ -416,6 +427,15 @@ def _qkv(site: str) -> str:
     return site
 
 
+def norm_eps(norm: nn.Module) -> float:
+    """The epsilon of an RMSNorm module (families name it ``eps`` or ``variance_epsilon``)."""
+    for name in ("eps", "variance_epsilon"):
+        value = getattr(norm, name, None)
+        if value is not None:
+            return float(value)
+    raise AttributeError(f"{type(norm).__name__} has neither .eps nor .variance_epsilon")
+
+
 # ---- registry ---------------------------------------------------------------------
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -445,13 +465,14 @@ def adapter_for(model_or_config) -> Adapter:  # noqa: ANN001
     config = model_or_config.config if is_model else model_or_config
     model_type = getattr(config, "model_type", None)
     adapter = _REGISTRY.get(model_type)
-    if adapter is None:
-        raise UnsupportedArchitecture(
-            f"no neuron-site adapter for model_type {model_type!r}. Supported: {', '.join(supported_model_types())}.\n"
-            "To add one, subclass neuronspec.models.sites.Adapter (or GatedAdapter for Llama-style "
-            "module names), set model_types = ('your_type',), implement dims/base/layers/final_norm/"
-            "ffn_down/ffn_in/attn_out/projection, and call register_adapter(YourAdapter)."
-        )
+    if adapter is None:  # an unregistered family: usable when its layout is Llama's (checked on the model)
+        from .generic import generic_adapter
+
+        adapter = generic_adapter(config, supported_model_types())
     if is_model:
         adapter.check(model_or_config)
     return adapter
+
+
+# Families added after the first six live in their own module; importing it registers them.
+from . import families  # noqa: E402,F401

@@ -33,6 +33,10 @@ SHAPES = {
     "llama-8q2kv-d16": ("llama", {"num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 16}),
     "gemma3-scalar32-softcap": ("gemma3_text", {"query_pre_attn_scalar": 32, "attn_logit_softcapping": 5.0}),
     "gpt2": ("gpt2", {}),
+    "qwen3": ("qwen3", {}),  # per-head q/k RMSNorm with gain `weight`
+    "phi3-partial-rotary": ("phi3", {}),  # fused qkv, rotary over half a head
+    "gpt_neox-rotary-pct": ("gpt_neox", {}),  # per-head interleaved qkv, rotary over a quarter
+    "ministral-generic": ("ministral", {}),  # no adapter of its own: the layout-checked Llama one
 }
 
 
