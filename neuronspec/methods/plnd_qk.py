@@ -8,7 +8,8 @@ sums it over the query heads of its group).
 
 What switching it off does to the logits, exactly. Write q̃ for the normalised pre-RoPE query
 (q̃ = u·g/r, u the projection output, g the norm's gain, r = √(mean u² + eps); no norm: q̃ = u)
-and q = R_t q̃ for the post-RoPE one (R_t the rotation of position t, pairing n with n ± D/2).
+and q = R_t q̃ for the post-RoPE one (R_t the rotation of position t, pairing n with n ± r/2 for
+n < r, r = D unless rotary is partial; YaRN-like tables make it m times a rotation, see _full_tables).
 Zeroing u_n removes q̃_n and, through r, rescales the rest of the head by
 α_tn = r/r' = (1 − (q̃_n/g_n)²/D)^(−1/2) (1 without a norm), so with ℓ_ts = scaling·q_t·k_s
 
@@ -106,15 +107,17 @@ def _rotate_half(x: Tensor, dim: int | None = None) -> Tensor:
     return torch.cat((-x[..., half:dim], x[..., :half], torch.zeros_like(x[..., dim:])), dim=-1)
 
 
-def _full_tables(rotary: tuple[Tensor, Tensor], d: int) -> tuple[Tensor, Tensor, int]:
-    """(cos, sin) [B|1,1,T,D] and the rotary width r: partial rotary (GPT-NeoX's rotary_pct,
-    Phi's partial_rotary_factor) turns only the first r coordinates, so cos is 1 and sin 0 past r."""
+def _full_tables(rotary: tuple[Tensor, Tensor], d: int) -> tuple[Tensor, Tensor, Tensor, int]:
+    """(cos, sin, 1 / (cos² + sin²)) [B|1,1,T,D] and the rotary width r. Partial rotary (GPT-NeoX's
+    rotary_pct, Phi's partial_rotary_factor) turns only the first r coordinates, so cos is 1 and sin
+    0 past r. YaRN / LongRoPE multiply both tables by an attention factor m: R_t is then m times a
+    rotation, R_tᵀ R_t = m², and the pre-RoPE vector is R_tᵀ q / m²."""
     cos, sin = (x.float()[:, None] for x in rotary)
     r = cos.shape[-1]
     if r < d:
         cos = torch.cat((cos, cos.new_ones(*cos.shape[:-1], d - r)), dim=-1)
         sin = torch.cat((sin, sin.new_zeros(*sin.shape[:-1], d - r)), dim=-1)
-    return cos, sin, r
+    return cos, sin, (cos.square() + sin.square()).reciprocal_(), r
 
 
 def _norm_rescale(inp: QKInputs, which: int, normed: Tensor) -> Tensor:
@@ -151,8 +154,9 @@ def _sides(inp: QKInputs, want_q: bool, want_k: bool) -> tuple[_Side | None, _Si
     if inp.rotary is None:
         q_pre, k_pre = q, k
     else:
-        cos, sin, r = _full_tables(inp.rotary, d)  # [B|1, 1, T, D]
-        q_pre, k_pre = q * cos - _rotate_half(q, r) * sin, k * cos[..., :s, :] - _rotate_half(k, r) * sin[..., :s, :]
+        cos, sin, inv, r = _full_tables(inp.rotary, d)  # [B|1, 1, T, D]
+        q_pre = (q * cos - _rotate_half(q, r) * sin) * inv
+        k_pre = (k * cos[..., :s, :] - _rotate_half(k, r) * sin[..., :s, :]) * inv[..., :s, :]
     q_side = k_side = None
     if want_q:
         if inp.rotary is None:
