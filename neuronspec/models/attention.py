@@ -105,14 +105,32 @@ def _keep_rotary(module: nn.Module, args: tuple, kwargs: dict) -> None:
     _ROTARY[id(module)] = kwargs.get("position_embeddings")
 
 
+def rotate_half(x: Tensor, dim: int | None = None) -> Tensor:
+    """rotate_half over the first `dim` coordinates (all by default), 0 on the rest: with the
+    rotary tables widened by :func:`full_rotary_tables`, partial rotary is rotary over all D."""
+    dim = x.shape[-1] if dim is None else dim
+    half = dim // 2
+    return torch.cat((-x[..., half:dim], x[..., :half], torch.zeros_like(x[..., dim:])), dim=-1)
+
+
+def full_rotary_tables(rotary: tuple[Tensor, Tensor], d: int) -> tuple[Tensor, Tensor, Tensor, int]:
+    """(cos, sin, 1 / (cos² + sin²)) [B|1,1,T,D] and the rotary width r. Partial rotary (GPT-NeoX's
+    rotary_pct, Phi's partial_rotary_factor) turns only the first r coordinates, so cos is 1 and sin
+    0 past r. YaRN / LongRoPE multiply both tables by an attention factor m: R_t is then m times a
+    rotation, R_tᵀ R_t = m², and the pre-RoPE vector is R_tᵀ q / m²."""
+    cos, sin = (x.float()[:, None] for x in rotary)
+    r = cos.shape[-1]
+    if r < d:
+        cos = torch.cat((cos, cos.new_ones(*cos.shape[:-1], d - r)), dim=-1)
+        sin = torch.cat((sin, sin.new_zeros(*sin.shape[:-1], d - r)), dim=-1)
+    return cos, sin, (cos.square() + sin.square()).reciprocal_(), r
+
+
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Half-split rotary (Llama's ``apply_rotary_pos_emb``) of x [B, H, T, D] with tables
     [B|1, T, r], r <= D: coordinates past r pass unchanged (partial rotary)."""
-    r = cos.shape[-1]
-    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
-    turned, kept = x[..., :r], x[..., r:]
-    rotated = torch.cat((-turned[..., r // 2:], turned[..., :r // 2]), dim=-1)
-    return torch.cat((turned * cos + rotated * sin, kept), dim=-1)
+    full_cos, full_sin, _, r = full_rotary_tables((cos, sin), x.shape[-1])
+    return x * full_cos + rotate_half(x, r) * full_sin
 
 
 def _watch_query(point: HookPoint, attention: nn.Module) -> torch.utils.hooks.RemovableHandle:
