@@ -223,8 +223,12 @@ class _Scorer:
         whole, d = not self.adapter.qk_norm_per_head, self.dims.head_dim
 
         def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
-            u = args[0].detach()  # [B, heads, T, D] (a whole-projection norm: [B, T, heads·D]): what deactivation zeroes
-            self._norm_inputs[(i, which)] = u.view(*u.shape[:2], -1, d).transpose(1, 2) if whole else u
+            u = args[0].detach()  # what deactivation zeroes: [B, heads, T, D], (Qwen 3) [B, T, heads, D], (OLMo 2) [B, T, heads·D]
+            if whole:
+                u = u.view(*u.shape[:2], -1, d).transpose(1, 2)
+            elif not self.adapter.qk_norm_heads_first:
+                u = u.transpose(1, 2)
+            self._norm_inputs[(i, which)] = u
         return hook
 
     def _ffn_hook(self, i: int) -> Callable[..., None]:

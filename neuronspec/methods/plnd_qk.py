@@ -8,7 +8,8 @@ sums it over the query heads of its group).
 
 What switching it off does to the logits, exactly. Write q̃ for the normalised pre-RoPE query
 (q̃ = u·g/r, u the projection output, g the norm's gain, r = √(mean u² + eps); no norm: q̃ = u)
-and q = R_t q̃ for the post-RoPE one (R_t the rotation of position t, pairing n with n ± D/2).
+and q = R_t q̃ for the post-RoPE one (R_t the rotation of position t, pairing n with n ± r/2 for
+n < r, r = D unless rotary is partial; YaRN-like tables make it m times a rotation, see full_rotary_tables).
 Zeroing u_n removes q̃_n and, through r, rescales the rest of the head by
 α_tn = r/r' = (1 − (q̃_n/g_n)²/D)^(−1/2) (1 without a norm), so with ℓ_ts = scaling·q_t·k_s
 
@@ -54,6 +55,7 @@ import torch
 from torch import Tensor
 
 from neuronspec.methods import plnd_qk_cpu
+from neuronspec.models.attention import full_rotary_tables, rotate_half
 
 #: elements of one perturbed-probability chunk [rows, block, D, span]: 2 MB, so each chunk's
 #: ops run in cache instead of streaming through memory
@@ -108,11 +110,6 @@ class QKInputs:
                         self.gains, pre, self.eps, self.whole)
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def _norm_rescale(inp: QKInputs, which: int, normed: Tensor) -> Tensor:
     """r/r' per (position, neuron): how much the rest of a normalised head grows when its
     pre-norm coordinate u_n is zeroed, (1 − u_n² / (N·(mean u² + eps)))^(−1/2), the mean taken over
@@ -138,7 +135,7 @@ class _Side:
     right: list[Tensor]  # [rows, D, S] each
     scale_t: Tensor | None = None  # [rows, T, D]
     scale_s: Tensor | None = None  # [rows, D, S]
-    rotated: bool = False  # right[1] is -rotate_half(right[0]) over D: one product gives both centres
+    rotary_dim: int = 0  # > 0: right[1] is -rotate_half(right[0], rotary_dim): one product gives both centres
 
 
 def _sides(inp: QKInputs, want_q: bool, want_k: bool) -> tuple[_Side | None, _Side | None]:
@@ -151,23 +148,24 @@ def _sides(inp: QKInputs, want_q: bool, want_k: bool) -> tuple[_Side | None, _Si
     if inp.rotary is None:
         q_pre, k_pre = q, k
     else:
-        cos, sin = (x.float()[:, None] for x in inp.rotary)  # [B|1, 1, T, D]
-        q_pre, k_pre = q * cos - _rotate_half(q) * sin, k * cos[..., :s, :] - _rotate_half(k) * sin[..., :s, :]
+        cos, sin, inv, r = full_rotary_tables(inp.rotary, d)  # [B|1, 1, T, D]
+        q_pre = (q * cos - rotate_half(q, r) * sin) * inv
+        k_pre = (k * cos[..., :s, :] - rotate_half(k, r) * sin[..., :s, :]) * inv[..., :s, :]
     q_side = k_side = None
     if want_q:
         if inp.rotary is None:
             left, right = [rq(q_pre * inp.scaling)], [rk(k)]
         else:
             sq = q_pre * inp.scaling
-            left, right = [rq(sq * cos), rq(sq * sin)], [rk(k), rk(-_rotate_half(k))]
+            left, right = [rq(sq * cos), rq(sq * sin)], [rk(k), rk(-rotate_half(k, r))]
         q_side = _Side(left, right, rq(_norm_rescale(inp, 0, q_pre)) if inp.gains else None,
-                       rotated=inp.rotary is not None)
+                       rotary_dim=r if inp.rotary is not None else 0)
     if want_k:
         if inp.rotary is None:
             left, right = [rq(q)], [rk(k_pre * inp.scaling)]
         else:
             sk = k_pre * inp.scaling
-            left, right = [rq(q), rq(-_rotate_half(q))], [rk(sk * cos[..., :s, :]), rk(sk * sin[..., :s, :])]
+            left, right = [rq(q), rq(-rotate_half(q, r))], [rk(sk * cos[..., :s, :]), rk(sk * sin[..., :s, :])]
         scale = _norm_rescale(inp, 1, k_pre[:, ::group]) if inp.gains else None  # once per KV head
         k_side = _Side(left, right, scale_s=rk(scale.repeat_interleave(group, dim=1)) if inp.gains else None)
     return q_side, k_side
@@ -376,9 +374,9 @@ def _native_scores(inp: QKInputs, sides: dict[str, _Side], raw: Tensor, logits: 
 
 def _center(side: _Side, p: Tensor, raw: Tensor, p_raw: Tensor) -> Tensor:
     """Σ_s p_s·d_s per (row, query, neuron), d the un-capped logit change: matrix products only."""
-    if side.rotated and side.scale_s is None:  # p @ (-rot k) = -rot(p @ k): one product
+    if side.rotary_dim and side.scale_s is None:  # p @ (-rot k) = -rot(p @ k): one product
         pk = torch.bmm(p, side.right[0].transpose(1, 2))
-        pr = [pk, -_rotate_half(pk)]
+        pr = [pk, -rotate_half(pk, side.rotary_dim)]
     else:
         pr = [torch.bmm(p, (r if side.scale_s is None else r * side.scale_s).transpose(1, 2)) for r in side.right]
     c = sum(l * x for l, x in zip(side.left, pr))  # Σ_s p_s (β_s) c_s

@@ -125,6 +125,11 @@ class Adapter:
     supports_attention_interface: bool = True
     #: the q/k norms (if any) normalise each head; False: the whole projection at once (OLMo 2)
     qk_norm_per_head: bool = True
+    #: the q/k norms' inputs are [B, heads, T, D] (Gemma 3 normalises after the transpose), not [B, T, heads, D]
+    qk_norm_heads_first: bool = True
+    #: the queries attention sees must be checked, once per layer, to be the q projection's output under
+    #: half-split rotary (families recognised by layout only, whose rotary convention nothing declares)
+    verify_rotary: bool = False
 
     # ---- config -----------------------------------------------------------------
     def text_config(self, config):  # noqa: ANN001, ANN201 - transformers configs are untyped
@@ -168,6 +173,11 @@ class Adapter:
         """Modules whose output rows feed the ``ffn`` neurons (up and gate, or fc1)."""
         raise NotImplementedError
 
+    def ffn_in_slices(self, model: nn.Module, i: int) -> list[tuple[nn.Module, IndexFn]]:
+        """(module, index_fn) per input of the ``ffn`` neurons, [up, gate] or [fc1]: neuron n is
+        output coordinate index_fn(n). Fused gate/up projections override this (one module, two maps)."""
+        return [(module, _identity) for module in self.ffn_in(model, i)]
+
     def qk_norm_gains(self, model: nn.Module, i: int) -> tuple[Tensor, Tensor] | None:
         """RMSNorm gains applied to q and k after the projection (before RoPE): [head_dim] per head, or
         [heads, 1, head_dim] for a whole-projection norm (``qk_norm_per_head`` False); None when the
@@ -187,7 +197,7 @@ class Adapter:
 
     def rms_norm_params(self, norm: nn.Module) -> tuple[Tensor, float]:
         """(gain [hidden] float32, eps) of one of this family's RMSNorms: y ↦ gain ⊙ y / √(mean y² + eps)."""
-        return norm.weight.detach().float(), float(norm.variance_epsilon)
+        return norm.weight.detach().float(), norm_eps(norm)
 
     # ---- weights: always [out, in] ----------------------------------------------
     def down_weight(self, model: nn.Module, i: int) -> Tensor:
@@ -228,8 +238,8 @@ class Adapter:
                 slices.append(WeightSlice(names[id(bias)], bias, 0, index_fn))
 
         if site == "ffn":
-            for module in self.ffn_in(model, i):
-                add(module, "out", _identity)
+            for module, index_fn in self.ffn_in_slices(model, i):
+                add(module, "out", index_fn)
             add(self.ffn_down(model, i), "in", _identity)
         elif site == "attn.o":
             add(self.attn_out(model, i), "in", _identity)
@@ -478,6 +488,15 @@ def _qkv(site: str) -> str:
     return site
 
 
+def norm_eps(norm: nn.Module) -> float:
+    """The epsilon of an RMSNorm module (families name it ``eps`` or ``variance_epsilon``)."""
+    for name in ("eps", "variance_epsilon"):
+        value = getattr(norm, name, None)
+        if value is not None:
+            return float(value)
+    raise AttributeError(f"{type(norm).__name__} has neither .eps nor .variance_epsilon")
+
+
 # ---- registry ---------------------------------------------------------------------
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -507,13 +526,14 @@ def adapter_for(model_or_config) -> Adapter:  # noqa: ANN001
     config = model_or_config.config if is_model else model_or_config
     model_type = getattr(config, "model_type", None)
     adapter = _REGISTRY.get(model_type)
-    if adapter is None:
-        raise UnsupportedArchitecture(
-            f"no neuron-site adapter for model_type {model_type!r}. Supported: {', '.join(supported_model_types())}.\n"
-            "To add one, subclass neuronspec.models.sites.Adapter (or GatedAdapter for Llama-style "
-            "module names), set model_types = ('your_type',), implement dims/base/layers/final_norm/"
-            "ffn_down/ffn_in/attn_out/projection, and call register_adapter(YourAdapter)."
-        )
+    if adapter is None:  # an unregistered family: usable when its layout is Llama's (checked on the model)
+        from .generic import generic_adapter
+
+        adapter = generic_adapter(config, supported_model_types())
     if is_model:
         adapter.check(model_or_config)
     return adapter
+
+
+# Families added after the first six live in their own module; importing it registers them.
+from . import families  # noqa: E402,F401

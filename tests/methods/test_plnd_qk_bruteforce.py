@@ -34,6 +34,13 @@ SHAPES = {
     "gemma3-scalar32-softcap": ("gemma3_text", {"query_pre_attn_scalar": 32, "attn_logit_softcapping": 5.0}),
     "gpt2": ("gpt2", {}),
     "gemma2-softcap": ("gemma2", {}),  # its tiny config caps attention logits at 0.5: the tanh bends them
+    "qwen3": ("qwen3", {}),  # per-head q/k RMSNorm with gain `weight`
+    "phi3-partial-rotary": ("phi3", {}),  # fused qkv, rotary over half a head
+    "gpt_neox-rotary-pct": ("gpt_neox", {}),  # per-head interleaved qkv, rotary over a quarter
+    "ministral-generic": ("ministral", {}),  # no adapter of its own: the layout-checked Llama one
+    # YaRN scales the rotary tables by its attention factor (cos² + sin² ≠ 1)
+    "llama-yarn": ("llama", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                  "original_max_position_embeddings": 32}}),
 }
 
 

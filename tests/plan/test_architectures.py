@@ -1,9 +1,9 @@
-"""A tiny study end to end on each sandwich-norm family (post-sublayer norms): PLND on ffn, attn.v
-and attn.o, the exclusive sets, a deactivation arm and its random control, perplexity."""
+"""A tiny study end to end on each family added after the first six (and one served by layout
+only): PLND on every site, a deactivation arm and its random control (as many neurons), perplexity,
+the logit lens."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -17,26 +17,33 @@ from neuronspec.plan.store import Store
 from neuronspec.report.results import collect
 from neuronspec.spec import load_study
 
+SITES = ["ffn", "attn.q", "attn.k", "attn.v", "attn.o"]
 
-@pytest.mark.parametrize("arch", ["gemma2", "olmo2"])
-def test_tiny_study_runs_end_to_end(arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+
+@pytest.mark.parametrize("arch", ["qwen3", "phi3", "gpt_neox", "ministral", "gemma2", "olmo2"])
+def test_study_runs_every_site_and_arm(arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
     folder = tmp_path / "model"
     tiny_model(arch).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
+    text = STUDY.format(model=folder, corpus=make_corpus(tmp_path / "corpus.jsonl"))
+    text = text.replace("sites: [ffn, attn.v, attn.o]", "sites: [all]") + "analyses:\n  logit_lens: {corpus: detect}\n"
     path = tmp_path / "study.yaml"
-    path.write_text(STUDY.format(model=folder, corpus=make_corpus(tmp_path / "corpus.jsonl")))
+    path.write_text(text)
     loaded = load_study(path)
     plan = compile_study(loaded)
     store = Store(tmp_path / ".neuronspec")
-    done = run_plan(plan, store, loaded.study)
-    assert set(done.computed) == set(plan.stages)
-    cells = collect(plan, store)["evaluations"]["ppl"]["cells"]
-    base = {c["lang"]: c["value"] for c in cells if c["arm"] is None}
+    run_plan(plan, store, loaded.study)
+    results = collect(plan, store)
+    counts = results["sets"]["specific"]["counts"]
+    assert set().union(*(counts[lang] for lang in counts)) == set(SITES), counts  # every site found neurons
+    early = results["evaluations"]["ppl"]["matrices"]["early"]
+    assert early["control"] == "early-random" and early["control_draws"] == 2
+    assert all(early["change"][lang][lang] != 0 for lang in ("en", "fr", "de"))  # the arm changed something
+    assert set(results["logit_lens"]) == {"en", "fr", "de"}
+    cells = results["evaluations"]["ppl"]["cells"]
     arm = {(c["mask_lang"], c["lang"]): c for c in cells if c["arm"] == "early"}
     controls = [c for c in cells if c["arm"] == "early-random"]
-    assert len(base) == 3 and len(arm) == 9 and len(controls) == 18  # 3 mask languages × 3 languages (× 2 draws)
-    assert all(math.isfinite(c["value"]) for c in cells)
-    assert any(c["deactivated"] > 0 and c["value"] != base[c["lang"]] for c in arm.values())
+    assert len(arm) == 9 and len(controls) == 18  # 3 mask languages × 3 languages (× 2 draws)
     for c in controls:  # the random control deactivates as many neurons as the arm it copies
         assert c["deactivated"] == arm[(c["mask_lang"], c["lang"])]["deactivated"]
