@@ -271,8 +271,11 @@ def _from_folder(folder: str | Path, *, revision: str | None, dtype: torch.dtype
     if gguf_file:
         _require("gguf", "pip install 'neuronspec[embedded]'  (needs the gguf package)")
         kw["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device_map, **kw)
+    from neuronspec.progress import third_party_output
+
+    with third_party_output():  # transformers' "Loading weights" bar, when the output is a log file
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device_map, **kw)
     if device_map is None:
         model.to(device)
     return model.eval(), tokenizer

@@ -395,8 +395,9 @@ class LmEvalSpec(ArmsEvaluated):
     limit: int | None = Field(None, gt=0, description="Evaluate at most this many items per task.")
     num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples (default: the task's own).")
     max_length: int | None = Field(
-        None, gt=1, description="lm-eval's context window in tokens; longer requests lose tokens from the left "
-                                "(default: the model's). max_length + 1 = a corpus' max_tokens truncates as `choice` does.")
+        None, gt=1, description="lm-eval's context window in tokens; longer requests lose tokens from the left. Default: "
+                                "for tasks that read the evaluation's corpus, its max_tokens − 1 (lm-eval then cuts prompts "
+                                "as `choice` does); else the model's.")
     metric_name: str | None = Field(
         None, description="Which of the task's metrics to report, e.g. acc_norm or exact_match,flexible-extract (default: its first).")
     on: Literal["self", "all"] = Field(
