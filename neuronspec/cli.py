@@ -170,15 +170,17 @@ def _run_and_print(args: argparse.Namespace, loaded: Any, plan: Any, store: Any,
     if done is None:
         return 1
     result, results, tables, record, folder, reused = (done.run, done.results, done.tables, done.record, done.folder, done.reused)
-    for name, info in (results.get("sets") or {}).items():
-        empty = info.get("empty")
+    from neuronspec.report.model import RunResults, to_json
+
+    for name, info in ((results.sets or {}) if isinstance(results, RunResults) else {}).items():
+        empty = info.empty
         if empty and not args.quiet:
             which = f"for {', '.join(empty)}" if isinstance(empty, list) else "(a single set)"
             err.print(f"[yellow]note:[/yellow] {_esc(f'neuron set {name!r} is EMPTY {which}')}"
                       " — check ε and the set expression; arms on it change nothing", soft_wrap=True)
     if args.json:
         print(json.dumps({"run": record["run_id"], "folder": str(folder), "computed": result.computed, "reused": reused,
-                          "results": results}, indent=1, ensure_ascii=False))
+                          "results": to_json(results)}, indent=1, ensure_ascii=False))
         return 0
     if not args.quiet:
         _print_tables([t for t in tables if t.terminal])
@@ -285,7 +287,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from neuronspec.paths import study_store
     from neuronspec.report.html import run_summary, write_html_report
-    from neuronspec.report.records import find_run, read_record, results_from_record
+    from neuronspec.report.records import find_run, load_results, read_record
     from neuronspec.report.render import result_tables
 
     stores = [study_store(Path(args.study) if args.study else None, args.store)]
@@ -298,9 +300,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         _fail(f"no run {args.run!r} in {stores[0] / 'runs'} (see `neuronspec runs`)")
         return 2
     record = read_record(folder)
-    saved = folder / "results.json"
-    results = json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else results_from_record(record)
-    tables = result_tables(results)
+    tables = result_tables(load_results(folder, record))
     path = write_html_report(folder, record, tables)
     if not args.quiet:
         _print_tables([run_summary(record), *(t for t in tables if t.terminal)])

@@ -33,8 +33,10 @@ from pydantic import ConfigDict, ValidationError
 from neuronspec.plan.graph import Plan, Stage
 from neuronspec.plan.kinds import EVAL_KINDS, KINDS, Evaluation, LmEvalStage, StageSpec
 from neuronspec.plan.store import CorruptEntry, Store
-from neuronspec.report.records import find_run, git, read_record
-from neuronspec.report.results import derive
+from neuronspec.report.model import Cell, LayerCounts, MaskCount, NeuronSetInfo, Results, RunResults, StudyResults
+from neuronspec.report.records import find_run, git, read_record, results_from_record
+from neuronspec.report.results import eval_metric, stage_cell
+from neuronspec.report.results import evaluation as evaluation_of
 from neuronspec.report.tables import Table, fmt
 from neuronspec.spec import LoadedStudy, Study, StudyError, load_study
 
@@ -58,6 +60,7 @@ class Side:
     git_info: dict[str, Any] | None = None  # rev sides: the commit it was read from
     note: str | None = None  # why stages are unknown (the study could not be compiled)
     _results: dict[str, Any] = field(default_factory=dict, repr=False)
+    _recorded: Results | None = field(default=None, repr=False)
 
     def entry(self, sid: str) -> Path | None:
         """The verified store folder of stage `sid`, or None."""
@@ -70,25 +73,56 @@ class Side:
             return None
 
     def result(self, sid: str) -> dict[str, Any] | None:
-        """A stage's result.json from the store, else what the run record kept of it."""
+        """A stage's result.json from the store (None where the store no longer has it)."""
         if sid not in self._results:
-            self._results[sid] = self._read_result(sid)
+            path = self.entry(sid)
+            self._results[sid] = (json.loads((path / "result.json").read_text(encoding="utf-8"))
+                                  if path is not None and (path / "result.json").exists() else None)
         return self._results[sid]
 
-    def _read_result(self, sid: str) -> dict[str, Any] | None:
-        path = self.entry(sid)
-        if path is not None and (path / "result.json").exists():
-            return json.loads((path / "result.json").read_text(encoding="utf-8"))
-        info = self.stages.get(sid)
-        if self.record is None or info is None:
+    def recorded(self, sid: str) -> RunResults | None:
+        """A run side's results for the model of stage `sid` (MODEL:STAGE in a study with several)."""
+        if self.record is None:
             return None
-        if info.kind in EVAL_KINDS:
-            return (self.record.get("stage_metrics") or {}).get(sid)
-        if info.kind == "sets":
-            return self.record.get("sets")
-        if info.kind == "mask":
-            return (self.record.get("masks") or {}).get(info.arm)
-        return None
+        if self._recorded is None:
+            self._recorded = results_from_record(self.record)
+        if isinstance(self._recorded, StudyResults):
+            return self._recorded.variants.get(sid.split(":", 1)[0]) if ":" in sid else None
+        return self._recorded
+
+    def cell(self, sid: str) -> Cell | None:
+        """An evaluation stage's cell: from the store, else from what the run record kept."""
+        stage = self.stages.get(sid)
+        if stage is None:
+            return None
+        result = self.result(sid)
+        spec = stage.spec
+        if result is not None:
+            return stage_cell(stage, result) if isinstance(spec, (Evaluation, LmEvalStage)) else Cell.model_validate(result)
+        recorded = self.recorded(sid)
+        ev = recorded.evaluations.get(stage.evaluation or "") if recorded else None
+        if ev is None:
+            return None
+        if isinstance(spec, (Evaluation, LmEvalStage)):
+            return ev.cell(spec.arm, spec.draw, spec.mask_lang, spec.lang)
+        return next((c for c in ev.cells if c.arm == stage.arm and c.lang == stage.lang), None)
+
+    def set_counts(self, sid: str) -> list[tuple[str, str, str, LayerCounts]]:
+        """(set name, language or '*', file name, per-layer counts) of a sets/mask stage."""
+        stage = self.stages[sid]
+        result = self.result(sid)
+        recorded = self.recorded(sid) if result is None else None
+        if stage.kind == "sets":
+            sets = ({n: NeuronSetInfo.model_validate(i) for n, i in result.items()} if result is not None
+                    else recorded.sets if recorded else None)
+            return [(name, lang, f"{name}.{lang}.safetensors" if info.family else f"{name}.safetensors", counts)
+                    for name, info in (sets or {}).items() for lang, counts in info.groups()]
+        if result is not None:
+            masks = [MaskCount(arm=stage.arm, draw=stage.draw, lang=lang, **c) for lang, c in result["counts"].items()]
+        else:
+            masks = [m for m in (recorded.masks if recorded else []) if m.arm == stage.arm and m.draw == stage.draw]
+        return [(f"mask:{stage.arm}", m.lang, "mask.safetensors" if m.lang == "*" else f"mask.{m.lang}.safetensors",
+                 m.per_layer) for m in masks]
 
     def missing(self) -> list[str]:
         """Stages with no result yet (study sides only: a run's stages all finished)."""
@@ -460,40 +494,38 @@ def _metric_rows(a: Side, b: Side, show_all: bool) -> list[dict[str, Any]]:
         assert info is not None
         if info.kind not in EVAL_KINDS or (not show_all and ia is not None and ib is not None and ia.key == ib.key):
             continue
-        ra, rb = (a.result(sid) if ia else None), (b.result(sid) if ib else None)
+        ra, rb = (a.cell(sid) if ia else None), (b.cell(sid) if ib else None)
         if (ia and ra is None) or (ib and rb is None):  # not run yet on a side that has it: reported as missing
             continue
-        va, vb = (ra or {}).get("value"), (rb or {}).get("value")
+        va, vb = getattr(ra, "value", None), getattr(rb, "value", None)
         delta = vb - va if va is not None and vb is not None else None
-        overlap = _ci_overlap((ra or {}).get("ci"), (rb or {}).get("ci"))
+        overlap = _ci_overlap(getattr(ra, "ci", None), getattr(rb, "ci", None))
+        either = rb or ra
         rows.append({
-            "stage": sid, "evaluation": info.evaluation, "metric": (rb or ra or {}).get("metric"),
-            "higher_is_better": (rb or ra or {}).get("higher_is_better"),
-            "a": None if ra is None else {"value": va, "ci": ra.get("ci")},
-            "b": None if rb is None else {"value": vb, "ci": rb.get("ci")},
+            "stage": sid, "evaluation": info.evaluation, "metric": either.metric if either else None,
+            "higher_is_better": either.higher_is_better if either else None,
+            "a": None if ra is None else {"value": va, "ci": ra.ci},
+            "b": None if rb is None else {"value": vb, "ci": rb.ci},
             "delta": delta, "relative": 100.0 * delta / va if delta is not None and va else None,
             "outside_noise": (overlap is False) and delta != 0,
         })
     return rows
 
 
-def _cells(side: Side, evaluation: str) -> tuple[str | None, list[dict[str, Any]]]:
+def _cells(side: Side, evaluation: str) -> tuple[str | None, list[Cell]]:
     kind, cells = None, []
     for sid, s in side.stages.items():
         if s.kind not in EVAL_KINDS or s.evaluation != evaluation:
             continue
-        r = side.result(sid)
-        if r is None:
+        c = side.cell(sid)
+        if c is None:
             continue
         if isinstance(s.spec, (Evaluation, LmEvalStage)):
-            kind = getattr(s.spec, "metric", "lm_eval")
-            cells.append({"arm": s.spec.arm, "mask_lang": s.spec.mask_lang, "lang": s.spec.lang, "value": r.get("value"),
-                          "draw": s.spec.draw, "random_like": s.spec.random_like, "metric": r.get("metric"),
-                          "higher_is_better": r.get("higher_is_better")})
-        else:  # an old record without specs: its stage metrics carry arm/lang too
-            kind = r.get("kind")
-            cells.append({"arm": r["arm"], "mask_lang": r["mask_lang"], "lang": r["lang"], "value": r.get("value"),
-                          "draw": r.get("draw"), "random_like": r.get("random_like")})
+            kind = eval_metric(s)
+        else:  # a record from before specs were kept: its results name the evaluation's metric
+            recorded = side.recorded(sid)
+            kind = recorded.evaluations[evaluation].metric if recorded and evaluation in recorded.evaluations else kind
+        cells.append(c)
     return kind, cells
 
 
@@ -501,38 +533,19 @@ def _derived_rows(a: Side, b: Side, metric_rows: list[dict[str, Any]], show_all:
     rows = []
     for evaluation in dict.fromkeys(r["evaluation"] for r in metric_rows):
         (ka, ca), (kb, cb) = _cells(a, evaluation), _cells(b, evaluation)
-        da = derive(ka, ca, a.study.report.baseline_language, resamples=0)["arms"] if ka else {}  # Δs only: no CIs
-        db = derive(kb, cb, b.study.report.baseline_language, resamples=0)["arms"] if kb else {}
+        da = evaluation_of(ka, ca, a.study.report.baseline_language, resamples=0).arms if ka else {}  # Δs only: no CIs
+        db = evaluation_of(kb, cb, b.study.report.baseline_language, resamples=0).arms if kb else {}
         base = b.study.report.baseline_language
         for arm in list(db) + [x for x in da if x not in db]:
             if (arm not in da and a.study.arm(arm)) or (arm not in db and b.study.arm(arm)):
                 continue  # the arm has no results yet on a side that has it
             for quantity, label in (("delta_eng", f"Δ{base}"), ("delta_n_eng", f"Δn-{base}"), ("delta", "Δ")):
-                x, y = (da.get(arm) or {}).get(quantity), (db.get(arm) or {}).get(quantity)
+                x, y = getattr(da.get(arm), quantity, None), getattr(db.get(arm), quantity, None)
                 if x is None and y is None or (not show_all and x == y):
                     continue
                 rows.append({"evaluation": evaluation, "metric": kb or ka, "arm": arm, "quantity": quantity, "label": label,
                              "a": x, "b": y, "delta": y - x if x is not None and y is not None else None})
     return rows
-
-
-def _set_files(side: Side, sid: str) -> list[tuple[str, str, str | None, Any]]:
-    """(set name, language or '*', file name, per-layer counts) of a sets/mask stage's result."""
-    res = side.result(sid)
-    if not res:
-        return []
-    out = []
-    if sid == "sets":
-        for name, info in res.items():
-            if info.get("family"):
-                out += [(name, lang, f"{name}.{lang}.safetensors", c) for lang, c in info["counts"].items()]
-            else:
-                out.append((name, "*", f"{name}.safetensors", info["counts"]))
-    else:
-        arm = side.stages[sid].arm
-        for lang, c in res.get("counts", {}).items():
-            out.append((f"mask:{arm}", lang, "mask.safetensors" if lang == "*" else f"mask.{lang}.safetensors", c.get("per_layer", {})))
-    return out
 
 
 def _layer_changes(ca: Any, cb: Any) -> dict[str, dict[str, list[int]]]:
@@ -552,8 +565,8 @@ def _set_rows(a: Side, b: Side, show_all: bool) -> list[dict[str, Any]]:
         ia, ib = a.stages.get(sid), b.stages.get(sid)
         if ia is None or ib is None or ib.kind not in ("sets", "mask") or (not show_all and ia.key == ib.key):
             continue
-        fa = {(n, lang): (f, c) for n, lang, f, c in _set_files(a, sid)}
-        fb = {(n, lang): (f, c) for n, lang, f, c in _set_files(b, sid)}
+        fa = {(n, lang): (f, c) for n, lang, f, c in a.set_counts(sid)}
+        fb = {(n, lang): (f, c) for n, lang, f, c in b.set_counts(sid)}
         if not fa or not fb:
             continue
         ea, eb = a.entry(sid), b.entry(sid)
