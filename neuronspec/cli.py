@@ -263,19 +263,19 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 side._results.clear()
     d = D.diff_sides(a, b, show_all=args.all)
     if args.json:
-        print(json.dumps(d, indent=1, ensure_ascii=False))
+        print(json.dumps(d.model_dump(mode="json"), indent=1, ensure_ascii=False))
         return 0
     tables = D.diff_tables(d, a, b)
     lines = D.messages(d, a, b)
     if args.md:
         print(f"## diff: {a.label} → {b.label}\n")
-        if d["identical"]:
+        if d.identical:
             print("no differences\n")
         print("\n".join(t.to_markdown() for t in tables))
         for line in lines:
             print(f"> {line}\n")
         return 0
-    if d["identical"]:
+    if d.identical:
         console.print(_esc(f"no differences between {a.label} and {b.label}"))
     _print_tables(tables)
     for line in lines:
