@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from neuronspec.spec import LoadedStudy, load_study
 
 if TYPE_CHECKING:
+    from neuronspec.report.model import Results
     import pandas as pd
 
     from neuronspec.models.masks import NeuronSet
@@ -110,20 +111,18 @@ class Results:
 
     folder: Path
     record: dict[str, Any]  # record.json: resolved study, every stage's key and spec, versions, git state
-    data: dict[str, Any]  # results.json: what the report shows
+    data: Results  # what the report shows (results.json)
     store: Store
 
     @classmethod
     def from_folder(cls, folder: str | Path, store: Store | None = None) -> Results:
         """A past run from its folder (`.neuronspec/runs/RUN_ID`); its store is the folder's grandparent."""
         from neuronspec.plan.store import Store
-        from neuronspec.report.records import read_record, results_from_record
+        from neuronspec.report.records import load_results, read_record
 
         folder = Path(folder)
         record = read_record(folder)
-        saved = folder / "results.json"
-        data = json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else results_from_record(record)
-        return cls(folder, record, data, store or Store(folder.parent.parent))
+        return cls(folder, record, load_results(folder, record), store or Store(folder.parent.parent))
 
     @property
     def evaluations(self) -> pd.DataFrame:

@@ -207,15 +207,17 @@ def _run_and_print(args: argparse.Namespace, loaded: Any, plan: Any, store: Any,
     if done is None:
         return 1
     result, results, tables, record, folder, reused = (done.run, done.results, done.tables, done.record, done.folder, done.reused)
-    for name, info in (results.get("sets") or {}).items():
-        empty = info.get("empty")
+    from neuronspec.report.model import RunResults, to_json
+
+    for name, info in ((results.sets or {}) if isinstance(results, RunResults) else {}).items():
+        empty = info.empty
         if empty and not args.quiet:
             which = f"for {', '.join(empty)}" if isinstance(empty, list) else "(a single set)"
             err.print(f"[yellow]note:[/yellow] {_esc(f'neuron set {name!r} is EMPTY {which}')}"
                       " — check ε and the set expression; arms on it change nothing", soft_wrap=True)
     if args.json:
         print(json.dumps({"run": record["run_id"], "folder": str(folder), "computed": result.computed, "reused": reused,
-                          "results": results}, indent=1, ensure_ascii=False))
+                          "results": to_json(results)}, indent=1, ensure_ascii=False))
         return 0
     if not args.quiet:
         _print_tables([t for t in tables if t.terminal])
@@ -320,19 +322,19 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 side._results.clear()
     d = D.diff_sides(a, b, show_all=args.all)
     if args.json:
-        print(json.dumps(d, indent=1, ensure_ascii=False))
+        print(json.dumps(d.model_dump(mode="json"), indent=1, ensure_ascii=False))
         return 0
     tables = D.diff_tables(d, a, b)
     lines = D.messages(d, a, b)
     if args.md:
         print(f"## diff: {a.label} → {b.label}\n")
-        if d["identical"]:
+        if d.identical:
             print("no differences\n")
         print("\n".join(t.to_markdown() for t in tables))
         for line in lines:
             print(f"> {line}\n")
         return 0
-    if d["identical"]:
+    if d.identical:
         console.print(_esc(f"no differences between {a.label} and {b.label}"))
     _print_tables(tables)
     for line in lines:
@@ -358,7 +360,7 @@ def _matching_run(args: argparse.Namespace) -> Path | None:
 def cmd_report(args: argparse.Namespace) -> int:
     from neuronspec.paths import study_store
     from neuronspec.report.html import run_summary, write_html_report
-    from neuronspec.report.records import find_run, read_record, results_from_record
+    from neuronspec.report.records import find_run, load_results, read_record
     from neuronspec.report.render import result_tables
 
     if args.run == "latest" and args.study:
@@ -376,9 +378,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             _fail(f"no run {args.run!r} in {stores[0] / 'runs'} (see `neuronspec runs`)")
             return 2
     record = read_record(folder)
-    saved = folder / "results.json"
-    results = json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else results_from_record(record)
-    tables = result_tables(results)
+    tables = result_tables(load_results(folder, record))
     path = write_html_report(folder, record, tables)
     if not args.quiet:
         _print_tables([run_summary(record), *(t for t in tables if t.terminal)])

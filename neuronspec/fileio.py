@@ -13,7 +13,8 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from neuronspec.paths import user_cache
 
@@ -62,13 +63,26 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"not JSON-able: {type(value).__name__}")
 
 
-def write_json(path: str | Path, value: Any, indent: int | None = 2) -> None:
-    """Write JSON atomically (temp file + rename); no temp file is left behind on failure."""
+def write_atomic(path: str | Path, write: Callable[[TextIO], None]) -> Path:
+    """Write a text file atomically: `write` fills a temp file beside `path`, which is renamed over
+    it; no temp file is left behind on failure. Every output file neuronspec writes goes through here."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        tmp.write_text(json.dumps(value, indent=indent, sort_keys=True, ensure_ascii=False, default=json_default) + "\n",
-                       encoding="utf-8")
+        with tmp.open("w", encoding="utf-8", newline="") as f:
+            write(f)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """`text` into `path`, atomically."""
+    return write_atomic(path, lambda f: f.write(text))
+
+
+def write_json(path: str | Path, value: Any, indent: int | None = 2, sort_keys: bool = True) -> Path:
+    """Write JSON atomically (temp file + rename); no temp file is left behind on failure."""
+    return write_text(path, json.dumps(value, indent=indent, sort_keys=sort_keys, ensure_ascii=False,
+                                       default=json_default) + "\n")

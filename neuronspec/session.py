@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from neuronspec.report.model import Results
 from neuronspec.report.tables import Table
 from neuronspec.spec import StudyError
 
@@ -190,7 +191,7 @@ def unchanged_run(loaded: Any, plan: Any, store: Any, note: str | None = None) -
 @dataclass
 class RunOutcome:
     run: Any  # neuronspec.plan.runner.RunResult: what was computed, timings
-    results: dict[str, Any]  # everything the report shows (results.json)
+    results: Results  # everything the report shows (results.json)
     tables: list[Table]
     record: dict[str, Any]  # the run record (record.json)
     folder: Path  # the run folder
@@ -215,7 +216,7 @@ def run_study(loaded: Any, plan: Any, store: Any, *, started: float | None = Non
     from neuronspec.plan.variants import as_variants, run_variants
     from neuronspec.report.html import write_html_report
     from neuronspec.plan.store import StoreError
-    from neuronspec.report.records import publish_run, read_record, write_run_record
+    from neuronspec.report.records import load_results, publish_run, read_record, write_run_record
     from neuronspec.report.render import result_tables, write_outputs
     from neuronspec.report.results import collect_study
 
@@ -250,9 +251,9 @@ def run_study(loaded: Any, plan: Any, store: Any, *, started: float | None = Non
             console.print(f"[green]✓[/green] {escape(line)}", soft_wrap=True)
     previous = None if result.computed or only else unchanged_run(loaded, variants, store, note)
     if previous is not None:
-        saved = previous / "results.json"
-        results = json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else collect_study(loaded, variants, store)
-        return RunOutcome(result, results, result_tables(results), read_record(previous), previous, True)
+        record = read_record(previous)
+        results = load_results(previous, record)
+        return RunOutcome(result, results, result_tables(results), record, previous, True)
     results = collect_study(loaded, variants, store)
     tables = result_tables(results)
     staging: Path | None = None

@@ -12,7 +12,6 @@ from .delta import (
     merged_copy,
     write_delta,
 )
-from .plots import plot_losses
 from .settings import SCHEDULES, EnhanceSettings, lr_at
 from .train import (
     EnhanceResult,
@@ -27,5 +26,5 @@ from .train import (
 __all__ = [
     "SCHEDULES", "Delta", "DeltaEntry", "EnhanceResult", "EnhanceSettings", "StepInfo", "apply_delta",
     "export_model", "full_adam_state_bytes", "lr_at", "merged_copy", "nll_sum", "optimizer_state_bytes",
-    "plot_losses", "selected_slices", "train_neurons", "write_delta",
+    "selected_slices", "train_neurons", "write_delta",
 ]

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from neuronspec.plan.tasks import CORPUS_PLACEHOLDER, data_paths, local_data_path
+from neuronspec.report.model import Headline
 
 
 class TaskError(RuntimeError):
@@ -42,6 +43,11 @@ class HarnessResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def headline(self) -> Headline:
+        """The same headline as neuronspec's own evaluators (CI: value ± 1.96 stderr)."""
+        return Headline(metric=self.metric, value=self.value, n=self.n, higher_is_better=self.higher_is_better,
+                        ci=None if self.ci_low is None or self.ci_high is None else (self.ci_low, self.ci_high))
 
 
 def task_config(yaml_path: Path, corpus_file: Path | None = None) -> dict[str, Any]:

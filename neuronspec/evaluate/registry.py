@@ -1,14 +1,16 @@
 """One calling convention for every evaluator, so the planner can treat them alike.
 
 `run_evaluator` validates the study's options against the evaluator's keyword
-parameters (unknown keys are errors, not silently ignored) and returns a JSON-ready dict
-with a headline: `metric`, `value`, `ci` ([lo, hi] or None) and `higher_is_better`.
+parameters (unknown keys are errors, not silently ignored) and returns an `Evaluated`: the
+typed `Headline` (metric, value, CI, n, higher-is-better) every evaluator leads with, and the
+evaluator's own fields; `to_json()` is what an evaluation stage stores as its result.json.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ import torch
 from neuronspec.evaluate.choice import multiple_choice
 from neuronspec.evaluate.generation import generation
 from neuronspec.evaluate.perplexity import perplexity
+from neuronspec.report.model import Headline
 
 EVALUATORS: dict[str, Callable[..., Any]] = {
     "perplexity": perplexity,
@@ -23,12 +26,28 @@ EVALUATORS: dict[str, Callable[..., Any]] = {
     "generation": generation,
 }
 
-# Headline metrics per evaluator: name -> (result field, CI fields, higher is better).
-_HEADLINES: dict[str, dict[str, tuple[str, tuple[str, str] | str, bool]]] = {
-    "perplexity": {"perplexity": ("ppl", ("ci_low", "ci_high"), False)},
-    "choice": {"accuracy": ("accuracy", ("ci_low", "ci_high"), True)},
-    "generation": {"rouge_l": ("rouge_l", "rouge_l_ci", True), "fidelity": ("fidelity", "fidelity_ci", True)},
+# Headline metrics per evaluator: name -> (result field, CI fields, count field, higher is better).
+_HEADLINES: dict[str, dict[str, tuple[str, tuple[str, str] | str, str, bool]]] = {
+    "perplexity": {"perplexity": ("ppl", ("ci_low", "ci_high"), "docs", False)},
+    "choice": {"accuracy": ("accuracy", ("ci_low", "ci_high"), "n", True)},
+    "generation": {"rouge_l": ("rouge_l", "rouge_l_ci", "n", True), "fidelity": ("fidelity", "fidelity_ci", "n", True)},
 }
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """One evaluator run: its headline, and the evaluator's own fields (per-item scores, samples)."""
+
+    kind: str
+    lang: str
+    seed: int
+    headline: Headline
+    detail: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The evaluator's fields with the headline's beside them (what result.json and a report cell hold)."""
+        return {**self.detail, "kind": self.kind, "lang": self.lang, "seed": self.seed,
+                **self.headline.model_dump(mode="json")}
 
 _SUPPLIED = {"lang", "seed"}  # passed by run_evaluator itself, not through options
 
@@ -55,8 +74,8 @@ def run_evaluator(
     options: Mapping[str, Any] | None,
     lang: str,
     seed: int,
-) -> dict[str, Any]:
-    """Run evaluator `kind` on `items` and return its `to_dict()` plus the headline keys.
+) -> Evaluated:
+    """Run evaluator `kind` on `items`: its headline and its `to_dict()`.
 
     `options` are the evaluator's keyword arguments; `metric` picks the headline where an
     evaluator has several (generation: "rouge_l" (default) or "fidelity").
@@ -76,14 +95,12 @@ def run_evaluator(
     supplied = {k: v for k, v in (("lang", lang), ("seed", seed)) if k in params}
     result = fn(model, tokenizer, items, **options, **supplied)
 
-    out = result.to_dict()
-    value_field, ci_fields, higher = headlines[metric]
+    value_field, ci_fields, count_field, higher = headlines[metric]
     if isinstance(ci_fields, tuple):
         lo, hi = (getattr(result, f) for f in ci_fields)
-        ci = None if lo is None or hi is None else [lo, hi]
+        ci = None if lo is None or hi is None else (lo, hi)
     else:
         ci = getattr(result, ci_fields)
-    out.update(
-        kind=kind, lang=lang, seed=seed, metric=metric, value=getattr(result, value_field), ci=ci, higher_is_better=higher
-    )
-    return out
+    headline = Headline(metric=metric, value=getattr(result, value_field), ci=ci, n=getattr(result, count_field),
+                        higher_is_better=higher)
+    return Evaluated(kind, lang, seed, headline, result.to_dict())

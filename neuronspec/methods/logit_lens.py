@@ -28,9 +28,8 @@ Per prompt language P the lens reports, per layer, the share of top-k tokens tha
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -291,34 +290,3 @@ def logit_lens_from_states(model: nn.Module, states: Tensor, language: str, clas
         for slot, l in enumerate(layers):
             tally.add(slot, lens_topk(model, states[:, l].to(device), top_k, final_norm=final_norm).cpu(), classifier)
     return tally.result
-
-
-def plot_logit_lens(results: Mapping[str, LensCounts], path: str | Path, title: str | None = None) -> Path:
-    """One panel per prompt language: share of English / prompt-language / other tokens per layer."""
-    from neuronspec.plotting import pyplot, save_figure
-
-    plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
-
-    langs = list(results)
-    cols = min(3, max(1, len(langs)))
-    rows = (len(langs) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=True)
-    for ax in axes.flat[len(langs):]:
-        ax.axis("off")
-    for ax, lang in zip(axes.flat, langs):
-        res = results[lang]
-        r = res.ratios()
-        ax.plot(res.layers, r["english"], marker="o", ms=3, label="English", color="#2166ac")
-        if lang != "en":
-            ax.plot(res.layers, r["prompt"], marker="s", ms=3, label=f"prompt ({lang})", color="#b2182b")
-        ax.plot(res.layers, r["other"], marker="^", ms=3, label="other language", color="#999999")
-        ax.set(title=f"{lang} prompts", xlabel="layer", ylim=(0, 1))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("share of top tokens")
-    some = next(iter(results.values())) if results else None
-    norm = "with final norm" if some is None or some.final_norm else "without final norm"
-    fig.suptitle(title or f"logit lens ({norm}, top-{some.top_k if some else 1})")
-    fig.tight_layout()
-    return save_figure(fig, path)

@@ -269,8 +269,9 @@ def _add_mask(plan: Plan, study: Study, index: int) -> None:
         for k in range(1, draws + 1):
             # draw 1 is the single draw of a one-draw control (same spec, same cached entry)
             spec = K.Mask(random_like=d.random_like, seed=seed + DRAW_SEED_STRIDE * (k - 1), dims=dims)
-            plan.add(Stage(mask_id(arm.name, k if draws > 1 else None), "mask", spec,
-                           deps=(f"mask/{d.random_like}", "sets"), origin=("arms", index), arm=arm.name))
+            draw = k if draws > 1 else None
+            plan.add(Stage(mask_id(arm.name, draw), "mask", spec, deps=(f"mask/{d.random_like}", "sets"),
+                           origin=("arms", index), arm=arm.name, draw=draw))
         return
     layers = [study.partitions[n] for n in d.partition_names()] or None
     spec = K.Mask(neurons=d.neurons, layers=layers, sites=expand_sites(list(d.sites)) if d.sites else None)
@@ -354,7 +355,7 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
                         continue
                     sid = f"eval/{name}/{arm.name}/" + (f"draw{draw}/" if draw else "") + (f"{mlang}@{lang}" if mlang else lang)
                     plan.add(Stage(sid, "eval", K.Evaluation(**base, **arm_spec, **draw_spec, lang=lang, mask_lang=mlang),
-                                   deps=(cdep, dep), lang=lang, arm=arm.name, **where))
+                                   deps=(cdep, dep), lang=lang, arm=arm.name, draw=draw, **where))
 
 
 def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
@@ -394,7 +395,7 @@ def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
         spec = K.LmEvalStage(**base, lang=column, task=found[columns[column]].identity(), arm=arm,
                              arm_kind=study.arm(arm).kind if arm else None, mask_lang=mlang,  # type: ignore[union-attr]
                              draw=draw, random_like=study.arm(arm).selection.random_like if draw else None)  # type: ignore[union-attr]
-        plan.add(Stage(sid, "eval.lm_eval", spec, deps=deps + dep, lang=column, arm=arm, **where))
+        plan.add(Stage(sid, "eval.lm_eval", spec, deps=deps + dep, lang=column, arm=arm, draw=draw, **where))
 
     for column in columns:
         add(f"eval/{name}/base/{column}", column, None, None, None, ())

@@ -33,6 +33,7 @@ class Stage:
     lang: str | None = None  # the language it computes for / evaluates on
     arm: str | None = None
     evaluation: str | None = None
+    draw: int | None = None  # which draw of a random control with several (its mask, and what evaluates it)
 
     def spec_json(self) -> dict[str, Any]:
         return self.spec.model_dump(mode="json")

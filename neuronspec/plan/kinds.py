@@ -596,7 +596,7 @@ class Enhance(StageSpec):
 
 
 def enhance(ctx: RunContext, stage: Stage, s: Enhance, out: Path) -> None:
-    from neuronspec.enhance import EnhanceSettings, plot_losses, train_neurons
+    from neuronspec.enhance import EnhanceSettings, train_neurons
 
     docs = read_docs(ctx.input(stage, f"corpus/{s.corpus}"), s.lang)
     if s.docs is not None:
@@ -614,7 +614,6 @@ def enhance(ctx: RunContext, stage: Stage, s: Enhance, out: Path) -> None:
     result.delta.save(out / "delta.safetensors")
     summary = result.summary() | {"lang": s.lang, "docs": len(docs), "neurons": neurons.count()}
     write_json(out / "result.json", summary)
-    plot_losses(result.losses, out / "loss.png", title=f"{arm} / {s.lang}: training loss")
 
 
 # -- evaluation ---------------------------------------------------------------------------
@@ -666,8 +665,7 @@ def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
     with ctx.progress(label, total=None) as advance, reporting(advance), modified, \
             shared_prefix(lm.model, start=start, boundaries=boundaries), zeroed(lm.model, neurons):
         result = run_evaluator(s.metric, lm.model, lm.tokenizer, docs, options, s.lang, s.seed)
-    result["deactivated"] = neurons.count()
-    write_json(out / "result.json", result)
+    write_json(out / "result.json", {**result.to_json(), "deactivated": neurons.count()})
 
 
 class LmEvalStage(StageSpec):
@@ -717,11 +715,8 @@ def evaluate_lm_eval(ctx: RunContext, stage: Stage, s: LmEvalStage, out: Path) -
         result = run_task(lm.model, lm.tokenizer, s.task["name"], yaml_path=Path(s.task["yaml"]) if s.task["yaml"] else None,
                           corpus_docs=docs, limit=s.limit, num_fewshot=s.num_fewshot, max_length=s.max_length, metric_name=s.metric_name,
                           batch_size=s.batch_size, bootstrap=s.bootstrap, seed=s.seed)
-    summary = result.to_dict()
-    summary.update(kind="lm_eval", lang=s.lang, seed=s.seed, value=result.value, docs=result.n,
-                   ci=None if result.ci_low is None else [result.ci_low, result.ci_high],
-                   higher_is_better=result.higher_is_better, deactivated=neurons.count())
-    write_json(out / "result.json", summary)
+    write_json(out / "result.json", {**result.to_dict(), "kind": "lm_eval", "lang": s.lang, "seed": s.seed, "docs": result.n,
+                                     **result.headline().model_dump(mode="json"), "deactivated": neurons.count()})
 
 
 #: kinds whose results are evaluation cells (rows = arms, columns = languages) in reports and diffs

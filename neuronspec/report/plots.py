@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
 
+from neuronspec.fileio import write_json
 from neuronspec.plotting import PAPER_FORMATS, pyplot, save_figure
+from neuronspec.report.model import SITE_ORDER, Evaluation, LogitLens, NeuronSetInfo, RunResults
 
-SITE_ORDER = ("ffn", "attn.q", "attn.k", "attn.v", "attn.o")
 SITE_NAMES = {"ffn": "FFN", "attn.q": "attention query", "attn.k": "attention key", "attn.v": "attention value",
               "attn.o": "attention output"}
 FIGURES = "figures.json"
@@ -38,11 +39,11 @@ def use_log_axis(totals: list[int], scale: str) -> bool:
     return len(nonzero) > 1 and nonzero[-1] > 20 * nonzero[len(nonzero) // 2]
 
 
-def plot_layers(name: str, info: dict[str, Any], layers: int, path: Path, scale: str = "auto") -> Figure | None:
+def plot_layers(name: str, info: NeuronSetInfo, layers: int, path: Path, scale: str = "auto") -> Figure | None:
     """One panel per language: bars per layer, stacked by site, on a shared y axis."""
     from matplotlib.ticker import MaxNLocator
 
-    groups = list(info["counts"].items()) if info["family"] else [("", info["counts"])]
+    groups = info.groups(single="")
     sites = [s for s in SITE_ORDER if any(s in counts for _, counts in groups)]
     if not sites:
         return None
@@ -80,47 +81,45 @@ def plot_layers(name: str, info: dict[str, Any], layers: int, path: Path, scale:
     fig.tight_layout()
     save_figure(fig, path, formats=PAPER_FORMATS)
     caption = (f"How many neurons of the set \u201c{name}\u201d lie in each layer"
-               + (", one panel per language" if info["family"] else "") + "; bar segments are the sites ("
+               + (", one panel per language" if info.family else "") + "; bar segments are the sites ("
                + ", ".join(SITE_NAMES[s] for s in sites) + ")."
                + (" Symmetric-log y axis (linear below 1): a bar's top is the layer's total, but segment heights are "
                   "not to scale." if log else ""))
     return Figure(path.name, caption, "neuron sets: size per language and site")
 
 
-def plot_matrices(ev_name: str, ev: dict[str, Any], order: list[str], path: Path, table: str) -> Figure | None:
+def plot_matrices(ev_name: str, ev: Evaluation, order: list[str], path: Path, table: str) -> Figure | None:
     """Every language × language matrix of one evaluation side by side, on one colour scale."""
     import numpy as np
     from matplotlib.colors import SymLogNorm
     from matplotlib.patches import Rectangle
 
-    arms = [a for a in order if a in ev["matrices"]]
-    if not arms:
+    matrices = {a: ev.matrices[a] for a in order if a in ev.matrices}
+    if not matrices:
         return None
-    data = {}
-    for arm in arms:
-        m = ev["matrices"][arm]
-        data[arm] = np.array([[np.nan if m["change"][r].get(c) is None else m["change"][r][c] for c in m["cols"]] for r in m["rows"]])
+    data = {arm: np.array([[np.nan if m.change[r].get(c) is None else m.change[r][c] for c in m.cols] for r in m.rows])
+            for arm, m in matrices.items()}
     finite = [np.nanmax(np.abs(d)) for d in data.values() if np.isfinite(d).any()]
     top = max(max(finite) if finite else 1.0, 1.0)
     # changes span orders of magnitude (+1 % … +10⁶ %) and may be negative (enhancement):
     # a symmetric log scale around 0, shared by all panels, keeps every cell readable and comparable
     norm = SymLogNorm(linthresh=1.0, vmin=-top, vmax=top, base=10)
     plt = pyplot()
-    width = sum(0.55 * len(ev["matrices"][a]["cols"]) + 1.0 for a in arms)
-    fig, axes = plt.subplots(1, len(arms), figsize=(width + 1.2, 0.55 * max(len(ev["matrices"][a]["rows"]) for a in arms) + 1.6),
+    width = sum(0.55 * len(m.cols) + 1.0 for m in matrices.values())
+    fig, axes = plt.subplots(1, len(matrices), figsize=(width + 1.2, 0.55 * max(len(m.rows) for m in matrices.values()) + 1.6),
                              squeeze=False)
-    cmap = "RdBu_r" if ev["metric"] == "perplexity" else "RdBu"
+    cmap = "RdBu_r" if ev.metric == "perplexity" else "RdBu"
     im = None
-    for ax, arm in zip(axes[0], arms):
-        m, d = ev["matrices"][arm], data[arm]
+    for ax, (arm, m) in zip(axes[0], matrices.items()):
+        d = data[arm]
         im = ax.imshow(d, cmap=cmap, norm=norm)
-        ax.set_xticks(range(len(m["cols"])), m["cols"], fontsize=8)
-        ax.set_yticks(range(len(m["rows"])), m["rows"], fontsize=8)
-        verb = "enhanced" if m.get("effect") == "improvement" else "deactivated"
+        ax.set_xticks(range(len(m.cols)), m.cols, fontsize=8)
+        ax.set_yticks(range(len(m.rows)), m.rows, fontsize=8)
+        verb = "enhanced" if m.effect == "improvement" else "deactivated"
         ax.set_xlabel("evaluated language", fontsize=8)
         if ax is axes[0][0]:
             ax.set_ylabel(f"{verb} language", fontsize=8)
-        ax.set_title(f"{arm}" + (f"\n(mean of {m['draws']} random draws)" if m.get("draws") else "\n(language's own set)"),
+        ax.set_title(f"{arm}" + (f"\n(mean of {m.draws} random draws)" if m.draws else "\n(language's own set)"),
                      fontsize=9)
         for i in range(d.shape[0]):
             for j in range(d.shape[1]):
@@ -128,17 +127,17 @@ def plot_matrices(ev_name: str, ev: dict[str, Any], order: list[str], path: Path
                     v = d[i, j]
                     ax.text(j, i, _cell_label(v), ha="center", va="center", fontsize=7,
                             color="white" if abs(norm(v) - 0.5) > 0.35 else "black")
-            if m["rows"][i] in m["cols"]:  # outline the diagonal: the language's own set
-                j = m["cols"].index(m["rows"][i])
+            if m.rows[i] in m.cols:  # outline the diagonal: the language's own set
+                j = m.cols.index(m.rows[i])
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
-    unit = "% perplexity change" if ev["metric"] == "perplexity" else "change (points)"
+    unit = "% perplexity change" if ev.metric == "perplexity" else "change (points)"
     bar = fig.colorbar(im, ax=list(axes[0]), shrink=0.85, label=unit)
     ticks = [0.0] + [sign * 10.0 ** k for k in range(0, 8) for sign in (1, -1) if 10.0 ** k <= top]
     bar.set_ticks(sorted(ticks), labels=[f"{t:+,.0f}" if t else "0" for t in sorted(ticks)])
     fig.suptitle(f"Evaluation \u201c{ev_name}\u201d: effect of each arm, deactivated × evaluated language", fontsize=10)
     save_figure(fig, path, formats=PAPER_FORMATS)
     caption = (f"{unit.capitalize()} when the row language's neurons are "
-               + ("deactivated or enhanced" if any(ev['matrices'][a].get('effect') == 'improvement' for a in arms) else "deactivated")
+               + ("deactivated or enhanced" if any(m.effect == "improvement" for m in matrices.values()) else "deactivated")
                + ", evaluated on the column language; outlined: the language's own set. All panels share one "
                "symmetric-log colour scale, so a set arm and its random control can be compared cell by cell.")
     return Figure(path.name, caption, table)
@@ -154,12 +153,13 @@ def _cell_label(v: float) -> str:
 
 
 def plot_losses(arm: str, curves: dict[str, list[float]], path: Path) -> Figure:
+    """Training loss per optimiser step of an enhance arm, one line per language (the one loss plot)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for lang, losses in curves.items():
         ax.plot(range(1, len(losses) + 1), losses, marker="o", ms=3, label=lang)
-    from matplotlib.ticker import MaxNLocator
-
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="optimiser step", ylabel="training loss (NLL per token)", title=f"Fine-tuning only the neurons of arm \u201c{arm}\u201d")
     ax.legend(fontsize=8)
@@ -169,31 +169,55 @@ def plot_losses(arm: str, curves: dict[str, list[float]], path: Path) -> Figure:
                              "per language.", "enhance arms: neuron-restricted fine-tuning")
 
 
-def write_plots(results: dict[str, Any], folder: Path, order: dict[str, list[str]], layer_scale: str = "auto") -> list[Figure]:
+def plot_logit_lens(results: Mapping[str, LogitLens], path: str | Path, title: str | None = None) -> Path:
+    """One panel per prompt language: share of English / prompt-language / other tokens per layer."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
+    langs = list(results)
+    cols = min(3, max(1, len(langs)))
+    rows = (len(langs) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(langs):]:
+        ax.axis("off")
+    for ax, lang in zip(axes.flat, langs):
+        res = results[lang]
+        r = res.ratios
+        ax.plot(res.layers, r["english"], marker="o", ms=3, label="English", color="#2166ac")
+        if lang != "en":
+            ax.plot(res.layers, r["prompt"], marker="s", ms=3, label=f"prompt ({lang})", color="#b2182b")
+        ax.plot(res.layers, r["other"], marker="^", ms=3, label="other language", color="#999999")
+        ax.set(title=f"{lang} prompts", xlabel="layer", ylim=(0, 1))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("share of top tokens")
+    some = next(iter(results.values())) if results else None
+    norm = "with final norm" if some is None or some.final_norm else "without final norm"
+    fig.suptitle(title or f"logit lens ({norm}, top-{some.top_k if some else 1})")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_plots(results: RunResults, folder: Path, order: dict[str, list[str]], layer_scale: str = "auto") -> list[Figure]:
     """Draw the run's figures into `folder`; `order[evaluation]` lists its arms, controls after their arms."""
     figures: list[Figure] = []
-    layers = results["dims"]["num_layers"]
-    for name, info in (results.get("sets") or {}).items():
-        fig = plot_layers(name, info, layers, folder / f"layers-{name}.png", layer_scale)
+    for name, info in (results.sets or {}).items():
+        fig = plot_layers(name, info, results.num_layers, folder / f"layers-{name}.png", layer_scale)
         if fig:
             figures.append(fig)
-    if results.get("logit_lens"):
-        from neuronspec.methods.logit_lens import LensCounts, plot_logit_lens
-
-        counts = {lang: LensCounts(r["language"], r["layers"], r["final_norm"], r["top_k"], r["positions"], r["counts"], r["totals"], r["labels"])
-                  for lang, r in results["logit_lens"].items()}
-        path = plot_logit_lens(counts, folder / "logit-lens.png")
+    if results.logit_lens:
+        path = plot_logit_lens(results.logit_lens, folder / "logit-lens.png")
         figures.append(Figure(path.name, "Share of each layer's top tokens (logit lens) that are English, in the prompt's "
                                          "language, or other, one panel per prompt language.",
                               "logit lens: share of top tokens in English / the prompt's language, by layer"))
     by_arm: dict[str, dict[str, list[float]]] = {}
-    for name, e in (results.get("enhance") or {}).items():
+    for name, e in results.enhance.items():
         arm, lang = name.rsplit("/", 1)
-        by_arm.setdefault(arm, {})[lang] = e.get("losses") or []
+        by_arm.setdefault(arm, {})[lang] = e.losses
     for arm, curves in by_arm.items():
         figures.append(plot_losses(arm, curves, folder / f"loss-{arm}.png"))
-    for ev_name, ev in results["evaluations"].items():
-        fig = plot_matrices(ev_name, ev, order.get(ev_name, list(ev["matrices"])), folder / f"matrix-{ev_name}.png",
+    for ev_name, ev in results.evaluations.items():
+        fig = plot_matrices(ev_name, ev, order.get(ev_name, list(ev.matrices)), folder / f"matrix-{ev_name}.png",
                             f"matrices/{ev_name}")
         if fig:
             figures.append(fig)
@@ -213,9 +237,7 @@ METHOD_FIGURES = {
 
 
 def save_figure_index(folder: Path, figures: list[Figure]) -> Path:
-    path = folder / FIGURES
-    path.write_text(json.dumps([asdict(f) for f in figures], indent=1, ensure_ascii=False), encoding="utf-8")
-    return path
+    return write_json(folder / FIGURES, [asdict(f) for f in figures], indent=1, sort_keys=False)
 
 
 def read_figure_index(folder: Path) -> list[Figure]:

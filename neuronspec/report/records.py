@@ -26,13 +26,10 @@ from typing import Any
 
 from neuronspec.fileio import write_json
 from neuronspec.plan.store import INCOMING
-from neuronspec.plan.kinds import EVAL_KINDS
+from neuronspec.report.model import Results, RunResults, StudyResults, parse_results, to_json
 
 _PACKAGES = ("neuronspec", "torch", "transformers", "pydantic", "safetensors", "datasets")
 INDEX = "index.jsonl"
-#: Keys of an evaluation result kept in the record (the rest — per-document lists — stays in the store).
-#: kept per evaluation in the record; per-document NLL and tokens let `report` recompute paired CIs without the cache
-_HEADLINE = ("metric", "value", "ci", "higher_is_better", "docs", "tokens", "doc_nll", "doc_tokens", "task", "stderr")
 
 
 def report_code() -> str:
@@ -80,32 +77,15 @@ def git_state(path: Path | None) -> dict[str, Any] | None:
     return {"commit": commit, "study_dirty": bool(dirty), "path": rel}
 
 
-def eval_metrics(plan: Any, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Headline metric (value, CI, …) of every evaluation stage that has a result, by stage id."""
-    cells = {(name, c["arm"], c.get("draw"), c["mask_lang"], c["lang"]): c for name, ev in results["evaluations"].items()
-             for c in ev["cells"]}
-    out: dict[str, dict[str, Any]] = {}
-    for sid, stage in plan.stages.items():
-        if stage.kind not in EVAL_KINDS:
-            continue
-        s, name = stage.spec, stage.evaluation
-        cell = cells.get((name, s.arm, s.draw, s.mask_lang, s.lang))
-        if cell is not None:
-            out[sid] = {"evaluation": name, "kind": getattr(s, "metric", "lm_eval"), "arm": s.arm, "arm_kind": s.arm_kind,
-                        "mask_lang": s.mask_lang, "lang": s.lang, "bootstrap": getattr(s, "options", {}).get("bootstrap", getattr(s, "bootstrap", 1000)),
-                        **({"draw": s.draw, "random_like": s.random_like} if s.draw else {}),
-                        **{k: cell[k] for k in _HEADLINE if k in cell}}
-    return out
-
-
-def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: dict[str, Any], seconds: float,
+def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: Results, seconds: float,
                      git_info: dict[str, Any] | None | bool = True, note: str | None = None) -> tuple[dict[str, Any], Path]:
     """Write `record.json` into a staging folder `runs/.incoming-RUN_ID/`; `publish_run` moves the
     finished folder into place (only then does the run exist for `runs`, `report` and reuse).
 
     `plan` is a one-model study's Plan or a study's variants (neuronspec.plan.variants). With
-    several models, stages are listed as MODEL:STAGE, and each model's identity, dims,
-    metrics, sets and masks are kept under `variants`, beside the `dynamics` comparison.
+    several models, stages are listed as MODEL:STAGE, and each model's identity, dims and
+    stage order are kept under `variants`. `results` (without per-item detail) is what
+    `report` and `diff` read once the store is gone.
     `git_info=True` asks git about the study file; a study read from a revision passes its own.
     """
     from neuronspec.plan.variants import all_stages, as_variants, is_multi
@@ -137,19 +117,14 @@ def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: d
         "versions": package_versions(),
         "report_code": report_code(),
         "git": git_state(loaded.path) if git_info is True else (git_info or None),
-        "baseline_language": results.get("baseline_language"),
+        "baseline_language": results.baseline_language,
         "created": time.time(),
+        "results": to_json(results, detail=False),
     }
     if multi:
         record["models"] = {v.name: v.plan.model_identity for v in variants}
         record["variants"] = {v.name: {"study": v.plan.study_name, "model": v.plan.model_identity, "dims": v.plan.dims,
-                                       "stage_order": list(v.plan.stages), **_outcome(v.plan, results["variants"][v.name])}
-                              for v in variants}
-        # all models' headline metrics by MODEL:STAGE too, as `diff` looks them up
-        record["stage_metrics"] = {v.stage_id(sid): m for v in variants for sid, m in record["variants"][v.name]["stage_metrics"].items()}
-        record["dynamics"] = results["dynamics"]
-    else:
-        record.update(_outcome(first, results))
+                                       "stage_order": list(v.plan.stages)} for v in variants}
     write_json(folder / "record.json", record)
     return record, folder
 
@@ -162,12 +137,6 @@ def publish_run(runs: Path, record: dict[str, Any], staging: Path) -> Path:
     os.replace(staging, final)
     _append_index(runs, record)
     return final
-
-
-def _outcome(plan: Any, results: dict[str, Any]) -> dict[str, Any]:
-    """What a record keeps of one model's results: enough for `report` and `diff` once the store is gone."""
-    return {"metrics": {name: {k: ev[k] for k in ("metric", "base", "arms", "unit") if k in ev} for name, ev in results["evaluations"].items()},
-            "stage_metrics": eval_metrics(plan, results), "sets": results.get("sets"), "masks": results.get("masks")}
 
 
 # -- listing ------------------------------------------------------------------------------
@@ -277,24 +246,47 @@ def find_run(ref: str, stores: list[Path]) -> Path | None:
     return None
 
 
-def results_from_record(record: dict[str, Any]) -> dict[str, Any]:
-    """Rebuild a run's results (what `collect` gives) from its record alone, for runs whose store entries are gone."""
-    from neuronspec.report.results import derive
+def load_results(folder: Path, record: dict[str, Any]) -> Results:
+    """A finished run's results: its results.json, else what its record kept."""
+    saved = Path(folder) / "results.json"
+    if saved.exists():
+        return parse_results(json.loads(saved.read_text(encoding="utf-8")))
+    return results_from_record(record)
+
+
+def results_from_record(record: dict[str, Any]) -> Results:
+    """A run's results from its record alone, for runs whose store entries are gone."""
+    if "results" in record:
+        return parse_results(record["results"])
+    return legacy_results(record)
+
+
+def legacy_results(record: dict[str, Any]) -> Results:
+    """The one adapter for records written before they embedded their results (they kept each
+    evaluation stage's headline under `stage_metrics`, and sets and masks beside them): the
+    results rebuilt from those, as the report then derived them."""
+    from neuronspec.report.model import Cell, MaskCount, NeuronSetInfo
+    from neuronspec.report.results import evaluation
 
     baseline = record.get("baseline_language") or record.get("study", {}).get("report", {}).get("baseline_language", "en")
     if record.get("variants"):  # several models: each from its own part of the record
-        by_model = {name: results_from_record({**v, "study": {"name": v["study"]}, "baseline_language": baseline})
+        by_model = {name: legacy_results({**v, "study": {"name": v["study"]}, "baseline_language": baseline})
                     for name, v in record["variants"].items()}
-        return {"study": record.get("study", {}).get("name"), "baseline_language": baseline, "models": record.get("models"),
-                "variants": by_model, "dynamics": record.get("dynamics")}
-    out: dict[str, Any] = {"study": record.get("study", {}).get("name"), "baseline_language": baseline,
-                           "model": record.get("model"), "dims": record.get("dims") or {}, "evaluations": {},
-                           "sets": record.get("sets"), "masks": record.get("masks") or {}, "detection": {}}
+        return StudyResults.model_validate({"study": record.get("study", {}).get("name"), "baseline_language": baseline,
+                                            "models": record.get("models"), "variants": by_model,
+                                            "dynamics": record.get("dynamics")})
     metrics = record.get("stage_metrics") or {}
     order = [sid for sid in record.get("stage_order", []) if sid in metrics]
+    cells: dict[str, list[Cell]] = {}
+    kinds: dict[str, tuple[str, int]] = {}
     for m in (metrics[sid] for sid in order + sorted(set(metrics) - set(order))):
-        out["evaluations"].setdefault(m["evaluation"], {"metric": m["kind"], "cells": [],
-                                                        "bootstrap": m.get("bootstrap", 1000)})["cells"].append(m)
-    for ev in out["evaluations"].values():
-        ev.update(derive(ev["metric"], ev["cells"], baseline, ev["bootstrap"]))
-    return out
+        kinds.setdefault(m["evaluation"], (m["kind"], m.get("bootstrap", 1000)))
+        cells.setdefault(m["evaluation"], []).append(Cell.model_validate(
+            {k: v for k, v in m.items() if k not in ("evaluation", "kind", "bootstrap")}))
+    masks = [MaskCount(arm=arm, lang=lang, **c) for arm, info in (record.get("masks") or {}).items()
+             for lang, c in info["counts"].items()]  # keyed by arm: the last draw of a control only
+    sets = record.get("sets")
+    return RunResults(study=record.get("study", {}).get("name"), baseline_language=baseline, model=record.get("model"),
+                      dims=record.get("dims") or {}, masks=masks,
+                      sets=None if sets is None else {n: NeuronSetInfo.model_validate(i) for n, i in sets.items()},
+                      evaluations={name: evaluation(kinds[name][0], cs, baseline, kinds[name][1]) for name, cs in cells.items()})

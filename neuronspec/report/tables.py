@@ -9,6 +9,9 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
+
+from neuronspec.fileio import write_atomic
 
 
 @dataclass
@@ -71,13 +74,12 @@ class Table:
 
     def to_csv(self, path: Path) -> Path:
         """The table as CSV (header row, then the cells as shown), written atomically."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
+        def write(f: TextIO) -> None:
             w = csv.writer(f)
             w.writerow(self.columns)
             w.writerows(self.rows)
-        tmp.replace(path)
-        return path
+
+        return write_atomic(path, write)
 
     def to_markdown(self) -> str:
         def cell(r: int, i: int, c: str) -> str:

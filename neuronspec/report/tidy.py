@@ -2,7 +2,7 @@
 
 `evaluation_rows`: one row per arm × random draw × deactivated language × evaluated language
 × metric, with the metric's own CI and the paired CI of its change against the untouched
-model. `layer_rows`: one row per neuron set × language × site × layer (0 for an empty layer). The run folder
+model (both computed once, when the results are collected). `layer_rows`: one row per neuron set × language × site × layer (0 for an empty layer). The run folder
 keeps both as CSV, and the Python API returns them as pandas DataFrames; neither needs
 pandas or torch here.
 """
@@ -12,9 +12,10 @@ from __future__ import annotations
 import csv
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from neuronspec.report.results import change, paired_change_ci
+from neuronspec.fileio import write_atomic
+from neuronspec.report.model import Results, by_model
 
 
 @dataclass(frozen=True)
@@ -48,47 +49,36 @@ class LayerRow:
     neurons: int
 
 
-def _by_model(results: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
-    return list(results["variants"].items()) if "variants" in results else [(None, results)]
-
-
-def evaluation_rows(results: dict[str, Any]) -> list[EvaluationRow]:
+def evaluation_rows(results: Results) -> list[EvaluationRow]:
     rows = []
-    for model, res in _by_model(results):
-        for name, ev in res["evaluations"].items():
-            base = {c["lang"]: c for c in ev["cells"] if c["arm"] is None}
-            resamples = ev.get("bootstrap", 1000)
-            for c in ev["cells"]:
-                b = base.get(c["lang"])
-                ci = c.get("ci") or [None, None]
-                paired = paired_change_ci(ev["metric"], b, c, resamples) if c["arm"] is not None else None
+    for model, res in by_model(results):
+        for name, ev in res.evaluations.items():
+            base = {c.lang: c.value for c in ev.cells if c.arm is None}
+            for c in ev.cells:
+                ci = c.ci or (None, None)
+                change_ci = c.change_ci or (None, None)
                 rows.append(EvaluationRow(
-                    model, name, ev["metric"], c["arm"] or "base", c.get("arm_kind"), c.get("random_like"), c.get("draw"),
-                    c["mask_lang"], c["lang"], c.get("value"), ci[0], ci[1], b.get("value") if b else None,
-                    change(ev["metric"], b.get("value") if b else None, c.get("value")) if c["arm"] is not None else None,
-                    *(paired or [None, None]), c.get("docs")))
+                    model, name, ev.metric, c.arm or "base", c.arm_kind, c.random_like, c.draw, c.mask_lang, c.lang,
+                    c.value, ci[0], ci[1], base.get(c.lang), c.change, change_ci[0], change_ci[1], c.docs))
     return rows
 
 
-def layer_rows(results: dict[str, Any]) -> list[LayerRow]:
+def layer_rows(results: Results) -> list[LayerRow]:
     rows = []
-    for model, res in _by_model(results):
-        layers = res["dims"]["num_layers"]
-        for name, info in (res.get("sets") or {}).items():
-            groups = info["counts"].items() if info["family"] else [(None, info["counts"])]
-            for lang, counts in groups:
+    for model, res in by_model(results):
+        for name, info in (res.sets or {}).items():
+            for lang, counts in info.groups(single=None):
                 for site, per_layer in counts.items():  # every layer, empty ones as 0
-                    rows += [LayerRow(model, name, lang, site, i, int(per_layer.get(str(i), 0))) for i in range(layers)]
+                    rows += [LayerRow(model, name, lang, site, i, int(per_layer.get(str(i), 0))) for i in range(res.num_layers)]
     return rows
 
 
 def write_csv(path: Path, rows: list[Any], row_type: type) -> Path:
     """Rows of a dataclass as CSV (empty cells for None), written atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    def write(f: TextIO) -> None:
         w = csv.writer(f)
         w.writerow([fl.name for fl in fields(row_type)])
         for r in rows:
             w.writerow(["" if v is None else v for v in asdict(r).values()])
-    tmp.replace(path)
-    return path
+
+    return write_atomic(path, write)

@@ -14,7 +14,6 @@ from neuronspec.enhance import (
     export_model,
     lr_at,
     merged_copy,
-    plot_losses,
     train_neurons,
 )
 from neuronspec.models.masks import NeuronSet
@@ -178,6 +177,10 @@ def test_settings_validate_and_round_trip():
 
 
 def test_plot_losses(tmp_path):
-    path = plot_losses([4.0, 3.5, 3.2, 3.1], tmp_path / "plots" / "loss.png", lrs=[0, 1e-6, 2e-6, 1e-6])
+    from neuronspec.report.plots import plot_losses
+
+    (tmp_path / "plots").mkdir()
+    fig = plot_losses("tune", {"fr": [4.0, 3.5, 3.2, 3.1]}, tmp_path / "plots" / "loss-tune.png")
+    path = tmp_path / "plots" / fig.file
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [p.name for p in path.parent.iterdir()] == ["loss.png"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["loss-tune.pdf", "loss-tune.png", "loss-tune.svg"]

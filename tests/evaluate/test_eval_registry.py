@@ -18,19 +18,21 @@ def test_registry_names() -> None:
 
 
 def test_perplexity_headline(char_tokenizer) -> None:
-    out = run_evaluator("perplexity", tiny_model("llama"), char_tokenizer, TEXTS, {"bootstrap": 50}, "en", 7)
+    evaluated = run_evaluator("perplexity", tiny_model("llama"), char_tokenizer, TEXTS, {"bootstrap": 50}, "en", 7)
+    assert evaluated.headline.n == len(TEXTS) and evaluated.headline.higher_is_better is False
+    out = evaluated.to_json()
     assert out["metric"] == "perplexity" and out["higher_is_better"] is False
     assert out["value"] == out["ppl"] and out["ci"] == [out["ci_low"], out["ci_high"]]
     assert out["seed"] == 7 and out["lang"] == "en" and out["kind"] == "perplexity"
-    again = run_evaluator("perplexity", tiny_model("llama"), char_tokenizer, TEXTS, {"bootstrap": 50}, "en", 7)
+    again = run_evaluator("perplexity", tiny_model("llama"), char_tokenizer, TEXTS, {"bootstrap": 50}, "en", 7).to_json()
     assert json.dumps(out, allow_nan=False) == json.dumps(again, allow_nan=False)
     no_ci = run_evaluator("perplexity", tiny_model("llama"), char_tokenizer, TEXTS, {"bootstrap": 0}, "en", 0)
-    assert no_ci["ci"] is None
+    assert no_ci.headline.ci is None
 
 
 def test_choice_headline(char_tokenizer) -> None:
     items = [{"meta": {"prompt": "the sky is", "choices": [" blue", " red"], "label": 0}}] * 3
-    out = run_evaluator("choice", tiny_model("gpt2"), char_tokenizer, items, {"normalize": "length"}, "en", 0)
+    out = run_evaluator("choice", tiny_model("gpt2"), char_tokenizer, items, {"normalize": "length"}, "en", 0).to_json()
     assert out["metric"] == "accuracy" and out["higher_is_better"] is True and out["value"] == out["accuracy"]
     json.dumps(out, allow_nan=False)
 
@@ -39,9 +41,9 @@ def test_generation_headline_and_metric_choice(char_tokenizer) -> None:
     pytest.importorskip("lingua")
     items = [{"meta": {"prompt": "hello", "reference": "hello world"}}] * 2
     options = {"max_new_tokens": 4, "languages": ["en", "fr", "zh"], "bootstrap": 20}
-    rouge = run_evaluator("generation", tiny_model("qwen2"), char_tokenizer, items, options, "en", 0)
+    rouge = run_evaluator("generation", tiny_model("qwen2"), char_tokenizer, items, options, "en", 0).to_json()
     assert rouge["metric"] == "rouge_l" and rouge["value"] == rouge["rouge_l"] and rouge["ci"] == rouge["rouge_l_ci"]
-    fid = run_evaluator("generation", tiny_model("qwen2"), char_tokenizer, items, {**options, "metric": "fidelity"}, "en", 0)
+    fid = run_evaluator("generation", tiny_model("qwen2"), char_tokenizer, items, {**options, "metric": "fidelity"}, "en", 0).to_json()
     assert fid["metric"] == "fidelity" and fid["value"] == fid["fidelity"]
     json.dumps(fid, allow_nan=False)
 

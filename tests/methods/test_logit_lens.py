@@ -14,7 +14,6 @@ from neuronspec.methods.logit_lens import (
     lens_topk,
     logit_lens,
     logit_lens_from_states,
-    plot_logit_lens,
     token_script,
 )
 from neuronspec.models.forward import encode, hidden_forward, iter_batches
@@ -106,5 +105,9 @@ def test_plot(tmp_path) -> None:
     enc = encode(tok, TEXTS, max_tokens=32)
     classifier = TokenClassifier(tok, ["en", "fr"], use_lingua=False)
     res = {lang: logit_lens(model, iter_batches(enc, batch_size=4, pad_id=0), lang, classifier) for lang in ("en", "fr")}
-    assert plot_logit_lens(res, tmp_path / "lens.png").stat().st_size > 0
+    from neuronspec.report.model import LogitLens
+    from neuronspec.report.plots import plot_logit_lens
+
+    typed = {lang: LogitLens.model_validate(r.to_json()) for lang, r in res.items()}  # as a run's results hold it
+    assert plot_logit_lens(typed, tmp_path / "lens.png").stat().st_size > 0
     assert res["fr"].to_json()["ratios"]["prompt"] == [0.0, 0.0, 0.0]

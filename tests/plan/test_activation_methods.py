@@ -5,6 +5,7 @@ from __future__ import annotations
 from neuronspec.plan.compile import compile_study
 from neuronspec.plan.runner import run_plan
 from neuronspec.plan.store import Store
+from neuronspec.report.model import to_json
 from neuronspec.report.render import result_tables
 from neuronspec.report.results import collect
 from neuronspec.spec import load_study
@@ -21,16 +22,17 @@ def test_methods_share_one_activation_pass_and_feed_sets_arms_and_report(methods
     assert not plan.notes
     store = Store(path.parent / ".neuronspec")
     run_plan(plan, store, loaded.study)
-    results = collect(plan, store)
+    typed = collect(plan, store)
+    results = to_json(typed)  # the JSON users read (results.json, `run --json`)
     lf = results["detection"]["linguafranca"]
     assert lf["regions"]["sklr"] == sum(lf["regions"]["counts"].values())
     assert len(lf["per_layer"]["lrds"]) == 3
     assert set(results["detection"]["sharing"]["shares"]) == {"0.0", "0.05"}
     assert set(results["logit_lens"]) == {"en", "fr", "de"}
     assert results["sets"]["sharing.all_shared"]["family"] is False
-    assert results["masks"]["shared"]["family"] is False
+    assert [(m.arm, m.draw, m.lang) for m in typed.masks if m.arm == "shared"] == [("shared", None, "*")]
     assert "regions" in results["evaluations"]["ppl"]["matrices"]
-    titles = [t.title for t in result_tables(results)]
+    titles = [t.title for t in result_tables(typed)]
     assert any(t.startswith("LinguaFranca") for t in titles) and any(t.startswith("Sharing Matters") for t in titles)
     assert any(t.startswith("LAPE") for t in titles) and any(t.startswith("logit lens") for t in titles)
 

@@ -9,6 +9,7 @@ import torch
 from neuronspec.plan.compile import compile_study
 from neuronspec.plan.runner import run_plan
 from neuronspec.plan.store import Store
+from neuronspec.report.model import to_json
 from neuronspec.report.results import collect
 from neuronspec.spec import load_study
 
@@ -20,7 +21,7 @@ def test_enhance_arms_train_per_language_and_evaluate_with_the_delta(enhance_stu
     assert "eval/ppl/tune/fr@en" in plan.stages and "eval/ppl/tune/en@en" not in plan.stages
     store = Store(enhance_study.parent / ".neuronspec")
     result = run_plan(plan, store, loaded.study)
-    results = collect(plan, store)
+    results = to_json(collect(plan, store))  # the JSON users read
     tune = results["enhance"]["tune/fr"]
     random = results["enhance"]["tune-random/fr"]
     assert tune["neurons"] == random["neurons"] > 0
@@ -31,7 +32,7 @@ def test_enhance_arms_train_per_language_and_evaluate_with_the_delta(enhance_stu
     # ...and the base evaluation, run in the same process after the enhanced ones, is untouched
     assert result.computed.index("eval/ppl/base/fr") < result.computed.index("eval/ppl/tune/fr@fr")
     again = run_plan(plan, store, loaded.study, force=["eval/ppl/base/fr"])
-    assert collect(plan, store)["evaluations"]["ppl"]["base"]["fr"] == results["evaluations"]["ppl"]["base"]["fr"]
+    assert collect(plan, store).evaluations["ppl"].base["fr"] == results["evaluations"]["ppl"]["base"]["fr"]
     assert again.computed == ["eval/ppl/base/fr"]
 
 

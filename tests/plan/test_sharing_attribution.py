@@ -17,6 +17,7 @@ from neuronspec.plan.compile import compile_study
 from neuronspec.plan.kinds import KINDS, _pad_id
 from neuronspec.plan.runner import run_plan
 from neuronspec.plan.store import Store, canonical_json
+from neuronspec.report.model import to_json
 from neuronspec.report.render import result_tables
 from neuronspec.report.results import collect
 from neuronspec.spec import load_study
@@ -95,7 +96,8 @@ def test_ig_stage_equals_a_direct_call_and_feeds_the_sharing_attribution(write_s
     assert ids["en"] == ids["fr"] == ids["de"]  # the same items in every language
 
     run_plan(plan, store, loaded.study, only=["select/sharing"])
-    results = collect(plan, store)
+    typed = collect(plan, store)
+    results = to_json(typed)  # the JSON users read (results.json, `run --json`)
     section = results["detection"]["sharing"]["attribution"]
     assert section["method"] == "ig" and section["tau"] == 0.05 and section["layers"] == [0, 2]
     assert sum(section["overall"][c]["share"] for c in CATEGORIES) == pytest.approx(1.0)
@@ -115,7 +117,7 @@ def test_ig_stage_equals_a_direct_call_and_feeds_the_sharing_attribution(write_s
         mass = sum(float(a.double().abs()[codes == ci].sum()) for a in attrs)
         assert section["overall"][cat]["share"] == pytest.approx(mass / total, rel=1e-6, abs=1e-12)
         assert section["overall"][cat]["count"] == int((codes == ci).sum())
-    titles = [t.title for t in result_tables(results)]
+    titles = [t.title for t in result_tables(typed)]
     assert any(t.startswith("Sharing Matters: attribution by category (Integrated Gradients") for t in titles)
     assert any(p.endswith("sharing-attribution.png") for p in results["plots"])
 
@@ -138,7 +140,7 @@ def test_activation_norm_path_needs_no_gradients(write_study) -> None:  # noqa: 
     expected = activation_norm_scores(lm.model, stats.pooled["mean_abs"])
     saved = load_file(str(store.get(plan.stages["attr/sharing/fr"].key).file("attributions.safetensors")))
     torch.testing.assert_close(saved["attributions"], expected)
-    section = collect(plan, store)["detection"]["sharing"]["attribution"]
+    section = to_json(collect(plan, store))["detection"]["sharing"]["attribution"]
     assert section["method"] == "activation_norm" and section["layers"] == [0, 1, 2] and section["items"] == 5
     assert "max_abs_completeness_gap" not in section
     assert sum(v["share"] for v in section["overall"].values()) == pytest.approx(1.0)

@@ -124,11 +124,12 @@ def test_two_models_run_end_to_end_and_compare_side_by_side(dyn_study, capsys: p
     assert "report.html" in capsys.readouterr().out
     html = (folder / "report.html").read_text()
     assert "dynamics across models" in html and "llama/lrds-sads" in html
+    from neuronspec.report.model import parse_results
     from neuronspec.report.records import results_from_record
     from neuronspec.report.render import result_tables
 
     rebuilt = result_tables(results_from_record(record))
-    assert rebuilt[-1].to_markdown() == result_tables(results)[-1].to_markdown()
+    assert rebuilt[-1].to_markdown() == result_tables(parse_results(results))[-1].to_markdown()
     # `runs` names both models; `diff` of the study and its run finds nothing to report
     assert main(["runs", "--json", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)[0]["model"] == f"{record['models']['llama']['id']}, {record['models']['qwen']['id']}"

@@ -5,26 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from neuronspec.report.dynamics import dynamics, dynamics_table, plot_dynamics
+from neuronspec.report.model import RunResults
 
 
-def results(model: str, layers: int, lrds: float, regions: dict[str, int] | None = None, lape: dict[str, int] | None = None) -> dict:
-    out: dict = {"model": {"id": model}, "dims": {"num_layers": layers, "intermediate": 10}, "detection": {},
-                 "evaluations": {"ppl": {"metric": "perplexity", "base": {"en": 12.5, "zh": 40.0}},
-                                 "mc": {"metric": "choice", "base": {"en": 0.5}}}}
+def _evaluation(metric: str, base: dict[str, float]) -> dict:
+    return {"metric": metric, "bootstrap": 0, "cells": [], "languages": list(base), "base": base, "arms": {},
+            "matrices": {}, "unit": "points"}
+
+
+def results(model: str, layers: int, lrds: float, regions: dict[str, int] | None = None,
+            lape: dict[str, int] | None = None) -> RunResults:
+    out: dict = {"study": "s", "model": {"id": model}, "dims": {"num_layers": layers, "intermediate": 10}, "detection": {},
+                 "evaluations": {"ppl": _evaluation("perplexity", {"en": 12.5, "zh": 40.0}),
+                                 "mc": _evaluation("choice", {"en": 0.5})}}
     if regions is not None:
         out["detection"]["linguafranca"] = {
             "scores": {"lrds": lrds, "sads": -lrds / 2},
-            "regions": {"threshold": 2.0, "sklr": sum(regions.values()), "counts": regions},
+            "regions": {"threshold": 2.0, "sklr": sum(regions.values()), "counts": regions, "max_reachable_z": 1.0},
             "per_layer": {"lrds": [lrds] * layers, "sads": [0.0] * layers}}
     if lape is not None:
-        out["detection"]["lape"] = {"counts": lape}
-    return out
+        out["detection"]["lape"] = {"counts": lape, "selected": 1, "candidates": 2, "filter_value": 0.5}
+    return RunResults.model_validate(out)
 
 
 def test_rows_follow_the_models_and_gaps_read_as_dashes(tmp_path: Path) -> None:
     d = dynamics({"big": results("m-big", 4, 0.25, {"en": 3, "zh": 5}, lape={"en": 7}),
                   "small": results("m-small", 2, 0.5, {"en": 1, "zh": 0})})
-    rows = {r["measure"]: r["values"] for r in d["rows"]}
+    rows = {r.measure: r.values for r in d.rows}
     assert rows["model"] == {"big": "m-big", "small": "m-small"}
     assert rows["FFN neurons (layers × width)"] == {"big": 40, "small": 20}
     assert rows["SKLR (key linguistic regions, z > 2.0)"] == {"big": 8, "small": 1}
@@ -43,6 +50,6 @@ def test_rows_follow_the_models_and_gaps_read_as_dashes(tmp_path: Path) -> None:
 
 def test_without_linguafranca_there_are_no_score_rows_and_no_plot(tmp_path: Path) -> None:
     d = dynamics({"a": results("x", 2, 0.0), "b": results("y", 2, 0.0)})
-    assert [r["measure"] for r in d["rows"]] == ["model", "layers", "FFN neurons (layers × width)",
+    assert [r.measure for r in d.rows] == ["model", "layers", "FFN neurons (layers × width)",
                                                  "perplexity en (ppl, untouched model)", "perplexity zh (ppl, untouched model)"]
     assert plot_dynamics(d, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()

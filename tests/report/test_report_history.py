@@ -72,7 +72,7 @@ def test_diff_rev_shows_spec_changes_the_stages_they_invalidate_and_metric_delta
         if "/late/" in sid:
             assert r["a"] is None and r["delta"] is None
             continue
-        assert r["a"]["value"] == first["stage_metrics"][sid]["value"]
+        assert r["a"]["value"] == store.get(first["stages"][sid]["key"]).json()["value"]
         assert r["delta"] == pytest.approx(r["b"]["value"] - r["a"]["value"])
         (alo, ahi), (blo, bhi) = r["a"]["ci"], r["b"]["ci"]
         assert r["outside_noise"] == (ahi < blo or bhi < alo)
@@ -81,7 +81,7 @@ def test_diff_rev_shows_spec_changes_the_stages_they_invalidate_and_metric_delta
     plnd = [r for r in d["sets"] if r["set"] == "plnd"]
     assert {r["lang"] for r in plnd} == {"en", "fr", "de"}
     for r in plnd:
-        assert r["a"] == sum(sum(layers.values()) for layers in first["sets"]["plnd"]["counts"][r["lang"]].values())
+        assert r["a"] == sum(sum(layers.values()) for layers in first["results"]["sets"]["plnd"]["counts"][r["lang"]].values())
         assert r["b"] > r["a"] and r["only_a"] == 0 and r["only_b"] == r["b"] - r["a"] and 0 < r["jaccard"] < 1
     assert {r["arm"] for r in d["derived"]} == {"late", "early", "early-random"}
 
@@ -180,9 +180,9 @@ def test_runs_lists_both_runs_newest_first(history: History, capsys: pytest.Capt
 
 def test_record_keeps_metrics_with_intervals_model_versions_and_git(history: History) -> None:
     record = read_record(history.store / "runs" / history.second)
-    m = record["stage_metrics"]["eval/ppl/early/fr@en"]
+    m, = [c for c in record["results"]["evaluations"]["ppl"]["cells"] if (c["arm"], c["mask_lang"], c["lang"]) == ("early", "fr", "en")]
     assert m["metric"] == "perplexity" and m["value"] > 1 and m["ci"][0] <= m["value"] <= m["ci"][1]
-    assert (m["arm"], m["mask_lang"], m["lang"]) == ("early", "fr", "en")
+    assert m["value"] == Store(history.store).get(record["stages"]["eval/ppl/early/fr@en"]["key"]).json()["value"]
     assert record["model"]["digest"] and record["versions"]["torch"] and record["code_versions"]
     assert record["git"] == {"commit": history.commit, "study_dirty": True, "path": "studies/tiny.yaml"}
     assert record["stage_order"][0].startswith("corpus/") and record["study_text"] == history.study.read_text()
@@ -190,6 +190,7 @@ def test_record_keeps_metrics_with_intervals_model_versions_and_git(history: His
 
 
 def test_report_writes_self_contained_html_with_the_tables(history: History, capsys: pytest.CaptureFixture[str], wide: None) -> None:
+    from neuronspec.report.model import parse_results
     from neuronspec.report.records import results_from_record
     from neuronspec.report.render import result_tables
 
@@ -198,7 +199,7 @@ def test_report_writes_self_contained_html_with_the_tables(history: History, cap
     assert main(["report", history.first[:-2], "--study", str(history.study)]) == 0  # a unique prefix will do
     out = capsys.readouterr().out
     html = (folder / "report.html").read_text()
-    tables = result_tables(json.loads((folder / "results.json").read_text()))
+    tables = result_tables(parse_results(json.loads((folder / "results.json").read_text())))
     for t in tables:
         assert t.title.replace("&", "&amp;") in html.replace("&#x27;", "'")
     assert "ppl: perplexity per language" in out and "arms: neurons deactivated" in out  # re-rendered on the terminal

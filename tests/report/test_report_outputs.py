@@ -17,6 +17,7 @@ from report_helpers import History
 from neuronspec.plan.compile import compile_study
 from neuronspec.report.plots import read_figure_index
 from neuronspec.report.records import list_runs, read_record
+from neuronspec.report.model import parse_results
 from neuronspec.report.render import result_tables
 from neuronspec.spec import load_study
 
@@ -55,7 +56,7 @@ def test_a_changed_report_setting_writes_a_new_run(history: History, tmp_path: P
 def test_run_folder_has_every_table_as_csv_and_every_figure_in_three_formats(history: History) -> None:
     folder = history.store / "runs" / history.second
     results = json.loads((folder / "results.json").read_text())
-    tables = result_tables(results)
+    tables = result_tables(parse_results(results))
     csvs = sorted((folder / "tables").glob("*.csv"))
     assert len(csvs) == len(tables)
     for path, table in zip(csvs, tables):
@@ -123,9 +124,10 @@ def test_an_evaluation_can_evaluate_fewer_draws(history: History, tmp_path: Path
     two, one = results["evaluations"]["ppl"], results["evaluations"]["one"]
     assert {c.get("draw") for c in one["cells"] if c["arm"] == "early-random"} == {1}
     assert one["arms"]["early-random"]["draw"] == 1 and "draws" not in one["arms"]["early-random"]
-    labels = [row[0] for t in result_tables(results) if t.title.startswith("one: ") for row in t.rows]
+    labels = [row[0] for t in result_tables(parse_results(results)) if t.title.startswith("one: ") for row in t.rows]
     assert "early-random (draw 1)" in labels and "early-random (mean of 2 draws)" not in labels
-    assert any(t.title.startswith("one: early-random, random draw 1 — deactivated language") for t in result_tables(results))
+    assert any(t.title.startswith("one: early-random, random draw 1 — deactivated language")
+               for t in result_tables(parse_results(results)))
     for cell in one["cells"]:  # the same numbers as the first evaluation's cells
         assert cell["value"] in [c["value"] for c in two["cells"] if (c["arm"], c.get("draw"), c["lang"]) ==
                                  (cell["arm"], cell.get("draw"), cell["lang"])]

@@ -123,43 +123,49 @@ def test_starter_partitions_fit_the_embedded_model() -> None:
     assert max(end for _, end in study.partitions.values()) == 18
 
 
-def _cells(arm: str, kind: str, table: dict[str, dict[str, float]], base: dict[str, float]) -> list[dict]:
+def _cells(arm: str, kind: str, table: dict[str, dict[str, float]], base: dict[str, float]) -> list:
+    from neuronspec.report.model import Cell
+
     cells = [{"arm": None, "arm_kind": None, "mask_lang": None, "lang": lang, "value": v} for lang, v in base.items()]
     cells += [{"arm": arm, "arm_kind": kind, "mask_lang": ml, "lang": lang, "value": v}
               for ml, row in table.items() for lang, v in row.items()]
-    return cells
+    return [Cell.model_validate(c) for c in cells]
 
 
 def test_matrix_diagonal_counts_damage_for_deactivation_and_improvement_for_enhancement() -> None:
-    from neuronspec.report.results import derive
+    from neuronspec.report.results import evaluation
 
     base = {"en": 10.0, "zh": 20.0, "hi": 40.0}
     # rows: the language whose set is deactivated / enhanced; perplexities per evaluated language
     table = {"en": {"en": 9.0, "zh": 20.0, "hi": 40.0},    # en's own change is the most negative
              "zh": {"en": 10.0, "zh": 30.0, "hi": 40.0},   # zh's own change is the most positive
              "hi": {"en": 11.0, "zh": 20.0, "hi": 44.0}}   # +10 % own vs +10 % en: a tie counts
-    off = derive("perplexity", _cells("off", "deactivate", table, base), "en")["matrices"]["off"]
-    assert off["effect"] == "damage" and off["diagonal_largest"] == 2  # zh, hi
-    assert off["change"]["zh"]["zh"] == pytest.approx(50.0)
-    up = derive("perplexity", _cells("up", "enhance", table, base), "en")["matrices"]["up"]
-    assert up["effect"] == "improvement" and up["diagonal_largest"] == 1  # en only
-    acc = derive("accuracy", _cells("off", "deactivate", table, base), "en")["matrices"]["off"]
-    assert acc["diagonal_largest"] == 1  # for accuracy, damage is the lowest change: en
+    off = evaluation("perplexity", _cells("off", "deactivate", table, base), "en").matrices["off"]
+    assert off.effect == "damage" and off.diagonal_largest == 2  # zh, hi
+    assert off.change["zh"]["zh"] == pytest.approx(50.0)
+    up = evaluation("perplexity", _cells("up", "enhance", table, base), "en").matrices["up"]
+    assert up.effect == "improvement" and up.diagonal_largest == 1  # en only
+    acc = evaluation("accuracy", _cells("off", "deactivate", table, base), "en").matrices["off"]
+    assert acc.diagonal_largest == 1  # for accuracy, damage is the lowest change: en
 
 
 def test_paired_change_ci_brackets_the_change_and_needs_the_same_documents() -> None:
     import math
 
+    from neuronspec.report.model import Cell
     from neuronspec.report.results import paired_change_ci
 
-    base = {"doc_nll": [10.0, 20.0, 30.0, 12.0], "doc_tokens": [5, 10, 15, 6]}
-    shifted = {"doc_nll": [x + 0.1 * t for x, t in zip(base["doc_nll"], base["doc_tokens"])], "doc_tokens": base["doc_tokens"]}
+    def cell(doc_nll: list[float], doc_tokens: list[int]) -> Cell:
+        return Cell(arm=None, lang="en", doc_nll=doc_nll, doc_tokens=doc_tokens)
+
+    base = cell([10.0, 20.0, 30.0, 12.0], [5, 10, 15, 6])
+    shifted = cell([x + 0.1 * t for x, t in zip(base.doc_nll, base.doc_tokens)], base.doc_tokens)
     lo, hi = paired_change_ci("perplexity", base, shifted)
     # every document's NLL rises by 0.1 per token: the change is exactly e^0.1 − 1 in every resample
     assert lo == pytest.approx(100 * math.expm1(0.1)) and hi == pytest.approx(100 * math.expm1(0.1))
-    noisy = {"doc_nll": [11.0, 19.0, 33.0, 12.0], "doc_tokens": base["doc_tokens"]}
+    noisy = cell([11.0, 19.0, 33.0, 12.0], base.doc_tokens)
     lo, hi = paired_change_ci("perplexity", base, noisy)
-    change = 100 * math.expm1((sum(noisy["doc_nll"]) - sum(base["doc_nll"])) / sum(base["doc_tokens"]))
+    change = 100 * math.expm1((sum(noisy.doc_nll) - sum(base.doc_nll)) / sum(base.doc_tokens))
     assert lo < change < hi
-    assert paired_change_ci("perplexity", base, {**noisy, "doc_tokens": [5, 10, 15, 7]}) is None
+    assert paired_change_ci("perplexity", base, cell(noisy.doc_nll, [5, 10, 15, 7])) is None
     assert paired_change_ci("choice", base, noisy) is None

@@ -1,0 +1,57 @@
+"""The typed results: an old-format run record read through the one adapter, draws kept apart,
+and the JSON shape users read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from report_helpers import History
+
+from neuronspec.report.model import RunResults, parse_results, to_json
+from neuronspec.report.records import read_record, results_from_record
+from neuronspec.report.render import result_tables
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_record_from_before_results_were_embedded_renders_the_report_it_had() -> None:
+    """data/legacy-record.json and data/legacy-report.md were written by neuronspec before the
+    typed results (9f8d15c): a record with `stage_metrics`, `sets` and `masks` keyed by arm.
+    Read through the adapter, it renders the same tables, number for number."""
+    record = json.loads((DATA / "legacy-record.json").read_text(encoding="utf-8"))
+    assert "stage_metrics" in record and "results" not in record  # the old format
+    results = results_from_record(record)
+    assert isinstance(results, RunResults)
+    markdown = f"# {results.study}\n\n" + "\n".join(t.to_markdown() for t in result_tables(results))
+    assert markdown == (DATA / "legacy-report.md").read_text(encoding="utf-8")
+    ppl = results.evaluations["ppl"]
+    assert ppl.bootstrap == 50  # the evaluation's own resamples, not a default
+    # the record's per-document NLLs give the same paired CIs the old report printed
+    early = ppl.cell("early", None, "fr", "en")
+    assert early is not None and early.change_ci is not None and early.change_ci[0] <= early.change <= early.change_ci[1]
+
+
+def test_every_draw_of_a_random_control_keeps_its_own_mask(history: History) -> None:
+    """`masks` were keyed by arm, so a control's second draw overwrote its first; now each
+    (arm, draw, language) is one entry, in results.json and in the record."""
+    folder = history.store / "runs" / history.second
+    for results in (parse_results(json.loads((folder / "results.json").read_text())), results_from_record(read_record(folder))):
+        assert isinstance(results, RunResults)
+        keys = {(m.arm, m.draw, m.lang) for m in results.masks}
+        assert {("early-random", d, lang) for d in (1, 2) for lang in ("en", "fr", "de")} <= keys
+        assert {("early", None, lang) for lang in ("en", "fr", "de")} <= keys
+        table = next(t for t in result_tables(results) if t.title.startswith("arms: neurons"))
+        assert [r[0] for r in table.rows].count("early-random (each of 2 draws)") == 3
+
+
+def test_results_json_keeps_the_names_users_read(history: History) -> None:
+    folder = history.store / "runs" / history.second
+    data = json.loads((folder / "results.json").read_text())
+    cells = data["evaluations"]["ppl"]["cells"]
+    assert all({"arm", "mask_lang", "lang", "value", "n", "ci", "metric"} <= set(c) for c in cells)
+    assert {c.get("draw") for c in cells if c["arm"] == "early-random"} == {1, 2}
+    assert all("draw" not in c for c in cells if c["arm"] != "early-random")
+    assert all("doc_nll" in c for c in cells)  # the evaluator's own fields stay beside the headline
+    # a round trip through the type changes nothing
+    assert to_json(parse_results(data)) == data
