@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neuronspec.methods.plnd_moe import routed_importance
 from neuronspec.methods.plnd_qk import Plan, QKInputs, qk_importance
 from neuronspec.models.attention import additive_mask, capture_attention, rotary_of
 from neuronspec.models.forward import Batch, hidden_forward
@@ -180,7 +181,9 @@ class _Scorer:
     def hooks(self) -> list[Any]:
         handles = []
         for i in range(self.dims.num_layers):
-            if "ffn" in self.sites:
+            if "ffn" in self.sites and self.adapter.routed_ffn:
+                handles.append(self.adapter.experts(self.model, i).register_forward_pre_hook(self._routed_hook(i)))  # type: ignore[attr-defined]
+            elif "ffn" in self.sites:
                 handles.append(self.adapter.ffn_down(self.model, i).register_forward_pre_hook(self._ffn_hook(i)))
             if "attn.o" in self.sites or "attn.v" in self.sites:
                 handles.append(self.adapter.attn_out(self.model, i).register_forward_pre_hook(self._attn_out_hook(i)))
@@ -199,6 +202,12 @@ class _Scorer:
         def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
             a = args[0].detach().float()  # no copy when already float32
             self.batch.put("ffn", i, self._token_sum(a.square()) * self._down_norm2(i))
+        return hook
+
+    def _routed_hook(self, i: int) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
+            b, t = self.weights.shape[0], self.weights.shape[2]
+            self.batch.put("ffn", i, routed_importance(module, *args[:3], lambda x2: self._token_sum(x2.view(b, t, -1))))
         return hook
 
     def _attn_out_hook(self, i: int) -> Callable[..., None]:

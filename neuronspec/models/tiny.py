@@ -11,6 +11,8 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 
 #: "ministral" has no adapter of its own: the layout-checked Llama one serves it (models/generic.py)
 ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma3_text", "gpt2", "bloom", "qwen3", "phi3", "gpt_neox", "ministral")
+#: mixture-of-experts families: PLND, deactivation and weight zeroing only (models/moe.py)
+MOE_ARCHITECTURES = ("mixtral",)
 
 
 def tiny_config(arch: str, **overrides: object) -> PretrainedConfig:
@@ -45,7 +47,7 @@ def tiny_config(arch: str, **overrides: object) -> PretrainedConfig:
     elif arch in _ADDED:
         cfg = _ADDED[arch](common, gated)
     else:
-        raise ValueError(f"no tiny config for {arch!r}; known: {', '.join(ARCHITECTURES)}")
+        raise ValueError(f"no tiny config for {arch!r}; known: {', '.join(ARCHITECTURES + MOE_ARCHITECTURES)}")
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
@@ -83,7 +85,15 @@ def _ministral(common: dict, gated: dict) -> PretrainedConfig:
                            layer_types=["sliding_attention", "sliding_attention", "full_attention"])
 
 
-_ADDED = {"qwen3": _qwen3, "phi3": _phi3, "gpt_neox": _gpt_neox, "ministral": _ministral}
+def _mixtral(common: dict, gated: dict) -> PretrainedConfig:
+    """4 experts of 12 neurons, 2 per token: ffn has 48 neurons per layer, as the dense tiny models."""
+    from transformers import MixtralConfig
+
+    return MixtralConfig(**common, **{**gated, "intermediate_size": 12}, num_local_experts=4, num_experts_per_tok=2,
+                         sliding_window=None)
+
+
+_ADDED = {"qwen3": _qwen3, "phi3": _phi3, "gpt_neox": _gpt_neox, "ministral": _ministral, "mixtral": _mixtral}
 
 
 def tiny_model(arch: str, seed: int = 0, **overrides: object) -> torch.nn.Module:
