@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neuronspec.methods.plnd_moe import routed_importance
+from neuronspec.methods.plnd_moe import importance_hooks
 from neuronspec.methods.plnd_qk import Plan, QKInputs, qk_importance
 from neuronspec.models.attention import additive_mask, capture_attention, rotary_of
 from neuronspec.models.forward import Batch, hidden_forward
@@ -182,7 +182,8 @@ class _Scorer:
         handles = []
         for i in range(self.dims.num_layers):
             if "ffn" in self.sites and self.adapter.routed_ffn:
-                handles.append(self.adapter.experts(self.model, i).register_forward_pre_hook(self._routed_hook(i)))  # type: ignore[attr-defined]
+                handles += importance_hooks(self.adapter, self.model, i, self._flat_token_sum,  # type: ignore[arg-type]
+                                            lambda value, i=i: self.batch.put("ffn", i, value))
             elif "ffn" in self.sites:
                 handles.append(self.adapter.ffn_down(self.model, i).register_forward_pre_hook(self._ffn_hook(i)))
             if "attn.o" in self.sites or "attn.v" in self.sites:
@@ -204,11 +205,9 @@ class _Scorer:
             self.batch.put("ffn", i, self._token_sum(a.square()) * self._down_norm2(i))
         return hook
 
-    def _routed_hook(self, i: int) -> Callable[..., None]:
-        def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
-            b, t = self.weights.shape[0], self.weights.shape[2]
-            self.batch.put("ffn", i, routed_importance(module, *args[:3], lambda x2: self._token_sum(x2.view(b, t, -1))))
-        return hook
+    def _flat_token_sum(self, x2: Tensor) -> Tensor:
+        """[B*T, W] (a MoE block's flattened tokens) → [documents, W]."""
+        return self._token_sum(x2.view(self.weights.shape[0], self.weights.shape[2], -1))
 
     def _attn_out_hook(self, i: int) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:

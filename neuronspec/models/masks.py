@@ -271,11 +271,7 @@ def deactivate(model: nn.Module, neurons: NeuronSet) -> Iterator[nn.Module]:
     try:
         for site, layer, idx in neurons.items():
             if site == "ffn" and adapter.routed_ffn:  # expert neurons: removed where the router sent them
-                from .moe import switch_off_hook
-
-                hook = switch_off_hook(adapter, model, idx)  # type: ignore[arg-type]
-                # prepended: every other hook on the experts module (statistics, probes) sees the changed output
-                handles.append(adapter.experts(model, layer).register_forward_hook(hook, prepend=True))  # type: ignore[attr-defined]
+                handles += adapter.switch_off(model, layer, idx)  # type: ignore[attr-defined]
                 continue
             point = adapter.hook_point(model, layer, site)
             fn = _make_hook(point, idx)

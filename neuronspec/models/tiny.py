@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 #: "ministral" has no adapter of its own: the layout-checked Llama one serves it (models/generic.py)
 ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma3_text", "gpt2", "bloom", "qwen3", "phi3", "gpt_neox", "ministral")
 #: mixture-of-experts families: PLND, deactivation and weight zeroing only (models/moe.py)
-MOE_ARCHITECTURES = ("mixtral",)
+MOE_ARCHITECTURES = ("mixtral", "qwen2_moe")
 
 
 def tiny_config(arch: str, **overrides: object) -> PretrainedConfig:
@@ -93,7 +93,17 @@ def _mixtral(common: dict, gated: dict) -> PretrainedConfig:
                          sliding_window=None)
 
 
-_ADDED = {"qwen3": _qwen3, "phi3": _phi3, "gpt_neox": _gpt_neox, "ministral": _ministral, "mixtral": _mixtral}
+def _qwen2_moe(common: dict, gated: dict) -> PretrainedConfig:
+    """4 routed experts of 8 neurons (2 per token, probabilities not renormalised) and a shared one of 16."""
+    from transformers import Qwen2MoeConfig
+
+    return Qwen2MoeConfig(**common, **{k: v for k, v in gated.items() if k != "head_dim"}, moe_intermediate_size=8,
+                          shared_expert_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+                          norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[])
+
+
+_ADDED = {"qwen3": _qwen3, "phi3": _phi3, "gpt_neox": _gpt_neox, "ministral": _ministral, "mixtral": _mixtral,
+          "qwen2_moe": _qwen2_moe}
 
 
 def tiny_model(arch: str, seed: int = 0, **overrides: object) -> torch.nn.Module:

@@ -257,18 +257,26 @@ def test_in_place_zeroing_of_an_empty_set_is_bit_identical() -> None:
         assert torch.equal(logits(m), ref)
 
 
-def test_expert_neuron_off_equals_its_rows_zeroed_inside_the_expert_weights() -> None:
-    """Mixtral: the hook that removes an expert neuron's routed contribution gives the logits of a
-    model whose 3-D expert weights have that neuron's gate and up rows zeroed by hand."""
-    m = model("mixtral")
-    width = m.config.intermediate_size
+@pytest.mark.parametrize("arch", MOE_ARCHITECTURES)
+def test_expert_neuron_off_equals_its_rows_zeroed_inside_the_expert_weights(arch: str) -> None:
+    """The hook that removes a routed expert neuron's contribution gives the logits of a model whose
+    3-D expert weights have that neuron's gate and up rows zeroed by hand; a shared-expert neuron
+    (Qwen2-MoE, numbered after the routed ones) those of its zeroed up_proj row."""
+    m = model(arch)
+    a = adapter_for(m)
+    width, experts = a.expert_width(m.config), a.num_experts(m.config)
     ref = logits(m)
-    for layer, expert, j in [(0, 0, 0), (1, 2, 7), (2, 3, width - 1)]:
+    cases = [(0, 0, 0), (1, 2, 7), (2, experts - 1, width - 1)] + ([(1, experts, 3)] if a.shared_width(m.config) else [])
+    for layer, expert, j in cases:
         neurons = NeuronSet.from_dict({"ffn": {layer: [expert * width + j]}})
         with deactivate(m, neurons):
             hooked = logits(m)
         manual = copy.deepcopy(m)
+        mlp = manual.model.layers[layer].mlp
         with torch.no_grad():
-            manual.model.layers[layer].mlp.experts.gate_up_proj[expert, [j, width + j]] = 0.0
+            if expert < experts:
+                mlp.experts.gate_up_proj[expert, [j, width + j]] = 0.0
+            else:
+                mlp.shared_expert.up_proj.weight[j] = 0.0
         torch.testing.assert_close(hooked, logits(manual), rtol=1e-6, atol=1e-6)
         assert not torch.allclose(hooked, ref, atol=1e-6), (layer, expert, j)

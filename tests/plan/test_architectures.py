@@ -19,7 +19,7 @@ from neuronspec.spec import load_study
 SITES = ["ffn", "attn.q", "attn.k", "attn.v", "attn.o"]
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "phi3", "gpt_neox", "ministral", "mixtral"])
+@pytest.mark.parametrize("arch", ["qwen3", "phi3", "gpt_neox", "ministral", "mixtral", "qwen2_moe"])
 def test_study_runs_every_site_and_arm(arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
     folder = tmp_path / "model"
