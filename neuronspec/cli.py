@@ -495,7 +495,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         "languages": lambda r: r["languages"], "ready": lambda r: "yes" if r.get("installed") else "no",
     }, args.json)
     if not args.json:
-        console.print("Any hub id, local folder or .gguf file (Llama, Mistral, Qwen2, Gemma 3, GPT-2, BLOOM) works as model.id too.")
+        console.print("Any hub id, local folder or .gguf file (Llama, Mistral, Qwen2, Qwen3, Gemma 3, Phi-3, GPT-NeoX/Pythia, "
+                      "GPT-2, BLOOM, Mixtral, Qwen2-MoE, or another family laid out as Llama) works as model.id too.")
     return 0
 
 

@@ -93,6 +93,9 @@ def selected_slices(model: nn.Module, neurons: NeuronSet) -> dict[str, tuple[int
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
     check_fits(neurons, dims)
+    if adapter.routed_ffn and "ffn" in neurons.sites():
+        raise NotImplementedError("training expert (MoE) ffn neurons is not supported: their down-projection "
+                                  "columns are not one slice of a parameter (models/moe.py)")
     found: dict[str, tuple[int, list[Tensor]]] = {}
     for site, layer, idx in neurons.items():
         for sl in adapter.weight_slices(model, layer, site):

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neuronspec.methods.plnd_moe import importance_hooks
 from neuronspec.methods.plnd_postnorm import PostNorm, TokenNorms, chunks, column_change2, gram_pairs, v_change2
 from neuronspec.methods.plnd_qk import Plan, QKInputs, qk_importance
 from neuronspec.models.attention import additive_mask, capture_attention, rotary_of
@@ -206,7 +207,10 @@ class _Scorer:
     def hooks(self) -> list[Any]:
         handles = []
         for i in range(self.dims.num_layers):
-            if "ffn" in self.sites:
+            if "ffn" in self.sites and self.adapter.routed_ffn:
+                handles += importance_hooks(self.adapter, self.model, i, self._flat_token_sum,  # type: ignore[arg-type]
+                                            lambda value, i=i: self.batch.put("ffn", i, value))
+            elif "ffn" in self.sites:
                 down = self.adapter.ffn_down(self.model, i)
                 handles.append(down.register_forward_pre_hook(self._ffn_hook(i)) if self._post_norm(i, "ffn") is None
                                else down.register_forward_hook(self._ffn_normed_hook(i)))
@@ -236,6 +240,10 @@ class _Scorer:
             a = args[0].detach().float()  # no copy when already float32
             self.batch.put("ffn", i, self._token_sum(a.square()) * self._down_norm2(i))
         return hook
+
+    def _flat_token_sum(self, x2: Tensor) -> Tensor:
+        """[B*T, W] (a MoE block's flattened tokens) → [documents, W]."""
+        return self._token_sum(x2.view(self.weights.shape[0], self.weights.shape[2], -1))
 
     def _attn_out_hook(self, i: int) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:

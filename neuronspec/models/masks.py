@@ -270,6 +270,9 @@ def deactivate(model: nn.Module, neurons: NeuronSet) -> Iterator[nn.Module]:
     handles = []
     try:
         for site, layer, idx in neurons.items():
+            if site == "ffn" and adapter.routed_ffn:  # expert neurons: removed where the router sent them
+                handles += adapter.switch_off(model, layer, idx)  # type: ignore[attr-defined]
+                continue
             point = adapter.hook_point(model, layer, site)
             fn = _make_hook(point, idx)
             if point.kind == "input":

@@ -130,6 +130,9 @@ class Adapter:
     #: the queries attention sees must be checked, once per layer, to be the q projection's output under
     #: half-split rotary (families recognised by layout only, whose rotary convention nothing declares)
     verify_rotary: bool = False
+    #: ffn neurons live inside routed experts (models/moe.py): no module input holds them, so statistics
+    #: and deactivation work from the experts module's call (``experts(model, i)``)
+    routed_ffn: bool = False
 
     # ---- config -----------------------------------------------------------------
     def text_config(self, config):  # noqa: ANN001, ANN201 - transformers configs are untyped
@@ -160,6 +163,10 @@ class Adapter:
     def attn_out(self, model: nn.Module, i: int) -> nn.Module:
         """Module whose input holds the ``attn.o`` neurons of layer `i`."""
         raise NotImplementedError
+
+    def ffn_output(self, model: nn.Module, i: int) -> nn.Module:
+        """Module whose output is layer `i`'s FFN contribution (what PLND's ``ffn`` score measures the change of)."""
+        return self.ffn_down(model, i)
 
     def attention(self, model: nn.Module, i: int) -> nn.Module:
         """The attention module of layer `i` (the one that calls the attention function)."""
@@ -535,5 +542,5 @@ def adapter_for(model_or_config) -> Adapter:  # noqa: ANN001
     return adapter
 
 
-# Families added after the first six live in their own module; importing it registers them.
-from . import families  # noqa: E402,F401
+# Families added after the first six live in their own modules; importing them registers them.
+from . import families, moe  # noqa: E402,F401

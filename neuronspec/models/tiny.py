@@ -11,6 +11,8 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 
 #: "ministral" has no adapter of its own: the layout-checked Llama one serves it (models/generic.py)
 ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma3_text", "gpt2", "bloom", "qwen3", "phi3", "gpt_neox", "ministral", "gemma2", "olmo2")
+#: mixture-of-experts families: PLND, deactivation and weight zeroing only (models/moe.py)
+MOE_ARCHITECTURES = ("mixtral", "qwen2_moe")
 
 
 def tiny_config(arch: str, **overrides: object) -> PretrainedConfig:
@@ -56,7 +58,7 @@ def tiny_config(arch: str, **overrides: object) -> PretrainedConfig:
     elif arch in _ADDED:
         cfg = _ADDED[arch](common, gated)
     else:
-        raise ValueError(f"no tiny config for {arch!r}; known: {', '.join(ARCHITECTURES)}")
+        raise ValueError(f"no tiny config for {arch!r}; known: {', '.join(ARCHITECTURES + MOE_ARCHITECTURES)}")
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
@@ -94,7 +96,25 @@ def _ministral(common: dict, gated: dict) -> PretrainedConfig:
                            layer_types=["sliding_attention", "sliding_attention", "full_attention"])
 
 
-_ADDED = {"qwen3": _qwen3, "phi3": _phi3, "gpt_neox": _gpt_neox, "ministral": _ministral}
+def _mixtral(common: dict, gated: dict) -> PretrainedConfig:
+    """4 experts of 12 neurons, 2 per token: ffn has 48 neurons per layer, as the dense tiny models."""
+    from transformers import MixtralConfig
+
+    return MixtralConfig(**common, **{**gated, "intermediate_size": 12}, num_local_experts=4, num_experts_per_tok=2,
+                         sliding_window=None)
+
+
+def _qwen2_moe(common: dict, gated: dict) -> PretrainedConfig:
+    """4 routed experts of 8 neurons (2 per token, probabilities not renormalised) and a shared one of 16."""
+    from transformers import Qwen2MoeConfig
+
+    return Qwen2MoeConfig(**common, **{k: v for k, v in gated.items() if k != "head_dim"}, moe_intermediate_size=8,
+                          shared_expert_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+                          norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[])
+
+
+_ADDED = {"qwen3": _qwen3, "phi3": _phi3, "gpt_neox": _gpt_neox, "ministral": _ministral, "mixtral": _mixtral,
+          "qwen2_moe": _qwen2_moe}
 
 
 def tiny_model(arch: str, seed: int = 0, **overrides: object) -> torch.nn.Module:

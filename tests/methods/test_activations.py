@@ -59,7 +59,7 @@ def test_pooled_and_counts_match_direct_forward(arch: str) -> None:
     assert torch.equal(stats.counts[0], (tokens > 0).sum(0))
     assert torch.equal(stats.counts[1], (tokens > 0.05).sum(0))
     assert torch.allclose(stats.probability(0.05), (tokens > 0.05).double().mean(0))
-    if arch in ("gpt2", "bloom"):  # plain MLPs: the gate event is the neuron event
+    if arch in ("gpt2", "bloom", "gpt_neox"):  # plain MLPs: the gate event is the neuron event
         assert torch.equal(stats.gate_counts, stats.counts[0])
 
 

@@ -2,8 +2,9 @@
 
 ffn / attn.o / attn.v: deactivate a single neuron with the real mask hooks, run the
 model, and measure the squared change of what that sublayer adds to the residual stream
-(the projection output, or its post-norm's output in Gemma-style sandwich blocks) — this
-must equal the one-pass statistic. attn.q / attn.k: see test_plnd_qk_bruteforce.
+(the projection output — for a mixture-of-experts FFN, the experts' routed, weighted sum — or its
+post-norm's output in Gemma-style sandwich blocks) — this must equal the one-pass statistic.
+attn.q / attn.k: see test_plnd_qk_bruteforce.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from neuronspec.methods.plnd import plnd_statistics, token_weights
 from neuronspec.models.forward import iter_batches
 from neuronspec.models.masks import NeuronSet, deactivate
 from neuronspec.models.sites import adapter_for, site_width
-from neuronspec.models.tiny import ARCHITECTURES, tiny_model
+from neuronspec.models.tiny import ARCHITECTURES, MOE_ARCHITECTURES, tiny_model
 
 DOCS = [[1, 5, 9, 33, 40, 41, 7, 8], [1, 60, 61, 3, 4], [1, 70, 12, 13, 14, 15]]
 
@@ -35,7 +36,7 @@ def _residual_point(adapter, model, site: str, layer: int) -> torch.nn.Module:
     post = adapter.post_norm(model, layer, which)
     if post is not None:
         return post
-    return adapter.ffn_down(model, layer) if site == "ffn" else adapter.attn_out(model, layer)
+    return adapter.ffn_output(model, layer) if site == "ffn" else adapter.attn_out(model, layer)
 
 
 def _projection_output(model, module, batch, neurons: NeuronSet) -> torch.Tensor:
@@ -49,7 +50,7 @@ def _projection_output(model, module, batch, neurons: NeuronSet) -> torch.Tensor
     return seen["out"]
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHITECTURES + MOE_ARCHITECTURES)
 @pytest.mark.parametrize("site", ["ffn", "attn.o", "attn.v"])
 def test_exact_sites_equal_one_at_a_time_deactivation(arch: str, site: str) -> None:
     model = tiny_model(arch)
@@ -64,7 +65,7 @@ def test_exact_sites_equal_one_at_a_time_deactivation(arch: str, site: str) -> N
         brute = torch.empty(len(DOCS), site_width(dims, site))
         for n in range(site_width(dims, site)):
             out = _projection_output(model, module, batch, NeuronSet.from_dict({site: {layer: [n]}}))
-            brute[:, n] = _doc_reduce((out - base).pow(2).sum(-1), weights)
+            brute[:, n] = _doc_reduce((out - base).pow(2).sum(-1).view(len(DOCS), -1), weights)  # MoE: [B*T, H]
         assert torch.allclose(stats.min[layer], brute.min(0).values, rtol=1e-4, atol=1e-9), (arch, site, layer)
         assert torch.allclose(stats.sum[layer].float(), brute.sum(0), rtol=1e-4, atol=1e-9), (arch, site, layer)
     assert stats.n_docs == len(DOCS)

@@ -8,10 +8,10 @@ import torch
 
 from neuronspec.methods.plnd import plnd_statistics, segment_weights
 from neuronspec.models.forward import iter_batches, iter_packed
-from neuronspec.models.tiny import ARCHITECTURES, tiny_model
+from neuronspec.models.tiny import ARCHITECTURES, MOE_ARCHITECTURES, tiny_model
 from neuronspec.models.sites import SITES
 
-PACKABLE = [a for a in ARCHITECTURES if a != "bloom"]
+PACKABLE = [a for a in ARCHITECTURES + MOE_ARCHITECTURES if a != "bloom"]
 
 
 def _docs() -> list[list[int]]:

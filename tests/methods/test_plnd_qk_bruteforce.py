@@ -38,6 +38,8 @@ SHAPES = {
     "phi3-partial-rotary": ("phi3", {}),  # fused qkv, rotary over half a head
     "gpt_neox-rotary-pct": ("gpt_neox", {}),  # per-head interleaved qkv, rotary over a quarter
     "ministral-generic": ("ministral", {}),  # no adapter of its own: the layout-checked Llama one
+    "mixtral": ("mixtral", {}),  # Llama's attention in a mixture-of-experts model
+    "qwen2_moe": ("qwen2_moe", {}),  # Qwen2's attention (q/k/v biases) with routed and shared experts
     # YaRN scales the rotary tables by its attention factor (cos² + sin² ≠ 1)
     "llama-yarn": ("llama", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
                                                   "original_max_position_embeddings": 32}}),

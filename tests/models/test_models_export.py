@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from neuronspec.models.export import export_deactivated
 from neuronspec.models.masks import NeuronSet, deactivate
 from neuronspec.models.sites import SITES, adapter_for, site_width
-from neuronspec.models.tiny import ARCHITECTURES, tiny_model
+from neuronspec.models.tiny import ARCHITECTURES, MOE_ARCHITECTURES, tiny_model
 
 
 def _some_neurons(model: torch.nn.Module, seed: int = 0) -> NeuronSet:
@@ -23,7 +23,7 @@ def _some_neurons(model: torch.nn.Module, seed: int = 0) -> NeuronSet:
                              for layer in range(dims.num_layers)} for site in SITES})
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHITECTURES + MOE_ARCHITECTURES)
 def test_exported_folder_reloads_with_the_hooked_models_logits(arch: str, tmp_path: Path) -> None:
     model = tiny_model(arch)
     neurons = _some_neurons(model)

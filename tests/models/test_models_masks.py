@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import lru_cache
 
@@ -11,7 +12,7 @@ from safetensors import safe_open
 
 from neuronspec.models.masks import NeuronSet, deactivate, zero_weights, zeroed
 from neuronspec.models.sites import SITES, Dims, adapter_for, site_width
-from neuronspec.models.tiny import ARCHITECTURES, tiny_model
+from neuronspec.models.tiny import ARCHITECTURES, MOE_ARCHITECTURES, tiny_model
 
 DIMS = Dims(num_layers=4, hidden=16, intermediate=40, heads=4, kv_heads=2, head_dim=4)
 
@@ -160,7 +161,7 @@ def _sample(m: torch.nn.Module, seed: int) -> NeuronSet:
     return NeuronSet.from_dict(data)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHITECTURES + MOE_ARCHITECTURES)
 def test_empty_mask_is_bit_identical_and_adds_no_hooks(arch: str) -> None:
     m = model(arch)
     ref = logits(m)
@@ -172,7 +173,7 @@ def test_empty_mask_is_bit_identical_and_adds_no_hooks(arch: str) -> None:
 
 
 @pytest.mark.parametrize("site", SITES)
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHITECTURES + MOE_ARCHITECTURES)
 def test_hooks_equal_weight_zeroing(arch: str, site: str) -> None:
     m = model(arch)
     neurons = _sample(m, seed=SITES.index(site)).restrict(sites=[site])
@@ -231,7 +232,7 @@ def test_out_of_range_neurons_raise() -> None:
         zero_weights(m, NeuronSet.from_dict({"ffn": {3: [0]}}))
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHITECTURES + MOE_ARCHITECTURES)
 def test_in_place_zeroing_equals_hooks_and_restores_every_weight(arch: str) -> None:
     m = model(arch)
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
@@ -254,3 +255,28 @@ def test_in_place_zeroing_of_an_empty_set_is_bit_identical() -> None:
     ref = logits(m)
     with zeroed(m, NeuronSet.empty()):
         assert torch.equal(logits(m), ref)
+
+
+@pytest.mark.parametrize("arch", MOE_ARCHITECTURES)
+def test_expert_neuron_off_equals_its_rows_zeroed_inside_the_expert_weights(arch: str) -> None:
+    """The hook that removes a routed expert neuron's contribution gives the logits of a model whose
+    3-D expert weights have that neuron's gate and up rows zeroed by hand; a shared-expert neuron
+    (Qwen2-MoE, numbered after the routed ones) those of its zeroed up_proj row."""
+    m = model(arch)
+    a = adapter_for(m)
+    width, experts = a.expert_width(m.config), a.num_experts(m.config)
+    ref = logits(m)
+    cases = [(0, 0, 0), (1, 2, 7), (2, experts - 1, width - 1)] + ([(1, experts, 3)] if a.shared_width(m.config) else [])
+    for layer, expert, j in cases:
+        neurons = NeuronSet.from_dict({"ffn": {layer: [expert * width + j]}})
+        with deactivate(m, neurons):
+            hooked = logits(m)
+        manual = copy.deepcopy(m)
+        mlp = manual.model.layers[layer].mlp
+        with torch.no_grad():
+            if expert < experts:
+                mlp.experts.gate_up_proj[expert, [j, width + j]] = 0.0
+            else:
+                mlp.shared_expert.up_proj.weight[j] = 0.0
+        torch.testing.assert_close(hooked, logits(manual), rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(hooked, ref, atol=1e-6), (layer, expert, j)

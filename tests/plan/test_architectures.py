@@ -20,7 +20,7 @@ from neuronspec.spec import load_study
 SITES = ["ffn", "attn.q", "attn.k", "attn.v", "attn.o"]
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "phi3", "gpt_neox", "ministral", "gemma2", "olmo2"])
+@pytest.mark.parametrize("arch", ["qwen3", "phi3", "gpt_neox", "ministral", "gemma2", "olmo2", "mixtral", "qwen2_moe"])
 def test_study_runs_every_site_and_arm(arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
     folder = tmp_path / "model"
@@ -35,15 +35,15 @@ def test_study_runs_every_site_and_arm(arch: str, tmp_path: Path, monkeypatch: p
     store = Store(tmp_path / ".neuronspec")
     run_plan(plan, store, loaded.study)
     results = collect(plan, store)
-    counts = results["sets"]["specific"]["counts"]
+    counts = results.sets["specific"].counts
     assert set().union(*(counts[lang] for lang in counts)) == set(SITES), counts  # every site found neurons
-    early = results["evaluations"]["ppl"]["matrices"]["early"]
-    assert early["control"] == "early-random" and early["control_draws"] == 2
-    assert all(early["change"][lang][lang] != 0 for lang in ("en", "fr", "de"))  # the arm changed something
-    assert set(results["logit_lens"]) == {"en", "fr", "de"}
-    cells = results["evaluations"]["ppl"]["cells"]
-    arm = {(c["mask_lang"], c["lang"]): c for c in cells if c["arm"] == "early"}
-    controls = [c for c in cells if c["arm"] == "early-random"]
+    early = results.evaluations["ppl"].matrices["early"]
+    assert early.control == "early-random" and early.control_draws == 2
+    assert all(early.change[lang][lang] != 0 for lang in ("en", "fr", "de"))  # the arm changed something
+    assert set(results.logit_lens) == {"en", "fr", "de"}
+    cells = results.evaluations["ppl"].cells
+    arm = {(c.mask_lang, c.lang): c for c in cells if c.arm == "early"}
+    controls = [c for c in cells if c.arm == "early-random"]
     assert len(arm) == 9 and len(controls) == 18  # 3 mask languages × 3 languages (× 2 draws)
     for c in controls:  # the random control deactivates as many neurons as the arm it copies
-        assert c["deactivated"] == arm[(c["mask_lang"], c["lang"])]["deactivated"]
+        assert c.deactivated == arm[(c.mask_lang, c.lang)].deactivated
