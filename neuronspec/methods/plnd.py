@@ -144,9 +144,9 @@ class _Scorer:
         self.plan: Plan | None = None
         self.stable = False
         self._norms: dict[tuple[str, int], Tensor] = {}
-        self._norm_inputs: dict[tuple[int, int], Tensor] = {}
-        self._post: dict[tuple[str, int, str], PostNorm | None] = {}
-        self._cols: dict[tuple[str, int], tuple[Tensor, Tensor, Tensor]] = {}  # (layer, 0 q / 1 k) → this forward's q/k norm input
+        self._norm_inputs: dict[tuple[int, int], Tensor] = {}  # (layer, 0 q / 1 k) → this forward's q/k norm input
+        self._post: dict[tuple[int, str], PostNorm | None] = {}  # (layer, "ffn" | "attn") → its post-norm
+        self._cols: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}  # (‖W[:,k]‖², ‖g⊙W[:,k]‖²) per projection
         self.softcap = getattr(getattr(model.config, "get_text_config", lambda: model.config)(), "attn_logit_softcapping", None)
 
     def start_batch(self, batch: Batch, stable: bool = False) -> None:
@@ -184,24 +184,22 @@ class _Scorer:
         return self._norms[key]  # type: ignore[return-value]
 
     def _post_norm(self, i: int, which: str) -> PostNorm | None:
-        if ("post", i, which) not in self._post:
+        if (i, which) not in self._post:
             norm = self.adapter.post_norm(self.model, i, which)
-            self._post[("post", i, which)] = None if norm is None else PostNorm(*self.adapter.rms_norm_params(norm))
-        return self._post[("post", i, which)]
+            self._post[(i, which)] = None if norm is None else PostNorm(*self.adapter.rms_norm_params(norm))
+        return self._post[(i, which)]
 
-    def _column_stats(self, key: tuple[str, int], weight: Tensor, norm: PostNorm) -> tuple[Tensor, Tensor, Tensor]:
-        """(W float32, ‖W[:,k]‖², ‖g⊙W[:,k]‖²) of a projection whose input columns are neurons."""
+    def _normed_columns(self, key: tuple[str, int], act: Tensor, tok: TokenNorms, weight: Tensor, norm: PostNorm) -> Tensor:
+        """[documents, width] token-reduced post-norm importances of the neurons act[..., k]·W[:, k], by
+        chunks of neurons (W is converted to float32 a chunk at a time: no float32 copy is kept)."""
         if key not in self._cols:
-            w = weight.detach().float()
-            self._cols[key] = (w, w.square().sum(0), (w * norm.gain[:, None]).square().sum(0))
-        return self._cols[key]
-
-    def _normed_columns(self, act: Tensor, tok: TokenNorms, cols: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        """[documents, width] token-reduced post-norm importances of neurons act[..., k]·W[:, k], by chunks."""
-        w, wn2, gwn2 = cols
+            w = weight.float()
+            self._cols[key] = (w.square().sum(0), (w * norm.gain[:, None]).square().sum(0))
+        wn2, gwn2 = self._cols[key]
         out = act.new_empty(len(self.where[0]), act.shape[-1])
         for k0, k1 in chunks(act.shape[0] * act.shape[1], act.shape[-1]):
-            out[:, k0:k1] = self._token_sum(column_change2(tok, act[..., k0:k1], w[:, k0:k1], wn2[k0:k1], gwn2[k0:k1]))
+            change = column_change2(tok, act[..., k0:k1], weight[:, k0:k1].float(), wn2[k0:k1], gwn2[k0:k1])
+            out[:, k0:k1] = self._token_sum(change)
         return out
 
     def hooks(self) -> list[Any]:
@@ -266,9 +264,9 @@ class _Scorer:
         norm = self._post_norm(i, "ffn")
 
         def hook(module: torch.nn.Module, args: tuple[Tensor, ...], y: Tensor) -> None:
-            cols = self._column_stats(("ffn", i), self.adapter.down_weight(self.model, i), norm)
             tok = TokenNorms.of(y.detach().float(), norm)
-            self.batch.put("ffn", i, self._normed_columns(args[0].detach().float(), tok, cols))
+            w = self.adapter.down_weight(self.model, i).detach()
+            self.batch.put("ffn", i, self._normed_columns(("ffn", i), args[0].detach().float(), tok, w, norm))
         return hook
 
     def _attn_normed_hook(self, i: int) -> Callable[..., None]:
@@ -277,12 +275,12 @@ class _Scorer:
         def hook(module: torch.nn.Module, args: tuple[Tensor, ...], y: Tensor) -> None:
             z = args[0].detach().float()
             tok = TokenNorms.of(y.detach().float(), norm)
-            cols = self._column_stats(("o", i), self.adapter.o_weight(self.model, i), norm)
+            w = self.adapter.o_weight(self.model, i).detach()
             if "attn.o" in self.sites:
-                self.batch.put("attn.o", i, self._normed_columns(z, tok, cols))
+                self.batch.put("attn.o", i, self._normed_columns(("o", i), z, tok, w, norm))
             if "attn.v" in self.sites:
                 d = self.dims
-                imp = v_change2(tok, z, cols[0], (self._v_gram(i), self._v_gram(i, norm)), d.kv_heads, d.head_dim)
+                imp = v_change2(tok, z, w.float(), (self._v_gram(i), self._v_gram(i, norm)), d.kv_heads, d.head_dim)
                 self.batch.put("attn.v", i, self._token_sum(imp))
         return hook
 

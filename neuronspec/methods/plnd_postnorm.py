@@ -14,9 +14,11 @@ With r' = r(y − Δ) and s = 1/r' − 1/r, N(y − Δ) − N(y) = g ⊙ (s·y �
 so four numbers per (token, neuron) — E = yᵀΔ, B = (g⊙g⊙y)ᵀΔ, P = ‖Δ‖², Q = ‖g⊙Δ‖² — give the
 exact change for all neurons at once. For a neuron whose Δ is a column w scaled by a scalar a
 (ffn, attn.o), E = a·(yᵀw) and B = a·((g⊙g⊙y)ᵀw) come from two products y·W of the
-projection's size, P = a²‖w‖² and Q = a²‖g⊙w‖². s is formed from r² − r'², never as the
-difference of two nearly equal reciprocals, so small contributions keep their precision.
-Everything is computed in float32 (the norms compute in float32 too).
+projection's size, P = a²‖w‖² and Q = a²‖g⊙w‖²; for a V neuron, Δ sums the columns of its
+group's query heads (:func:`v_change2`). s is formed from r² − r'², never as the difference of
+two nearly equal reciprocals, so small contributions keep their precision (Gemma 3 270M: within
+~1e-6 of switching neurons off one at a time). Everything is computed in float32, as the norms
+compute. Cost: those two products per projection, about 2x the pre-norm form of these sites.
 """
 
 from __future__ import annotations

@@ -21,13 +21,9 @@ neuron the roles swap: ℓ'_ts = β_sn (ℓ_ts − scaling·k̃_sn·(cos_sn q_tn
 Soft-capping (Gemma 2: cap·tanh(ℓ/cap)) and the mask apply after, as in the model. Without
 RoPE and norm (GPT-2) both reduce to removing q_tn·k_sn, and one computation serves q and k.
 
-OLMo 2 normalises the whole projection (all heads together, width N = heads·D) before the head
-split. Its q neuron is still output n of the projection, before that norm (what deactivation
-zeroes), and its score is the change of *its own head's* probabilities (a K neuron: its group's),
-computed exactly as above with r and α over the N coordinates (α_tn = (1 − (q̃_n/g_n)²/N)^(−1/2)).
-The norm also rescales every other head by the same α_tn, a uniform change of their softmax
-temperature of order u_n²/‖u‖², which the score leaves out: counting it would cost one more
-pass over keys per head and neuron.
+OLMo 2's q/k norm spans all heads: a q neuron's score is *its own head's* change (a K neuron: its
+group's), exact as above with r and α over all heads·D coordinates; the same α_tn rescales the other
+heads (a softmax-temperature change of order u_n²/‖u‖²), which the score leaves out.
 
 The score per (query, neuron) needs three sums over keys (:func:`_fused_scores`), so one
 pass computes it without ever writing the [rows, queries, head_dim, keys] tensor. On CPU that
@@ -84,10 +80,10 @@ class QKInputs:
 
     query [B,H,T,D] and key [B,Hkv,S,D] post-RoPE (and post-norm); mask additive [B,1|H,T,S]
     (None: causal); rotary (cos, sin) [B|1,T,D] or None; gains: the (q, k) per-head RMSNorm
-    gains [D] (or [heads, 1, D] when `whole`) or None; pre: the (q, k) norms' inputs u [B,H,T,D] /
-    [B,Hkv,S,D] and eps their epsilons. How much zeroing u_n rescales the rest of a head needs u_n:
-    from `pre` when given, else recovered as q̃_n/g_n — which a zero gain (Gemma 3 270M has some)
-    makes 0/0. `whole`: one norm over the whole projection (all heads; OLMo 2), not one per head.
+    gains [D] or None; pre: the (q, k) norms' inputs u [B,H,T,D] / [B,Hkv,S,D] and eps their
+    epsilons. How much zeroing u_n rescales the rest of a head needs u_n: from `pre` when given,
+    else recovered as q̃_n/g_n — which a zero gain (Gemma 3 270M has some) makes 0/0. `whole`:
+    one norm spans all heads (OLMo 2; gains then [heads, 1, D])
     """
 
     query: Tensor
@@ -112,16 +108,13 @@ class QKInputs:
 
 def _norm_rescale(inp: QKInputs, which: int, normed: Tensor) -> Tensor:
     """r/r' per (position, neuron): how much the rest of a normalised head grows when its
-    pre-norm coordinate u_n is zeroed, (1 − u_n² / (N·(mean u² + eps)))^(−1/2), the mean taken over
-    the N = D coordinates of the head (N = heads·D, all heads, when `inp.whole`). From the norm's
-    input when known; else u_n² / (N·(mean u² + eps)) = (q̃_n/g_n)² / N, `normed` being q̃."""
-    over = (1, 3) if inp.whole else (-1,)
+    pre-norm coordinate u_n is zeroed, (1 − u_n² / (N·(mean u² + eps)))^(−1/2), N = D (heads·D when
+    `inp.whole`). From the norm's input when known; else u_n² / (N·(mean u² + eps)) = (q̃_n/g_n)² / N."""
+    over, n = ((1, 3), normed.shape[1] * normed.shape[3]) if inp.whole else ((-1,), normed.shape[-1])
     if inp.pre is not None:
         u = inp.pre[which].float()
-        n = u.shape[1] * u.shape[3] if inp.whole else u.shape[-1]
         share = u.square() / (u.square().mean(over, keepdim=True) + inp.eps[which]).mul_(n)
     else:
-        n = normed.shape[1] * normed.shape[3] if inp.whole else normed.shape[-1]
         share = (normed / inp.gains[which]).square_().div_(n)
     return share.neg_().add_(1.0).clamp_min_(1e-12).rsqrt_()
 

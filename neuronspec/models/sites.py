@@ -186,9 +186,7 @@ class Adapter:
         return [(module, _identity) for module in self.ffn_in(model, i)]
 
     def qk_norm_gains(self, model: nn.Module, i: int) -> tuple[Tensor, Tensor] | None:
-        """RMSNorm gains applied to q and k after the projection (before RoPE): [head_dim] per head, or
-        [heads, 1, head_dim] for a whole-projection norm (``qk_norm_per_head`` False); None when the
-        family has no q/k norm. With one, zeroing a q/k neuron also rescales its head."""
+        """Gains [head_dim] of the q/k RMSNorms after the projection, before RoPE; None if there are none."""
         return None
 
     def qk_norms(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module] | None:
@@ -197,9 +195,7 @@ class Adapter:
         return None
 
     def post_norm(self, model: nn.Module, i: int, which: str) -> nn.Module | None:
-        """The RMSNorm that layer `i` applies to its ``"ffn"`` or ``"attn"`` sublayer's output before
-        adding it to the residual stream (Gemma 2/3, OLMo 2), or None: PLND then scores the change
-        after it (:mod:`neuronspec.methods.plnd_postnorm`)."""
+        """The RMSNorm on layer `i`'s ``"ffn"`` / ``"attn"`` output before the residual add, or None."""
         return None
 
     def rms_norm_params(self, norm: nn.Module) -> tuple[Tensor, float]:
@@ -319,23 +315,19 @@ class GatedAdapter(Adapter):
         return getattr(attn, name), _identity
 
 
-# ---- sandwich-norm families: Gemma 2 (and 3, below), OLMo 2 ----------------------------------
-
-
-class Gemma2Adapter(GatedAdapter):
-    """Gemma 2: Llama module names plus a post-norm on each sublayer's output
-    (``post_attention_layernorm`` / ``post_feedforward_layernorm``, Gemma's (1 + weight) RMSNorm).
-
-    Attention logits are soft-capped (``attn_logit_softcapping``, read from the config by the q/k
-    score) and so are the final logits (``final_logit_softcapping``, see evaluate.logprobs);
-    sliding-window layers alternate with global ones, which the attention mask carries.
-    """
-
-    model_types = ("gemma2",)
+class _SandwichAdapter(GatedAdapter):
+    """Llama module names; each sublayer's output is normed before the residual add."""
 
     def post_norm(self, model: nn.Module, i: int, which: str) -> nn.Module:
         layer = self.layers(model)[i]
         return {"ffn": layer.post_feedforward_layernorm, "attn": layer.post_attention_layernorm}[which]
+
+
+class Gemma2Adapter(_SandwichAdapter):
+    """Gemma 2: (1 + weight) RMSNorms; soft-capped attention logits (``attn_logit_softcapping``, read
+    by the q/k score) and final logits (evaluate.logprobs); sliding-window layers (in the mask)."""
+
+    model_types = ("gemma2",)
 
     def rms_norm_params(self, norm: nn.Module) -> tuple[Tensor, float]:
         return 1.0 + norm.weight.detach().float(), float(norm.eps)  # Gemma's RMSNorm scales by (1 + weight)
@@ -366,31 +358,19 @@ class Gemma3Adapter(Gemma2Adapter):
         return attn.q_norm, attn.k_norm
 
 
-class Olmo2Adapter(GatedAdapter):
-    """OLMo 2: Llama module names, no pre-norms, a post-norm on each sublayer's output
-    (``post_attention_layernorm`` / ``post_feedforward_layernorm``, RMSNorm scaling by its weight)
-    and q/k RMSNorms over the *whole* projection (heads·head_dim wide), before the head split.
-
-    The q/k neurons are the projection outputs before that norm (what deactivation zeroes);
-    zeroing one rescales every head of the projection (see methods.plnd_qk for the score).
-    """
+class Olmo2Adapter(_SandwichAdapter):
+    """OLMo 2: no pre-norms; q/k RMSNorms over the *whole* projection (heads·head_dim) before the head
+    split: zeroing a q/k neuron (a projection output, before that norm) rescales every head (plnd_qk)."""
 
     model_types = ("olmo2",)
     qk_norm_per_head = False
 
-    def post_norm(self, model: nn.Module, i: int, which: str) -> nn.Module:
-        layer = self.layers(model)[i]
-        return {"ffn": layer.post_feedforward_layernorm, "attn": layer.post_attention_layernorm}[which]
-
     def qk_norms(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module]:
-        attn = self.attention(model, i)
-        return attn.q_norm, attn.k_norm
+        return self.attention(model, i).q_norm, self.attention(model, i).k_norm
 
     def qk_norm_gains(self, model: nn.Module, i: int) -> tuple[Tensor, Tensor]:
-        """The gains as [heads, 1, head_dim] (and [kv_heads, 1, head_dim]), to broadcast over [B, heads, T, D]."""
-        d = self.dims(model.config).head_dim
-        q, k = self.qk_norms(model, i)
-        return q.weight.detach().float().view(-1, 1, d), k.weight.detach().float().view(-1, 1, d)
+        d = self.dims(model.config).head_dim  # [heads, 1, head_dim]: broadcasts over [B, heads, T, D]
+        return tuple(n.weight.detach().float().view(-1, 1, d) for n in self.qk_norms(model, i))  # type: ignore[return-value]
 
 
 class _TransformerHAdapter(Adapter):

@@ -128,7 +128,8 @@ def test_zero_qk_norm_gains_equal_deactivating_the_neuron() -> None:
 def test_olmo2_whole_projection_qk_norm_scores_the_neurons_own_heads() -> None:
     """OLMo 2's q/k norm spans all heads: a neuron's score is its own head's (a K neuron: its group's)
     probability change, exact, with the norm's rescale over the whole projection. The other heads,
-    rescaled by the same factor, change far less (what the score leaves out)."""
+    rescaled by the same factor, change less (what the score leaves out; on this 4-head model up to
+    ~30 % of the total for a K neuron, a share that shrinks with the projection's width)."""
     model = tiny_model("olmo2")
     dims = adapter_for(model).dims(model.config)
     batch = next(iter_batches(DOCS, batch_size=len(DOCS), pad_id=0))
@@ -140,7 +141,6 @@ def test_olmo2_whole_projection_qk_norm_scores_the_neurons_own_heads() -> None:
             label = f"olmo2 layer {layer} {site}"
             _assert_same_values_and_ranking(stats[site].sum[layer].float(), own.sum(0), label)
             assert torch.allclose(stats[site].min[layer], own.min(0).values, rtol=2e-4, atol=1e-12), label
-            if layer == 0:
-                every = _switched_off(model, batch, layer, site, width)
-                left_out = (every.sum(0) - own.sum(0)) / every.sum(0)
-                assert float(left_out.max()) < 0.05, (label, left_out)
+            every = _switched_off(model, batch, layer, site, width)
+            left_out = (every.sum(0) - own.sum(0)) / every.sum(0)
+            assert float(left_out.min()) > 0 and float(left_out.max()) < 0.5, (label, left_out)
