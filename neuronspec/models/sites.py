@@ -315,64 +315,6 @@ class GatedAdapter(Adapter):
         return getattr(attn, name), _identity
 
 
-class _SandwichAdapter(GatedAdapter):
-    """Llama module names; each sublayer's output is normed before the residual add."""
-
-    def post_norm(self, model: nn.Module, i: int, which: str) -> nn.Module:
-        layer = self.layers(model)[i]
-        return {"ffn": layer.post_feedforward_layernorm, "attn": layer.post_attention_layernorm}[which]
-
-
-class Gemma2Adapter(_SandwichAdapter):
-    """Gemma 2: (1 + weight) RMSNorms; soft-capped attention logits (``attn_logit_softcapping``, read
-    by the q/k score) and final logits (evaluate.logprobs); sliding-window layers (in the mask)."""
-
-    model_types = ("gemma2",)
-
-    def rms_norm_params(self, norm: nn.Module) -> tuple[Tensor, float]:
-        return 1.0 + norm.weight.detach().float(), float(norm.eps)  # Gemma's RMSNorm scales by (1 + weight)
-
-
-class Gemma3Adapter(Gemma2Adapter):
-    """Gemma 3: the text-only model, or the text part of Gemma3ForConditionalGeneration.
-
-    Gemma 2's blocks plus an RMSNorm per head (q_norm / k_norm) *after* the projection;
-    the q/k neurons are the projection outputs, before that norm.
-    """
-
-    model_types = ("gemma3_text", "gemma3")
-
-    def text_config(self, config):  # noqa: ANN001, ANN201
-        return getattr(config, "text_config", None) or config
-
-    def base(self, model: nn.Module) -> nn.Module:
-        inner = model.model
-        return getattr(inner, "language_model", inner)
-
-    def qk_norm_gains(self, model: nn.Module, i: int) -> tuple[Tensor, Tensor]:
-        attn = self.attention(model, i)  # Gemma3RMSNorm scales by (1 + weight)
-        return 1.0 + attn.q_norm.weight.detach().float(), 1.0 + attn.k_norm.weight.detach().float()
-
-    def qk_norms(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module]:
-        attn = self.attention(model, i)
-        return attn.q_norm, attn.k_norm
-
-
-class Olmo2Adapter(_SandwichAdapter):
-    """OLMo 2: no pre-norms; q/k RMSNorms over the *whole* projection (heads·head_dim) before the head
-    split: zeroing a q/k neuron (a projection output, before that norm) rescales every head (plnd_qk)."""
-
-    model_types = ("olmo2",)
-    qk_norm_per_head = False
-
-    def qk_norms(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module]:
-        return self.attention(model, i).q_norm, self.attention(model, i).k_norm
-
-    def qk_norm_gains(self, model: nn.Module, i: int) -> tuple[Tensor, Tensor]:
-        d = self.dims(model.config).head_dim  # [heads, 1, head_dim]: broadcasts over [B, heads, T, D]
-        return tuple(n.weight.detach().float().view(-1, 1, d) for n in self.qk_norms(model, i))  # type: ignore[return-value]
-
-
 class _TransformerHAdapter(Adapter):
     """GPT-2 and BLOOM keep their decoder stack at ``model.transformer.h`` and end with ``ln_f``."""
 
@@ -499,7 +441,7 @@ def register_adapter(adapter_cls: type[Adapter]) -> type[Adapter]:
     return adapter_cls
 
 
-for _cls in (GatedAdapter, Gemma2Adapter, Gemma3Adapter, Olmo2Adapter, GPT2Adapter, BloomAdapter):
+for _cls in (GatedAdapter, GPT2Adapter, BloomAdapter):
     register_adapter(_cls)
 
 
