@@ -91,11 +91,16 @@ def _limited(argv: list[str], cwd: Path, memory_bytes: int = 1 << 30, timeout: f
     """The CLI in a subprocess with its address space capped: a runaway allocation fails the test."""
     import resource
 
+    import neuronspec
+
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
+    # the code under test, not whatever an installed copy elsewhere would import from `cwd`
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(Path(neuronspec.__file__).parents[1]),
+                                                       *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.run([sys.executable, "-m", "neuronspec.cli", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=cap, env=os.environ.copy())
+                          timeout=timeout, preexec_fn=cap, env=env)
 
 
 def test_yaml_alias_bomb_is_refused_in_bounded_time_and_memory(folder: Path) -> None:
@@ -634,3 +639,130 @@ def test_open_study_without_a_path() -> None:
 
     with pytest.raises(TypeError, match="needs the path of a study file, got NoneType"):
         ns.open_study(None)  # type: ignore[arg-type]
+
+
+# -- include_path: a bounded folder of small, regular task files ----------------------------
+TASKS = "  h: {metric: lm_eval, tasks: [mytask], include_path: tasks}\n"
+
+
+def _with_tasks(folder: Path, files: dict[str, bytes]) -> Path:
+    (folder / "tasks").mkdir()
+    (folder / "tasks" / "mytask.yaml").write_text("task: mytask\ndataset_path: x\n")
+    for name, data in files.items():
+        (folder / "tasks" / name).write_bytes(data)
+    path = folder / "lm.yaml"
+    path.write_text((folder / "tiny.yaml").read_text() + TASKS)
+    return path
+
+
+@pytest.mark.parametrize("name, data, line, message", [
+    ("deep.yaml", b"a: " + b"[" * 20_000 + b"]" * 20_000 + b"\n", 1, "nested too deeply"),
+    ("latin.yaml", "task: other\ndescription: caf\xe9\n".encode("latin-1"), 2, "not UTF-8 text (byte 0xe9)"),
+    ("big.yaml", b"# padding\n" * 200_000, 1, "larger than 1024 KiB"),
+    ("tag.yaml", b"task: other\nrun: !!python/object/apply:os.system [echo]\n", 2, "could not determine a constructor"),
+    ("bomb.yaml", b"task: other\n" + b"".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n".encode()
+                                            for i in range(1, 10)).replace(b"*a0", b"x"), 1, None),
+])
+def test_unreadable_task_files_are_located(folder: Path, capsys: pytest.CaptureFixture[str], name: str, data: bytes,
+                                           line: int, message: str | None) -> None:
+    """Every YAML in include_path is read bounded and strictly: one that cannot be read is an
+    error at its own line (it used to be a traceback, or a task silently missing)."""
+    path = _with_tasks(folder, {name: data})
+    if name == "bomb.yaml":  # aliases are shared by PyYAML: it loads; the task it belongs to is not ours
+        assert main(["validate", str(path)]) == 0
+        return
+    fails_located(capsys, ["validate", str(path)], (folder / "tasks" / name).resolve(), line=line, contains=message)
+
+
+def test_a_task_that_expands_to_billions_of_values_is_refused(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    levels = "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
+    path = _with_tasks(folder, {})
+    (folder / "tasks" / "mytask.yaml").write_text("task: mytask\na0: &a0 [x]\n" + levels)
+    fails_located(capsys, ["validate", str(path)], (folder / "tasks" / "mytask.yaml").resolve(), contains="more than 100,000 values")
+
+
+@pytest.mark.parametrize("setup, located, message", [
+    (lambda t: os.mkfifo(t / "fifo.yaml"), "fifo.yaml", "not a regular file"),
+    (lambda t: (t / "mytask.yaml").write_text("task: mytask\ninclude: /dev/zero\n"), "/dev/zero", "not a regular file"),
+    (lambda t: ((t / "mytask.yaml").write_text("task: mytask\nprocess_docs: !function utils.f\n"), os.mkfifo(t / "utils.py")),
+     "utils.py", "not a regular file"),
+    (lambda t: (t / "usr").symlink_to("/usr", target_is_directory=True), "usr", "a link to /usr, outside include_path"),
+    (lambda t: (t / "mytask.yaml").write_text("task: mytask\ninclude: mytask.yaml\n"), "mytask.yaml", "include cycle"),
+])
+def test_include_path_reads_regular_files_inside_it(folder: Path, capsys: pytest.CaptureFixture[str], setup, located: str,
+                                                    message: str) -> None:
+    """A FIFO, a device, a link out of the folder: refused at once, never opened or walked."""
+    path = _with_tasks(folder, {})
+    setup(folder / "tasks")
+    file = Path(located) if located.startswith("/") else (folder / "tasks").resolve() / located
+    done = _limited(["validate", str(path)], folder, timeout=30)  # a FIFO opened for reading would block
+    assert done.returncode == 2, done.stderr
+    m = LOCATED.search(done.stderr)
+    assert m and m["file"] == str(file) and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_include_path_is_bounded(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`include_path: /` walked and parsed every YAML on the disk: the walk stops after 10,000
+    entries or 16 folders deep, at a located error."""
+    path = _with_tasks(folder, {})
+    for i in range(10_001):
+        (folder / "tasks" / f"{i}.txt").touch()
+    fails_located(capsys, ["validate", str(path)], path, line=17, contains="holds more than 10,000 files and folders")
+    deep = folder / "tasks2" / Path(*["d"] * 20)
+    deep.mkdir(parents=True)
+    path.write_text(path.read_text().replace("include_path: tasks", "include_path: tasks2"))
+    fails_located(capsys, ["validate", str(path)], folder / "tasks2" / Path(*["d"] * 16), contains="more than 16 folders deep")
+    path.write_text(path.read_text().replace("include_path: tasks2", "include_path: /"))
+    done = _limited(["validate", str(path)], folder, timeout=30)  # the real disk: stops early, whatever it meets first
+    assert done.returncode == 2 and LOCATED.search(done.stderr) and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_task_folder_linking_inside_itself_is_fine(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _with_tasks(folder, {})
+    (folder / "tasks" / "sub").mkdir()
+    (folder / "tasks" / "sub" / "again").symlink_to(folder / "tasks", target_is_directory=True)  # a loop, not followed
+    (folder / "tasks" / ".#lock.yaml").symlink_to(folder / "nowhere")  # an editor's dangling lock file
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+
+
+# -- where a value came from ----------------------------------------------------------------
+def test_a_value_from_a_yaml_merge_key_is_located_at_its_anchor(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = broken(folder, "  ppl: {metric: perplexity, corpus: ppl, bootstrap: 50}",
+                  "  ppl: &ev {metric: perplexity, corpus: ppl, bootstrap: -5}\n  again: {<<: *ev, arms: [early]}")
+    err = fails_located(capsys, ["validate", str(path)], path, line=16)
+    assert f"{path}:16:46: evaluate.ppl.bootstrap" in err and f"{path}:16:46: evaluate.again.bootstrap" in err, err
+
+
+def test_keys_that_differ_only_in_type_are_refused(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = broken(folder, "  specific: plnd[lang] - plnd[others]",
+                  "  specific: plnd[lang] - plnd[others]\n  1: plnd[lang]\n  \"1\": plnd[others]")
+    fails_located(capsys, ["validate", str(path)], path, line=12, contains="keys 1 and '1' are both '1'")
+
+
+def test_an_override_nested_too_deeply(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(folder / "tiny.yaml"), "--set", "description=" + "[" * 20_000 + "]" * 20_000]) == 2
+    err = capsys.readouterr().err
+    assert "nested too deeply" in err and "Traceback" not in err
+
+
+# -- languages named once, Sharing's set τ one it sweeps -----------------------------------
+SHARING = "  sharing: {corpus: ppl, thresholds: [0.0, 0.5]}\n  plnd: {sites"
+
+
+@pytest.mark.parametrize("old, new, line, message", [
+    ("eval_fraction: 0.4}\n  ppl", "eval_fraction: 0.4, languages: [en, fr, en]}\n  ppl", 5, "en given more than once"),
+    ("eval_fraction: 0.4}\n  ppl", "eval_fraction: 0.4, options: {lang_codes: {en: xx, fr: xx}}}\n  ppl", 5,
+     "en and fr would both read the data's 'xx'"),
+    ("eval_fraction: 0.4}\n  ppl", "eval_fraction: 0.4, options: {lang_codes: {en: fr}}}\n  ppl", 5,
+     "en and fr would both read the data's 'fr'"),
+    ("  plnd: {sites", SHARING.replace("[0.0, 0.5]", "[.nan, 0.5]"), 8, "finite number"),
+    ("  plnd: {sites", SHARING.replace("0.5]", "0.5], set_threshold: 0.25"), 8, "0.25 is not one of thresholds [0.0, 0.5]"),
+    ("  plnd: {sites", SHARING.replace("[0.0, 0.5]", "[0.5, 0.5]"), 8, "0.5 given more than once"),
+])
+def test_repeated_languages_and_unswept_thresholds(folder: Path, capsys: pytest.CaptureFixture[str], old: str, new: str,
+                                                   line: int, message: str) -> None:
+    """A language listed twice made two stages of one id (a traceback); `lang_codes` sending two
+    languages to one code read the same documents under both names; a set τ outside the sweep
+    failed at run time with a KeyError."""
+    path = broken(folder, old, new)
+    fails_located(capsys, ["validate", str(path)], path, line=line, contains=message)
