@@ -660,17 +660,12 @@ def _with_tasks(folder: Path, files: dict[str, bytes]) -> Path:
     ("latin.yaml", "task: other\ndescription: caf\xe9\n".encode("latin-1"), 2, "not UTF-8 text (byte 0xe9)"),
     ("big.yaml", b"# padding\n" * 200_000, 1, "larger than 1024 KiB"),
     ("tag.yaml", b"task: other\nrun: !!python/object/apply:os.system [echo]\n", 2, "could not determine a constructor"),
-    ("bomb.yaml", b"task: other\n" + b"".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n".encode()
-                                            for i in range(1, 10)).replace(b"*a0", b"x"), 1, None),
 ])
 def test_unreadable_task_files_are_located(folder: Path, capsys: pytest.CaptureFixture[str], name: str, data: bytes,
-                                           line: int, message: str | None) -> None:
+                                           line: int, message: str) -> None:
     """Every YAML in include_path is read bounded and strictly: one that cannot be read is an
     error at its own line (it used to be a traceback, or a task silently missing)."""
     path = _with_tasks(folder, {name: data})
-    if name == "bomb.yaml":  # aliases are shared by PyYAML: it loads; the task it belongs to is not ours
-        assert main(["validate", str(path)]) == 0
-        return
     fails_located(capsys, ["validate", str(path)], (folder / "tasks" / name).resolve(), line=line, contains=message)
 
 
