@@ -481,21 +481,25 @@ def test_weights_rewritten_with_their_mtime_restored_are_hashed_again(tmp_path: 
 
 
 # -- run folders are whole or absent -----------------------------------------------------
+@pytest.mark.parametrize("where", ["html.write_html_report", "records.write_json"])  # the report, the record itself
 @pytest.mark.parametrize("fault", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), KeyboardInterrupt()])
 def test_a_run_folder_is_published_whole_or_not_at_all(folder: Path, capsys: pytest.CaptureFixture[str],
-                                                       monkeypatch: pytest.MonkeyPatch, fault: BaseException) -> None:
-    """A full disk (or Ctrl-C) while the report is written leaves no run folder, and the next,
-    unchanged run writes a complete one instead of reusing a half-written one."""
-    from neuronspec.report import html
+                                                       monkeypatch: pytest.MonkeyPatch, fault: BaseException, where: str) -> None:
+    """A full disk (or Ctrl-C) while the report or the record is written leaves no run folder,
+    not even an empty staging one, and the next, unchanged run writes a complete one instead
+    of reusing a half-written one."""
+    import importlib
 
-    real = html.write_html_report
+    module_name, name = where.split(".")
+    module = importlib.import_module(f"neuronspec.report.{module_name}")
+    real = getattr(module, name)
 
     def broken_report(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise fault
 
     study = folder / "tiny.yaml"
     runs = folder / ".neuronspec" / "runs"
-    monkeypatch.setattr(html, "write_html_report", broken_report)
+    monkeypatch.setattr(module, name, broken_report)
     if isinstance(fault, KeyboardInterrupt):
         assert main(["run", "-q", str(study)]) == 130
         assert "interrupted" in capsys.readouterr().err
@@ -504,7 +508,7 @@ def test_a_run_folder_is_published_whole_or_not_at_all(folder: Path, capsys: pyt
         err = capsys.readouterr().err
         assert "cannot write the run folder" in err and "No space left" in err and "Traceback" not in err
     assert [p.name for p in runs.iterdir() if p.is_dir()] == []  # neither a run nor a staging folder
-    monkeypatch.setattr(html, "write_html_report", real)
+    monkeypatch.setattr(module, name, real)
     assert main(["run", "-q", str(study)]) == 0  # every stage cached, the report written now
     written = [p for p in runs.iterdir() if p.is_dir()]
     assert len(written) == 1 and (written[0] / "report.html").is_file() and (written[0] / "record.json").is_file()
