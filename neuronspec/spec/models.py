@@ -391,7 +391,9 @@ class LmEvalSpec(ArmsEvaluated):
     tasks: dict[LanguageCode, str] | Annotated[list[str], Field(min_length=1)] = Field(
         description="Task per study language (e.g. {en: xquad_en, zh: xquad_zh}), or a list of language-neutral tasks.")
     include_path: str | None = Field(
-        None, description="Folder of custom task YAMLs, relative to the study file; their local data files are part of the cache key.")
+        None, description="Folder of custom task YAMLs, relative to the study file; their local data files are part of the cache key. "
+                          "Every *.yaml in it must be readable UTF-8 YAML of at most 1 MiB; at most 10,000 entries, 16 folders "
+                          "deep, and no link leading out of it.")
     corpus: str | None = Field(
         None, description="A corpus whose documents (id, text and meta fields) are written per language to a jsonl file that "
                           "task YAMLs read as data_files: '{corpus}'.")
