@@ -422,6 +422,24 @@ def test_export_refuses_the_store_and_the_model_folder(folder: Path, tiny_model_
     assert (folder / ".neuronspec" / "runs").is_dir() and study.exists()
 
 
+def test_export_refuses_the_model_caches(folder: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An embedded model's converted folder (in $NEURONSPEC_HOME) and a hub model's snapshot are
+    keyed by their pinned digest or commit: weights exported over them would be served unnoticed."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(folder / "hf"))
+    converted = folder / "home" / "models" / "gemma-3-270m"
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text("{}")
+    snapshot = folder / "hf" / "models--org--name" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    for out in (converted, snapshot, folder / "home"):
+        assert main(["export", str(folder / "tiny.yaml"), "early", "--lang", "en", "--out", str(out), "--force"]) == 2
+        assert "cache" in capsys.readouterr().err
+    assert (converted / "config.json").read_text() == "{}" and snapshot.is_dir()
+
+
 # -- the store does not trust its own metadata -------------------------------------------
 def test_gc_never_follows_a_symlinked_shard(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = _fake_store(folder / "store")
