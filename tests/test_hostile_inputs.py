@@ -583,6 +583,22 @@ def test_undecodable_corpus_files_name_file_and_line(tmp_path: Path, suffix: str
         load_corpus(str(path), ["en"])
 
 
+def test_a_gzip_bomb_corpus_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    """3 MB expanding to 3 GB died with MemoryError (exit 1, no file named)."""
+    import zlib
+
+    from neuronspec.data import CorpusError, load_corpus
+
+    pack = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+    parts = [pack.compress(b'{"id": "1", "lang": "en", "text": "')]
+    parts += [pack.compress(b" " * (1 << 20)) for _ in range(200)]
+    path = tmp_path / "corpus.jsonl.gz"
+    path.write_bytes(b"".join(parts) + pack.compress(b'"}\n') + pack.flush())
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(CorpusError, match=r"corpus.jsonl.gz: expands to more than 64 MiB"):
+        load_corpus(str(path), ["en"])
+
+
 # -- extends: bounded, regular files only ---------------------------------------------------
 @pytest.mark.parametrize("target, message", [
     ("/dev/zero", "not a regular file"),
