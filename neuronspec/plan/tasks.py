@@ -6,6 +6,10 @@ key covers the text of its YAML and of every file it `include`s, the Python modu
 `!function` tags name, and the digest of each local data file it reads — so editing a
 prompt or a data row recomputes exactly the stages that use it. A shipped task is covered
 by lm-eval's version. Nothing here imports torch or lm-eval (planning stays fast).
+
+`include_path` may name any folder, but it is read bounded: at most 10,000 entries and 16
+folders deep, no link followed (one leading out of the folder is an error), every `*.yaml` a
+regular UTF-8 file of at most 1 MiB; a file that cannot be read is an error at its own line.
 """
 
 from __future__ import annotations
