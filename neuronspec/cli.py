@@ -530,11 +530,18 @@ def cmd_corpora(args: argparse.Namespace) -> int:
 # -- export -------------------------------------------------------------------------------
 def _export_clash(out: Path, loaded: Any, store_root: Path) -> str | None:
     """Why `out` must not be written (`--force` replaces the folder): it holds or is inside the
-    study's store, a model folder of the study, or the study file's own folder."""
+    study's store, a model folder of the study, the caches that hold converted and downloaded
+    models (weights changed there would be served under the unchanged identity), or the study
+    file's own folder."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    from neuronspec.paths import user_cache
+
     target = out.expanduser().resolve()
     study = loaded.study
     models = [m.id for m in study.models.values()] if study.models else [study.model.id]
-    guarded = [(store_root, "the study's artifact store"), (Path(loaded.path).parent, "the study's own folder")]
+    guarded = [(store_root, "the study's artifact store"), (Path(loaded.path).parent, "the study's own folder"),
+               (user_cache(), "neuronspec's cache of models and corpora"), (Path(HF_HUB_CACHE), "the Hugging Face cache")]
     guarded += [(Path(m).expanduser(), f"the model folder {m}") for m in models if Path(m).expanduser().exists()]
     for path, what in guarded:
         path = path.resolve()

@@ -1,4 +1,5 @@
-"""Digests of files and atomic JSON writes: the one implementation of each.
+"""Digests of files, atomic JSON writes and bounded reads of small text files: the one
+implementation of each.
 
 A JSON file is written to a temp file in the same folder and renamed over the target, so a
 reader sees the old file or the new one, never half of one; a failed write (a full disk)
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import uuid
 from pathlib import Path
 from collections.abc import Callable
@@ -25,6 +27,39 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class TextFileError(ValueError):
+    """A small text file (a study, a task YAML) that cannot be used, and where: 1-based line and column."""
+
+    def __init__(self, path: str | Path, message: str, line: int = 1, col: int = 1) -> None:
+        super().__init__(f"{path}:{line}:{col}: {message}")
+        self.path, self.message, self.line, self.col = str(path), message, line, col
+
+
+def read_small_text(path: str | Path, max_bytes: int) -> str:
+    """The UTF-8 text of a regular file of at most `max_bytes` (a BOM dropped). A device such as
+    /dev/zero, a FIFO or a folder is refused without reading it or waiting for a writer."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise TextFileError(path, "not a regular file (a device, FIFO or folder)")
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise TextFileError(path, f"cannot read it: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise TextFileError(path, f"larger than {max_bytes // 1024} KiB: not a file written by hand")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and b"\x00" in data[:2]):
+        raise TextFileError(path, "the file is UTF-16; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        before = data[: exc.start]
+        line = before.count(b"\n") + 1
+        col = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
+        raise TextFileError(path, f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8", line, col) from None
 
 
 def stat_tag(path: Path) -> list[int]:

@@ -91,11 +91,16 @@ def _limited(argv: list[str], cwd: Path, memory_bytes: int = 1 << 30, timeout: f
     """The CLI in a subprocess with its address space capped: a runaway allocation fails the test."""
     import resource
 
+    import neuronspec
+
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
+    # the code under test, not whatever an installed copy elsewhere would import from `cwd`
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(Path(neuronspec.__file__).parents[1]),
+                                                       *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.run([sys.executable, "-m", "neuronspec.cli", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=cap, env=os.environ.copy())
+                          timeout=timeout, preexec_fn=cap, env=env)
 
 
 def test_yaml_alias_bomb_is_refused_in_bounded_time_and_memory(folder: Path) -> None:
@@ -417,6 +422,24 @@ def test_export_refuses_the_store_and_the_model_folder(folder: Path, tiny_model_
     assert (folder / ".neuronspec" / "runs").is_dir() and study.exists()
 
 
+def test_export_refuses_the_model_caches(folder: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An embedded model's converted folder (in $NEURONSPEC_HOME) and a hub model's snapshot are
+    keyed by their pinned digest or commit: weights exported over them would be served unnoticed."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(folder / "hf"))
+    converted = folder / "home" / "models" / "gemma-3-270m"
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text("{}")
+    snapshot = folder / "hf" / "models--org--name" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    for out in (converted, snapshot, folder / "home"):
+        assert main(["export", str(folder / "tiny.yaml"), "early", "--lang", "en", "--out", str(out), "--force"]) == 2
+        assert "cache" in capsys.readouterr().err
+    assert (converted / "config.json").read_text() == "{}" and snapshot.is_dir()
+
+
 # -- the store does not trust its own metadata -------------------------------------------
 def test_gc_never_follows_a_symlinked_shard(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = _fake_store(folder / "store")
@@ -476,21 +499,25 @@ def test_weights_rewritten_with_their_mtime_restored_are_hashed_again(tmp_path: 
 
 
 # -- run folders are whole or absent -----------------------------------------------------
+@pytest.mark.parametrize("where", ["html.write_html_report", "records.write_json"])  # the report, the record itself
 @pytest.mark.parametrize("fault", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), KeyboardInterrupt()])
 def test_a_run_folder_is_published_whole_or_not_at_all(folder: Path, capsys: pytest.CaptureFixture[str],
-                                                       monkeypatch: pytest.MonkeyPatch, fault: BaseException) -> None:
-    """A full disk (or Ctrl-C) while the report is written leaves no run folder, and the next,
-    unchanged run writes a complete one instead of reusing a half-written one."""
-    from neuronspec.report import html
+                                                       monkeypatch: pytest.MonkeyPatch, fault: BaseException, where: str) -> None:
+    """A full disk (or Ctrl-C) while the report or the record is written leaves no run folder,
+    not even an empty staging one, and the next, unchanged run writes a complete one instead
+    of reusing a half-written one."""
+    import importlib
 
-    real = html.write_html_report
+    module_name, name = where.split(".")
+    module = importlib.import_module(f"neuronspec.report.{module_name}")
+    real = getattr(module, name)
 
     def broken_report(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise fault
 
     study = folder / "tiny.yaml"
     runs = folder / ".neuronspec" / "runs"
-    monkeypatch.setattr(html, "write_html_report", broken_report)
+    monkeypatch.setattr(module, name, broken_report)
     if isinstance(fault, KeyboardInterrupt):
         assert main(["run", "-q", str(study)]) == 130
         assert "interrupted" in capsys.readouterr().err
@@ -499,7 +526,7 @@ def test_a_run_folder_is_published_whole_or_not_at_all(folder: Path, capsys: pyt
         err = capsys.readouterr().err
         assert "cannot write the run folder" in err and "No space left" in err and "Traceback" not in err
     assert [p.name for p in runs.iterdir() if p.is_dir()] == []  # neither a run nor a staging folder
-    monkeypatch.setattr(html, "write_html_report", real)
+    monkeypatch.setattr(module, name, real)
     assert main(["run", "-q", str(study)]) == 0  # every stage cached, the report written now
     written = [p for p in runs.iterdir() if p.is_dir()]
     assert len(written) == 1 and (written[0] / "report.html").is_file() and (written[0] / "record.json").is_file()
@@ -553,6 +580,22 @@ def test_undecodable_corpus_files_name_file_and_line(tmp_path: Path, suffix: str
     path = tmp_path / f"corpus{suffix}"
     path.write_bytes(payload)
     with pytest.raises(CorpusError, match=re.escape(message)):
+        load_corpus(str(path), ["en"])
+
+
+def test_a_gzip_bomb_corpus_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    """3 MB expanding to 3 GB died with MemoryError (exit 1, no file named)."""
+    import zlib
+
+    from neuronspec.data import CorpusError, load_corpus
+
+    pack = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+    parts = [pack.compress(b'{"id": "1", "lang": "en", "text": "')]
+    parts += [pack.compress(b" " * (1 << 20)) for _ in range(200)]
+    path = tmp_path / "corpus.jsonl.gz"
+    path.write_bytes(b"".join(parts) + pack.compress(b'"}\n') + pack.flush())
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(CorpusError, match=r"corpus.jsonl.gz: expands to more than 64 MiB"):
         load_corpus(str(path), ["en"])
 
 
@@ -634,3 +677,125 @@ def test_open_study_without_a_path() -> None:
 
     with pytest.raises(TypeError, match="needs the path of a study file, got NoneType"):
         ns.open_study(None)  # type: ignore[arg-type]
+
+
+# -- include_path: a bounded folder of small, regular task files ----------------------------
+TASKS = "  h: {metric: lm_eval, tasks: [mytask], include_path: tasks}\n"
+
+
+def _with_tasks(folder: Path, files: dict[str, bytes]) -> Path:
+    (folder / "tasks").mkdir()
+    (folder / "tasks" / "mytask.yaml").write_text("task: mytask\ndataset_path: x\n")
+    for name, data in files.items():
+        (folder / "tasks" / name).write_bytes(data)
+    path = folder / "lm.yaml"
+    path.write_text((folder / "tiny.yaml").read_text() + TASKS)
+    return path
+
+
+@pytest.mark.parametrize("name, data, line, message", [
+    ("deep.yaml", b"a: " + b"[" * 20_000 + b"]" * 20_000 + b"\n", 1, "nested too deeply"),
+    ("latin.yaml", "task: other\ndescription: caf\xe9\n".encode("latin-1"), 2, "not UTF-8 text (byte 0xe9)"),
+    ("big.yaml", b"# padding\n" * 200_000, 1, "larger than 1024 KiB"),
+    ("tag.yaml", b"task: other\nrun: !!python/object/apply:os.system [echo]\n", 2, "could not determine a constructor"),
+])
+def test_unreadable_task_files_are_located(folder: Path, capsys: pytest.CaptureFixture[str], name: str, data: bytes,
+                                           line: int, message: str) -> None:
+    """Every YAML in include_path is read bounded and strictly: one that cannot be read is an
+    error at its own line (it used to be a traceback, or a task silently missing)."""
+    path = _with_tasks(folder, {name: data})
+    fails_located(capsys, ["validate", str(path)], (folder / "tasks" / name).resolve(), line=line, contains=message)
+
+
+def test_a_task_that_expands_to_billions_of_values_is_refused(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    levels = "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
+    path = _with_tasks(folder, {})
+    (folder / "tasks" / "mytask.yaml").write_text("task: mytask\na0: &a0 [x]\n" + levels)
+    fails_located(capsys, ["validate", str(path)], (folder / "tasks" / "mytask.yaml").resolve(), contains="more than 100,000 values")
+
+
+@pytest.mark.parametrize("setup, located, message", [
+    (lambda t: os.mkfifo(t / "fifo.yaml"), "fifo.yaml", "not a regular file"),
+    (lambda t: (t / "mytask.yaml").write_text("task: mytask\ninclude: /dev/zero\n"), "/dev/zero", "not a regular file"),
+    (lambda t: ((t / "mytask.yaml").write_text("task: mytask\nprocess_docs: !function utils.f\n"), os.mkfifo(t / "utils.py")),
+     "utils.py", "not a regular file"),
+    (lambda t: (t / "usr").symlink_to("/usr", target_is_directory=True), "usr", "a link to /usr, outside include_path"),
+    (lambda t: (t / "mytask.yaml").write_text("task: mytask\ninclude: mytask.yaml\n"), "mytask.yaml", "include cycle"),
+])
+def test_include_path_reads_regular_files_inside_it(folder: Path, capsys: pytest.CaptureFixture[str], setup, located: str,
+                                                    message: str) -> None:
+    """A FIFO, a device, a link out of the folder: refused at once, never opened or walked."""
+    path = _with_tasks(folder, {})
+    setup(folder / "tasks")
+    file = Path(located) if located.startswith("/") else (folder / "tasks").resolve() / located
+    done = _limited(["validate", str(path)], folder, timeout=30)  # a FIFO opened for reading would block
+    assert done.returncode == 2, done.stderr
+    m = LOCATED.search(done.stderr)
+    assert m and m["file"] == str(file) and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_include_path_is_bounded(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`include_path: /` walked and parsed every YAML on the disk: the walk stops after 10,000
+    entries or 16 folders deep, at a located error."""
+    path = _with_tasks(folder, {})
+    for i in range(10_001):
+        (folder / "tasks" / f"{i}.txt").touch()
+    fails_located(capsys, ["validate", str(path)], path, line=17, contains="holds more than 10,000 files and folders")
+    deep = folder / "tasks2" / Path(*["d"] * 20)
+    deep.mkdir(parents=True)
+    path.write_text(path.read_text().replace("include_path: tasks", "include_path: tasks2"))
+    fails_located(capsys, ["validate", str(path)], folder / "tasks2" / Path(*["d"] * 16), contains="more than 16 folders deep")
+    path.write_text(path.read_text().replace("include_path: tasks2", "include_path: /"))
+    done = _limited(["validate", str(path)], folder, timeout=30)  # the real disk: stops early, whatever it meets first
+    assert done.returncode == 2 and LOCATED.search(done.stderr) and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_task_folder_linking_inside_itself_is_fine(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _with_tasks(folder, {})
+    (folder / "tasks" / "sub").mkdir()
+    (folder / "tasks" / "sub" / "again").symlink_to(folder / "tasks", target_is_directory=True)  # a loop, not followed
+    (folder / "tasks" / ".#lock.yaml").symlink_to(folder / "nowhere")  # an editor's dangling lock file
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+
+
+# -- where a value came from ----------------------------------------------------------------
+def test_a_value_from_a_yaml_merge_key_is_located_at_its_anchor(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = broken(folder, "  ppl: {metric: perplexity, corpus: ppl, bootstrap: 50}",
+                  "  ppl: &ev {metric: perplexity, corpus: ppl, bootstrap: -5}\n  again: {<<: *ev, arms: [early]}")
+    err = fails_located(capsys, ["validate", str(path)], path, line=16)
+    assert f"{path}:16:46: evaluate.ppl.bootstrap" in err and f"{path}:16:46: evaluate.again.bootstrap" in err, err
+
+
+def test_keys_that_differ_only_in_type_are_refused(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = broken(folder, "  specific: plnd[lang] - plnd[others]",
+                  "  specific: plnd[lang] - plnd[others]\n  1: plnd[lang]\n  \"1\": plnd[others]")
+    fails_located(capsys, ["validate", str(path)], path, line=12, contains="keys 1 and '1' are both '1'")
+
+
+def test_an_override_nested_too_deeply(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(folder / "tiny.yaml"), "--set", "description=" + "[" * 20_000 + "]" * 20_000]) == 2
+    err = capsys.readouterr().err
+    assert "nested too deeply" in err and "Traceback" not in err
+
+
+# -- languages named once, Sharing's set τ one it sweeps -----------------------------------
+SHARING = "  sharing: {corpus: ppl, thresholds: [0.0, 0.5]}\n  plnd: {sites"
+
+
+@pytest.mark.parametrize("old, new, line, message", [
+    ("eval_fraction: 0.4}\n  ppl", "eval_fraction: 0.4, languages: [en, fr, en]}\n  ppl", 5, "en given more than once"),
+    ("eval_fraction: 0.4}\n  ppl", "eval_fraction: 0.4, options: {lang_codes: {en: xx, fr: xx}}}\n  ppl", 5,
+     "en and fr would both read the data's 'xx'"),
+    ("eval_fraction: 0.4}\n  ppl", "eval_fraction: 0.4, options: {lang_codes: {en: fr}}}\n  ppl", 5,
+     "en and fr would both read the data's 'fr'"),
+    ("  plnd: {sites", SHARING.replace("[0.0, 0.5]", "[.nan, 0.5]"), 8, "finite number"),
+    ("  plnd: {sites", SHARING.replace("0.5]", "0.5], set_threshold: 0.25"), 8, "0.25 is not one of thresholds [0.0, 0.5]"),
+    ("  plnd: {sites", SHARING.replace("[0.0, 0.5]", "[0.5, 0.5]"), 8, "0.5 given more than once"),
+])
+def test_repeated_languages_and_unswept_thresholds(folder: Path, capsys: pytest.CaptureFixture[str], old: str, new: str,
+                                                   line: int, message: str) -> None:
+    """A language listed twice made two stages of one id (a traceback); `lang_codes` sending two
+    languages to one code read the same documents under both names; a set τ outside the sweep
+    failed at run time with a KeyError."""
+    path = broken(folder, old, new)
+    fails_located(capsys, ["validate", str(path)], path, line=line, contains=message)

@@ -26,6 +26,7 @@ from neuronspec.data.records import Collected, Fields, collect, is_parallel
 from neuronspec.data.sources import DATA_VERSION, Source
 
 PLACEHOLDER = "{lang}"
+MAX_GZIP_RATIO = 100
 SUFFIXES = (".jsonl", ".jsonl.gz", ".txt", ".parquet")
 
 
@@ -138,10 +139,7 @@ class FileSource(Source):
                 yield f"{path.name} row {i}", row
         else:
             if self.suffix == ".jsonl.gz":
-                try:
-                    raw = gzip.decompress(raw)
-                except (OSError, EOFError) as err:  # not gzip, or cut short
-                    raise corpus_error(self.source, f"{path.name}: not a complete gzip file ({err})") from None
+                raw = self._gunzip(path, raw)
             with io.StringIO(self._text(path, raw, encoding), newline=None) as fh:
                 for lineno, line in enumerate(fh, start=1):
                     if not line.strip():
@@ -153,6 +151,21 @@ class FileSource(Source):
                     if not isinstance(row, dict):
                         raise corpus_error(self.source, f"{path.name}:{lineno}: expected a JSON object per line")
                     yield f"{path.name}:{lineno}", row
+
+    def _gunzip(self, path: Path, raw: bytes) -> bytes:
+        """The decompressed bytes, refused past MAX_GZIP_RATIO times the file (text compresses
+        3–10×; a 3 MB file of one repeated byte expands to 3 GB and exhausted memory)."""
+        limit = max(MAX_GZIP_RATIO * len(raw), 64 << 20)
+        out = io.BytesIO()
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
+                while block := fh.read(1 << 20):
+                    if out.write(block) and out.tell() > limit:
+                        raise corpus_error(self.source, f"{path.name}: expands to more than {limit >> 20} MiB "
+                                                        f"({MAX_GZIP_RATIO}× the file): not a text corpus")
+        except (OSError, EOFError) as err:  # not gzip, or cut short
+            raise corpus_error(self.source, f"{path.name}: not a complete gzip file ({err})") from None
+        return out.getvalue()
 
     def identity(self) -> dict[str, Any]:
         if self.templated:

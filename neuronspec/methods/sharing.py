@@ -200,20 +200,22 @@ class SharingResult:
 
 def sharing(by_language: Mapping[str, Tensor], num_layers: int, *, taus: Sequence[float] = (0.0,),
             set_tau: float | None = None, min_fraction: float = 0.5) -> SharingResult:
-    """Category shares for every τ in `taus`; all-shared and per-language specific sets at `set_tau`
-    (default: the first τ)."""
+    """Category shares for every τ in `taus`; all-shared and per-language specific sets at `set_tau`,
+    one of `taus` (default: the first), so the shares at the sets' τ are always there to show."""
     acts, langs = stack_languages(by_language)
     assert langs is not None
     items = acts.shape[1]
+    taus = [float(t) for t in taus]
     if not taus:
         raise ValueError("need at least one threshold τ")
-    set_tau = float(taus[0] if set_tau is None else set_tau)
+    set_tau = taus[0] if set_tau is None else float(set_tau)
+    if set_tau not in taus:
+        raise ValueError(f"set τ {set_tau} is not one of the thresholds {taus}")
     shares: dict[str, dict[str, Any]] = {}
     kept: tuple[Tensor, Tensor] | None = None
-    for tau in dict.fromkeys([*map(float, taus), set_tau]):
+    for tau in dict.fromkeys(taus):
         freq, spec = category_frequency(acts, tau)
-        if tau in map(float, taus):
-            shares[str(tau)] = shares_from_frequency(freq, num_layers, items)
+        shares[str(tau)] = shares_from_frequency(freq, num_layers, items)
         if tau == set_tau:
             kept = (freq, spec)
     assert kept is not None

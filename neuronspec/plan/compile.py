@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from neuronspec.data import CorpusError, corpus_identity
+from neuronspec.fileio import TextFileError
 from neuronspec.plan import kinds as K
 from neuronspec.plan.graph import Plan, Stage
 from neuronspec.plan.identity import model_dims, model_identity
-from neuronspec.spec.errors import StudyError
+from neuronspec.spec.errors import Location, Problem, StudyError
 from neuronspec.spec.loader import LoadedStudy
 from neuronspec.spec.models import LmEvalSpec, Quantile, Study, expand_sites
 from neuronspec.spec.references import detectors, set_order, single_sets
@@ -373,6 +374,8 @@ def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
         raise StudyError([loaded.source.problem(("evaluate", name, "include_path"), f"{include} is not a folder")])
     try:
         found = sources(sorted(set(columns.values())), include)
+    except TextFileError as exc:  # a task file that cannot be read: at its own line and column
+        raise StudyError([Problem(Location(exc.path, exc.line, exc.col), f"evaluate.{name}.include_path", exc.message)]) from None
     except (ValueError, OSError) as exc:
         raise StudyError([loaded.source.problem(("evaluate", name, "include_path"), str(exc))]) from None
     for task in found.values():

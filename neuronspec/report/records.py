@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import time
 import uuid
@@ -88,14 +89,25 @@ def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: R
     `report` and `diff` read once the store is gone.
     `git_info=True` asks git about the study file; a study read from a revision passes its own.
     """
-    from neuronspec.plan.variants import all_stages, as_variants, is_multi
+    from neuronspec.plan.variants import as_variants
 
     variants = as_variants(loaded, plan)
-    multi, first = is_multi(variants), variants[0].plan
-    stages = all_stages(variants)
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{loaded.study.name}-{uuid.uuid4().hex[:6]}"
     folder = store.root / "runs" / f"{INCOMING}{run_id}"
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_record(loaded, variants, result, results, seconds, git_info, note, run_id, folder), folder
+    except BaseException:  # a full disk, Ctrl-C: the caller never got the folder, so remove it here
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _write_record(loaded: Any, variants: Any, result: Any, results: Results, seconds: float,
+                  git_info: dict[str, Any] | None | bool, note: str | None, run_id: str, folder: Path) -> dict[str, Any]:
+    from neuronspec.plan.variants import all_stages, is_multi
+
+    multi, first = is_multi(variants), variants[0].plan
+    stages = all_stages(variants)
     computed = set(result.computed)
     record = {
         "run_id": run_id,
@@ -126,7 +138,7 @@ def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: R
         record["variants"] = {v.name: {"study": v.plan.study_name, "model": v.plan.model_identity, "dims": v.plan.dims,
                                        "stage_order": list(v.plan.stages)} for v in variants}
     write_json(folder / "record.json", record)
-    return record, folder
+    return record
 
 
 def publish_run(runs: Path, record: dict[str, Any], staging: Path) -> Path:

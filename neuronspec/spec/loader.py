@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -19,6 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
+from neuronspec.fileio import TextFileError, read_small_text
 from neuronspec.spec.errors import Location, Problem, StudyError
 from neuronspec.spec.models import ModelSpec, Study
 from neuronspec.spec.validation import validate_study
@@ -72,12 +72,21 @@ def _position(container: Any, key: str | int | None) -> tuple[int, int]:
         if key is None:
             line, col = container.lc.line, container.lc.col
         elif isinstance(container, CommentedMap):
-            line, col = container.lc.key(key)
+            line, col = container.lc.key(key) if key in container.lc.data else _merged_position(container, key)
         else:
             line, col = container.lc.item(key)
         return line + 1, col + 1
     except (AttributeError, KeyError, TypeError):
         return 1, 1
+
+
+def _merged_position(container: CommentedMap, key: str | int) -> tuple[int, int]:
+    """0-based position of a key a YAML merge (`<<: *anchor`) brought in: where the anchored
+    mapping (or one it merges in turn) writes it."""
+    for source in getattr(container, "merge", None) or ():
+        if isinstance(source, CommentedMap) and key in source:
+            return source.lc.key(key) if key in source.lc.data else _merged_position(source, key)
+    raise KeyError(key)
 
 
 @dataclass
@@ -120,29 +129,11 @@ MAX_EXTENDS = 32
 
 
 def read_text(path: Path) -> str:
-    """A study file's text; anything but UTF-8 is a located error (not a traceback)."""
-    file = str(path)
+    """A study file's text; a file too big, not regular or not UTF-8 is a located error (not a traceback)."""
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise StudyError([Problem(Location(file, 1, 1), "", "not a regular file (a device, FIFO or folder)")])
-            data = fh.read(MAX_STUDY_BYTES + 1)
-    except OSError as exc:
-        raise StudyError([Problem(Location(file, 1, 1), "", f"cannot read study: {exc.strerror or exc}")]) from None
-    if len(data) > MAX_STUDY_BYTES:
-        raise StudyError([Problem(Location(file, 1, 1), "", f"larger than {MAX_STUDY_BYTES // 1024} KiB: not a study file")])
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and b"\x00" in data[:2]):
-        raise StudyError([Problem(Location(file, 1, 1), "", "the file is UTF-16; save the study as UTF-8")])
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        before = data[: exc.start]
-        line = before.count(b"\n") + 1
-        col = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
-        raise StudyError([Problem(Location(file, line, col), "",
-                                  f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the study as UTF-8")]) from None
+        return read_small_text(path, MAX_STUDY_BYTES)
+    except TextFileError as exc:
+        raise StudyError([Problem(Location(exc.path, exc.line, exc.col), "", exc.message)]) from None
 
 
 def _parse(text: str, file: str) -> CommentedMap:
@@ -222,6 +213,8 @@ def parse_override(text: str) -> tuple[Path_, Any]:
         value = _yaml().load(io.StringIO(raw)) if raw.strip() else ""
     except MarkedYAMLError as exc:
         raise StudyError([Problem(Location("", 0, 0, override=text), dotted, f"value is not YAML: {exc.problem}")]) from None
+    except RecursionError:
+        raise StudyError([Problem(Location("", 0, 0, override=text), dotted, "the value is nested too deeply")]) from None
     _check_size(value, f"--set {text}")
     return tuple(parts), value
 
@@ -269,7 +262,7 @@ def load_study(path: str | Path | None = None, overrides: Sequence[str] = (), *,
         text = read_text(study_path)
     source = SourceMap(tree=tree, origin=origin, default_file=file)
     apply_overrides(tree, overrides, source)
-    study = validate_study(_plain(tree), source)
+    study = validate_study(_plain(tree, source), source)
     if study_path is not None:
         study = resolve_paths(study, study_path.parent)
     return LoadedStudy(study=study, path=study_path, source=source, text=text)
@@ -315,12 +308,21 @@ def resolve_paths(study: Study, base: Path) -> Study:
     return study.model_copy(update=update)
 
 
-def _plain(node: Any) -> Any:
-    """ruamel containers → plain dicts/lists (Pydantic wants plain data)."""
+def _plain(node: Any, source: SourceMap, path: Path_ = ()) -> Any:
+    """ruamel containers → plain dicts/lists (Pydantic wants plain data). Keys become strings:
+    two keys that differ only in type (`1:` and `"1":`) would silently become one, so they are refused."""
     if isinstance(node, CommentedMap):
-        return {str(k): _plain(v) for k, v in node.items()}
+        out: dict[str, Any] = {}
+        given: dict[str, Any] = {}
+        for k, v in node.items():
+            if str(k) in given:
+                raise StudyError([source.problem(path + (k,), f"keys {given[str(k)]!r} and {k!r} are both "
+                                                 f"{str(k)!r}; keep one")])
+            given[str(k)] = k
+            out[str(k)] = _plain(v, source, path + (k,))
+        return out
     if isinstance(node, CommentedSeq):
-        return [_plain(v) for v in node]
+        return [_plain(v, source, path + (i,)) for i, v in enumerate(node)]
     for plain in (bool, int, float, str):  # ruamel's Scalar* subclasses → builtins, for clean JSON
         if isinstance(node, plain):
             return plain(node)

@@ -10,6 +10,7 @@ errors are reported together first.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -17,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -54,6 +56,18 @@ def _check_language(code: str) -> str:
 
 
 LanguageCode = Annotated[str, AfterValidator(_check_language)]
+
+
+def _unique(values: list[Any]) -> list[Any]:
+    repeated = sorted(str(v) for v, n in Counter(values).items() if n > 1)
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given more than once")
+    return values
+
+
+#: A list of languages names each once: a language listed twice would be read, detected and
+#: evaluated twice (a duplicate stage) or counted twice.
+Languages = Annotated[list[LanguageCode], AfterValidator(_unique), Field(json_schema_extra={"uniqueItems": True})]
 
 
 def _check_range(value: tuple[int, int]) -> tuple[int, int]:
@@ -100,7 +114,7 @@ class CorpusSpec(Strict):
         None, gt=0, description="Exactly this many documents per language, in a seeded hash order (default: all of the split); too few is an error.")
     max_tokens: int = Field(256, gt=1, description="Documents are truncated to this many tokens.")
     eval_fraction: float = Field(0.3, gt=0, lt=1, description="Share of the items that fall in the eval split (the rest are detect).")
-    languages: list[LanguageCode] | None = Field(None, description="Subset of the study's languages (default: all).")
+    languages: Languages | None = Field(None, description="Subset of the study's languages (default: all).")
     options: dict[str, Any] = Field(default_factory=dict, description="Source-specific options (text_field, config, ...).")
 
 
@@ -216,12 +230,23 @@ class SharingSpec(Batching):
     """Sharing Matters (Wang et al. 2024): per parallel item, is a neuron active in all, some, one or no languages."""
 
     corpus: str = Field(description="A parallel corpus (same items in every language).")
-    thresholds: list[float] = Field(default_factory=lambda: [0.0], min_length=1, description="Activation thresholds τ to sweep.")
-    set_threshold: float | None = Field(None, description="τ for the sets `sharing` (specific) and `sharing.all_shared` (default: the first τ).")
+    thresholds: Annotated[list[float], AfterValidator(_unique)] = Field(
+        default_factory=lambda: [0.0], min_length=1, json_schema_extra={"uniqueItems": True}, description="Activation thresholds τ to sweep.")
+    set_threshold: float | None = Field(
+        None, description="τ for the sets `sharing` (specific) and `sharing.all_shared`: one of `thresholds` (default: the first).")
     min_fraction: float = Field(0.5, gt=0, le=1, description="A neuron is in a set when its category holds for at least this share of items.")
     attribution: AttributionSpec | None = Field(
         None, description="Attribute the output to the neurons of each category at the set τ (stages attr/sharing/LANG): "
                           "share of |attribution| per category, overall and per layer.")
+
+    @field_validator("set_threshold")
+    @classmethod
+    def _set_threshold_swept(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # the report shows the category shares at the set τ, and only swept τs have them
+        swept = info.data.get("thresholds")
+        if value is not None and swept is not None and value not in swept:
+            raise ValueError(f"{value} is not one of thresholds {swept}")
+        return value
 
 
 class DetectSpec(Strict):
@@ -299,7 +324,7 @@ class EnhanceSpec(NeuronSelection):
 
     corpus: str = Field(description="Training corpus (name in `corpora`); keep it disjoint from evaluation corpora (split: detect).")
     docs: int | None = Field(None, gt=0, description="Training documents per language (the paper sweeps 100 / 200 / 400 / 800).")
-    languages: list[LanguageCode] | None = Field(None, description="Languages to enhance, each with its own neurons and documents (default: all).")
+    languages: Languages | None = Field(None, description="Languages to enhance, each with its own neurons and documents (default: all).")
     lr: float = Field(2e-6, gt=0, description="Peak learning rate of AdamW.")
     epochs: int = Field(1, gt=0, description="Passes over the training documents.")
     effective_batch: int = Field(32, gt=0, description="Documents per optimiser step (gradients accumulated over micro-batches).")
@@ -388,7 +413,9 @@ class LmEvalSpec(ArmsEvaluated):
     tasks: dict[LanguageCode, str] | Annotated[list[str], Field(min_length=1)] = Field(
         description="Task per study language (e.g. {en: xquad_en, zh: xquad_zh}), or a list of language-neutral tasks.")
     include_path: str | None = Field(
-        None, description="Folder of custom task YAMLs, relative to the study file; their local data files are part of the cache key.")
+        None, description="Folder of custom task YAMLs, relative to the study file; their local data files are part of the cache key. "
+                          "Every *.yaml in it must be readable UTF-8 YAML of at most 1 MiB; at most 10,000 entries, 16 folders "
+                          "deep, and no link leading out of it.")
     corpus: str | None = Field(
         None, description="A corpus whose documents (id, text and meta fields) are written per language to a jsonl file that "
                           "task YAMLs read as data_files: '{corpus}'.")
@@ -444,7 +471,7 @@ class Study(Strict):
         description="Several models (sizes, checkpoints, revisions) by name, instead of `model`: every method runs "
                     "per model and the report compares them side by side (LRDS, SADS, SKLR, set sizes, perplexity).",
     )
-    languages: list[LanguageCode] = Field(min_length=1, description="The study's languages, unique ISO 639-1 codes (en, zh, fr, hi, ...).")
+    languages: Languages = Field(min_length=1, description="The study's languages, unique ISO 639-1 codes (en, zh, fr, hi, ...).")
     corpora: dict[Key, CorpusSpec] = Field(
         default_factory=dict, description="Text sources by name; detectors, evaluations and enhance arms name the one they read.")
     detect: DetectSpec = Field(default_factory=DetectSpec, description="Detection methods to run.")
@@ -461,13 +488,6 @@ class Study(Strict):
         default_factory=dict, description="Evaluations by name, each run on the untouched model and on every arm it names.")
     report: ReportSpec = Field(default_factory=ReportSpec, description="How the report is rendered.")
     seed: int = Field(0, ge=0, description="Seed of corpus splits and samples, random controls, enhancement and bootstrap resamples.")
-
-    @field_validator("languages")
-    @classmethod
-    def _unique_languages(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("languages must be unique")
-        return value
 
     @model_serializer(mode="wrap")
     def _omit_unused_model(self, handler: Any) -> Any:

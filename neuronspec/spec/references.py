@@ -75,6 +75,7 @@ def _corpora(study: Study) -> Iterator[Issue]:
         for i, code in enumerate(corpus.languages or []):
             if code not in study.languages:
                 yield ("corpora", name, "languages", i), f"{code!r} is not one of the study's languages {study.languages}"
+        yield from _lang_codes(name, corpus.options.get("lang_codes"), corpus.languages or study.languages)
     for method, spec in study.detect:
         if spec is not None and spec.corpus not in study.corpora:
             yield ("detect", method, "corpus"), _missing("corpus", spec.corpus, study.corpora)
@@ -102,6 +103,23 @@ def _corpora(study: Study) -> Iterator[Issue]:
             if ev.draws > most:
                 yield ("evaluate", name, "draws"), (f"{ev.draws} draws, but the random controls evaluated here have "
                                                     f"{most} at most" if most else "no random control is evaluated here")
+
+
+def _lang_codes(corpus: str, codes: object, languages: list[str]) -> Iterator[Issue]:
+    """`lang_codes` maps each language to its own code in the data: two languages read from one
+    code (`{en: eng, fr: eng}`, or `{en: fr}` beside fr) would be the same documents under two names."""
+    if codes is None:
+        return
+    loc = ("corpora", corpus, "options", "lang_codes")
+    if not isinstance(codes, dict) or not all(isinstance(v, str) and v for v in codes.values()):
+        yield loc, "lang_codes maps a language to the code its data uses, e.g. {zh: zho_Hans}"
+        return
+    readers: dict[str, list[str]] = {}
+    for lang in languages:
+        readers.setdefault(codes.get(lang, lang), []).append(lang)
+    for data_code, langs in readers.items():
+        if len(langs) > 1:
+            yield loc, f"{' and '.join(langs)} would both read the data's {data_code!r}: give each language its own code"
 
 
 def _sets(study: Study) -> Iterator[Issue]:
