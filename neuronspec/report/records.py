@@ -259,8 +259,12 @@ def find_run(ref: str, stores: list[Path]) -> Path | None:
 
 
 def load_results(folder: Path, record: dict[str, Any]) -> Results:
-    """A finished run's results: its results.json, else what its record kept."""
+    """A finished run's results: its results.json, else what its record kept. A run written before
+    records embedded typed results has a results.json of the old shape too: its record is read
+    through the one adapter instead."""
     saved = Path(folder) / "results.json"
+    if "results" not in record and "stage_metrics" in record:
+        return legacy_results(record)
     if saved.exists():
         return parse_results(json.loads(saved.read_text(encoding="utf-8")))
     return results_from_record(record)

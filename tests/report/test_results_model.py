@@ -32,6 +32,22 @@ def test_a_record_from_before_results_were_embedded_renders_the_report_it_had() 
     assert early is not None and early.change_ci is not None and early.change_ci[0] <= early.change <= early.change_ci[1]
 
 
+def test_a_run_folder_from_before_results_were_embedded_still_opens(tmp_path: Path) -> None:
+    """An old run folder holds the old record and a results.json of the old shape (masks keyed
+    by arm): `report` and the API read it through the adapter instead of failing on that file."""
+    from neuronspec.api import Results
+    from neuronspec.cli import main
+
+    folder = tmp_path / "store" / "runs" / "20261101-120000-tiny-abcdef"
+    folder.mkdir(parents=True)
+    record = json.loads((DATA / "legacy-record.json").read_text(encoding="utf-8"))
+    (folder / "record.json").write_text(json.dumps({**record, "run_id": folder.name}), encoding="utf-8")
+    (folder / "results.json").write_text(json.dumps({"study": "tiny", "masks": {"early": {"counts": {}, "family": True}},
+                                                     "evaluations": {}}), encoding="utf-8")
+    assert Results.from_folder(folder).data.evaluations["ppl"].bootstrap == 50
+    assert main(["report", str(folder), "-q"]) == 0 and (folder / "report.html").exists()
+
+
 def test_every_draw_of_a_random_control_keeps_its_own_mask(history: History) -> None:
     """`masks` were keyed by arm, so a control's second draw overwrote its first; now each
     (arm, draw, language) is one entry, in results.json and in the record."""
