@@ -74,6 +74,10 @@ class Cell(Frozen):
     stderr: float | None = None
     change: float | None = None  # vs the untouched model on `lang`: % for perplexity, points otherwise
     change_ci: CI | None = None  # paired bootstrap CI of `change` (perplexities over the same documents)
+    # a set arm's cell against its random control's draws on the same languages: (1 + #draws at least
+    # as strong) / (1 + draws); None where the arm has no control (or is one)
+    p_value: float | None = None
+    control_draws: int | None = None  # the draws p_value was computed against
     detail: dict[str, Any] = Field(default_factory=dict)  # the evaluator's other fields, written flat
 
     @model_validator(mode="before")
@@ -89,7 +93,7 @@ class Cell(Frozen):
         return known
 
     _omit_unset = frozenset({"draw", "random_like", "change", "change_ci", "kind", "docs", "tokens", "doc_nll", "doc_tokens",
-                             "deactivated", "neurons", "task", "stderr"})
+                             "deactivated", "neurons", "task", "stderr", "p_value", "control_draws"})
 
     @model_serializer(mode="wrap")
     def _flat(self, handler: Any) -> dict[str, Any]:
@@ -132,8 +136,9 @@ class Matrix(Frozen):
     rows: list[str]
     cols: list[str]
     change: dict[str, dict[str, float | None]]
-    diagonal_largest: int
+    diagonal_largest: int  # rows whose own language changed strictly more than every other language
     rows_with_diagonal: int
+    diagonal_ties: int = 0  # rows where another language changed exactly as much: not counted as wins
     empty_rows: list[str] = Field(default_factory=list)
     effect: Literal["damage", "improvement"] = "damage"
     draws: int | None = None

@@ -146,9 +146,35 @@ def evaluation_tables(name: str, ev: Evaluation, base_lang: str) -> list[Table]:
                       "an interval that excludes 0 is an effect of the arm, not of which documents were drawn"
                       + ("; random controls: (min…max) over their draws" if draws else ""))
         tables.append(ct)
+    tested = _p_value_table(name, ev, order)
+    if tested is not None:
+        tables.append(tested)
     for i, arm in enumerate(a for a in order if a in ev.matrices):
         tables.append(_matrix_table(name, arm, ev.matrices[arm], unit, first=i == 0))
     return tables
+
+
+def _p_value_table(name: str, ev: Evaluation, order: list[str]) -> Table | None:
+    """Each set arm with a random control: per language, its own-language change against the
+    control's draws as an empirical p-value (strict: a draw as strong as the set counts against it)."""
+    rows = []
+    for arm in order:
+        row = ev.arms[arm]
+        if row.draws:  # the control itself
+            continue
+        cells = [ev.cell(arm, None, lang if row.family else None, lang) for lang in ev.languages]
+        if any(c is not None and c.p_value is not None for c in cells):
+            rows.append((arm, cells))
+    if not rows:
+        return None
+    t = Table(f"{name}: set arms against their random control (one-sided p)", ["arm"] + ev.languages)
+    for arm, cells in rows:
+        t.add(arm, *[f"{c.p_value:.2f}" if c is not None and c.p_value is not None else "–" for c in cells])
+    draws = sorted({c.control_draws for _, cells in rows for c in cells if c is not None and c.control_draws})
+    t.caption = ("p = (1 + draws whose change on the language is at least as strong as the set's) / (1 + draws), "
+                 f"over the control's {'/'.join(map(str, draws))} draws: how often a set that is just one more random draw "
+                 "would do as well; the smallest p possible is 1/(1 + draws)")
+    return t
 
 
 def _matrix_table(name: str, arm: str, m: Matrix, unit: str, first: bool) -> Table:
@@ -167,8 +193,9 @@ def _matrix_table(name: str, arm: str, m: Matrix, unit: str, first: bool) -> Tab
         if ml in m.cols:
             mt.bold.add((r, 1 + m.cols.index(ml)))
     effect = "improvement" if m.effect == "improvement" else "damage"
-    mt.caption = (f"bold diagonal: the language's own set. It is the largest {effect} in its row for "
+    mt.caption = (f"bold diagonal: the language's own set. It is strictly the largest {effect} in its row for "
                   f"{m.diagonal_largest} of {m.rows_with_diagonal} languages"
+                  + (f" (tied with another language in {m.diagonal_ties} more)" if m.diagonal_ties else "")
                   + (f" with a non-empty set; the set is EMPTY for {', '.join(m.empty_rows)} (nothing {verb}, "
                      "so those rows say nothing)" if m.empty_rows else ""))
     if m.draws:

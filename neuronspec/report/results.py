@@ -146,8 +146,33 @@ def evaluation(metric: str, cells: list[Cell], baseline: str, resamples: int = 1
     cells = [c if c.arm is None else c.model_copy(update={
         "change": change(change_metric, base[c.lang].value if c.lang in base else None, c.value),
         "change_ci": paired_change_ci(change_metric, base.get(c.lang), c, resamples)}) for c in cells]
+    cells = p_values(cells, change_metric)
     return Evaluation(metric=metric, bootstrap=resamples, measures=measures or {}, cells=cells,
                       **derive(change_metric, cells, baseline))
+
+
+def p_values(cells: list[Cell], metric: str) -> list[Cell]:
+    """Each set arm's cell against its random control: the empirical one-sided p-value
+    (1 + #draws whose change is at least as strong, in the arm's direction) / (1 + N) over the
+    control's N draws on the same (deactivated, evaluated) languages — the probability that a set
+    that is one more random draw does as well (Phipson & Smyth 2010: never 0; with N draws the
+    smallest possible p is 1 / (N + 1), so p ≤ 0.1 needs N ≥ 9)."""
+    target = {c.random_like: c.arm for c in cells if c.random_like and c.arm}  # set arm → its control
+    lower_better = metric == "perplexity" or any(c.higher_is_better is False for c in cells)
+    draws: dict[tuple[str | None, str | None, str], list[float]] = {}
+    for c in cells:
+        if c.arm in target.values() and c.change is not None:
+            draws.setdefault((c.arm, c.mask_lang, c.lang), []).append(c.change)
+    out = []
+    for c in cells:
+        got = draws.get((target.get(c.arm or ""), c.mask_lang, c.lang)) if c.random_like is None else None
+        if not got or c.change is None:
+            out.append(c)
+            continue
+        up = lower_better != (c.arm_kind == "enhance")  # perplexity damage and accuracy gains are "up"
+        strong = sum(1 for d in got if (d >= c.change if up else d <= c.change))
+        out.append(c.model_copy(update={"p_value": (1 + strong) / (1 + len(got)), "control_draws": len(got)}))
+    return out
 
 
 def derive(metric: str, cells: list[Cell], baseline: str) -> dict[str, Any]:
@@ -211,6 +236,7 @@ def derive(metric: str, cells: list[Cell], baseline: str) -> dict[str, Any]:
                                            for c in cells if c.arm == arm and c.mask_lang == ml)]
         spread = {ml: {lang: _spread(v)[1] for lang, v in r.items()} for ml, r in m_draws.items()} if several else None
         matrices[arm] = Matrix(rows=masks, cols=langs, change=m, diagonal_largest=_diagonal_wins(m, masks, higher, empty),
+                               diagonal_ties=_diagonal_wins(m, masks, higher, empty, ties=True),
                                rows_with_diagonal=sum(1 for ml in masks if ml in langs and ml not in empty), empty_rows=empty,
                                effect="improvement" if arm in enhance_arms else "damage", spread=spread,
                                **({"draws": len(draws[arm]), "random_like": controls.get(arm), "diagonal_largest_per_draw": [
@@ -231,8 +257,13 @@ def derive(metric: str, cells: list[Cell], baseline: str) -> dict[str, Any]:
             "unit": "% ppl change" if metric == "perplexity" else "points"}
 
 
-def _diagonal_wins(m: dict[str, dict[str, float | None]], masks: list[str], higher: bool, empty: list[str]) -> int:
-    """Rows whose diagonal (the language's own set) is the largest effect in the row (empty sets never win)."""
-    beats = (lambda a, b: a >= b) if higher else (lambda a, b: a <= b)
-    return sum(1 for ml in masks if ml not in empty and m[ml].get(ml) is not None and all(
-        v is None or k == ml or beats(m[ml][ml], v) for k, v in m[ml].items()))
+def _diagonal_wins(m: dict[str, dict[str, float | None]], masks: list[str], higher: bool, empty: list[str],
+                   ties: bool = False) -> int:
+    """Rows whose diagonal (the language's own set) is strictly the largest effect in the row (empty
+    sets never win); `ties`: the rows where it is largest only together with another language."""
+    def count(strict: bool) -> int:
+        beats = ((lambda a, b: a > b) if higher else (lambda a, b: a < b)) if strict else \
+                ((lambda a, b: a >= b) if higher else (lambda a, b: a <= b))
+        return sum(1 for ml in masks if ml not in empty and m[ml].get(ml) is not None and all(
+            v is None or k == ml or beats(m[ml][ml], v) for k, v in m[ml].items()))
+    return count(False) - count(True) if ties else count(True)

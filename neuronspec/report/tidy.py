@@ -37,6 +37,8 @@ class EvaluationRow:
     change_ci_low: float | None  # paired bootstrap CI of `change` (perplexity only)
     change_ci_high: float | None
     docs: int | None
+    p_value: float | None  # a set arm against its random control: (1 + #draws at least as strong) / (1 + draws)
+    control_draws: int | None  # the control's draws behind p_value
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ def evaluation_rows(results: Results) -> list[EvaluationRow]:
                 change_ci = c.change_ci or (None, None)
                 rows.append(EvaluationRow(
                     model, name, ev.metric, c.arm or "base", c.arm_kind, c.random_like, c.draw, c.mask_lang, c.lang,
-                    c.value, ci[0], ci[1], base.get(c.lang), c.change, change_ci[0], change_ci[1], c.docs))
+                    c.value, ci[0], ci[1], base.get(c.lang), c.change, change_ci[0], change_ci[1], c.docs, c.p_value,
+                    c.control_draws))
     return rows
 
 

@@ -1,0 +1,62 @@
+"""Empirical p-values of set arms against their random controls, and strict row wins."""
+
+from __future__ import annotations
+
+import pytest
+
+from neuronspec.report.model import Cell, RunResults
+from neuronspec.report.render import result_tables
+from neuronspec.report.results import evaluation
+from neuronspec.report.tidy import evaluation_rows
+
+
+def _ppl(arm: str | None, lang: str, value: float, *, mask: str | None = None, draw: int | None = None,
+         like: str | None = None) -> Cell:
+    return Cell(arm=arm, arm_kind="deactivate" if arm else None, draw=draw, random_like=like, mask_lang=mask, lang=lang,
+                metric="perplexity", value=value, higher_is_better=False, deactivated=5 if arm else None)
+
+
+def _study() -> list[Cell]:
+    """Base 10 on en and fr; the set arm (one set per language) and a 4-draw control of it."""
+    cells = [_ppl(None, "en", 10.0), _ppl(None, "fr", 10.0)]
+    own = {("en", "en"): 12.0, ("en", "fr"): 11.0, ("fr", "en"): 10.5, ("fr", "fr"): 13.0}
+    cells += [_ppl("set", lang, v, mask=ml) for (ml, lang), v in own.items()]
+    draws = {("en", "en"): [11.0, 12.0, 10.2, 13.0], ("fr", "fr"): [10.1, 10.2, 10.3, 10.4],
+             ("en", "fr"): [11.0, 11.0, 11.0, 11.0], ("fr", "en"): [10.0, 10.0, 10.0, 10.0]}
+    cells += [_ppl("rand", lang, v, mask=ml, draw=d + 1, like="set") for (ml, lang), vs in draws.items() for d, v in enumerate(vs)]
+    return cells
+
+
+def test_p_is_one_plus_draws_at_least_as_damaging_over_one_plus_draws() -> None:
+    ev = evaluation("perplexity", _study(), "en", resamples=0)
+    p = {(c.mask_lang, c.lang): c.p_value for c in ev.cells if c.arm == "set"}
+    # en on en: +20 %; draws +10, +20, +2, +30 → two at least as damaging (the tie counts against the set)
+    assert p[("en", "en")] == pytest.approx((1 + 2) / (1 + 4))
+    assert p[("fr", "fr")] == pytest.approx(1 / 5)  # +30 % against draws of at most +4 %: the smallest p 4 draws allow
+    assert p[("en", "fr")] == pytest.approx(1.0)  # every draw as damaging (all +10 %)
+    assert all(c.p_value is None for c in ev.cells if c.arm != "set")  # the control and the base have none
+    rows = {(r.arm, r.deactivated, r.evaluated): r for r in evaluation_rows(RunResults(study="s", evaluations={"ppl": ev}))}
+    assert rows[("set", "fr", "fr")].p_value == pytest.approx(0.2) and rows[("set", "fr", "fr")].control_draws == 4
+    assert rows[("rand", "fr", "fr")].p_value is None
+    table = next(t for t in result_tables(RunResults(study="s", evaluations={"ppl": ev})) if "one-sided p" in t.title)
+    assert table.rows == [["set", "0.60", "0.20"]]
+
+
+def test_accuracy_damage_is_a_drop_and_enhancement_a_gain() -> None:
+    def acc(arm: str | None, value: float, kind: str | None = None, draw: int | None = None, like: str | None = None) -> Cell:
+        return Cell(arm=arm, arm_kind=kind, draw=draw, random_like=like, lang="en", metric="acc", value=value,
+                    higher_is_better=True)
+    drops = [acc(None, 0.6), acc("off", 0.3, "deactivate"),
+             *(acc("rand", v, "deactivate", d, "off") for d, v in enumerate([0.5, 0.3, 0.55], 1))]
+    (off,) = [c for c in evaluation("choice", drops, "en", resamples=0).cells if c.arm == "off"]
+    assert off.p_value == pytest.approx((1 + 1) / 4)  # one draw (0.3) dropped as far
+    gains = [acc(None, 0.6), acc("up", 0.7, "enhance"), *(acc("rand", v, "enhance", d, "up") for d, v in enumerate([0.65, 0.6], 1))]
+    (up,) = [c for c in evaluation("choice", gains, "en", resamples=0).cells if c.arm == "up"]
+    assert up.p_value == pytest.approx(1 / 3)  # no draw gained as much
+
+
+def test_a_tied_row_is_not_a_win() -> None:
+    cells = [c if not (c.arm == "set" and c.mask_lang == "en" and c.lang == "fr") else c.model_copy(update={"value": 12.0})
+             for c in _study()]  # en's set: +20 % on en and +20 % on fr
+    m = evaluation("perplexity", cells, "en", resamples=0).matrices["set"]
+    assert (m.diagonal_largest, m.diagonal_ties) == (1, 1)
