@@ -163,16 +163,21 @@ class Results:
 
     def neuron_set(self, name: str, language: str | None = None, *, model: str | None = None) -> NeuronSet:
         """A named set (or a detector's, e.g. `plnd`) for `language`; `model` in a study with `models`."""
-        return self._load(self._stage("sets", model), name, language)
+        from neuronspec.plan import ids
+
+        return self._load(self._stage(ids.SETS, model), name, language)
 
     def mask(self, arm: str, language: str | None = None, *, draw: int | None = None, model: str | None = None) -> NeuronSet:
         """The neurons an arm switched off for `language` (of one `draw`, for a random control with several)."""
-        sid = f"mask/{arm}" if draw is None else f"mask/{arm}/draw{draw}"
-        return self._load(self._stage(sid, model), "mask", language)
+        from neuronspec.plan import ids
+
+        return self._load(self._stage(ids.mask(arm, draw), model), "mask", language)
 
     def _stage(self, sid: str, model: str | None) -> str:
         stages = self.record.get("stages", {})
-        full = f"{model}:{sid}" if model else sid
+        from neuronspec.plan import ids
+
+        full = ids.qualified(model, sid)
         if full not in stages:
             hint = "; name the model with model=" if self.record.get("models") and not model else ""
             raise KeyError(f"run {self.record.get('run_id')} has no stage {full!r}{hint}")

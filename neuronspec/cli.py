@@ -498,17 +498,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     if variants and lang not in variants:
         _fail(f"arm {args.arm!r} has one {what} per language: pick one with --lang ({', '.join(variants)})")
         return 2
-    mask = f"mask/{args.arm}"
+    from neuronspec.plan import ids
+
+    mask = ids.mask(args.arm)
     if arm.enhance is None:  # a random control with several draws: one mask per draw
-        from neuronspec.plan.compile import arm_draws, mask_id
+        from neuronspec.plan.compile import arm_draws
 
         draws = [d for d in arm_draws(loaded.study, args.arm) if d is not None]
         if draws and args.draw not in draws:
             _fail(f"arm {args.arm!r} has {len(draws)} random draws: pick one with --draw (1…{len(draws)})")
             return 2
-        mask = mask_id(args.arm, args.draw if draws else None)
+        mask = ids.mask(args.arm, args.draw if draws else None)
     store = _store(args, loaded.path)
-    stage = plan.stages[f"enhance/{args.arm}/{lang}" if arm.enhance is not None else mask]
+    stage = plan.stages[ids.enhance(args.arm, lang) if arm.enhance is not None else mask]
     if store.status(stage.key) != "cached":
         _fail(f"{stage.id} has not run yet: neuronspec run {args.file} --only {stage.id}")
         return 1

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from neuronspec.fileio import write_json
+from neuronspec.plan import ids
 from neuronspec.plan.fingerprint import CodeRef, Fingerprint, fingerprints
 from neuronspec.plan.graph import Stage
 from neuronspec.spec.models import AttributionSpec, Quantile
@@ -133,7 +134,7 @@ def stats_plnd(ctx: RunContext, stage: Stage, s: PlndStats, out: Path) -> None:
     from neuronspec.methods.plnd import plnd_statistics
     from neuronspec.models.forward import encode
 
-    docs = read_docs(ctx.input(stage, f"corpus/{s.corpus}"), s.lang)
+    docs = read_docs(ctx.input(stage, ids.corpus(s.corpus)), s.lang)
     lm = ctx.model()
     encodings = [e for e in encode(lm.tokenizer, [d["text"] for d in docs], s.max_tokens) if len(e) >= 2]
     dropped = len(docs) - len(encodings)
@@ -227,7 +228,7 @@ def stats_act(ctx: RunContext, stage: Stage, s: ActStats, out: Path) -> None:
     from neuronspec.methods.activations import ActivationStats, activation_statistics
     from neuronspec.models.forward import encode
 
-    docs = read_docs(ctx.input(stage, f"corpus/{s.corpus}"), s.lang)
+    docs = read_docs(ctx.input(stage, ids.corpus(s.corpus)), s.lang)
     world = distributed.world()
     if len(docs) < world.size:
         raise ValueError(f"{stage.id}: {len(docs)} documents cannot be split over {world.size} ranks")
@@ -248,18 +249,18 @@ def _load_activations(ctx: RunContext, stage: Stage) -> tuple[dict[str, Any], li
 
     from neuronspec.methods.activations import ActivationStats
 
-    by_lang, ids = {}, []
+    by_lang, item_ids = {}, []
     for dep in stage.deps:
         if ctx.plan.stages[dep].kind != "stats.act":  # e.g. select/sharing's attribution inputs
             continue
         entry = ctx.input(stage, dep)
         by_lang[ctx.plan.stages[dep].lang] = ActivationStats.from_tensors(load_file(str(entry.file("activations.safetensors"))))
-        ids.append(entry.json()["ids"])
-    return by_lang, ids
+        item_ids.append(entry.json()["ids"])
+    return by_lang, item_ids
 
 
-def _require_parallel(stage: Stage, ids: list[list[str]]) -> None:
-    if any(x != ids[0] for x in ids):
+def _require_parallel(stage: Stage, item_ids: list[list[str]]) -> None:
+    if any(x != item_ids[0] for x in item_ids):
         raise ValueError(f"{stage.id} needs a parallel corpus (the same items, in the same order, in every language)")
 
 
@@ -296,8 +297,8 @@ def select_linguafranca(ctx: RunContext, stage: Stage, s: LinguaFrancaSelect, ou
         plot_similarity,
     )
 
-    stats, ids = _load_activations(ctx, stage)
-    _require_parallel(stage, ids)
+    stats, item_ids = _load_activations(ctx, stage)
+    _require_parallel(stage, item_ids)
     layers = next(iter(stats.values())).num_layers
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an unreachable threshold is reported in result.json and by `plan`
@@ -320,8 +321,8 @@ class SharingSelect(StageSpec):
 def select_sharing(ctx: RunContext, stage: Stage, s: SharingSelect, out: Path) -> None:
     from neuronspec.methods.sharing import plot_shares, sharing
 
-    stats, ids = _load_activations(ctx, stage)
-    _require_parallel(stage, ids)
+    stats, item_ids = _load_activations(ctx, stage)
+    _require_parallel(stage, item_ids)
     layers = next(iter(stats.values())).num_layers
     result = sharing({lang: st.pooled["mean"] for lang, st in stats.items()}, layers, taus=s.thresholds,
                      set_tau=s.set_threshold, min_fraction=s.min_fraction)
@@ -331,12 +332,12 @@ def select_sharing(ctx: RunContext, stage: Stage, s: SharingSelect, out: Path) -
     summary = _jsonable(result.to_json())
     attr_deps = [d for d in stage.deps if ctx.plan.stages[d].kind == "attr.sharing"]
     if attr_deps:
-        summary["attribution"] = _sharing_attribution(ctx, stage, attr_deps, stats, ids[0], result.set_tau, out)
+        summary["attribution"] = _sharing_attribution(ctx, stage, attr_deps, stats, item_ids[0], result.set_tau, out)
     write_json(out / "result.json", summary)
     plot_shares(result.shares[str(result.set_tau)], out / "sharing.png")
 
 
-def _sharing_attribution(ctx: Any, stage: Stage, deps: list[str], stats: dict[str, Any], ids: list[str], tau: float,
+def _sharing_attribution(ctx: Any, stage: Stage, deps: list[str], stats: dict[str, Any], item_ids: list[str], tau: float,
                          out: Path) -> dict[str, Any]:
     """select/sharing's `attribution` section: the |attribution| mass of each category at τ, from the
     attr/sharing/LANG stages; each item's categories come from the same items' pooled activations."""
@@ -350,7 +351,7 @@ def _sharing_attribution(ctx: Any, stage: Stage, deps: list[str], stats: dict[st
     meta = {lang: infos[lang].json() for lang in langs}
     first = meta[langs[0]]
     for lang in langs:
-        if meta[lang]["ids"] != ids[: len(meta[lang]["ids"])] or meta[lang]["ids"] != first["ids"]:
+        if meta[lang]["ids"] != item_ids[: len(meta[lang]["ids"])] or meta[lang]["ids"] != first["ids"]:
             raise ValueError(f"{stage.id}: the attributed items of {lang!r} are not the first items of the sharing corpus")
     attributions = torch.stack([load_file(str(infos[lang].file("attributions.safetensors")))["attributions"] for lang in langs])
     codes = item_categories({lang: stats[lang].pooled["mean"] for lang in stats}, range(len(first["ids"])), tau)
@@ -402,7 +403,7 @@ def attr_sharing(ctx: RunContext, stage: Stage, s: SharingAttribution, out: Path
     from neuronspec.models.forward import encode
     from neuronspec.models.sites import adapter_for
 
-    docs = read_docs(ctx.input(stage, f"corpus/{s.corpus}"), s.lang)[: s.docs]
+    docs = read_docs(ctx.input(stage, ids.corpus(s.corpus)), s.lang)[: s.docs]
     if not docs:
         raise ValueError(f"{stage.id}: corpus {s.corpus!r} has no documents for {s.lang!r}")
     lm = ctx.model()
@@ -481,12 +482,12 @@ def sets(ctx: RunContext, stage: Stage, s: Sets, out: Path) -> None:
 
     env: dict[str, Any] = {}
     for det in s.detectors:
-        entry = ctx.input(stage, f"select/{det}")
+        entry = ctx.input(stage, ids.select(det))
         env[det] = {lang: NeuronSet.load(entry.file(f"{det}.{lang}.safetensors")) for lang in s.languages
                     if entry.file(f"{det}.{lang}.safetensors").exists()}
     for single in s.singles:
         det = single.split(".", 1)[0]
-        env[single] = NeuronSet.load(ctx.input(stage, f"select/{det}").file(f"{single}.safetensors"))
+        env[single] = NeuronSet.load(ctx.input(stage, ids.select(det)).file(f"{single}.safetensors"))
     named = evaluate_sets(s.neurons, env, s.languages)
     summary: dict[str, Any] = {}
     for name, value in {**env, **named}.items():
@@ -546,7 +547,7 @@ def mask(ctx: RunContext, stage: Stage, s: Mask, out: Path) -> None:
     langs = ctx.study.languages
     summary: dict[str, Any] = {}
     if s.random_like is not None:
-        target = ctx.input(stage, f"mask/{s.random_like}")
+        target = ctx.input(stage, ids.mask(s.random_like))
         dims = Dims(**s.dims.model_dump())
         family = target.json()["family"]
         for i, lang in enumerate(langs if family else [None]):
@@ -555,7 +556,7 @@ def mask(ctx: RunContext, stage: Stage, s: Mask, out: Path) -> None:
             _save_mask(out, summary, chosen, lang)
         write_json(out / "result.json", {"family": family, "counts": _jsonable(summary)})
         return
-    entry = ctx.input(stage, "sets")
+    entry = ctx.input(stage, ids.SETS)
     family = entry.json()[s.neurons]["family"]
     layers = None
     if s.layers:
@@ -598,13 +599,13 @@ class Enhance(StageSpec):
 def enhance(ctx: RunContext, stage: Stage, s: Enhance, out: Path) -> None:
     from neuronspec.enhance import EnhanceSettings, train_neurons
 
-    docs = read_docs(ctx.input(stage, f"corpus/{s.corpus}"), s.lang)
+    docs = read_docs(ctx.input(stage, ids.corpus(s.corpus)), s.lang)
     if s.docs is not None:
         if len(docs) < s.docs:
             raise ValueError(f"{stage.id}: corpus {s.corpus!r} has {len(docs)} documents for {s.lang!r}, {s.docs} requested")
         docs = docs[: s.docs]
     arm = stage.arm
-    neurons = load_set(ctx.input(stage, f"mask/{arm}"), "mask", s.mask_lang)
+    neurons = load_set(ctx.input(stage, ids.mask(arm)), "mask", s.mask_lang)
     lm = ctx.model()
     settings = EnhanceSettings(**s.settings.model_dump())
     total = settings.epochs * -(-len(docs) // settings.effective_batch)
@@ -643,14 +644,13 @@ def evaluate(ctx: RunContext, stage: Stage, s: Evaluation, out: Path) -> None:
     lm = ctx.model()
     start = 1 << 30  # the first layer that differs from the base model (see evaluate.prefix)
     if s.arm_kind == "deactivate":  # the arm's mask (of this draw, for a random control with several)
-        mask_dep = next(d for d in stage.deps if ctx.plan.stages[d].kind == "mask")
-        neurons = load_set(ctx.input(stage, mask_dep), "mask", s.mask_lang)
+        neurons = load_set(ctx.input(stage, ids.mask(s.arm, s.draw)), "mask", s.mask_lang)
         start = first_layer(neurons) if neurons else start
     elif s.arm_kind == "enhance":
         from neuronspec.enhance import Delta, apply_delta
 
         start = 0  # changed weights: nothing to share
-        delta = Delta.load(ctx.input(stage, f"enhance/{s.arm}/{s.mask_lang}").file("delta.safetensors"))
+        delta = Delta.load(ctx.input(stage, ids.enhance(s.arm, s.mask_lang)).file("delta.safetensors"))
         modified = apply_delta(lm.model, delta)
     allowed = evaluator_options(s.metric)
     options = {k: v for k, v in s.options.items() if k in allowed}
@@ -698,16 +698,15 @@ def evaluate_lm_eval(ctx: RunContext, stage: Stage, s: LmEvalStage, out: Path) -
     if distributed.world().size > 1:
         raise ValueError(f"{stage.id}: lm-eval tasks run in one process, not under torchrun; the other stages are "
                          f"cached: finish with `neuronspec run STUDY --only 'eval/{stage.evaluation}/*'` without torchrun")
-    docs = read_docs(ctx.input(stage, f"corpus/{s.corpus}"), s.lang) if s.corpus else None
+    docs = read_docs(ctx.input(stage, ids.corpus(s.corpus)), s.lang) if s.corpus else None
     lm = ctx.model()
     neurons, modified = NeuronSet.empty(), nullcontext()
     if s.arm_kind == "deactivate":  # the arm's mask (of this draw, for a random control with several)
-        mask_dep = next(d for d in stage.deps if ctx.plan.stages[d].kind == "mask")
-        neurons = load_set(ctx.input(stage, mask_dep), "mask", s.mask_lang)
+        neurons = load_set(ctx.input(stage, ids.mask(s.arm, s.draw)), "mask", s.mask_lang)
     elif s.arm_kind == "enhance":
         from neuronspec.enhance import Delta, apply_delta
 
-        delta = Delta.load(ctx.input(stage, f"enhance/{s.arm}/{s.mask_lang}").file("delta.safetensors"))
+        delta = Delta.load(ctx.input(stage, ids.enhance(s.arm, s.mask_lang)).file("delta.safetensors"))
         modified = apply_delta(lm.model, delta)
     label = (f"lm-eval {s.task['name']} {s.arm or 'base'}" + (f" draw {s.draw}" if s.draw else "")
              + (f" {s.mask_lang}" if s.mask_lang else ""))

@@ -109,7 +109,7 @@ def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: R
         "stage_order": list(stages),  # JSON files sort keys; this keeps the plan's (topological) order
         "stages": {sid: {"key": s.key, "kind": s.kind, "computed": sid in computed, "seconds": result.timings.get(sid),
                          "spec": s.spec_json(), "deps": list(s.deps), "origin": list(s.origin), "model_bound": s.model_bound,
-                         "lang": s.lang, "arm": s.arm, "evaluation": s.evaluation}
+                         "lang": s.lang, "arm": s.arm, "draw": s.draw, "evaluation": s.evaluation}
                    for sid, s in stages.items()},
         "seconds": seconds,
         "model_load_seconds": result.model_load_seconds,

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from pydantic import ConfigDict, ValidationError
 
 from neuronspec.paths import study_store
+from neuronspec.plan import ids
 from neuronspec.plan.graph import Plan, Stage
 from neuronspec.plan.kinds import EVAL_KINDS, KINDS, Evaluation, LmEvalStage, StageSpec
 from neuronspec.plan.store import CorruptEntry, Store
@@ -67,7 +68,8 @@ class Side:
         if self._recorded is None:
             self._recorded = results_from_record(self.record)
         if isinstance(self._recorded, StudyResults):
-            return self._recorded.variants.get(sid.split(":", 1)[0]) if ":" in sid else None
+            model = ids.unqualified(sid)[0]
+            return self._recorded.variants.get(model) if model else None
         return self._recorded
 
     def cell(self, sid: str) -> Cell | None:
@@ -157,8 +159,9 @@ def _run_side(folder: Path) -> Side:
         s, f = plain[sid], fresh.get(sid)
         spec = _recorded_spec(s["kind"], s["spec"]) if "spec" in s else (f.spec if f else RecordedSpec())
         facts = {k: s[k] if k in s else getattr(f, k) if f else None for k in ("lang", "arm", "evaluation")}
+        facts["draw"] = s["draw"] if "draw" in s else getattr(spec, "draw", None)  # records before stages kept their draw
         if facts["evaluation"] is None and facts["arm"] is None:  # records before stages carried typed facts
-            parts = sid.split(":", 1)[-1].split("/")
+            parts = ids.unqualified(sid)[1].split("/")
             if s["kind"] in EVAL_KINDS:
                 facts["evaluation"] = parts[1]
             elif s["kind"] in ("mask", "enhance"):
