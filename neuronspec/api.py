@@ -171,7 +171,9 @@ class Results:
         """The neurons an arm switched off for `language` (of one `draw`, for a random control with several)."""
         from neuronspec.plan import ids
 
-        return self._load(self._stage(ids.mask(arm, draw), model), "mask", language)
+        from neuronspec.plan.kinds import artifacts
+
+        return self._load(self._stage(ids.mask(arm, draw), model), artifacts.MASK, language)
 
     def _stage(self, sid: str, model: str | None) -> str:
         stages = self.record.get("stages", {})
@@ -187,7 +189,9 @@ class Results:
         from neuronspec.models.masks import NeuronSet
 
         entry = self.store.get(key)
-        path = entry.file(f"{name}.{language}.safetensors" if language else f"{name}.safetensors")
+        from neuronspec.plan.kinds import artifacts
+
+        path = entry.file(artifacts.set_file(name, language))
         if not path.exists():
             raise KeyError(f"no neuron set {name!r}" + (f" for {language!r}" if language else "") + f" in {entry.path}")
         return NeuronSet.load(path)

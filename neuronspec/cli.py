@@ -517,8 +517,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     m = loaded.study.model
     if arm.enhance is not None:
         from neuronspec.enhance import Delta, export_model
+        from neuronspec.plan.kinds import artifacts
 
-        delta = Delta.load(store.get(stage.key).file("delta.safetensors"))
+        delta = Delta.load(store.get(stage.key).file(artifacts.DELTA))
         lm = load_model(m.id, revision=m.revision, dtype=m.dtype, device=m.device, gguf_file=m.gguf_file)
         out = export_model(lm.model, lm.tokenizer, delta, args.out, overwrite=args.force)
         console.print(_esc(f"wrote {out} ({args.arm}, {lang}: {len(delta)} changed tensors on top of {m.id})"), soft_wrap=True)

@@ -48,7 +48,7 @@ def compile_study(loaded: LoadedStudy) -> Plan:
     _check_partitions(loaded, dims["num_layers"])
     _check_attribution_layers(loaded, dims["num_layers"])
     _check_top_k(loaded, dims)
-    plan = Plan(study.name, identity, dims, code=K.code_fingerprints())
+    plan = Plan(study.name, identity, dims, code=K.code_fingerprints(), specs=K.spec_types())
 
     for name in _used_corpora(study):
         c = study.corpora[name]

@@ -92,7 +92,8 @@ def merged_plan(variants: list[Variant]) -> Plan:
         return variants[0].plan
     name = variants[0].plan.study_name.rsplit("@", 1)[0]
     return Plan(name, {v.name: v.plan.model_identity for v in variants}, {v.name: v.plan.dims for v in variants},
-                stages=all_stages(variants), code=dict(variants[0].plan.code), notes=notes(variants))
+                stages=all_stages(variants), code=dict(variants[0].plan.code), specs=dict(variants[0].plan.specs),
+                notes=notes(variants))
 
 
 def notes(variants: list[Variant]) -> list[str]:
