@@ -224,6 +224,14 @@ class CodeRef:
     objects: tuple[Any, ...] = field(default=(), compare=False)
 
 
+def modules_digest(modules: list[str], root: Path | None = None) -> str:
+    """One digest of whole modules' normalised source (comments, docstrings and layout do not count)."""
+    src = _Source(root or _root())
+    parts = {rel: digest for rel, digest, _ in (src.module_info(m) for m in modules)}
+    src.save()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
 def fingerprints(refs: dict[str, CodeRef], root: Path | None = None) -> dict[str, Fingerprint]:
     """The fingerprint of each ref (one pass over the source tree, memoised files shared)."""
     src = _Source(root or _root())

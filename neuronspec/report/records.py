@@ -33,15 +33,15 @@ INDEX = "index.jsonl"
 
 
 def report_code() -> str:
-    """A digest of the code that turns results into tables and figures: a cached re-run
-    reuses the last report only while this is unchanged."""
-    import hashlib
+    """A digest of the code that turns results into tables and figures (the same normalised-source
+    digests as the stages' code fingerprints): a cached re-run reuses the last report only while
+    this is unchanged."""
+    from neuronspec.plan.fingerprint import modules_digest
 
     root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(root.glob("*.py")) + [root.parent / "plotting.py"]:
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
+    modules = [".".join(("neuronspec", "report", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+               for p in sorted(root.rglob("*.py"))]
+    return modules_digest([*modules, "neuronspec.plotting"])[:16]
 
 
 def package_versions() -> dict[str, str | None]:
