@@ -247,9 +247,10 @@ def find_run(ref: str, stores: list[Path]) -> Path | None:
 def load_results(folder: Path, record: dict[str, Any]) -> Results:
     """A finished run's results: its results.json, else what its record kept."""
     saved = Path(folder) / "results.json"
-    if saved.exists():
-        return parse_results(json.loads(saved.read_text(encoding="utf-8")))
-    return results_from_record(record)
+    data = json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else None
+    if "results" not in record:  # a run from before the typed results: its files are in the old shape
+        return legacy_results(record, data)
+    return parse_results(data if data is not None else record["results"])
 
 
 def results_from_record(record: dict[str, Any]) -> Results:
@@ -259,14 +260,17 @@ def results_from_record(record: dict[str, Any]) -> Results:
     return legacy_results(record)
 
 
-def legacy_results(record: dict[str, Any]) -> Results:
-    """The one adapter for records written before they embedded their results (they kept each
-    evaluation stage's headline under `stage_metrics`, and sets and masks beside them): the
-    results rebuilt from those, as the report then derived them."""
+def legacy_results(record: dict[str, Any], saved: dict[str, Any] | None = None) -> Results:
+    """The one adapter for runs written before records embedded their results: from the run's
+    old results.json (`saved`) where there is one, else from what the record kept (each
+    evaluation stage's headline under `stage_metrics`, sets and masks beside them). Masks were
+    keyed by arm (a control's last draw only); every evaluation is derived again from its cells."""
     from neuronspec.report.model import Cell, MaskCount, NeuronSetInfo
     from neuronspec.report.results import evaluation
 
     baseline = record.get("baseline_language") or record.get("study", {}).get("report", {}).get("baseline_language", "en")
+    if saved is not None:
+        return _legacy_saved(saved, baseline)
     if record.get("variants"):  # several models: each from its own part of the record
         by_model = {name: legacy_results({**v, "study": {"name": v["study"]}, "baseline_language": baseline})
                     for name, v in record["variants"].items()}
@@ -288,3 +292,19 @@ def legacy_results(record: dict[str, Any]) -> Results:
                       dims=record.get("dims") or {}, masks=masks,
                       sets=None if sets is None else {n: NeuronSetInfo.model_validate(i) for n, i in sets.items()},
                       evaluations={name: evaluation(kinds[name][0], cs, baseline, kinds[name][1]) for name, cs in cells.items()})
+
+
+def _legacy_saved(data: dict[str, Any], baseline: str) -> Results:
+    """An old results.json: the same parts, with masks keyed by arm and evaluations derived again."""
+    from neuronspec.report.model import Cell, MaskCount
+    from neuronspec.report.results import evaluation
+
+    if "variants" in data:
+        return StudyResults.model_validate({**data, "variants": {m: _legacy_saved(v, baseline) for m, v in data["variants"].items()}})
+    masks = [MaskCount(arm=arm, lang=lang, **c) for arm, info in (data.get("masks") or {}).items()
+             for lang, c in info["counts"].items()]
+    evaluations = {name: evaluation(ev["metric"], [Cell.model_validate(c) for c in ev["cells"]], baseline,
+                                    ev.get("bootstrap", 1000), ev.get("measures"))
+                   for name, ev in data.get("evaluations", {}).items()}
+    return RunResults.model_validate({**{k: v for k, v in data.items() if k not in ("masks", "evaluations") and v is not None},
+                                      "masks": masks, "evaluations": evaluations})
