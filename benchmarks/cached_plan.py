@@ -2,7 +2,7 @@
 
     python benchmarks/cached_plan.py [STUDY]      # default: a tiny study built on the fly
 
-Bar (DESIGN.md §5): an unchanged study re-runs from cache in < 1 s of CPU without importing
+Bar (docs/benchmarks.md, "Bars"): an unchanged study re-runs from cache in < 1 s of CPU without importing
 torch. Each measurement runs in a fresh subprocess (`-X importtime` tells whether torch was
 imported); the baseline is the same interpreter importing the CLI and doing nothing, measured
 in the same run, so the ratio shows what planning itself adds. Code fingerprints are timed

@@ -1,4 +1,4 @@
-"""Detection and masking overhead against the bars of DESIGN.md §5 and issue #12.
+"""Detection and masking overhead against the project's bars (docs/benchmarks.md, "Bars") and issue #12.
 
     python benchmarks/detect_overhead.py [--docs 32 --max-tokens 128 --batch-size 8 --model gemma-3-270m]
     python benchmarks/detect_overhead.py --model tiny-llama --docs 8 --repeats 2   # smoke run, seconds
@@ -67,7 +67,7 @@ MASK_SITES = ("ffn", "attn.q", "attn.k", "attn.v", "attn.o")
 
 
 def bars(device: str, max_tokens: int) -> dict[str, float]:
-    """DESIGN.md section 5 (and issue #12) for this device and document length."""
+    """The bars (docs/benchmarks.md, "Bars"; issue #12) for this device and document length."""
     if device.startswith("cuda"):
         qk = 2.0 if max_tokens <= 512 else 3.0
         return {"plnd ffn": 1.05, "plnd attn.v": 1.05, "plnd attn.o": 1.05, "plnd ffn+v+o": 1.05,

@@ -33,8 +33,8 @@ alternately, --repeats rounds, median seconds; nothing asserts.
   poolings=("mean",), thresholds=())` over packed batches, as `stats/act` runs for
   LinguaFranca. Compared: the reference's sum ÷ tokens against neuronspec's mean with the first
   token kept (max abs difference).
-* PLND — `DAMO-NLP-SG/multilingual_analysis` as DESIGN.md section 2 documents it (not in the
-  searchable index; the hook-based reimplementation of its `Prompting` loop that is was read
+* PLND — `DAMO-NLP-SG/multilingual_analysis` as docs/methods.md (PLND, where neuronspec differs)
+  describes it (not in the searchable index; the hook-based reimplementation of its `Prompting` loop that is was read
   instead): batch 1, `generate(max_new_tokens=1)` per document, FFN score Σ_t |up(x)_t,k| per
   layer taken to a Python list, per-document top-k per layer by `np.argsort`, and the set
   intersection over documents per layer at the end. k is the reference's 2,000 of 11,008
@@ -210,7 +210,7 @@ class LinguaFrancaReference:
         return outputs
 
 
-# ---- PLND (DAMO-NLP-SG/multilingual_analysis, as DESIGN.md section 2 documents it) -----------
+# ---- PLND (DAMO-NLP-SG/multilingual_analysis, as docs/methods.md describes it) ---------------
 class PlndReference:
     """Batch 1, generate(max_new_tokens=1); FFN score Σ_t |up(x)| per layer as a Python list;
     per-document top-k per layer by np.argsort; set intersection over documents per layer."""

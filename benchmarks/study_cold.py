@@ -9,7 +9,7 @@ model loaded lazily once) into a new temporary store (or `--store`, which must n
 and prints per stage kind: stages, seconds, real tokens streamed through the model (as the
 stages report them to their progress bars), tokens/s and share of the wall time, plus the
 model load and the total. The per-stage seconds go to `--json` for comparisons across
-commits. Nothing here asserts; the goal (DESIGN.md section 5) is mwork < 20 min on 2 cores.
+commits. Nothing here asserts; the goal (docs/benchmarks.md, "Bars") is mwork < 20 min on 2 cores.
 """
 
 from __future__ import annotations

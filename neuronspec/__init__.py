@@ -1,6 +1,6 @@
 """neuronspec: declarative, cached studies of language-specific neurons in LLMs.
 
-The Python API (see the README's "Python" section):
+The Python API (docs/api.md):
 
     import neuronspec as ns
     study = ns.open_study("studies/quickstart.yaml", {"corpora.ppl.docs_per_language": 4})

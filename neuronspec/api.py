@@ -76,12 +76,13 @@ class Study:
                 for v in self.variants() for s in explain(v.plan, store)]
         return pd.DataFrame(rows, columns=["stage", "model", "kind", "state", "why"])
 
-    def run(self, *, force: Sequence[str] = (), only: Sequence[str] = (), quiet: bool = False) -> Results:
+    def run(self, *, force: Sequence[str] = (), only: Sequence[str] = (), quiet: bool = False, note: str | None = None) -> Results:
         """Run what is stale (the command line's progress display on stderr), write the run folder,
-        and return its results. Raises `RunFailed` when a stage fails (finished stages stay cached)."""
+        and return its results. `note` is kept in the run record (`neuronspec runs` lists it).
+        Raises `RunFailed` when a stage fails (finished stages stay cached)."""
         from neuronspec.session import run_study
 
-        done = run_study(self.loaded, self.variants(), self.store, force=force, only=only, quiet=quiet)
+        done = run_study(self.loaded, self.variants(), self.store, force=force, only=only, quiet=quiet, note=note)
         if done is None:
             raise RunFailed(f"study {self.name!r}: a stage failed (reported above); finished stages are cached")
         return Results(done.folder, done.record, done.results, self.store)
@@ -89,25 +90,15 @@ class Study:
     def results(self) -> Results:
         """The newest run of *this* study as loaded (file and overrides): one whose stages have the
         keys this plan has. A run made with other settings (`--set …`, an edited file) is never
-        returned in its place, however recent; without a matching run this raises `LookupError`."""
-        from neuronspec.report.records import list_runs, read_record
-        from neuronspec.session import stage_keys
+        returned in its place, however recent; without a matching run this raises `LookupError`
+        naming the newest run and what differs in it."""
+        from neuronspec.session import matching_run
 
         store = self.store
-        runs = list_runs(store.root, self.name)
-        if not runs:
-            raise LookupError(f"study {self.name!r} has no runs in {store.root}: call .run() first")
-        keys = stage_keys(self.variants())
-        for entry in runs:
-            folder = store.root / "runs" / entry["run_id"]
-            try:
-                record = read_record(folder)
-            except ValueError:
-                continue
-            if {sid: s.get("key") for sid, s in record.get("stages", {}).items()} == keys:
-                return Results.from_folder(folder, store)
-        raise LookupError(f"study {self.name!r}: none of its {len(runs)} runs in {store.root} was made with these "
-                          f"settings (the newest, {runs[0]['run_id']}, differs in some stage): call .run()")
+        match = matching_run(self.loaded, self.variants(), store)
+        if match.folder is None:
+            raise LookupError(match.explain(self.name, store.root) + ": call .run()")
+        return Results.from_folder(match.folder, store)
 
 
 class RunFailed(RuntimeError):
@@ -165,15 +156,25 @@ class Results:
         """A named set (or a detector's, e.g. `plnd`) for `language`; `model` in a study with `models`."""
         from neuronspec.plan import ids
 
-        return self._load(self._stage(ids.SETS, model), name, language)
+        return self._load(self._stage(ids.SETS, model), name, language, "neuron set")
 
     def mask(self, arm: str, language: str | None = None, *, draw: int | None = None, model: str | None = None) -> NeuronSet:
         """The neurons an arm switched off for `language` (of one `draw`, for a random control with several)."""
         from neuronspec.plan import ids
-
         from neuronspec.plan.kinds import artifacts
 
-        return self._load(self._stage(ids.mask(arm, draw), model), artifacts.MASK, language)
+        stages = self.record.get("stages", {})
+        draws: list[int] = []  # a random control's draws are 1…D, each its own mask stage
+        while ids.qualified(model, ids.mask(arm, len(draws) + 1)) in stages:
+            draws.append(len(draws) + 1)
+        if draw is None and draws:
+            raise KeyError(f"arm {arm!r} is a random control with {len(draws)} draws: pick one with draw= "
+                           f"({draws[0]}…{draws[-1]})")
+        if draw is not None and not draws:
+            raise KeyError(f"arm {arm!r} has no draws (only random controls do): leave out draw=")
+        if draw is not None and draw not in draws:
+            raise KeyError(f"arm {arm!r} has draws {draws[0]}…{draws[-1]}, not {draw}")
+        return self._load(self._stage(ids.mask(arm, draw), model), artifacts.MASK, language, f"mask of arm {arm!r}")
 
     def _stage(self, sid: str, model: str | None) -> str:
         stages = self.record.get("stages", {})
@@ -181,20 +182,42 @@ class Results:
 
         full = ids.qualified(model, sid)
         if full not in stages:
-            hint = "; name the model with model=" if self.record.get("models") and not model else ""
-            raise KeyError(f"run {self.record.get('run_id')} has no stage {full!r}{hint}")
+            models = self.record.get("models") or {}
+            if models and not model:
+                raise KeyError(f"run {self.record.get('run_id')} has several models: name one with model= "
+                               f"({', '.join(models)})")
+            if model and models and model not in models:
+                raise KeyError(f"run {self.record.get('run_id')} has no model {model!r} (it has: {', '.join(models)})")
+            arms = sorted({s.split("/")[1] for s in stages if s.split(":")[-1].startswith("mask/")}
+                          if "mask/" in sid else [])
+            what = f"arm {sid.split('/')[1]!r}" if sid.startswith("mask/") else f"stage {full!r}"
+            raise KeyError(f"run {self.record.get('run_id')} has no {what}"
+                           + (f" (arms with masks: {', '.join(arms) or 'none'})" if sid.startswith("mask/") else ""))
         return stages[full]["key"]
 
-    def _load(self, key: str, name: str, language: str | None) -> NeuronSet:
+    def _load(self, key: str, name: str, language: str | None, what: str) -> NeuronSet:
         from neuronspec.models.masks import NeuronSet
 
-        entry = self.store.get(key)
         from neuronspec.plan.kinds import artifacts
 
+        entry = self.store.get(key)
         path = entry.file(artifacts.set_file(name, language))
         if not path.exists():
-            raise KeyError(f"no neuron set {name!r}" + (f" for {language!r}" if language else "") + f" in {entry.path}")
+            raise KeyError(_missing_file(entry.path, name, language, what))
         return NeuronSet.load(path)
+
+
+def _missing_file(folder: Path, name: str, language: str | None, what: str) -> str:
+    """What a set or mask lookup could have asked for instead, from the stage's own files (NAME.LANG.safetensors)."""
+    files = [p.name.removesuffix(".safetensors").split(".", 1) for p in folder.glob("*.safetensors")]
+    names = sorted({f[0] for f in files})
+    langs = sorted(f[1] for f in files if f[0] == name and len(f) == 2)
+    asked = f"no {what}" + (f" {name!r}" if what == "neuron set" else "") + (f" for {language!r}" if language else "")
+    if what == "neuron set" and name not in names:
+        return f"{asked} in this run (sets: {', '.join(names) or 'none'})"
+    if langs:
+        return f"{asked} (languages: {', '.join(langs)})"
+    return f"{asked}: it is one for all languages, leave out the language"
 
 
 def _pandas() -> Any:

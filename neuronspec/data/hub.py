@@ -106,10 +106,13 @@ class HubSource(Source):
             import datasets
         except ImportError:  # pragma: no cover - datasets is a dependency
             raise self.error("the `datasets` package is needed for hf: sources (pip install datasets)") from None
+        from neuronspec.progress import third_party_output
+
         kwargs = self._kwargs(lang)
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "path")
         try:
-            table = datasets.load_dataset(**kwargs)
+            with third_party_output():
+                table = datasets.load_dataset(**kwargs)
         except Exception as err:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, …)
             raise self.error(f"could not load ({shown}): {type(err).__name__}: {err}", language=lang) from None
         if isinstance(table, (datasets.DatasetDict, datasets.IterableDatasetDict)):

@@ -1,4 +1,4 @@
-"""Settings of a neuron-restricted fine-tune (MWork "enhancement", DESIGN.md section 2).
+"""Settings of a neuron-restricted fine-tune (MWork "enhancement"; docs/methods.md, "Enhancement").
 
 Defaults are the reference enhancement settings: lr 2e-6, one epoch, effective batch 32
 documents, sequence length 512, max_grad_norm 0.3, cosine schedule with 5% warm-up.

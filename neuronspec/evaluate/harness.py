@@ -175,7 +175,9 @@ def run_task(
         raise TaskError(f"task {task!r} needs lm-evaluation-harness: pip install 'neuronspec[tasks]' ({exc})") from None
     from neuronspec.plan.tasks import lm_eval_version
 
-    with tempfile.TemporaryDirectory(prefix="neuronspec-task-") as tmp, _quiet():
+    from neuronspec.progress import third_party_output
+
+    with tempfile.TemporaryDirectory(prefix="neuronspec-task-") as tmp, _quiet(), third_party_output():
         corpus_file = write_corpus_jsonl(corpus_docs, Path(tmp) / "corpus.jsonl") if corpus_docs is not None else None
         if yaml_path is not None:
             spec: str | dict[str, Any] = task_config(yaml_path, corpus_file)

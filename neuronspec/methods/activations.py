@@ -1,6 +1,6 @@
 """One streaming pass that collects the ``ffn`` activation statistics several methods share.
 
-"Activation statistics that two methods need are computed once" (DESIGN.md section 3):
+Activation statistics that two methods need are computed once:
 LinguaFranca and Sharing Matters need per-sample pooled activations, LAPE needs
 per-neuron activation counts. :func:`activation_statistics` runs the decoder once over a list of batches
 (:func:`~neuronspec.models.forward.hidden_forward`: no final norm, no unembedding) with
@@ -139,17 +139,21 @@ class ActivationStats:
         )
 
 
-def gate_module(model: nn.Module, layer: int) -> nn.Module:
-    """The module whose output is the pre-activation that the MLP's activation reads.
+def gate_module(model: nn.Module, layer: int) -> tuple[nn.Module, Tensor]:
+    """(module, coordinates): the module whose output, at those coordinates, is the pre-activation
+    that the MLP's activation reads.
 
-    Gated MLPs: the adapters list ``ffn_in`` as [up, gate] (see ``GatedAdapter.ffn_in``),
-    so the gate is the last entry; plain MLPs have a single fc1. (Looked up through the
+    Gated MLPs: the adapters list ``ffn_in_slices`` as [up, gate] (see ``GatedAdapter.ffn_in``),
+    so the gate is the last entry; plain MLPs have a single fc1. A fused gate/up projection
+    (Phi-3) is one module whose gate half the coordinates pick. (Looked up through the
     config's adapter: ``adapter_for(model)`` re-checks every site's shapes on each call.)
     """
-    modules = adapter_for(model.config).ffn_in(model, layer)
-    if len(modules) not in (1, 2):
-        raise ValueError(f"expected [fc1] or [up, gate] feeding the ffn neurons, got {len(modules)} modules")
-    return modules[-1]
+    adapter = adapter_for(model.config)
+    slices = adapter.ffn_in_slices(model, layer)
+    if len(slices) not in (1, 2):
+        raise ValueError(f"expected [fc1] or [up, gate] feeding the ffn neurons, got {len(slices)} modules")
+    module, index_fn = slices[-1]
+    return module, index_fn(torch.arange(adapter.dims(model.config).intermediate))
 
 
 class _Collector:
@@ -193,7 +197,8 @@ class _Collector:
             if self.poolings or self.thresholds:
                 handles.append(self.adapter.ffn_down(self.model, i).register_forward_pre_hook(self._ffn(i)))
             if self.want_gate:
-                handles.append(gate_module(self.model, i).register_forward_hook(self._gate(i)))
+                module, coords = gate_module(self.model, i)
+                handles.append(module.register_forward_hook(self._gate(i, coords.to(self.gate.device))))
         return handles
 
     def _sum(self, kept: Tensor) -> Tensor:
@@ -217,11 +222,10 @@ class _Collector:
                     self.counts[j, i] += (kept > tau).sum(0)
         return hook
 
-    def _gate(self, i: int) -> Callable[..., None]:
+    def _gate(self, i: int, coords: Tensor) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            self.gate[i] += (output.detach()[self.keep] > 0).sum(0)
+            self.gate[i] += (output.detach()[self.keep][:, coords] > 0).sum(0)
         return hook
-
 
 
 @torch.no_grad()

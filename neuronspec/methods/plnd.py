@@ -1,22 +1,28 @@
 """PLND — Parallel Language-specific Neuron Detection (Zhao et al. 2024, "MWork").
 
 Importance of neuron N of layer i for a document c: Imp(N|c) = ‖T\\N(h) − T(h)‖², the
-squared change of the sublayer output when N is zeroed, combined over the document's
-tokens (`token_reduce`: mean by default so ε means the same for long and short
-documents; `sum` is the paper's literal form). The sublayer output is the output of the
-down / output projection (before any post-norm such as Gemma's).
+squared change, when N is zeroed, of what N's sublayer adds to the residual stream, combined
+over the document's tokens (`token_reduce`: mean by default so ε means the same for long and
+short documents; `sum` is the paper's literal form). That is the down / output projection's
+output y, or — in sandwich-norm blocks (Gemma 2/3, OLMo 2: ``Adapter.post_norm``) — the
+RMSNorm of it, N(y) = g ⊙ y / √(‖y‖²/H + eps).
 
-All neurons are scored in parallel from one forward pass:
+All neurons are scored in parallel from one forward pass. Without a post-norm, with Δ_t the
+neuron's contribution to y_t, the change is ‖Δ_t‖²:
 
 * `ffn` (input k of the down projection, activation a_k):   Σ_t a_{t,k}² ‖W_down[:,k]‖²
 * `attn.o` (input j of the output projection, value mix z_j): Σ_t z_{t,j}² ‖W_o[:,j]‖²
 * `attn.v` (output (g,d) of V): zeroing it zeroes z_{·,h,d} for every query head h of KV
   group g, so Δ_t = Σ_h z_{t,h,d} W_o[:,(h,d)] and ‖Δ_t‖² = z_tᵀ G z_t with G the Gram
   matrix of those W_o columns — exact under grouped-query attention.
-* `attn.q` / `attn.k` (the paper's approximation): the squared change of the attention
-  probabilities, summed over keys, when the pre-RoPE (and pre-q/k-norm) projection output
-  that deactivation zeroes is switched off; a K neuron sums over the query heads of its
-  group. The one expensive score, O(B·H·T·S·D) exponentials: see :mod:`plnd_qk`.
+
+With a post-norm the change is Σ_t ‖N(y_t − Δ_t) − N(y_t)‖², exact in closed form from yᵀΔ,
+(g⊙g⊙y)ᵀΔ, ‖Δ‖² and ‖g⊙Δ‖² per token and neuron (:mod:`plnd_postnorm`; the same Δ_t as above).
+
+`attn.q` / `attn.k` keep the paper's approximation: the squared change of the attention
+probabilities, summed over keys, when the pre-RoPE (and pre-q/k-norm) projection output that
+deactivation zeroes is switched off; a K neuron sums over the query heads of its group. The
+one expensive score, O(B·H·T·S·D) exponentials: see :mod:`plnd_qk`.
 
 Statistics stream over documents in O(neurons) memory: running minimum (for the
 ∀-documents rule), sums and sums of squares (means, spreads), and per-layer top-k hit
@@ -42,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neuronspec.methods.plnd_postnorm import PostNorm, TokenNorms, chunks, column_change2, gram_pairs, v_change2
 from neuronspec.methods.plnd_qk import Plan, QKInputs, qk_importance
 from neuronspec.models.attention import additive_mask, capture_attention, rotary_of
 from neuronspec.models.forward import Batch, hidden_forward
@@ -136,7 +143,9 @@ class _Scorer:
         self.plan: Plan | None = None
         self.stable = False
         self._norms: dict[tuple[str, int], Tensor] = {}
-        self._norm_inputs: dict[tuple[int, int], Tensor] = {}  # (layer, 0 q / 1 k) → this forward's q/k norm input
+        self._norm_inputs: dict[tuple[int, int], Tensor] = {}
+        self._post: dict[tuple[str, int, str], PostNorm | None] = {}
+        self._cols: dict[tuple[str, int], tuple[Tensor, Tensor, Tensor]] = {}  # (layer, 0 q / 1 k) → this forward's q/k norm input
         self.softcap = getattr(getattr(model.config, "get_text_config", lambda: model.config)(), "attn_logit_softcapping", None)
 
     def start_batch(self, batch: Batch, stable: bool = False) -> None:
@@ -163,35 +172,63 @@ class _Scorer:
             self._norms[("o", i)] = self.adapter.o_weight(self.model, i).detach().float().pow(2).sum(0)
         return self._norms[("o", i)]
 
-    def _v_gram(self, i: int) -> list[tuple[int, int, Tensor]]:
-        """(g, h, c) for g <= h: c [Hkv*D] = the inner product of the W_o columns of query heads g
-        and h of a group at V neuron (kv head, dim), doubled off the diagonal (the Gram matrix is
-        symmetric), so ‖Δ_t‖² = Σ_(g<=h) c · z_g z_h."""
-        if ("v", i) not in self._norms:
-            d = self.dims
-            group = d.heads // d.kv_heads
+    def _v_gram(self, i: int, norm: PostNorm | None = None) -> list[tuple[int, int, Tensor]]:
+        """Gram coefficients of the W_o columns of each V neuron's group (:func:`gram_pairs`), so
+        ‖Δ_t‖² = Σ_(g<=h) c · z_g z_h; with `norm`, of the gain-weighted columns g⊙W_o (‖g⊙Δ_t‖²)."""
+        key = ("v", i) if norm is None else ("gv", i)
+        if key not in self._norms:
             w = self.adapter.o_weight(self.model, i).detach().float()
-            w = w.view(w.shape[0], d.kv_heads, group, d.head_dim)
-            # pair by pair: an einsum here batches tiny [G,X]@[X,G] products over (kv head, dim), far slower
-            self._norms[("v", i)] = [(g, h, (w[:, :, g] * w[:, :, h]).sum(0).flatten() * (1.0 if g == h else 2.0))  # type: ignore[assignment]
-                                     for g in range(group) for h in range(g, group)]
-        return self._norms[("v", i)]  # type: ignore[return-value]
+            self._norms[key] = gram_pairs(w if norm is None else w * norm.gain[:, None],  # type: ignore[assignment]
+                                          self.dims.kv_heads, self.dims.head_dim)
+        return self._norms[key]  # type: ignore[return-value]
+
+    def _post_norm(self, i: int, which: str) -> PostNorm | None:
+        if ("post", i, which) not in self._post:
+            norm = self.adapter.post_norm(self.model, i, which)
+            self._post[("post", i, which)] = None if norm is None else PostNorm(*self.adapter.rms_norm_params(norm))
+        return self._post[("post", i, which)]
+
+    def _column_stats(self, key: tuple[str, int], weight: Tensor, norm: PostNorm) -> tuple[Tensor, Tensor, Tensor]:
+        """(W float32, ‖W[:,k]‖², ‖g⊙W[:,k]‖²) of a projection whose input columns are neurons."""
+        if key not in self._cols:
+            w = weight.detach().float()
+            self._cols[key] = (w, w.square().sum(0), (w * norm.gain[:, None]).square().sum(0))
+        return self._cols[key]
+
+    def _normed_columns(self, act: Tensor, tok: TokenNorms, cols: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """[documents, width] token-reduced post-norm importances of neurons act[..., k]·W[:, k], by chunks."""
+        w, wn2, gwn2 = cols
+        out = act.new_empty(len(self.where[0]), act.shape[-1])
+        for k0, k1 in chunks(act.shape[0] * act.shape[1], act.shape[-1]):
+            out[:, k0:k1] = self._token_sum(column_change2(tok, act[..., k0:k1], w[:, k0:k1], wn2[k0:k1], gwn2[k0:k1]))
+        return out
 
     def hooks(self) -> list[Any]:
         handles = []
         for i in range(self.dims.num_layers):
             if "ffn" in self.sites:
-                handles.append(self.adapter.ffn_down(self.model, i).register_forward_pre_hook(self._ffn_hook(i)))
+                down = self.adapter.ffn_down(self.model, i)
+                handles.append(down.register_forward_pre_hook(self._ffn_hook(i)) if self._post_norm(i, "ffn") is None
+                               else down.register_forward_hook(self._ffn_normed_hook(i)))
             if "attn.o" in self.sites or "attn.v" in self.sites:
-                handles.append(self.adapter.attn_out(self.model, i).register_forward_pre_hook(self._attn_out_hook(i)))
+                out = self.adapter.attn_out(self.model, i)
+                handles.append(out.register_forward_pre_hook(self._attn_out_hook(i)) if self._post_norm(i, "attn") is None
+                               else out.register_forward_hook(self._attn_normed_hook(i)))
             norms = self.adapter.qk_norms(self.model, i) if any(s in QK_SITES for s in self.sites) else None
             for which, norm in enumerate(norms or ()):
                 handles.append(norm.register_forward_pre_hook(self._norm_input_hook(i, which)))
         return handles
 
     def _norm_input_hook(self, i: int, which: int) -> Callable[..., None]:
+        whole, d = not self.adapter.qk_norm_per_head, self.dims.head_dim
+
         def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
-            self._norm_inputs[(i, which)] = args[0].detach()  # [B, heads, T, D]: what deactivation zeroes
+            u = args[0].detach()  # what deactivation zeroes: [B, heads, T, D], (Qwen 3) [B, T, heads, D], (OLMo 2) [B, T, heads·D]
+            if whole:
+                u = u.view(*u.shape[:2], -1, d).transpose(1, 2)
+            elif not self.adapter.qk_norm_heads_first:
+                u = u.transpose(1, 2)
+            self._norm_inputs[(i, which)] = u
         return hook
 
     def _ffn_hook(self, i: int) -> Callable[..., None]:
@@ -217,14 +254,41 @@ class _Scorer:
                 self.batch.put("attn.v", i, imp)
         return hook
 
+    def _ffn_normed_hook(self, i: int) -> Callable[..., None]:
+        norm = self._post_norm(i, "ffn")
+
+        def hook(module: torch.nn.Module, args: tuple[Tensor, ...], y: Tensor) -> None:
+            cols = self._column_stats(("ffn", i), self.adapter.down_weight(self.model, i), norm)
+            tok = TokenNorms.of(y.detach().float(), norm)
+            self.batch.put("ffn", i, self._normed_columns(args[0].detach().float(), tok, cols))
+        return hook
+
+    def _attn_normed_hook(self, i: int) -> Callable[..., None]:
+        norm = self._post_norm(i, "attn")
+
+        def hook(module: torch.nn.Module, args: tuple[Tensor, ...], y: Tensor) -> None:
+            z = args[0].detach().float()
+            tok = TokenNorms.of(y.detach().float(), norm)
+            cols = self._column_stats(("o", i), self.adapter.o_weight(self.model, i), norm)
+            if "attn.o" in self.sites:
+                self.batch.put("attn.o", i, self._normed_columns(z, tok, cols))
+            if "attn.v" in self.sites:
+                d = self.dims
+                imp = v_change2(tok, z, cols[0], (self._v_gram(i), self._v_gram(i, norm)), d.kv_heads, d.head_dim)
+                self.batch.put("attn.v", i, self._token_sum(imp))
+        return hook
+
     def on_attention(self, layer: int, query: Tensor, key: Tensor, mask: Tensor | None, scaling: float, module: Any) -> None:
         if ("gains", layer) not in self._norms:
             self._norms[("gains", layer)] = self.adapter.qk_norm_gains(self.model, layer)  # type: ignore[assignment]
         norms = self.adapter.qk_norms(self.model, layer)
+        if norms is not None and ("qk_eps", layer) not in self._norms:
+            self._norms[("qk_eps", layer)] = tuple(self.adapter.rms_norm_params(n)[1] for n in norms)  # type: ignore[assignment]
         pre = None if norms is None else (self._norm_inputs.pop((layer, 0)), self._norm_inputs.pop((layer, 1)))
         inp = QKInputs(query.detach(), key.detach(), additive_mask(mask), scaling, self.softcap,
                        rotary_of(module), self._norms[("gains", layer)],  # type: ignore[arg-type]
-                       pre, (float(norms[0].eps), float(norms[1].eps)) if norms is not None else (0.0, 0.0))
+                       pre, self._norms[("qk_eps", layer)] if norms is not None else (0.0, 0.0),  # type: ignore[arg-type]
+                       not self.adapter.qk_norm_per_head)
         want = tuple(s for s in QK_SITES if s in self.sites)
         for site, imp in qk_importance(inp, want, self.plan, mask_source=mask, stable=self.stable).items():  # [B,H,T,D], 0 where w is 0
             b, h, _, d = imp.shape

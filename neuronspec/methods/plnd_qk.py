@@ -1,14 +1,15 @@
 """PLND's q/k importance, for the neuron that deactivation switches off.
 
 A q (k) neuron is output n of the query (key) projection of one head, *before* Gemma's
-per-head q/k RMSNorm and before rotary embeddings — that is what ``deactivate`` and
+per-head (OLMo 2's whole-projection) q/k RMSNorm and before rotary embeddings — that is what ``deactivate`` and
 ``zero_weights`` zero. Its score is the paper's: the squared change of the attention
 probabilities, Σ_s (p'_ts − p_ts)², when the neuron is switched off, per query t (a K neuron
 sums it over the query heads of its group).
 
 What switching it off does to the logits, exactly. Write q̃ for the normalised pre-RoPE query
 (q̃ = u·g/r, u the projection output, g the norm's gain, r = √(mean u² + eps); no norm: q̃ = u)
-and q = R_t q̃ for the post-RoPE one (R_t the rotation of position t, pairing n with n ± D/2).
+and q = R_t q̃ for the post-RoPE one (R_t the rotation of position t, pairing n with n ± r/2 for
+n < r, r = D unless rotary is partial; YaRN-like tables make it m times a rotation, see full_rotary_tables).
 Zeroing u_n removes q̃_n and, through r, rescales the rest of the head by
 α_tn = r/r' = (1 − (q̃_n/g_n)²/D)^(−1/2) (1 without a norm), so with ℓ_ts = scaling·q_t·k_s
 
@@ -17,8 +18,16 @@ Zeroing u_n removes q̃_n and, through r, rescales the rest of the head by
 
 the removed part of q_t being q̃_tn·R_t e_n, which lives on both rotary partners of n. For a K
 neuron the roles swap: ℓ'_ts = β_sn (ℓ_ts − scaling·k̃_sn·(cos_sn q_tn − sin_sn rot(q_t)_n)).
-Soft-capping and the mask apply after, as in the model. Without RoPE and norm (GPT-2) both
-reduce to removing q_tn·k_sn, and one computation serves q and k.
+Soft-capping (Gemma 2: cap·tanh(ℓ/cap)) and the mask apply after, as in the model. Without
+RoPE and norm (GPT-2) both reduce to removing q_tn·k_sn, and one computation serves q and k.
+
+OLMo 2 normalises the whole projection (all heads together, width N = heads·D) before the head
+split. Its q neuron is still output n of the projection, before that norm (what deactivation
+zeroes), and its score is the change of *its own head's* probabilities (a K neuron: its group's),
+computed exactly as above with r and α over the N coordinates (α_tn = (1 − (q̃_n/g_n)²/N)^(−1/2)).
+The norm also rescales every other head by the same α_tn, a uniform change of their softmax
+temperature of order u_n²/‖u‖², which the score leaves out: counting it would cost one more
+pass over keys per head and neuron.
 
 The score per (query, neuron) needs three sums over keys (:func:`_fused_scores`), so one
 pass computes it without ever writing the [rows, queries, head_dim, keys] tensor. On CPU that
@@ -28,7 +37,7 @@ the function is `torch.compile`d (Triton / C++) and run by query blocks over the
 can see; small soft-capped layers, or machines where neither can be built, run it eagerly in
 cache-sized chunks, with a warning when building failed. Where keys lie is read from the mask
 once per batch and mask kind, and the needed queries once per batch: no host synchronisation
-per layer. Costs (benchmarks/detect_overhead.py, README): on one CPU core ~0.25 ns per
+per layer. Costs (benchmarks/detect_overhead.py, docs/benchmarks.md): on one CPU core ~0.25 ns per
 (query, neuron, key); a site costs ~2.5 forward passes through MKL's linears, ~3.5 through
 oneDNN's (models/onednn.py), on random-llama-small at 512 tokens.
 """
@@ -46,6 +55,7 @@ import torch
 from torch import Tensor
 
 from neuronspec.methods import plnd_qk_cpu
+from neuronspec.models.attention import full_rotary_tables, rotate_half
 
 #: elements of one perturbed-probability chunk [rows, block, D, span]: 2 MB, so each chunk's
 #: ops run in cache instead of streaming through memory
@@ -74,9 +84,10 @@ class QKInputs:
 
     query [B,H,T,D] and key [B,Hkv,S,D] post-RoPE (and post-norm); mask additive [B,1|H,T,S]
     (None: causal); rotary (cos, sin) [B|1,T,D] or None; gains: the (q, k) per-head RMSNorm
-    gains [D] or None; pre: the (q, k) norms' inputs u [B,H,T,D] / [B,Hkv,S,D] and eps their
-    epsilons. How much zeroing u_n rescales the rest of a head needs u_n: from `pre` when given,
-    else recovered as q̃_n/g_n — which a zero gain (Gemma 3 270M has some) makes 0/0.
+    gains [D] (or [heads, 1, D] when `whole`) or None; pre: the (q, k) norms' inputs u [B,H,T,D] /
+    [B,Hkv,S,D] and eps their epsilons. How much zeroing u_n rescales the rest of a head needs u_n:
+    from `pre` when given, else recovered as q̃_n/g_n — which a zero gain (Gemma 3 270M has some)
+    makes 0/0. `whole`: one norm over the whole projection (all heads; OLMo 2), not one per head.
     """
 
     query: Tensor
@@ -88,6 +99,7 @@ class QKInputs:
     gains: tuple[Tensor, Tensor] | None = None
     pre: tuple[Tensor, Tensor] | None = None
     eps: tuple[float, float] = (0.0, 0.0)
+    whole: bool = False
 
     def rows(self, b0: int, b1: int) -> QKInputs:
         """Documents b0..b1-1 (masks and rotary tables broadcast over documents stay whole)."""
@@ -95,23 +107,22 @@ class QKInputs:
         rotary = None if self.rotary is None else (cut(self.rotary[0]), cut(self.rotary[1]))
         pre = None if self.pre is None else (self.pre[0][b0:b1], self.pre[1][b0:b1])
         return QKInputs(self.query[b0:b1], self.key[b0:b1], cut(self.mask), self.scaling, self.softcap, rotary,
-                        self.gains, pre, self.eps)
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+                        self.gains, pre, self.eps, self.whole)
 
 
 def _norm_rescale(inp: QKInputs, which: int, normed: Tensor) -> Tensor:
     """r/r' per (position, neuron): how much the rest of a normalised head grows when its
-    pre-norm coordinate u_n is zeroed, (1 − u_n² / (D·(mean u² + eps)))^(−1/2). From the norm's
-    input when known; else u_n² / (D·(mean u² + eps)) = (q̃_n/g_n)² / D, `normed` being q̃."""
+    pre-norm coordinate u_n is zeroed, (1 − u_n² / (N·(mean u² + eps)))^(−1/2), the mean taken over
+    the N = D coordinates of the head (N = heads·D, all heads, when `inp.whole`). From the norm's
+    input when known; else u_n² / (N·(mean u² + eps)) = (q̃_n/g_n)² / N, `normed` being q̃."""
+    over = (1, 3) if inp.whole else (-1,)
     if inp.pre is not None:
         u = inp.pre[which].float()
-        share = u.square() / (u.square().mean(-1, keepdim=True) + inp.eps[which]).mul_(u.shape[-1])
+        n = u.shape[1] * u.shape[3] if inp.whole else u.shape[-1]
+        share = u.square() / (u.square().mean(over, keepdim=True) + inp.eps[which]).mul_(n)
     else:
-        share = (normed / inp.gains[which]).square_().div_(normed.shape[-1])
+        n = normed.shape[1] * normed.shape[3] if inp.whole else normed.shape[-1]
+        share = (normed / inp.gains[which]).square_().div_(n)
     return share.neg_().add_(1.0).clamp_min_(1e-12).rsqrt_()
 
 
@@ -124,7 +135,7 @@ class _Side:
     right: list[Tensor]  # [rows, D, S] each
     scale_t: Tensor | None = None  # [rows, T, D]
     scale_s: Tensor | None = None  # [rows, D, S]
-    rotated: bool = False  # right[1] is -rotate_half(right[0]) over D: one product gives both centres
+    rotary_dim: int = 0  # > 0: right[1] is -rotate_half(right[0], rotary_dim): one product gives both centres
 
 
 def _sides(inp: QKInputs, want_q: bool, want_k: bool) -> tuple[_Side | None, _Side | None]:
@@ -137,23 +148,24 @@ def _sides(inp: QKInputs, want_q: bool, want_k: bool) -> tuple[_Side | None, _Si
     if inp.rotary is None:
         q_pre, k_pre = q, k
     else:
-        cos, sin = (x.float()[:, None] for x in inp.rotary)  # [B|1, 1, T, D]
-        q_pre, k_pre = q * cos - _rotate_half(q) * sin, k * cos[..., :s, :] - _rotate_half(k) * sin[..., :s, :]
+        cos, sin, inv, r = full_rotary_tables(inp.rotary, d)  # [B|1, 1, T, D]
+        q_pre = (q * cos - rotate_half(q, r) * sin) * inv
+        k_pre = (k * cos[..., :s, :] - rotate_half(k, r) * sin[..., :s, :]) * inv[..., :s, :]
     q_side = k_side = None
     if want_q:
         if inp.rotary is None:
             left, right = [rq(q_pre * inp.scaling)], [rk(k)]
         else:
             sq = q_pre * inp.scaling
-            left, right = [rq(sq * cos), rq(sq * sin)], [rk(k), rk(-_rotate_half(k))]
+            left, right = [rq(sq * cos), rq(sq * sin)], [rk(k), rk(-rotate_half(k, r))]
         q_side = _Side(left, right, rq(_norm_rescale(inp, 0, q_pre)) if inp.gains else None,
-                       rotated=inp.rotary is not None)
+                       rotary_dim=r if inp.rotary is not None else 0)
     if want_k:
         if inp.rotary is None:
             left, right = [rq(q)], [rk(k_pre * inp.scaling)]
         else:
             sk = k_pre * inp.scaling
-            left, right = [rq(q), rq(-_rotate_half(q))], [rk(sk * cos[..., :s, :]), rk(sk * sin[..., :s, :])]
+            left, right = [rq(q), rq(-rotate_half(q, r))], [rk(sk * cos[..., :s, :]), rk(sk * sin[..., :s, :])]
         scale = _norm_rescale(inp, 1, k_pre[:, ::group]) if inp.gains else None  # once per KV head
         k_side = _Side(left, right, scale_s=rk(scale.repeat_interleave(group, dim=1)) if inp.gains else None)
     return q_side, k_side
@@ -362,9 +374,9 @@ def _native_scores(inp: QKInputs, sides: dict[str, _Side], raw: Tensor, logits: 
 
 def _center(side: _Side, p: Tensor, raw: Tensor, p_raw: Tensor) -> Tensor:
     """Σ_s p_s·d_s per (row, query, neuron), d the un-capped logit change: matrix products only."""
-    if side.rotated and side.scale_s is None:  # p @ (-rot k) = -rot(p @ k): one product
+    if side.rotary_dim and side.scale_s is None:  # p @ (-rot k) = -rot(p @ k): one product
         pk = torch.bmm(p, side.right[0].transpose(1, 2))
-        pr = [pk, -_rotate_half(pk)]
+        pr = [pk, -rotate_half(pk, side.rotary_dim)]
     else:
         pr = [torch.bmm(p, (r if side.scale_s is None else r * side.scale_s).transpose(1, 2)) for r in side.right]
     c = sum(l * x for l, x in zip(side.left, pr))  # Σ_s p_s (β_s) c_s

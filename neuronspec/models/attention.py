@@ -26,7 +26,7 @@ from transformers.masking_utils import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .sites import adapter_for
+from .sites import HookPoint, UnsupportedArchitecture, adapter_for
 
 IMPL = "neuronspec"
 
@@ -41,6 +41,9 @@ class AttentionCallback(Protocol):
 _ORIGINAL: dict[int, str] = {}
 _CALLBACKS: dict[int, AttentionCallback] = {}
 _ROTARY: dict[int, tuple[Tensor, Tensor] | None] = {}
+# Per attention module still to verify (Adapter.verify_rotary): its q projection's hook point and last output.
+_VERIFY: dict[int, HookPoint] = {}
+_PRE_QUERY: dict[int, Tensor] = {}
 _LOCK = threading.Lock()
 _registered = False
 
@@ -56,6 +59,8 @@ def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
                attention_mask: Tensor | None, **kwargs) -> tuple[Tensor, Tensor | None]:
     """Registered as ``"neuronspec"``: callback first (if wanted), then the original function."""
     callback = _CALLBACKS.get(id(module))
+    if id(module) in _VERIFY:
+        _verify_rotary(module, query)
     if callback is not None:
         scaling = kwargs.get("scaling")
         callback(module.layer_idx, query, key, attention_mask,
@@ -98,6 +103,66 @@ def rotary_of(module: nn.Module) -> tuple[Tensor, Tensor] | None:
 
 def _keep_rotary(module: nn.Module, args: tuple, kwargs: dict) -> None:
     _ROTARY[id(module)] = kwargs.get("position_embeddings")
+
+
+def rotate_half(x: Tensor, dim: int | None = None) -> Tensor:
+    """rotate_half over the first `dim` coordinates (all by default), 0 on the rest: with the
+    rotary tables widened by :func:`full_rotary_tables`, partial rotary is rotary over all D."""
+    dim = x.shape[-1] if dim is None else dim
+    half = dim // 2
+    return torch.cat((-x[..., half:dim], x[..., :half], torch.zeros_like(x[..., dim:])), dim=-1)
+
+
+def full_rotary_tables(rotary: tuple[Tensor, Tensor], d: int) -> tuple[Tensor, Tensor, Tensor, int]:
+    """(cos, sin, 1 / (cos² + sin²)) [B|1,1,T,D] and the rotary width r. Partial rotary (GPT-NeoX's
+    rotary_pct, Phi's partial_rotary_factor) turns only the first r coordinates, so cos is 1 and sin
+    0 past r. YaRN / LongRoPE multiply both tables by an attention factor m: R_t is then m times a
+    rotation, R_tᵀ R_t = m², and the pre-RoPE vector is R_tᵀ q / m²."""
+    cos, sin = (x.float()[:, None] for x in rotary)
+    r = cos.shape[-1]
+    if r < d:
+        cos = torch.cat((cos, cos.new_ones(*cos.shape[:-1], d - r)), dim=-1)
+        sin = torch.cat((sin, sin.new_zeros(*sin.shape[:-1], d - r)), dim=-1)
+    return cos, sin, (cos.square() + sin.square()).reciprocal_(), r
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Half-split rotary (Llama's ``apply_rotary_pos_emb``) of x [B, H, T, D] with tables
+    [B|1, T, r], r <= D: coordinates past r pass unchanged (partial rotary)."""
+    full_cos, full_sin, _, r = full_rotary_tables((cos, sin), x.shape[-1])
+    return x * full_cos + rotate_half(x, r) * full_sin
+
+
+def _watch_query(point: HookPoint, attention: nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """Keep the q projection's output of `attention`'s next call for :func:`_verify_rotary`."""
+    _VERIFY[id(attention)] = point
+
+    def keep(module: nn.Module, args: tuple, output: Tensor) -> None:
+        if id(attention) in _VERIFY:
+            _PRE_QUERY[id(attention)] = output.detach()
+    return point.module.register_forward_hook(keep)
+
+
+def _verify_rotary(module: nn.Module, query: Tensor) -> None:
+    """Raise unless `query` is the q projection's output under :func:`apply_rotary` of the tables
+    the module was given (or unrotated without tables); checked on a module's first call only."""
+    point = _VERIFY.pop(id(module))
+    pre = _PRE_QUERY.pop(id(module), None)
+    if pre is None:
+        return
+    b, h, t, d = query.shape
+    expected = pre[..., point.index_fn(torch.arange(point.width, device=pre.device))].float()
+    expected = expected.reshape(b, t, h, d).transpose(1, 2)
+    rotary = _ROTARY.get(id(module))
+    if rotary is not None:
+        expected = apply_rotary(expected, *(x.float() for x in rotary))
+    gap = float((expected - query.float()).abs().max())
+    if gap > 1e-2 * float(query.float().abs().max()) + 1e-6:
+        raise UnsupportedArchitecture(
+            f"{type(module).__name__} (layer {module.layer_idx}) does not hand attention its q projection's "
+            f"output under half-split rotary{' (it received none)' if rotary is None else ''}: the q/k score "
+            f"would be wrong (largest gap {gap:.3g}). Its family needs an adapter of its own that says how "
+            "(interleaved rotary, a q/k norm, layers without rotary ...).")
 
 
 def additive_mask(attention_mask: Tensor | None, dtype: torch.dtype = torch.float32) -> Tensor | None:
@@ -144,6 +209,8 @@ def capture_attention(model: nn.Module, callback: AttentionCallback, layers: set
         _ORIGINAL.update(originals)
         _CALLBACKS.update({k: callback for k in attn_modules})
     hooks = [m.register_forward_pre_hook(_keep_rotary, with_kwargs=True) for m in attn_modules.values()]
+    if adapter.verify_rotary:
+        hooks += [_watch_query(adapter.hook_point(model, i, "attn.q"), adapter.attention(model, i)) for i in sorted(layers)]
     try:
         for c in configs.values():
             c._attn_implementation_internal = IMPL
@@ -158,3 +225,5 @@ def capture_attention(model: nn.Module, callback: AttentionCallback, layers: set
             for k in attn_modules:
                 _CALLBACKS.pop(k, None)
                 _ROTARY.pop(k, None)
+                _VERIFY.pop(k, None)
+                _PRE_QUERY.pop(k, None)

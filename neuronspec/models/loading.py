@@ -198,9 +198,12 @@ def _convert_gguf(gguf: Path, target: Path, sha256: str, source: str) -> None:
     _require("gguf", "pip install 'neuronspec[embedded]'  (needs the gguf package)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from neuronspec.progress import third_party_output
+
     t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with third_party_output():  # transformers' conversion bars, when the output is a log file
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # Dequantised weights are plain tensors now; drop the GGUF quantizer so it saves normally.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -208,8 +211,9 @@ def _convert_gguf(gguf: Path, target: Path, sha256: str, source: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        with third_party_output():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         write_json(tmp / _META, {"gguf_sha256": sha256, "gguf_name": gguf.name, "source": source,
                                  "dtype": "float32", "converted_in_s": round(time.perf_counter() - t0, 1)}, indent=1)
         try:
@@ -267,8 +271,11 @@ def _from_folder(folder: str | Path, *, revision: str | None, dtype: torch.dtype
     if gguf_file:
         _require("gguf", "pip install 'neuronspec[embedded]'  (needs the gguf package)")
         kw["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device_map, **kw)
+    from neuronspec.progress import third_party_output
+
+    with third_party_output():  # transformers' "Loading weights" bar, when the output is a log file
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device_map, **kw)
     if device_map is None:
         model.to(device)
     return model.eval(), tokenizer

@@ -1,6 +1,6 @@
 """The one mask type: a NeuronSet is a value (site -> layer -> indices), applied by hooks.
 
-Masks are data (DESIGN.md section 3): sets are saved, combined, counted and only then
+Masks are data: sets are saved, combined, counted and only then
 applied, either with :func:`deactivate` (forward hooks, nothing patched), with
 :func:`zeroed` (weight slices zeroed in place and restored: free per forward pass, for
 evaluation) or with :func:`zero_weights` (a zeroed copy, for export).

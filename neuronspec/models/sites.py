@@ -1,6 +1,6 @@
 """The one site registry: which tensor a "neuron" is, per architecture family.
 
-A *site* names a family of neurons (DESIGN.md section 2):
+A *site* names a family of neurons (docs/methods.md, "Neurons: the five sites", per architecture):
 
 - ``ffn``     coordinate k of the input of the FFN down-projection (width intermediate);
 - ``attn.q``  output coordinate k of the query projection (heads * head_dim);
@@ -123,6 +123,13 @@ class Adapter:
 
     model_types: tuple[str, ...] = ()
     supports_attention_interface: bool = True
+    #: the q/k norms (if any) normalise each head; False: the whole projection at once (OLMo 2)
+    qk_norm_per_head: bool = True
+    #: the q/k norms' inputs are [B, heads, T, D] (Gemma 3 normalises after the transpose), not [B, T, heads, D]
+    qk_norm_heads_first: bool = True
+    #: the queries attention sees must be checked, once per layer, to be the q projection's output under
+    #: half-split rotary (families recognised by layout only, whose rotary convention nothing declares)
+    verify_rotary: bool = False
 
     # ---- config -----------------------------------------------------------------
     def text_config(self, config):  # noqa: ANN001, ANN201 - transformers configs are untyped
@@ -166,15 +173,31 @@ class Adapter:
         """Modules whose output rows feed the ``ffn`` neurons (up and gate, or fc1)."""
         raise NotImplementedError
 
+    def ffn_in_slices(self, model: nn.Module, i: int) -> list[tuple[nn.Module, IndexFn]]:
+        """(module, index_fn) per input of the ``ffn`` neurons, [up, gate] or [fc1]: neuron n is
+        output coordinate index_fn(n). Fused gate/up projections override this (one module, two maps)."""
+        return [(module, _identity) for module in self.ffn_in(model, i)]
+
     def qk_norm_gains(self, model: nn.Module, i: int) -> tuple[Tensor, Tensor] | None:
-        """Per-head RMSNorm gains [head_dim] applied to q and k after the projection (before RoPE),
-        or None when the family has no q/k norm: zeroing a q/k neuron then also rescales its head."""
+        """RMSNorm gains applied to q and k after the projection (before RoPE): [head_dim] per head, or
+        [heads, 1, head_dim] for a whole-projection norm (``qk_norm_per_head`` False); None when the
+        family has no q/k norm. With one, zeroing a q/k neuron also rescales its head."""
         return None
 
     def qk_norms(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module] | None:
         """The per-head q and k RMSNorm modules (their inputs are the pre-norm projection outputs
         that deactivation zeroes), or None when the family has none."""
         return None
+
+    def post_norm(self, model: nn.Module, i: int, which: str) -> nn.Module | None:
+        """The RMSNorm that layer `i` applies to its ``"ffn"`` or ``"attn"`` sublayer's output before
+        adding it to the residual stream (Gemma 2/3, OLMo 2), or None: PLND then scores the change
+        after it (:mod:`neuronspec.methods.plnd_postnorm`)."""
+        return None
+
+    def rms_norm_params(self, norm: nn.Module) -> tuple[Tensor, float]:
+        """(gain [hidden] float32, eps) of one of this family's RMSNorms: y ↦ gain ⊙ y / √(mean y² + eps)."""
+        return norm.weight.detach().float(), norm_eps(norm)
 
     # ---- weights: always [out, in] ----------------------------------------------
     def down_weight(self, model: nn.Module, i: int) -> Tensor:
@@ -215,8 +238,8 @@ class Adapter:
                 slices.append(WeightSlice(names[id(bias)], bias, 0, index_fn))
 
         if site == "ffn":
-            for module in self.ffn_in(model, i):
-                add(module, "out", _identity)
+            for module, index_fn in self.ffn_in_slices(model, i):
+                add(module, "out", index_fn)
             add(self.ffn_down(model, i), "in", _identity)
         elif site == "attn.o":
             add(self.attn_out(model, i), "in", _identity)
@@ -289,10 +312,32 @@ class GatedAdapter(Adapter):
         return getattr(attn, name), _identity
 
 
-class Gemma3Adapter(GatedAdapter):
+# ---- sandwich-norm families: Gemma 2 (and 3, below), OLMo 2 ----------------------------------
+
+
+class Gemma2Adapter(GatedAdapter):
+    """Gemma 2: Llama module names plus a post-norm on each sublayer's output
+    (``post_attention_layernorm`` / ``post_feedforward_layernorm``, Gemma's (1 + weight) RMSNorm).
+
+    Attention logits are soft-capped (``attn_logit_softcapping``, read from the config by the q/k
+    score) and so are the final logits (``final_logit_softcapping``, see evaluate.logprobs);
+    sliding-window layers alternate with global ones, which the attention mask carries.
+    """
+
+    model_types = ("gemma2",)
+
+    def post_norm(self, model: nn.Module, i: int, which: str) -> nn.Module:
+        layer = self.layers(model)[i]
+        return {"ffn": layer.post_feedforward_layernorm, "attn": layer.post_attention_layernorm}[which]
+
+    def rms_norm_params(self, norm: nn.Module) -> tuple[Tensor, float]:
+        return 1.0 + norm.weight.detach().float(), float(norm.eps)  # Gemma's RMSNorm scales by (1 + weight)
+
+
+class Gemma3Adapter(Gemma2Adapter):
     """Gemma 3: the text-only model, or the text part of Gemma3ForConditionalGeneration.
 
-    Note: Gemma 3 applies RMSNorm per head (q_norm / k_norm) *after* the projection;
+    Gemma 2's blocks plus an RMSNorm per head (q_norm / k_norm) *after* the projection;
     the q/k neurons are the projection outputs, before that norm.
     """
 
@@ -312,6 +357,33 @@ class Gemma3Adapter(GatedAdapter):
     def qk_norms(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module]:
         attn = self.attention(model, i)
         return attn.q_norm, attn.k_norm
+
+
+class Olmo2Adapter(GatedAdapter):
+    """OLMo 2: Llama module names, no pre-norms, a post-norm on each sublayer's output
+    (``post_attention_layernorm`` / ``post_feedforward_layernorm``, RMSNorm scaling by its weight)
+    and q/k RMSNorms over the *whole* projection (heads·head_dim wide), before the head split.
+
+    The q/k neurons are the projection outputs before that norm (what deactivation zeroes);
+    zeroing one rescales every head of the projection (see methods.plnd_qk for the score).
+    """
+
+    model_types = ("olmo2",)
+    qk_norm_per_head = False
+
+    def post_norm(self, model: nn.Module, i: int, which: str) -> nn.Module:
+        layer = self.layers(model)[i]
+        return {"ffn": layer.post_feedforward_layernorm, "attn": layer.post_attention_layernorm}[which]
+
+    def qk_norms(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module]:
+        attn = self.attention(model, i)
+        return attn.q_norm, attn.k_norm
+
+    def qk_norm_gains(self, model: nn.Module, i: int) -> tuple[Tensor, Tensor]:
+        """The gains as [heads, 1, head_dim] (and [kv_heads, 1, head_dim]), to broadcast over [B, heads, T, D]."""
+        d = self.dims(model.config).head_dim
+        q, k = self.qk_norms(model, i)
+        return q.weight.detach().float().view(-1, 1, d), k.weight.detach().float().view(-1, 1, d)
 
 
 class _TransformerHAdapter(Adapter):
@@ -416,6 +488,15 @@ def _qkv(site: str) -> str:
     return site
 
 
+def norm_eps(norm: nn.Module) -> float:
+    """The epsilon of an RMSNorm module (families name it ``eps`` or ``variance_epsilon``)."""
+    for name in ("eps", "variance_epsilon"):
+        value = getattr(norm, name, None)
+        if value is not None:
+            return float(value)
+    raise AttributeError(f"{type(norm).__name__} has neither .eps nor .variance_epsilon")
+
+
 # ---- registry ---------------------------------------------------------------------
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -431,7 +512,7 @@ def register_adapter(adapter_cls: type[Adapter]) -> type[Adapter]:
     return adapter_cls
 
 
-for _cls in (GatedAdapter, Gemma3Adapter, GPT2Adapter, BloomAdapter):
+for _cls in (GatedAdapter, Gemma2Adapter, Gemma3Adapter, Olmo2Adapter, GPT2Adapter, BloomAdapter):
     register_adapter(_cls)
 
 
@@ -445,13 +526,14 @@ def adapter_for(model_or_config) -> Adapter:  # noqa: ANN001
     config = model_or_config.config if is_model else model_or_config
     model_type = getattr(config, "model_type", None)
     adapter = _REGISTRY.get(model_type)
-    if adapter is None:
-        raise UnsupportedArchitecture(
-            f"no neuron-site adapter for model_type {model_type!r}. Supported: {', '.join(supported_model_types())}.\n"
-            "To add one, subclass neuronspec.models.sites.Adapter (or GatedAdapter for Llama-style "
-            "module names), set model_types = ('your_type',), implement dims/base/layers/final_norm/"
-            "ffn_down/ffn_in/attn_out/projection, and call register_adapter(YourAdapter)."
-        )
+    if adapter is None:  # an unregistered family: usable when its layout is Llama's (checked on the model)
+        from .generic import generic_adapter
+
+        adapter = generic_adapter(config, supported_model_types())
     if is_model:
         adapter.check(model_or_config)
     return adapter
+
+
+# Families added after the first six live in their own module; importing it registers them.
+from . import families  # noqa: E402,F401

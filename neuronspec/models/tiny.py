@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma3_text", "gpt2", "bloom")
+#: "ministral" has no adapter of its own: the layout-checked Llama one serves it (models/generic.py)
+ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma3_text", "gpt2", "bloom", "qwen3", "phi3", "gpt_neox", "ministral", "gemma2", "olmo2")
 
 
 def tiny_config(arch: str, **overrides: object) -> PretrainedConfig:
@@ -41,11 +42,59 @@ def tiny_config(arch: str, **overrides: object) -> PretrainedConfig:
     elif arch == "bloom":
         cfg = BloomConfig(vocab_size=96, n_layer=3, hidden_size=32, n_head=4, pad_token_id=0,
                           bos_token_id=1, eos_token_id=2)
+    elif arch == "gemma2":
+        from transformers import Gemma2Config
+
+        # caps far below the real 50 / 30 so that they bend a tiny model's small logits
+        cfg = Gemma2Config(**common, **gated, query_pre_attn_scalar=16, sliding_window=16,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                           attn_logit_softcapping=0.5, final_logit_softcapping=2.0)
+    elif arch == "olmo2":
+        from transformers import Olmo2Config
+
+        cfg = Olmo2Config(**common, **gated)
+    elif arch in _ADDED:
+        cfg = _ADDED[arch](common, gated)
     else:
         raise ValueError(f"no tiny config for {arch!r}; known: {', '.join(ARCHITECTURES)}")
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
+
+
+# ---- families added after the first six -------------------------------------------------
+
+
+def _qwen3(common: dict, gated: dict) -> PretrainedConfig:
+    from transformers import Qwen3Config
+
+    return Qwen3Config(**common, **gated)
+
+
+def _phi3(common: dict, gated: dict) -> PretrainedConfig:
+    """Fused qkv / gate-up projections, and rotary over half of each head (as Phi-4-mini's 0.75, smaller)."""
+    from transformers import Phi3Config
+
+    return Phi3Config(**common, **{k: v for k, v in gated.items() if k != "head_dim"}, partial_rotary_factor=0.5,
+                      original_max_position_embeddings=128)
+
+
+def _gpt_neox(common: dict, gated: dict) -> PretrainedConfig:
+    """Pythia's shape: parallel attention and MLP, rotary over a quarter of each head (4 of 16)."""
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(**common, hidden_size=48, intermediate_size=64, num_attention_heads=3,
+                         max_position_embeddings=128, rotary_pct=0.25, use_parallel_residual=True)
+
+
+def _ministral(common: dict, gated: dict) -> PretrainedConfig:
+    from transformers import MinistralConfig
+
+    return MinistralConfig(**common, **gated, sliding_window=16,
+                           layer_types=["sliding_attention", "sliding_attention", "full_attention"])
+
+
+_ADDED = {"qwen3": _qwen3, "phi3": _phi3, "gpt_neox": _gpt_neox, "ministral": _ministral}
 
 
 def tiny_model(arch: str, seed: int = 0, **overrides: object) -> torch.nn.Module:

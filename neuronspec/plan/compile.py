@@ -383,7 +383,8 @@ def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
                                   for t, cols in by_task.items()))
     deps = (ids.corpus(ev.corpus),) if ev.corpus is not None else ()
     base = {"seed": study.seed, "corpus": ev.corpus, "batch_size": ev.batch_size, "limit": ev.limit,
-            "num_fewshot": ev.num_fewshot, "max_length": ev.max_length, "metric_name": ev.metric_name, "bootstrap": ev.bootstrap}
+            "num_fewshot": ev.num_fewshot, "max_length": _lm_eval_max_length(plan, name, ev, study, found.values()),
+            "metric_name": ev.metric_name, "bootstrap": ev.bootstrap}
     where: dict[str, Any] = {"model_bound": True, "origin": ("evaluate", name), "evaluation": name}
 
     def add(sid: str, column: str, arm: str | None, mlang: str | None, draw: int | None, dep: tuple[str, ...]) -> None:
@@ -408,3 +409,22 @@ def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
                     sid = ids.evaluation(name, arm.name, column, draw=draw, mask_lang=mlang)
                     add(sid, column, arm.name, mlang, draw, (dep,))
 
+
+def _lm_eval_max_length(plan: Plan, name: str, ev: Any, study: Any, tasks: Any) -> int | None:
+    """lm-eval's context window for an evaluation whose scored (not generated) tasks read its corpus. lm-eval keeps the
+    last max_length + 1 tokens of a request; neuronspec's `choice` keeps the last `max_tokens` of
+    an item: unset, max_length follows the corpus so both evaluators score the same prompts, and
+    a max_length that cuts differently is said in the plan's notes (the two would disagree)."""
+    corpus = study.corpora.get(ev.corpus) if ev.corpus is not None else None
+    scored = [t for t in tasks if t.uses_corpus and t.output_type in ("multiple_choice", "loglikelihood")]
+    if corpus is None or not scored:  # generation needs room beyond the prompt: nothing to match
+        return ev.max_length
+    if ev.max_length is None:
+        plan.notes.append(f"evaluate.{name}: lm-eval max_length {corpus.max_tokens - 1} (corpus {ev.corpus!r} keeps "
+                          f"{corpus.max_tokens} tokens of an item, as `choice` does)")
+        return corpus.max_tokens - 1
+    if ev.max_length + 1 != corpus.max_tokens:
+        plan.notes.append(f"evaluate.{name}: lm-eval keeps the last {ev.max_length + 1} tokens of a request, corpus "
+                          f"{ev.corpus!r} {corpus.max_tokens}: where items are longer, lm-eval and `choice` score different "
+                          f"prompts (max_length {corpus.max_tokens - 1} makes them agree)")
+    return ev.max_length

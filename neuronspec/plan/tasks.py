@@ -79,6 +79,7 @@ class TaskSource:
     data: dict[str, str] = field(default_factory=dict)  # local data files → sha256
     dataset: str | None = None  # dataset_path[/dataset_name], for messages
     uses_corpus: bool = False  # reads the evaluation's corpus through data_files: "{corpus}"
+    output_type: str | None = None  # multiple_choice, loglikelihood, generate_until, … (None: a shipped task)
 
     def identity(self) -> dict[str, Any]:
         """What the stage key includes; `yaml` is where the stage reads the task from."""
@@ -130,7 +131,7 @@ def resolve(path: Path, root: Path) -> TaskSource:
     dataset = cfg.get("dataset_path")
     if dataset and cfg.get("dataset_name"):
         dataset = f"{dataset}/{cfg['dataset_name']}"
-    return TaskSource(str(cfg.get("task")), path, files, data, dataset, uses_corpus)
+    return TaskSource(str(cfg.get("task")), path, files, data, dataset, uses_corpus, cfg.get("output_type"))
 
 
 def local_data_path(entry: str, task_yaml: Path) -> Path | None:

@@ -78,7 +78,7 @@ def git_state(path: Path | None) -> dict[str, Any] | None:
 
 
 def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: Results, seconds: float,
-                     git_info: dict[str, Any] | None | bool = True) -> tuple[dict[str, Any], Path]:
+                     git_info: dict[str, Any] | None | bool = True, note: str | None = None) -> tuple[dict[str, Any], Path]:
     """Write `record.json` into a staging folder `runs/.incoming-RUN_ID/`; `publish_run` moves the
     finished folder into place (only then does the run exist for `runs`, `report` and reuse).
 
@@ -103,6 +103,7 @@ def write_run_record(loaded: Any, plan: Any, store: Any, result: Any, results: R
         "study_text": loaded.text,
         "study_file": str(loaded.path) if loaded.path else None,
         "overrides": list(loaded.source.overrides.values()),
+        "note": note,
         "model": None if multi else first.model_identity,
         "dims": None if multi else first.dims,
         "code_versions": first.code_versions,
@@ -146,7 +147,8 @@ def index_entry(record: dict[str, Any]) -> dict[str, Any]:
     return {"run_id": record["run_id"], "study": record.get("study", {}).get("name"), "study_file": record.get("study_file"),
             "created": record.get("created"), "seconds": record.get("seconds"), "computed": computed,
             "cached": len(stages) - computed, "model": ", ".join(m.get("id") or "?" for m in _models(record).values()) or None,
-            "commit": g.get("commit"), "dirty": g.get("study_dirty")}
+            "commit": g.get("commit"), "dirty": g.get("study_dirty"), "overrides": record.get("overrides") or [],
+            "note": record.get("note")}
 
 
 def _models(record: dict[str, Any]) -> dict[str | None, dict[str, Any]]:

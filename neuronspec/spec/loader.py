@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from neuronspec.spec.errors import Location, Problem, StudyError
 from neuronspec.spec.models import ModelSpec, Study
+from neuronspec.spec.validation import validate_study
 
 Path_ = tuple[str | int, ...]
 
@@ -251,21 +251,6 @@ def apply_overrides(tree: CommentedMap, overrides: Iterable[str], source: Source
         source.overrides[path] = text
 
 
-def _problems_from_validation(exc: ValidationError, source: SourceMap) -> list[Problem]:
-    """Map Pydantic errors to located problems, one per field (union branches collapsed)."""
-    by_place: dict[str, tuple[Location, str, list[str]]] = {}
-    for err in exc.errors():
-        location, dotted = source.locate(err["loc"])
-        _, _, messages = by_place.setdefault(f"{location}|{dotted}", (location, dotted, []))
-        messages.append(err["msg"].removeprefix("Value error, "))
-    problems = []
-    for location, dotted, messages in by_place.values():
-        # A union yields one error per branch; type mismatches are noise when another branch says more.
-        specific = [m for m in messages if not m.startswith("Input should be a valid")] or messages
-        problems.append(Problem(location, dotted, "; ".join(dict.fromkeys(specific))))
-    return problems
-
-
 def load_study(path: str | Path | None = None, overrides: Sequence[str] = (), *, text: str | None = None, name: str = "<study>") -> LoadedStudy:
     """Read, merge, override and validate a study. Raises `StudyError` listing every problem."""
     origin: dict[tuple[int, Any], str] = {}
@@ -284,15 +269,7 @@ def load_study(path: str | Path | None = None, overrides: Sequence[str] = (), *,
         text = read_text(study_path)
     source = SourceMap(tree=tree, origin=origin, default_file=file)
     apply_overrides(tree, overrides, source)
-    try:
-        study = Study.model_validate(_plain(tree))
-    except ValidationError as exc:
-        raise StudyError(_problems_from_validation(exc, source)) from None
-    from neuronspec.spec.references import check_references
-
-    problems = [source.problem(loc, msg) for loc, msg in check_references(study)]
-    if problems:
-        raise StudyError(problems)
+    study = validate_study(_plain(tree), source)
     if study_path is not None:
         study = resolve_paths(study, study_path.parent)
     return LoadedStudy(study=study, path=study_path, source=source, text=text)

@@ -81,25 +81,32 @@ class ModelSpec(Strict):
     id: str = Field("gemma-3-270m", description="Embedded name (gemma-3-270m, smollm2-135m), hub id, local folder or .gguf path.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     gguf_file: str | None = Field(None, description="GGUF file inside `id` when `id` is a folder or repo.")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
-    device_map: Literal["auto"] | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype of the weights; importances and statistics are accumulated in float32 / float64 whatever it is.")
+    device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
+                        description="Where the model runs: cpu, cuda, cuda:N, mps, or auto (the first CUDA GPU, else MPS, else the CPU).")
+    device_map: Literal["auto"] | None = Field(
+        None, description="auto: accelerate spreads a model too large for one GPU over all of them (not combined with torchrun yet).")
 
 
 class CorpusSpec(Strict):
     """A text source and how much of it to use. Splits are deterministic and disjoint."""
 
     source: str = Field(description="builtin:NAME, a local .jsonl/.txt/.parquet path ({lang} placeholder allowed) or hf:DATASET.")
-    split: Literal["detect", "eval", "all"] = "all"
-    docs_per_language: int | None = Field(None, gt=0)
+    split: Literal["detect", "eval", "all"] = Field(
+        "all", description="detect or eval: two disjoint parts of the source, chosen by a hash of each item's id and the "
+                           "study seed (so the same items whatever the source's order); all: both.")
+    docs_per_language: int | None = Field(
+        None, gt=0, description="Exactly this many documents per language, in a seeded hash order (default: all of the split); too few is an error.")
     max_tokens: int = Field(256, gt=1, description="Documents are truncated to this many tokens.")
-    eval_fraction: float = Field(0.3, gt=0, lt=1)
+    eval_fraction: float = Field(0.3, gt=0, lt=1, description="Share of the items that fall in the eval split (the rest are detect).")
     languages: list[LanguageCode] | None = Field(None, description="Subset of the study's languages (default: all).")
     options: dict[str, Any] = Field(default_factory=dict, description="Source-specific options (text_field, config, ...).")
 
 
 class Quantile(Strict):
-    quantile: float = Field(gt=0, lt=1, description="ε is this quantile of the scores pooled over languages, layers and neurons of a site.")
+    quantile: float = Field(gt=0, lt=1, description="ε is this quantile of the per-neuron minima over documents (min over c of Imp), pooled over "
+                                                      "languages, layers and neurons of a site.")
 
 
 # ε = .inf is meaningful (select nothing: the empty-set path); NaN still fails `ge=0`.
@@ -128,7 +135,9 @@ class PLNDSpec(Batching):
     """Parallel Language-specific Neuron Detection (Zhao et al. 2024)."""
 
     corpus: str = Field("detect", description="Name of a corpus in `corpora`.")
-    sites: list[Literal["ffn", "attn.q", "attn.k", "attn.v", "attn.o", "attn", "all"]] = Field(default_factory=lambda: ["ffn"], min_length=1)
+    sites: list[Literal["ffn", "attn.q", "attn.k", "attn.v", "attn.o", "attn", "all"]] = Field(
+        default_factory=lambda: ["ffn"], min_length=1,
+        description="Sites to score: ffn, attn.q, attn.k, attn.v, attn.o; attn = the four attention sites, all = all five.")
     epsilon: Threshold | dict[Site, Threshold] = Field(
         default_factory=lambda: Quantile(quantile=0.99),
         description="Importance threshold ε, absolute (≥ 0) or {quantile: q}; one for all sites or one per site.",
@@ -216,10 +225,14 @@ class SharingSpec(Batching):
 
 
 class DetectSpec(Strict):
-    plnd: PLNDSpec | None = None
-    lape: LapeSpec | None = None
-    linguafranca: LinguaFrancaSpec | None = None
-    sharing: SharingSpec | None = None
+    """Detection methods; each gives one neuron set per language, named after it in set expressions."""
+
+    plnd: PLNDSpec | None = Field(None, description="PLND: neurons whose importance reaches ε for every document of a language (sets plnd[lang]).")
+    lape: LapeSpec | None = Field(None, description="LAPE: ffn neurons whose activation probability has low entropy across languages (sets lape[lang]).")
+    linguafranca: LinguaFrancaSpec | None = Field(
+        None, description="LinguaFranca: similarity maps, LRDS / SADS per layer and key linguistic regions (sets linguafranca[lang]).")
+    sharing: SharingSpec | None = Field(
+        None, description="Sharing Matters: all-shared / partial / specific / non-activated ffn neurons (sets sharing[lang], sharing.all_shared).")
 
 
 class LogitLensSpec(Batching):
@@ -227,12 +240,14 @@ class LogitLensSpec(Batching):
 
     corpus: str = Field(description="Prompts per language (a corpus name).")
     final_norm: bool = Field(True, description="Apply the final norm before the unembedding (the PLND paper's figure does not).")
-    top_k: int = Field(1, gt=0)
-    positions: Literal["last", "all"] = "last"
+    top_k: int = Field(1, gt=0, description="Top tokens per position whose language is counted.")
+    positions: Literal["last", "all"] = Field("last", description="last: the last real token of each prompt; all: every counted token.")
 
 
 class AnalysesSpec(Strict):
-    logit_lens: LogitLensSpec | None = None
+    """Analyses that select no neurons."""
+
+    logit_lens: LogitLensSpec | None = Field(None, description="Which language each layer's residual stream decodes to, per prompt language.")
 
 
 #: random draws of a deactivate arm's `random_like` control: one draw can hit a critical neuron
@@ -285,14 +300,14 @@ class EnhanceSpec(NeuronSelection):
     corpus: str = Field(description="Training corpus (name in `corpora`); keep it disjoint from evaluation corpora (split: detect).")
     docs: int | None = Field(None, gt=0, description="Training documents per language (the paper sweeps 100 / 200 / 400 / 800).")
     languages: list[LanguageCode] | None = Field(None, description="Languages to enhance, each with its own neurons and documents (default: all).")
-    lr: float = Field(2e-6, gt=0)
-    epochs: int = Field(1, gt=0)
-    effective_batch: int = Field(32, gt=0)
-    micro_batch: int = Field(4, gt=0)
-    seq_len: int = Field(512, gt=1)
-    max_grad_norm: float | None = Field(0.3, gt=0)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    lr: float = Field(2e-6, gt=0, description="Peak learning rate of AdamW.")
+    epochs: int = Field(1, gt=0, description="Passes over the training documents.")
+    effective_batch: int = Field(32, gt=0, description="Documents per optimiser step (gradients accumulated over micro-batches).")
+    micro_batch: int = Field(4, gt=0, description="Documents per forward and backward pass.")
+    seq_len: int = Field(512, gt=1, description="Training documents are truncated to this many tokens (BOS included).")
+    max_grad_norm: float | None = Field(0.3, gt=0, description="Clip the selected neurons' gradient to this norm (null: no clipping).")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of the optimiser steps spent in linear warm-up.")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after the warm-up.")
 
     def settings(self, seed: int) -> dict[str, Any]:
         keys = ("lr", "epochs", "effective_batch", "micro_batch", "seq_len", "max_grad_norm", "warmup_ratio", "schedule")
@@ -300,10 +315,13 @@ class EnhanceSpec(NeuronSelection):
 
 
 class ArmSpec(Strict):
-    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
-    deactivate: DeactivateSpec | None = None
-    enhance: EnhanceSpec | None = None
-    description: str = ""
+    """One intervention on the model, evaluated against the untouched model: give `deactivate` or `enhance`."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX,
+                      description="Unique arm name; tables, `random_like` and evaluations' `arms` refer to it.")
+    deactivate: DeactivateSpec | None = Field(None, description="Switch the selected neurons off while evaluating.")
+    enhance: EnhanceSpec | None = Field(None, description="Fine-tune only the selected neurons, then evaluate the result.")
+    description: str = Field("", description="Free text for readers of the study; no computation reads it.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "ArmSpec":
@@ -339,7 +357,11 @@ class ArmsEvaluated(Batching):
 
 
 class EvaluationSpec(ArmsEvaluated):
-    metric: Literal["perplexity", "choice", "generation"]
+    """One of neuronspec's own metrics on a corpus, for the untouched model and each arm."""
+
+    metric: Literal["perplexity", "choice", "generation"] = Field(
+        description="perplexity: token-weighted, on documents; choice: multiple-choice accuracy by log-likelihood; "
+                    "generation: greedy decoding scored by ROUGE-L or language fidelity.")
     corpus: str = Field(description="Name of a corpus in `corpora`.")
     on: Literal["self", "all"] = Field(
         "all",
@@ -362,7 +384,7 @@ class EvaluationSpec(ArmsEvaluated):
 class LmEvalSpec(ArmsEvaluated):
     """lm-evaluation-harness tasks run in-process on the stage's (masked or enhanced) model."""
 
-    metric: Literal["lm_eval"]
+    metric: Literal["lm_eval"] = Field(description="lm_eval: run lm-evaluation-harness tasks.")
     tasks: dict[LanguageCode, str] | Annotated[list[str], Field(min_length=1)] = Field(
         description="Task per study language (e.g. {en: xquad_en, zh: xquad_zh}), or a list of language-neutral tasks.")
     include_path: str | None = Field(
@@ -373,8 +395,9 @@ class LmEvalSpec(ArmsEvaluated):
     limit: int | None = Field(None, gt=0, description="Evaluate at most this many items per task.")
     num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples (default: the task's own).")
     max_length: int | None = Field(
-        None, gt=1, description="lm-eval's context window in tokens; longer requests lose tokens from the left "
-                                "(default: the model's). max_length + 1 = a corpus' max_tokens truncates as `choice` does.")
+        None, gt=1, description="lm-eval's context window in tokens; longer requests lose tokens from the left. Default: "
+                                "for tasks that read the evaluation's corpus, its max_tokens − 1 (lm-eval then cuts prompts "
+                                "as `choice` does); else the model's.")
     metric_name: str | None = Field(
         None, description="Which of the task's metrics to report, e.g. acc_norm or exact_match,flexible-extract (default: its first).")
     on: Literal["self", "all"] = Field(
@@ -401,7 +424,9 @@ Evaluation = Annotated[Union[EvaluationSpec, LmEvalSpec], Field(discriminator="m
 
 
 class ReportSpec(Strict):
-    baseline_language: LanguageCode = "en"
+    """How the report is rendered (no effect on what is computed)."""
+
+    baseline_language: LanguageCode = Field("en", description="The language of ΔEng in Δ = ΔEng − Δn-Eng (MWork's English).")
     formats: list[Literal["json", "markdown", "png"]] = Field(default_factory=lambda: ["json", "markdown", "png"],
                                                                description="png: every figure as PNG, PDF and SVG")
     layer_axis: Literal["auto", "linear", "log"] = Field(
@@ -411,18 +436,19 @@ class ReportSpec(Strict):
 class Study(Strict):
     """A whole study: model(s), languages, corpora, detection, neuron sets, partitions, arms, evaluations."""
 
-    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
-    description: str = ""
-    model: ModelSpec = Field(default_factory=ModelSpec)
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX, description="Study name; its runs and report carry it.")
+    description: str = Field("", description="Free text for readers of the study; no computation reads it.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The model to study (default: the embedded Gemma 3 270M).")
     models: dict[ModelName, ModelSpec] = Field(
         default_factory=dict,
         description="Several models (sizes, checkpoints, revisions) by name, instead of `model`: every method runs "
                     "per model and the report compares them side by side (LRDS, SADS, SKLR, set sizes, perplexity).",
     )
-    languages: list[LanguageCode] = Field(min_length=1)
-    corpora: dict[Key, CorpusSpec] = Field(default_factory=dict)
-    detect: DetectSpec = Field(default_factory=DetectSpec)
-    analyses: AnalysesSpec = Field(default_factory=AnalysesSpec)
+    languages: list[LanguageCode] = Field(min_length=1, description="The study's languages, unique ISO 639-1 codes (en, zh, fr, hi, ...).")
+    corpora: dict[Key, CorpusSpec] = Field(
+        default_factory=dict, description="Text sources by name; detectors, evaluations and enhance arms name the one they read.")
+    detect: DetectSpec = Field(default_factory=DetectSpec, description="Detection methods to run.")
+    analyses: AnalysesSpec = Field(default_factory=AnalysesSpec, description="Analyses that select no neurons (the logit lens).")
     neurons: dict[Key, str] = Field(
         default_factory=dict,
         description="Named neuron sets by set algebra over detectors and other sets, e.g. 'plnd[lang] - plnd[others]'.",
@@ -430,10 +456,11 @@ class Study(Strict):
     partitions: dict[Key, LayerRange] = Field(
         default_factory=dict, description="Layer ranges [start, end) by name, e.g. understanding: [0, 4]."
     )
-    arms: list[ArmSpec] = Field(default_factory=list)
-    evaluate: dict[Key, Evaluation] = Field(default_factory=dict)
-    report: ReportSpec = Field(default_factory=ReportSpec)
-    seed: int = Field(0, ge=0)
+    arms: list[ArmSpec] = Field(default_factory=list, description="Interventions: each deactivates or enhances a selection of neurons.")
+    evaluate: dict[Key, Evaluation] = Field(
+        default_factory=dict, description="Evaluations by name, each run on the untouched model and on every arm it names.")
+    report: ReportSpec = Field(default_factory=ReportSpec, description="How the report is rendered.")
+    seed: int = Field(0, ge=0, description="Seed of corpus splits and samples, random controls, enhancement and bootstrap resamples.")
 
     @field_validator("languages")
     @classmethod

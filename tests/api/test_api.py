@@ -1,4 +1,4 @@
-"""The Python API on a tiny quickstart-shaped study: the README's Python section as written,
+"""The Python API on a tiny quickstart-shaped study: the tour of docs/api.md as written,
 tidy results checked against the store's own stage results, sets and masks as NeuronSets."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import neuronspec as ns
 from neuronspec.plan.store import Store
 from neuronspec.spec import load_study
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+API_DOC = ROOT / "docs" / "api.md"
 ALPHABETS = {"en": "abcdefgh ", "zh": "ijklmnop ", "hi": "qrstuvwx "}
 #: the quickstart's shape (set `specific`, arms `specific` and `random`) on a tiny model, 2 draws
 STUDY = """\
@@ -60,20 +61,19 @@ def home(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         yield
 
 
-def readme_python() -> str:
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("\n## Python\n"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def api_tour() -> str:
+    text = API_DOC.read_text(encoding="utf-8")
+    return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
-def test_readme_python_section_runs_as_written(study_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_tour_runs_as_written(study_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the study path changes: the tiny study stands in for studies/quickstart.yaml
     (the model comes from the study file, so it is the tiny model too)."""
-    code = readme_python()
+    code = api_tour()
     assert code.count("studies/quickstart.yaml") == 1
     monkeypatch.chdir(study_path.parent.parent)
     scope: dict = {}
-    exec(compile(code.replace("studies/quickstart.yaml", str(study_path)), "README.md", "exec"), scope)  # noqa: S102
+    exec(compile(code.replace("studies/quickstart.yaml", str(study_path)), "docs/api.md", "exec"), scope)  # noqa: S102
     # the export really has the set's neurons off: reload it and compare with the hooked model
     from transformers import AutoModelForCausalLM
 
@@ -131,8 +131,19 @@ def test_sets_masks_and_layer_counts(study_path: Path) -> None:
         for d in draws:  # same count per site and layer, none of the target's neurons
             assert d.per_layer_counts() == target.per_layer_counts() and (d & target).count() == 0
         assert draws[0] != draws[1] or target.count() == 0
-    with pytest.raises(KeyError):
+    # a notebook user's slips name what exists instead of a store path or a bare key
+    with pytest.raises(KeyError, match=r"no neuron set 'nonexistent' for 'en' in this run \(sets: .*specific"):
         results.neuron_set("nonexistent", "en")
+    with pytest.raises(KeyError, match=r"no neuron set 'specific' for 'xx' \(languages: en, hi, zh\)"):
+        results.neuron_set("specific", "xx")
+    with pytest.raises(KeyError, match=r"random control with 2 draws: pick one with draw= \(1…2\)"):
+        results.mask("random", "en")
+    with pytest.raises(KeyError, match=r"has draws 1…2, not 7"):
+        results.mask("random", "en", draw=7)
+    with pytest.raises(KeyError, match=r"no draws .*leave out draw="):
+        results.mask("specific", "en", draw=1)
+    with pytest.raises(KeyError, match=r"has no arm 'specfic' \(arms with masks: random, specific\)"):
+        results.mask("specfic", "en")
 
 
 def test_overrides_dict_is_set_overrides(study_path: Path) -> None:
@@ -160,7 +171,7 @@ def test_public_api_is_short_and_lazy() -> None:
 def _env() -> dict[str, str]:
     import os
 
-    return {**os.environ, "PYTHONPATH": str(README.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def test_draws_belong_to_random_deactivate_controls(study_path: Path) -> None:
@@ -176,12 +187,37 @@ def test_draws_belong_to_random_deactivate_controls(study_path: Path) -> None:
     assert default.arms[1].selection.draw_count("deactivate") == 5
 
 
-def test_results_belong_to_the_study_as_loaded(study_path: Path) -> None:
-    """A later run with another ε is newer, but `results()` of the unmodified study is its own run."""
+def test_results_belong_to_the_study_as_loaded(study_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A later run with another ε is newer, but `results()`, `report latest --study` and
+    `diff --study … latest` of the unmodified study read its own run; an unchanged re-run reuses
+    that run (not the newest); `runs` tells the runs apart by their --set, note and settings."""
+    from neuronspec.cli import main
+
     plain = ns.open_study(study_path).run(quiet=True)
-    other = ns.open_study(study_path, {"detect.plnd.epsilon.quantile": 0.8}).run(quiet=True)
-    assert other.folder != plain.folder
+    other = ns.open_study(study_path, {"detect.plnd.epsilon.quantile": 0.8}).run(quiet=True, note="looser ε")
+    assert other.folder != plain.folder and other.folder.name > plain.folder.name
     assert ns.open_study(study_path).results().folder == plain.folder
     assert ns.open_study(study_path, {"detect.plnd.epsilon.quantile": 0.8}).results().folder == other.folder
-    with pytest.raises(LookupError, match="none of its .* runs .* was made with these settings"):
+    with pytest.raises(LookupError) as err:
         ns.open_study(study_path, {"detect.plnd.epsilon.quantile": 0.7}).results()
+    message = str(err.value)
+    assert other.folder.name in message and "detect.plnd.epsilon.quantile: 0.8 → 0.7" in message, message
+    assert ns.open_study(study_path).run(quiet=True).folder == plain.folder  # cached: its own run, reused
+
+    capsys.readouterr()
+    assert main(["report", "latest", "--study", str(study_path), "-q"]) == 0
+    assert str(plain.folder / "report.html") in capsys.readouterr().out.replace("\n", "")
+    assert main(["report", "latest", "--study", str(study_path), "--set", "detect.plnd.epsilon.quantile=0.8", "-q"]) == 0
+    assert str(other.folder / "report.html") in capsys.readouterr().out.replace("\n", "")
+    assert main(["report", "latest", "--study", str(study_path), "--set", "detect.plnd.epsilon.quantile=0.7", "-q"]) == 2
+    assert "0.8 → 0.7" in capsys.readouterr().err.replace("\n", "")
+    assert main(["diff", "--study", str(study_path), "latest", other.folder.name, "--json"]) == 0
+    diff = json.loads(capsys.readouterr().out)
+    assert [c["field"] for c in diff["spec"]][:1] == ["detect.plnd.epsilon.quantile"], diff["spec"]
+
+    assert main(["runs", str(study_path), "--json"]) == 0
+    listed = {r["run_id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert listed[other.folder.name]["overrides"] == ["detect.plnd.epsilon.quantile=0.8"]
+    assert listed[other.folder.name]["note"] == "looser ε"
+    assert listed[other.folder.name]["differs"] == ["detect.plnd.epsilon.quantile: 0.8 → 0.9"]
+    assert listed[plain.folder.name]["differs"] == [] and listed[plain.folder.name]["overrides"] == []

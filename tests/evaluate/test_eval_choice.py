@@ -10,7 +10,7 @@ import torch
 from neuronspec.data.document import Document
 from neuronspec.evaluate import load_choice_items, multiple_choice
 from neuronspec.evaluate.choice import split_continuation
-from neuronspec.models.tiny import tiny_model
+from neuronspec.models.tiny import ARCHITECTURES, tiny_model
 
 ITEMS = [
     {"meta": {"prompt": "the sky is", "choices": [" blue", " green", " very loud"], "label": 0}},
@@ -124,7 +124,7 @@ LONG_ITEMS = ITEMS + [
 ]
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma3_text", "gpt2", "bloom"])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_shared_prompt_equals_the_old_path(arch: str, char_tokenizer) -> None:
     model = tiny_model(arch)
     max_tokens = 24

@@ -115,8 +115,10 @@ def test_lm_eval_tasks_per_arm_equal_lm_eval_called_directly(tmp_path: Path, tin
     assert code == 0
     assert "tiny_text_en (text_en.yaml; 1 local file(s)) for en" in " ".join(printed.split())
 
-    code, printed, _ = _cli(capsys, "run", str(study), "--json", "-q")
+    code, printed, logged = _cli(capsys, "run", str(study), "--json", "-q")
     assert code == 0
+    # stderr is not a terminal here (as in `run > run.log 2>&1`): no lm-eval / datasets progress bars
+    assert "it/s" not in logged and "requests" not in logged and "%|" not in logged, logged[:500]
     out = json.loads(printed)
     results = json.loads((Path(out["folder"]) / "results.json").read_text())
     text, choice = results["evaluations"]["text"], results["evaluations"]["choice"]
@@ -273,7 +275,7 @@ arms:
   - {{name: off, deactivate: {{neurons: specific}}}}
 evaluate:
   harness: {{metric: lm_eval, tasks: {{en: corpus_choice, fr: corpus_choice}}, corpus: items, include_path: {tasks},
-             max_length: 23, on: self, batch_size: 3}}
+             on: self, batch_size: 3}}
   own: {{metric: choice, corpus: items, on: self, bootstrap: 0}}
 """
 
@@ -282,7 +284,8 @@ def test_corpus_fed_task_agrees_with_the_choice_metric(tmp_path: Path, tiny_mode
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """studies/tasks/corpus_choice.yaml over a corpus scores what `choice` scores: the same prompts,
     continuations (the prompt's trailing space moves into them) and left truncation (max_length + 1 =
-    max_tokens; prompts here are longer than that) — so every cell's accuracy is equal."""
+    max_tokens, derived from the corpus when unset; prompts here are longer than that) — so every cell's
+    accuracy is equal. A max_length that cuts otherwise is said in the plan."""
     monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
     rng = random.Random(3)
     with (tmp_path / "items.jsonl").open("w") as f:
@@ -302,6 +305,10 @@ def test_corpus_fed_task_agrees_with_the_choice_metric(tmp_path: Path, tiny_mode
     for c in ev["harness"]["cells"]:
         mine = own[(c["arm"], c["mask_lang"], c["lang"])]
         assert c["n"] == mine["n"] == 30 and c["value"] == pytest.approx(mine["value"]), (c["arm"], c["lang"])
+    code, printed, _ = _cli(capsys, "plan", str(study))
+    assert code == 0 and "lm-eval max_length 23 (corpus 'items' keeps 24 tokens" in " ".join(printed.split())
+    code, printed, _ = _cli(capsys, "plan", str(study), "--set", "evaluate.harness.max_length=40")
+    assert code == 0 and "lm-eval and `choice` score different prompts (max_length 23 makes them agree)" in " ".join(printed.split())
 
 
 def test_lm_eval_stages_refuse_to_run_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:

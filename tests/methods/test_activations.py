@@ -63,15 +63,20 @@ def test_pooled_and_counts_match_direct_forward(arch: str) -> None:
         assert torch.equal(stats.gate_counts, stats.counts[0])
 
 
-def test_gate_counts_are_activation_function_outputs() -> None:
-    model = tiny_model("llama")
-    assert gate_module(model, 0) is model.model.layers[0].mlp.gate_proj
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_gate_counts_are_activation_function_outputs(arch: str) -> None:
+    model = tiny_model(arch)
+    module, coords = gate_module(model, 0)
+    mlp = model.model.layers[0].mlp
+    assert module is (mlp.gate_up_proj if arch == "phi3" else mlp.gate_proj)  # Phi-3: the gate half of the fused one
+    assert torch.equal(coords, torch.arange(model.config.intermediate_size))
     stats = activation_statistics(model, iter_batches(DOCS, batch_size=4, pad_id=0), poolings=(), thresholds=(),
                                   gate_counts=True)
     per_layer = []
     for i, layer in enumerate(model.model.layers):
         got = []
-        h = layer.mlp.act_fn.register_forward_hook(lambda m, a, out: got.append(out.detach()))
+        act = layer.mlp.activation_fn if arch == "phi3" else layer.mlp.act_fn
+        h = act.register_forward_hook(lambda m, a, out: got.append(out.detach()))
         try:
             with torch.no_grad():
                 for ids in DOCS:

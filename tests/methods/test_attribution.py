@@ -39,6 +39,7 @@ def _relative_gap(res) -> float:
 
 @pytest.mark.parametrize("arch,rule,steps", [("llama", "adaptive", 128), ("gemma3_text", "adaptive", 128),
                                              ("gpt2", "adaptive", 128), ("bloom", "adaptive", 128),
+                                             ("phi3", "adaptive", 128), ("gpt_neox", "adaptive", 128),
                                              ("llama", "gausslegendre", 16), ("gemma3_text", "geometric", 64)])
 def test_completeness_sequence_logprob(arch: str, rule: str, steps: int) -> None:
     model = _model(arch)

@@ -58,8 +58,9 @@ def test_lens_matches_manual_projection(final_norm: bool, positions: str) -> Non
     assert ratios["prompt"] == ratios["english"]
 
 
-def test_last_layer_with_final_norm_is_the_model_prediction_and_chunks_are_exact() -> None:
-    model = tiny_model("gemma3_text")
+@pytest.mark.parametrize("arch", ["gemma3_text", "gemma2", "olmo2", "qwen3", "phi3", "gpt_neox", "ministral"])
+def test_last_layer_with_final_norm_is_the_model_prediction_and_chunks_are_exact(arch: str) -> None:
+    model = tiny_model(arch)
     ids = torch.tensor([[1, 40, 41, 42, 43, 44]])
     with torch.no_grad():
         h = hidden_forward(model, ids, torch.ones_like(ids), last_layer=2)[:, -1]

@@ -120,6 +120,41 @@ def test_gpt2_fused_qkv_layout_follows_transformers() -> None:
         assert torch.equal(fused[..., fn(torch.arange(m.config.n_embd))], ref)
 
 
+def test_phi3_fused_projections_follow_transformers() -> None:
+    """q/k/v neurons are Phi3Attention's slices of qkv_proj; ffn neuron n owns the gate and up
+    coordinates that Phi3MLP's chunk(2) pairs."""
+    m = model("phi3")
+    a = adapter_for(m)
+    d = a.dims(m.config)
+    attn = a.attention(m, 0)
+    fused = torch.randn(1, 3, attn.qkv_proj.out_features)
+    q_end = m.config.num_attention_heads * attn.head_dim
+    refs = (fused[..., :q_end], fused[..., q_end:q_end + attn.num_key_value_heads * attn.head_dim],
+            fused[..., q_end + attn.num_key_value_heads * attn.head_dim:])
+    for site, ref in zip(("attn.q", "attn.k", "attn.v"), refs):
+        module, fn = a.projection(m, 0, site)
+        assert module is attn.qkv_proj
+        assert torch.equal(fused[..., fn(torch.arange(site_width(d, site)))], ref)
+    gate_up = torch.randn(1, 3, 2 * d.intermediate)
+    gate, up = gate_up.chunk(2, dim=-1)
+    (up_module, up_fn), (gate_module, gate_fn) = a.ffn_in_slices(m, 0)
+    assert up_module is gate_module is m.model.layers[0].mlp.gate_up_proj
+    every = torch.arange(d.intermediate)
+    assert torch.equal(gate_up[..., up_fn(every)], up) and torch.equal(gate_up[..., gate_fn(every)], gate)
+
+
+def test_gpt_neox_fused_qkv_layout_follows_transformers() -> None:
+    """Neuron n of q/k/v equals GPTNeoXAttention's per-head chunk of query_key_value."""
+    m = model("gpt_neox")
+    a = adapter_for(m)
+    d = a.dims(m.config)
+    fused = torch.randn(1, 3, 3 * d.hidden)
+    q, k, v = fused.view(1, 3, d.heads, 3 * d.head_dim).chunk(3, dim=-1)  # as GPTNeoXAttention does
+    for site, ref in zip(("attn.q", "attn.k", "attn.v"), (q, k, v)):
+        _, fn = a.projection(m, 0, site)
+        assert torch.equal(fused[..., fn(torch.arange(d.hidden))], ref.reshape(1, 3, -1))
+
+
 def test_check_detects_width_mismatch() -> None:
     m = tiny_model("llama")
     m.config.intermediate_size = 40
@@ -185,7 +220,7 @@ def _attn_out(m: torch.nn.Module, layer: int, neurons: NeuronSet) -> tuple[torch
     return store["o"], store
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text", "gemma2", "olmo2", "qwen3", "phi3", "ministral"])
 def test_gqa_value_neuron_hits_exactly_its_group(arch: str) -> None:
     """Masking v neuron (h_kv, d) == zeroing coordinate d of every query head of group h_kv."""
     m = model(arch)
@@ -200,7 +235,7 @@ def test_gqa_value_neuron_hits_exactly_its_group(arch: str) -> None:
         torch.testing.assert_close(masked, expected.flatten(2), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text", "gemma2", "qwen3", "phi3", "ministral"])
 def test_gqa_key_neuron_changes_only_its_group(arch: str) -> None:
     """Masking k neuron (h_kv, d) changes key head h_kv only, hence only its group's outputs."""
     m = model(arch)

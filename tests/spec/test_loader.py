@@ -131,3 +131,49 @@ def test_shipped_studies_validate_and_carry_the_schema_modeline() -> None:
     for path in studies:
         assert path.read_text().startswith("# yaml-language-server: $schema=../schemas/study.schema.json"), path
         load_study(path)
+
+
+# -- one pass, one message per mistake ----------------------------------------------------
+_ONE_PASS = """\
+name: s
+model: {id: gpt2}
+languages: [en, fr]
+corpora:
+  detect: {source: c.jsonl}
+detect:
+  plnd: {epsilon: {quantile: 0.9}}
+neurons:
+  specific: plnd[lang] - plnd[otters]
+arms:
+  - {name: off, deactivate: {neurons: specific}}
+evaluate:
+  ppl: {metric: perplexity, corpus: detect, bootstrap: -3}
+"""
+
+
+def _problems(text: str, *sets: str) -> list[str]:
+    with pytest.raises(StudyError) as err:
+        load_study(text=text, name="s.yaml", overrides=list(sets))
+    return [str(p) for p in err.value.problems]
+
+
+def test_validate_reports_schema_and_reference_problems_in_one_pass() -> None:
+    """A bad bootstrap (schema) and a set naming a language that does not exist (a reference,
+    only checkable on a validated study) are both reported by one `validate`, each located."""
+    problems = _problems(_ONE_PASS)
+    assert problems == [
+        "s.yaml:13:45: evaluate.ppl.bootstrap: Input should be greater than or equal to 0",
+        "s.yaml:9:3: neurons.specific: [otters] is neither a selector (lang, all, any, others) nor one of the study's languages",
+    ], problems
+
+
+def test_a_value_that_fits_no_union_member_is_one_message() -> None:
+    """ε is a number, {quantile: q} or one of those per site: a bad quantile was reported three
+    times (one per member); it is one message, from the member the value was written for."""
+    ok = _ONE_PASS.replace("otters", "others").replace("bootstrap: -3", "bootstrap: 3")
+    assert _problems(ok, "detect.plnd.epsilon.quantile=1.5") == [
+        "--set detect.plnd.epsilon.quantile=1.5: detect.plnd.epsilon.quantile: Input should be less than 1"]
+    assert _problems(ok.replace("{quantile: 0.9}", "{ffn: 2, attn.x: 3}")) == [
+        "s.yaml:7:28: detect.plnd.epsilon.attn.x: Input should be 'ffn', 'attn.q', 'attn.k', 'attn.v' or 'attn.o'"]
+    assert _problems(ok.replace("{quantile: 0.9}", "-1")) == [
+        "s.yaml:7:10: detect.plnd.epsilon: Input should be greater than or equal to 0"]

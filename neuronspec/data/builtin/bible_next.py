@@ -12,7 +12,7 @@ its verses are there. Each verse is split in its own language (`split_verse`).
 Why half a verse: with whole next verses as choices, Gemma 3 270M scored 0.46 in English
 (100 items) — a new verse may start anywhere; the rest of a sentence is constrained by its
 grammar and topic, and the same model scores well above chance in every study language
-(README, "Built-in corpora").
+(docs/corpora.md).
 
 `meta`: `prompt` (three verses and the first half of the fourth), `choices` (second halves,
 with the joining space, so prompt + choice is running text), `label`, `reference` (the true

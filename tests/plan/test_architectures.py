@@ -1,0 +1,49 @@
+"""A tiny study end to end on each family added after the first six (and one served by layout
+only): PLND on every site, a deactivation arm and its random control (as many neurons), perplexity,
+the logit lens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tiny_studies import STUDY, make_corpus
+
+from neuronspec.models.testing import tiny_tokenizer
+from neuronspec.models.tiny import tiny_model
+from neuronspec.plan.compile import compile_study
+from neuronspec.plan.runner import run_plan
+from neuronspec.plan.store import Store
+from neuronspec.report.results import collect
+from neuronspec.spec import load_study
+
+SITES = ["ffn", "attn.q", "attn.k", "attn.v", "attn.o"]
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "phi3", "gpt_neox", "ministral", "gemma2", "olmo2"])
+def test_study_runs_every_site_and_arm(arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "model"
+    tiny_model(arch).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    text = STUDY.format(model=folder, corpus=make_corpus(tmp_path / "corpus.jsonl"))
+    text = text.replace("sites: [ffn, attn.v, attn.o]", "sites: [all]") + "analyses:\n  logit_lens: {corpus: detect}\n"
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    loaded = load_study(path)
+    plan = compile_study(loaded)
+    store = Store(tmp_path / ".neuronspec")
+    run_plan(plan, store, loaded.study)
+    results = collect(plan, store)
+    counts = results["sets"]["specific"]["counts"]
+    assert set().union(*(counts[lang] for lang in counts)) == set(SITES), counts  # every site found neurons
+    early = results["evaluations"]["ppl"]["matrices"]["early"]
+    assert early["control"] == "early-random" and early["control_draws"] == 2
+    assert all(early["change"][lang][lang] != 0 for lang in ("en", "fr", "de"))  # the arm changed something
+    assert set(results["logit_lens"]) == {"en", "fr", "de"}
+    cells = results["evaluations"]["ppl"]["cells"]
+    arm = {(c["mask_lang"], c["lang"]): c for c in cells if c["arm"] == "early"}
+    controls = [c for c in cells if c["arm"] == "early-random"]
+    assert len(arm) == 9 and len(controls) == 18  # 3 mask languages × 3 languages (× 2 draws)
+    for c in controls:  # the random control deactivates as many neurons as the arm it copies
+        assert c["deactivated"] == arm[(c["mask_lang"], c["lang"])]["deactivated"]
