@@ -24,9 +24,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from neuronspec.fileio import write_json
 from neuronspec.plan.store import INCOMING
-from neuronspec.report.model import Results, RunResults, StudyResults, parse_results, to_json
+from neuronspec.report.model import Results, parse_results, to_json
 
 _PACKAGES = ("neuronspec", "torch", "transformers", "pydantic", "safetensors", "datasets")
 INDEX = "index.jsonl"
@@ -140,20 +142,60 @@ def publish_run(runs: Path, record: dict[str, Any], staging: Path) -> Path:
 
 
 # -- listing ------------------------------------------------------------------------------
+class _View(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Study(_View):
+    name: str | None = None
+
+
+class _StageRow(_View):
+    computed: bool = False
+
+
+class _Git(_View):
+    commit: str | None = None
+    study_dirty: bool | None = None
+
+
+class _Model(_View):
+    id: str | None = None
+
+
+class _RecordSummary(_View):
+    """What `runs` lists of a record (records of every version read through it)."""
+
+    run_id: str
+    study: _Study = Field(default_factory=_Study)
+    study_file: str | None = None
+    created: float | None = None
+    seconds: float | None = None
+    stages: dict[str, _StageRow] = Field(default_factory=dict)
+    git: _Git | None = None
+    model: _Model | None = None
+    models: dict[str, _Model] | None = None
+    overrides: list[str] | None = None
+    note: str | None = None
+
+
+class IndexEntry(_View):
+    """One line of runs/index.jsonl."""
+
+    run_id: str
+    study: str | None = None
+    created: float | None = None
+
+
 def index_entry(record: dict[str, Any]) -> dict[str, Any]:
-    stages = record.get("stages", {})
-    computed = sum(1 for s in stages.values() if s.get("computed"))
-    g = record.get("git") or {}
-    return {"run_id": record["run_id"], "study": record.get("study", {}).get("name"), "study_file": record.get("study_file"),
-            "created": record.get("created"), "seconds": record.get("seconds"), "computed": computed,
-            "cached": len(stages) - computed, "model": ", ".join(m.get("id") or "?" for m in _models(record).values()) or None,
-            "commit": g.get("commit"), "dirty": g.get("study_dirty"), "overrides": record.get("overrides") or [],
-            "note": record.get("note")}
-
-
-def _models(record: dict[str, Any]) -> dict[str | None, dict[str, Any]]:
-    """Model identities of a run by name (a one-model run: {None: identity})."""
-    return record.get("models") or ({None: record["model"]} if record.get("model") else {})
+    r = _RecordSummary.model_validate(record)
+    computed = sum(1 for s in r.stages.values() if s.computed)
+    models = list(r.models.values()) if r.models else [r.model] if r.model else []
+    g = r.git or _Git()
+    return {"run_id": r.run_id, "study": r.study.name, "study_file": r.study_file, "created": r.created, "seconds": r.seconds,
+            "computed": computed, "cached": len(r.stages) - computed,
+            "model": ", ".join(m.id or "?" for m in models) or None, "commit": g.commit, "dirty": g.study_dirty,
+            "overrides": r.overrides or [], "note": r.note}
 
 
 def _append_index(runs: Path, record: dict[str, Any]) -> None:
@@ -176,10 +218,12 @@ def list_runs(store_root: Path, study: str | None = None) -> list[dict[str, Any]
         except ValueError:  # a torn last line after a crash
             continue
         # Only plain run ids name a folder: an index line is data, and must not point outside `runs/`.
-        if not isinstance(e, dict) or not is_run_id(e.get("run_id")):
+        try:
+            entry = IndexEntry.model_validate(e)
+        except ValidationError:  # not an index line
             continue
-        if _is_run_folder(runs / e["run_id"]):
-            entries[e["run_id"]] = e
+        if is_run_id(entry.run_id) and _is_run_folder(runs / entry.run_id):
+            entries[entry.run_id] = e
     if runs.is_dir():
         for folder in runs.iterdir():
             if folder.name not in entries and is_run_id(folder.name) and _is_run_folder(folder):
@@ -187,8 +231,9 @@ def list_runs(store_root: Path, study: str | None = None) -> list[dict[str, Any]
                     entries[folder.name] = index_entry(read_record(folder))
                 except (OSError, ValueError, KeyError):
                     continue
-    out = [e for e in entries.values() if study is None or e.get("study") == study]
-    return sorted(out, key=lambda e: (e.get("created") or 0, e["run_id"]), reverse=True)
+    views = [(IndexEntry.model_validate(e), e) for e in entries.values()]
+    out = [(v, e) for v, e in views if study is None or v.study == study]
+    return [e for v, e in sorted(out, key=lambda ve: (ve[0].created or 0, ve[0].run_id), reverse=True)]
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,200}")
@@ -251,6 +296,8 @@ def load_results(folder: Path, record: dict[str, Any]) -> Results:
     saved = Path(folder) / "results.json"
     data = json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else None
     if "results" not in record:  # a run from before the typed results: its files are in the old shape
+        from neuronspec.report.legacy import legacy_results
+
         return legacy_results(record, data)
     return parse_results(data if data is not None else record["results"])
 
@@ -259,54 +306,6 @@ def results_from_record(record: dict[str, Any]) -> Results:
     """A run's results from its record alone, for runs whose store entries are gone."""
     if "results" in record:
         return parse_results(record["results"])
+    from neuronspec.report.legacy import legacy_results
+
     return legacy_results(record)
-
-
-def legacy_results(record: dict[str, Any], saved: dict[str, Any] | None = None) -> Results:
-    """The one adapter for runs written before records embedded their results: from the run's
-    old results.json (`saved`) where there is one, else from what the record kept (each
-    evaluation stage's headline under `stage_metrics`, sets and masks beside them). Masks were
-    keyed by arm (a control's last draw only); every evaluation is derived again from its cells."""
-    from neuronspec.report.model import Cell, MaskCount, NeuronSetInfo
-    from neuronspec.report.results import evaluation
-
-    baseline = record.get("baseline_language") or record.get("study", {}).get("report", {}).get("baseline_language", "en")
-    if saved is not None:
-        return _legacy_saved(saved, baseline)
-    if record.get("variants"):  # several models: each from its own part of the record
-        by_model = {name: legacy_results({**v, "study": {"name": v["study"]}, "baseline_language": baseline})
-                    for name, v in record["variants"].items()}
-        return StudyResults.model_validate({"study": record.get("study", {}).get("name"), "baseline_language": baseline,
-                                            "models": record.get("models"), "variants": by_model,
-                                            "dynamics": record.get("dynamics")})
-    metrics = record.get("stage_metrics") or {}
-    order = [sid for sid in record.get("stage_order", []) if sid in metrics]
-    cells: dict[str, list[Cell]] = {}
-    kinds: dict[str, tuple[str, int]] = {}
-    for m in (metrics[sid] for sid in order + sorted(set(metrics) - set(order))):
-        kinds.setdefault(m["evaluation"], (m["kind"], m.get("bootstrap", 1000)))
-        cells.setdefault(m["evaluation"], []).append(Cell.model_validate(
-            {k: v for k, v in m.items() if k not in ("evaluation", "kind", "bootstrap")}))
-    masks = [MaskCount(arm=arm, lang=lang, **c) for arm, info in (record.get("masks") or {}).items()
-             for lang, c in info["counts"].items()]  # keyed by arm: the last draw of a control only
-    sets = record.get("sets")
-    return RunResults(study=record.get("study", {}).get("name"), baseline_language=baseline, model=record.get("model"),
-                      dims=record.get("dims") or {}, masks=masks,
-                      sets=None if sets is None else {n: NeuronSetInfo.model_validate(i) for n, i in sets.items()},
-                      evaluations={name: evaluation(kinds[name][0], cs, baseline, kinds[name][1]) for name, cs in cells.items()})
-
-
-def _legacy_saved(data: dict[str, Any], baseline: str) -> Results:
-    """An old results.json: the same parts, with masks keyed by arm and evaluations derived again."""
-    from neuronspec.report.model import Cell, MaskCount
-    from neuronspec.report.results import evaluation
-
-    if "variants" in data:
-        return StudyResults.model_validate({**data, "variants": {m: _legacy_saved(v, baseline) for m, v in data["variants"].items()}})
-    masks = [MaskCount(arm=arm, lang=lang, **c) for arm, info in (data.get("masks") or {}).items()
-             for lang, c in info["counts"].items()]
-    evaluations = {name: evaluation(ev["metric"], [Cell.model_validate(c) for c in ev["cells"]], baseline,
-                                    ev.get("bootstrap", 1000), ev.get("measures"))
-                   for name, ev in data.get("evaluations", {}).items()}
-    return RunResults.model_validate({**{k: v for k, v in data.items() if k not in ("masks", "evaluations") and v is not None},
-                                      "masks": masks, "evaluations": evaluations})

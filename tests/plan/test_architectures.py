@@ -14,6 +14,7 @@ from neuronspec.models.tiny import tiny_model
 from neuronspec.plan.compile import compile_study
 from neuronspec.plan.runner import run_plan
 from neuronspec.plan.store import Store
+from neuronspec.report.model import to_json
 from neuronspec.report.results import collect
 from neuronspec.spec import load_study
 
@@ -34,7 +35,7 @@ def test_study_runs_every_site_and_arm(arch: str, tmp_path: Path, monkeypatch: p
     plan = compile_study(loaded)
     store = Store(tmp_path / ".neuronspec")
     run_plan(plan, store, loaded.study)
-    results = collect(plan, store)
+    results = to_json(collect(plan, store))  # the JSON users read
     counts = results["sets"]["specific"]["counts"]
     assert set().union(*(counts[lang] for lang in counts)) == set(SITES), counts  # every site found neurons
     early = results["evaluations"]["ppl"]["matrices"]["early"]
