@@ -154,14 +154,19 @@ class Results:
 
     def neuron_set(self, name: str, language: str | None = None, *, model: str | None = None) -> NeuronSet:
         """A named set (or a detector's, e.g. `plnd`) for `language`; `model` in a study with `models`."""
-        return self._load(self._stage("sets", model), name, language, "neuron set")
+        from neuronspec.plan import ids
+
+        return self._load(self._stage(ids.SETS, model), name, language, "neuron set")
 
     def mask(self, arm: str, language: str | None = None, *, draw: int | None = None, model: str | None = None) -> NeuronSet:
         """The neurons an arm switched off for `language` (of one `draw`, for a random control with several)."""
-        prefix = f"{model}:" if model else ""
+        from neuronspec.plan import ids
+        from neuronspec.plan.kinds import artifacts
+
         stages = self.record.get("stages", {})
-        draws = sorted(int(sid.rsplit("draw", 1)[1]) for sid in stages
-                       if sid.startswith(f"{prefix}mask/{arm}/draw") and sid.rsplit("draw", 1)[1].isdigit())
+        draws: list[int] = []  # a random control's draws are 1…D, each its own mask stage
+        while ids.qualified(model, ids.mask(arm, len(draws) + 1)) in stages:
+            draws.append(len(draws) + 1)
         if draw is None and draws:
             raise KeyError(f"arm {arm!r} is a random control with {len(draws)} draws: pick one with draw= "
                            f"({draws[0]}…{draws[-1]})")
@@ -169,12 +174,13 @@ class Results:
             raise KeyError(f"arm {arm!r} has no draws (only random controls do): leave out draw=")
         if draw is not None and draw not in draws:
             raise KeyError(f"arm {arm!r} has draws {draws[0]}…{draws[-1]}, not {draw}")
-        sid = f"mask/{arm}" if draw is None else f"mask/{arm}/draw{draw}"
-        return self._load(self._stage(sid, model), "mask", language, f"mask of arm {arm!r}")
+        return self._load(self._stage(ids.mask(arm, draw), model), artifacts.MASK, language, f"mask of arm {arm!r}")
 
     def _stage(self, sid: str, model: str | None) -> str:
         stages = self.record.get("stages", {})
-        full = f"{model}:{sid}" if model else sid
+        from neuronspec.plan import ids
+
+        full = ids.qualified(model, sid)
         if full not in stages:
             models = self.record.get("models") or {}
             if models and not model:
@@ -192,8 +198,10 @@ class Results:
     def _load(self, key: str, name: str, language: str | None, what: str) -> NeuronSet:
         from neuronspec.models.masks import NeuronSet
 
+        from neuronspec.plan.kinds import artifacts
+
         entry = self.store.get(key)
-        path = entry.file(f"{name}.{language}.safetensors" if language else f"{name}.safetensors")
+        path = entry.file(artifacts.set_file(name, language))
         if not path.exists():
             raise KeyError(_missing_file(entry.path, name, language, what))
         return NeuronSet.load(path)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.markup import escape
 
+from neuronspec.fileio import write_text
 from neuronspec.paths import study_store
 from neuronspec.plan.store import StoreError
 from neuronspec.report.records import RecordError
@@ -410,7 +411,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         _fail(exc)
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    write_text(out, text)
     load_study(out)  # the starter must validate as written
     console.print(_esc(f"wrote {out}; next: neuronspec plan {out}"))
     if not (out.parent / schema).exists():
@@ -429,7 +430,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
         print(text, end="")
     else:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text, encoding="utf-8")
+        write_text(out, text)
         console.print(f"wrote {_esc(out)}")
     return 0
 
@@ -586,25 +587,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     if variants and lang not in variants:
         _fail(f"arm {args.arm!r} has one {what} per language: pick one with --lang ({', '.join(variants)})")
         return 2
-    mask = f"mask/{args.arm}"
+    from neuronspec.plan import ids
+
+    mask = ids.mask(args.arm)
     if arm.enhance is None:  # a random control with several draws: one mask per draw
-        from neuronspec.plan.compile import arm_draws, mask_id
+        from neuronspec.plan.compile import arm_draws
 
         draws = [d for d in arm_draws(loaded.study, args.arm) if d is not None]
         if draws and args.draw not in draws:
             _fail(f"arm {args.arm!r} has {len(draws)} random draws: pick one with --draw (1…{len(draws)})")
             return 2
-        mask = mask_id(args.arm, args.draw if draws else None)
+        mask = ids.mask(args.arm, args.draw if draws else None)
     store = _store(args, loaded.path)
-    stage = plan.stages[f"enhance/{args.arm}/{lang}" if arm.enhance is not None else mask]
+    stage = plan.stages[ids.enhance(args.arm, lang) if arm.enhance is not None else mask]
     if store.status(stage.key) != "cached":
         _fail(f"{stage.id} has not run yet: neuronspec run {args.file} --only {stage.id}")
         return 1
     m = loaded.study.model
     if arm.enhance is not None:
         from neuronspec.enhance import Delta, export_model
+        from neuronspec.plan.kinds import artifacts
 
-        delta = Delta.load(store.get(stage.key).file("delta.safetensors"))
+        delta = Delta.load(store.get(stage.key).file(artifacts.DELTA))
         lm = load_model(m.id, revision=m.revision, dtype=m.dtype, device=m.device, gguf_file=m.gguf_file)
         out = export_model(lm.model, lm.tokenizer, delta, args.out, overwrite=args.force)
         console.print(_esc(f"wrote {out} ({args.arm}, {lang}: {len(delta)} changed tensors on top of {m.id})"), soft_wrap=True)

@@ -2,8 +2,7 @@
 
 Activation statistics that two methods need are computed once:
 LinguaFranca and Sharing Matters need per-sample pooled activations, LAPE needs
-per-neuron activation counts, the logit lens can reuse per-layer residual states at the
-last token. :func:`activation_statistics` runs the decoder once over a list of batches
+per-neuron activation counts. :func:`activation_statistics` runs the decoder once over a list of batches
 (:func:`~neuronspec.models.forward.hidden_forward`: no final norm, no unembedding) with
 forward hooks and keeps only what was requested:
 
@@ -22,13 +21,10 @@ forward hooks and keeps only what was requested:
   act(gate·x)·(up·x) that is our ``ffn`` neuron is positive about half the time
   whatever the language, which blurs LAPE. For plain MLPs (GPT-2, BLOOM) the gate
   is fc1 and ``gate_counts == counts`` at τ = 0;
-* ``residual`` — ``[n, L, hidden]``: each decoder layer's output (the residual stream,
-  before the final norm) at the sample's last real token, for the logit lens.
-
 "Counted tokens" are the non-padding tokens minus the first one of each sample when
 ``skip_first`` (default, as in PLND): the first position sees only the BOS token, so its
 activations are identical for every sample and carry no information about the text.
-``last`` and ``residual`` always read the last real token.
+``last`` always reads the last real token.
 
 Batches may be packed (:func:`~neuronspec.models.forward.iter_packed`: several samples per
 row, no padding computed): every statistic is gathered by the sample each token belongs
@@ -66,7 +62,6 @@ class ActivationStats:
     thresholds: tuple[float, ...] = ()
     counts: Tensor | None = None  # [len(thresholds), L, I] int64
     gate_counts: Tensor | None = None  # [L, I] int64
-    residual: Tensor | None = None  # [n, L, hidden] float32
 
     # ---- views ------------------------------------------------------------------
     def layer_slice(self, layer: int) -> slice:
@@ -105,8 +100,7 @@ class ActivationStats:
             if (p.num_layers, p.width, p.hidden, p.thresholds, sorted(p.pooled)) != (
                     first.num_layers, first.width, first.hidden, first.thresholds, sorted(first.pooled)):
                 raise ValueError("passes collected different statistics or come from different models")
-            if (p.counts is None) != (first.counts is None) or (p.gate_counts is None) != (first.gate_counts is None) \
-                    or (p.residual is None) != (first.residual is None):
+            if (p.counts is None) != (first.counts is None) or (p.gate_counts is None) != (first.gate_counts is None):
                 raise ValueError("passes collected different statistics")
         return cls(
             num_layers=first.num_layers, width=first.width, hidden=first.hidden,
@@ -116,7 +110,6 @@ class ActivationStats:
             thresholds=first.thresholds,
             counts=None if first.counts is None else sum(p.counts for p in parts),  # type: ignore[misc]
             gate_counts=None if first.gate_counts is None else sum(p.gate_counts for p in parts),  # type: ignore[misc]
-            residual=None if first.residual is None else torch.cat([p.residual for p in parts]),  # type: ignore[misc]
         )
 
     # ---- persistence (safetensors-ready: flat dict of contiguous tensors) --------
@@ -132,8 +125,6 @@ class ActivationStats:
             out["counts"] = self.counts
         if self.gate_counts is not None:
             out["gate_counts"] = self.gate_counts
-        if self.residual is not None:
-            out["residual"] = self.residual
         return {k: v.contiguous() for k, v in out.items()}
 
     @classmethod
@@ -144,7 +135,7 @@ class ActivationStats:
             sample_tokens=tensors["sample_tokens"],
             pooled={k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("pooled/")},
             thresholds=tuple(float(t) for t in tensors["thresholds"].tolist()),
-            counts=tensors.get("counts"), gate_counts=tensors.get("gate_counts"), residual=tensors.get("residual"),
+            counts=tensors.get("counts"), gate_counts=tensors.get("gate_counts"),
         )
 
 
@@ -169,12 +160,12 @@ class _Collector:
     """Hooks that fold one batch into the running statistics."""
 
     def __init__(self, model: nn.Module, poolings: Sequence[str], thresholds: Sequence[float],
-                 gate_counts: bool, residual: bool) -> None:
+                 gate_counts: bool) -> None:
         self.adapter = adapter_for(model)
         self.dims = self.adapter.dims(model.config)
         self.model = model
         self.poolings, self.thresholds = list(poolings), [float(t) for t in thresholds]
-        self.want_gate, self.want_residual = gate_counts, residual
+        self.want_gate = gate_counts
         device = next(model.parameters()).device
         L, W = self.dims.num_layers, self.dims.intermediate
         self.counts = torch.zeros(len(self.thresholds), L, W, dtype=torch.int64, device=device) if self.thresholds else None
@@ -186,7 +177,6 @@ class _Collector:
         self.sample_tokens: Tensor | None = None  # [n] counted tokens per sample
         self.last: Tensor | None = None  # [n] flat index of each sample's last real token
         self.rows: dict[str, list[Tensor | None]] = {}
-        self.states: list[Tensor | None] = []
 
     def start(self, batch: Batch, skip_first: bool, device: torch.device) -> None:
         owners = batch.owners().to(device)
@@ -200,19 +190,15 @@ class _Collector:
             0, owners[real], flat[real], "amax")
         L = self.dims.num_layers
         self.rows = {p: [None] * L for p in self.poolings}
-        self.states = [None] * L
 
     def hooks(self) -> list:
         handles = []
-        layers = self.adapter.layers(self.model)
         for i in range(self.dims.num_layers):
             if self.poolings or self.thresholds:
                 handles.append(self.adapter.ffn_down(self.model, i).register_forward_pre_hook(self._ffn(i)))
             if self.want_gate:
                 module, coords = gate_module(self.model, i)
                 handles.append(module.register_forward_hook(self._gate(i, coords.to(self.gate.device))))
-            if self.want_residual:
-                handles.append(layers[i].register_forward_hook(self._residual(i)))
         return handles
 
     def _sum(self, kept: Tensor) -> Tensor:
@@ -241,12 +227,6 @@ class _Collector:
             self.gate[i] += (output.detach()[self.keep][:, coords] > 0).sum(0)
         return hook
 
-    def _residual(self, i: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
-            h = output[0] if isinstance(output, tuple) else output
-            self.states[i] = h.detach().flatten(0, 1)[self.last].float()
-        return hook
-
 
 @torch.no_grad()
 def activation_statistics(
@@ -256,7 +236,6 @@ def activation_statistics(
     poolings: Sequence[str] = ("mean",),
     thresholds: Sequence[float] = (0.0,),
     gate_counts: bool = False,
-    residual: bool = False,
     pooled_dtype: torch.dtype = torch.float32,
     skip_first: bool = True,
     n_samples: int | None = None,
@@ -265,19 +244,18 @@ def activation_statistics(
     """Stream `batches` through `model` once; keep the requested ffn statistics.
 
     ``poolings`` ⊆ {"mean", "mean_abs", "last"}; ``thresholds`` are the τ of the token
-    counts (empty = no counts); ``gate_counts`` adds the LAPE gate event; ``residual``
-    keeps last-token residual states per layer. Per-sample rows are placed at
+    counts (empty = no counts); ``gate_counts`` adds the LAPE gate event. Per-sample rows are placed at
     ``Batch.index``; ``n_samples`` defaults to 1 + the largest index, and every row in
     ``range(n_samples)`` must be covered exactly once.
     """
     for p in poolings:
         if p not in POOLINGS:
             raise ValueError(f"unknown pooling {p!r}; valid: {', '.join(POOLINGS)}")
-    collector = _Collector(model, list(dict.fromkeys(poolings)), thresholds, gate_counts, residual)
+    collector = _Collector(model, list(dict.fromkeys(poolings)), thresholds, gate_counts)
     dims = collector.dims
     L, W = dims.num_layers, dims.intermediate
     device = next(model.parameters()).device
-    rows = _Rows(collector.poolings, L * W, pooled_dtype, (L, dims.hidden) if residual else None, n_samples)
+    rows = _Rows(collector.poolings, L * W, pooled_dtype, n_samples)
     tokens = 0
     handles = collector.hooks()
     try:
@@ -287,20 +265,18 @@ def activation_statistics(
             per_sample = collector.sample_tokens.cpu()
             tokens += int(per_sample.sum())
             rows.add(list(batch.index), per_sample,
-                     {p: torch.cat(collector.rows[p], dim=1).to("cpu", pooled_dtype) for p in collector.poolings},
-                     torch.stack(collector.states, dim=1).cpu() if residual else None)
+                     {p: torch.cat(collector.rows[p], dim=1).to("cpu", pooled_dtype) for p in collector.poolings})
             if on_batch:
                 on_batch(len(batch.index))
     finally:
         for h in handles:
             h.remove()
-    n, sample_tokens, pooled, states = rows.finish()
+    n, sample_tokens, pooled = rows.finish()
     return ActivationStats(
         num_layers=L, width=W, hidden=dims.hidden, n_samples=n, tokens=tokens, sample_tokens=sample_tokens,
         pooled=pooled, thresholds=tuple(collector.thresholds),
         counts=None if collector.counts is None else collector.counts.cpu(),
         gate_counts=None if collector.gate is None else collector.gate.cpu(),
-        residual=states,
     )
 
 
@@ -308,37 +284,33 @@ class _Rows:
     """Per-sample rows placed at ``Batch.index``: written straight into preallocated
     matrices when the sample count is known, else buffered per batch and placed at the end."""
 
-    def __init__(self, poolings: list[str], columns: int, dtype: torch.dtype,
-                 state_shape: tuple[int, int] | None, n: int | None) -> None:
-        self.poolings, self.columns, self.dtype, self.state_shape, self.n = poolings, columns, dtype, state_shape, n
+    def __init__(self, poolings: list[str], columns: int, dtype: torch.dtype, n: int | None) -> None:
+        self.poolings, self.columns, self.dtype, self.n = poolings, columns, dtype, n
         self.seen = torch.zeros(0, dtype=torch.int64)
-        self.buffer: list[tuple[Tensor, Tensor, dict[str, Tensor], Tensor | None]] = []
+        self.buffer: list[tuple[Tensor, Tensor, dict[str, Tensor]]] = []
         if n is not None:
             self._allocate(n)
 
     def _allocate(self, n: int) -> None:
         self.sample_tokens = torch.zeros(n, dtype=torch.int64)
         self.pooled = {p: torch.empty(n, self.columns, dtype=self.dtype) for p in self.poolings}
-        self.states = torch.empty(n, *self.state_shape) if self.state_shape else None
 
-    def _place(self, where: Tensor, per_sample: Tensor, rows: dict[str, Tensor], states: Tensor | None) -> None:
+    def _place(self, where: Tensor, per_sample: Tensor, rows: dict[str, Tensor]) -> None:
         self.sample_tokens[where] = per_sample
         for p, r in rows.items():
             self.pooled[p][where] = r
-        if self.states is not None:
-            self.states[where] = states
 
-    def add(self, index: list[int], per_sample: Tensor, rows: dict[str, Tensor], states: Tensor | None) -> None:
+    def add(self, index: list[int], per_sample: Tensor, rows: dict[str, Tensor]) -> None:
         where = torch.as_tensor(index, dtype=torch.int64)
         if self.n is not None and where.numel() and (int(where.min()) < 0 or int(where.max()) >= self.n):
             raise ValueError(f"sample index out of range [0, {self.n}): {where.tolist()[:5]}")
         self.seen = torch.cat([self.seen, where])
         if self.n is not None:
-            self._place(where, per_sample, rows, states)
+            self._place(where, per_sample, rows)
         else:
-            self.buffer.append((where, per_sample, rows, states))
+            self.buffer.append((where, per_sample, rows))
 
-    def finish(self) -> tuple[int, Tensor, dict[str, Tensor], Tensor | None]:
+    def finish(self) -> tuple[int, Tensor, dict[str, Tensor]]:
         n = self.n if self.n is not None else (int(self.seen.max()) + 1 if self.seen.numel() else 0)
         counts = torch.bincount(self.seen, minlength=n) if self.seen.numel() else torch.zeros(n, dtype=torch.int64)
         if self.seen.numel() and int(self.seen.min()) < 0:
@@ -353,4 +325,4 @@ class _Rows:
             for item in self.buffer:
                 self._place(*item)
             self.buffer.clear()
-        return n, self.sample_tokens, self.pooled, self.states
+        return n, self.sample_tokens, self.pooled

@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from neuronspec.evaluate.perplexity import PerplexityResult, ppl_increase
 from neuronspec.models.masks import NeuronSet
 from neuronspec.plotting import pyplot, save_figure
 
@@ -218,27 +217,6 @@ def key_regions(contrib: Tensor, languages: Sequence[str], num_layers: int, *, t
     if not any(counts.values()):
         warning = f"no neuron's z-score exceeds {threshold} (reachable maximum {reach:.3f})"
     return KeyRegions(sets, threshold, reach, warning, counts)
-
-
-# ---- the language × language perplexity matrix --------------------------------------
-
-
-def ppl_increase_matrix(base: Mapping[str, PerplexityResult | float],
-                        arms: Mapping[str, Mapping[str, PerplexityResult | float]]) -> dict[str, Any]:
-    """% perplexity increase when the region of row language is deactivated, per evaluated language.
-
-    `base`: evaluated language → unmasked perplexity; `arms`: deactivated language →
-    (evaluated language → perplexity). Returns {"rows", "cols", "change": {row: {col: %}},
-    "diagonal_max": how many rows' own-language cell is the largest of the row (ties count),
-    "diagonal_rows": rows that have an own-language cell, "diagonal_max_rows": their names}.
-    """
-    cols = list(base)
-    rows = list(arms)
-    change = {r: {c: ppl_increase(base[c], arms[r][c]) for c in cols if c in arms[r]} for r in rows}
-    with_diag = [r for r in rows if r in change[r]]
-    winners = [r for r in with_diag if change[r][r] >= max(change[r].values())]
-    return {"rows": rows, "cols": cols, "change": change, "diagonal_max": len(winners),
-            "diagonal_rows": len(with_diag), "diagonal_max_rows": winners}
 
 
 # ---- the whole analysis -----------------------------------------------------------

@@ -277,16 +277,3 @@ def logit_lens(model: nn.Module, batches: Iterable[Batch], language: str, classi
         for h in handles:
             h.remove()
     return tally.result
-
-
-def logit_lens_from_states(model: nn.Module, states: Tensor, language: str, classifier: TokenClassifier, *,
-                           top_k: int = 1, final_norm: bool = True, layers: Sequence[int] | None = None) -> LensCounts:
-    """The same tally from stored last-token states [n, L, hidden] (``ActivationStats.residual``)."""
-    n, num_layers, _ = states.shape
-    layers = list(range(num_layers)) if layers is None else [int(l) for l in layers]
-    tally = _Tally(language, layers, final_norm, top_k, "last")
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for slot, l in enumerate(layers):
-            tally.add(slot, lens_topk(model, states[:, l].to(device), top_k, final_norm=final_norm).cpu(), classifier)
-    return tally.result

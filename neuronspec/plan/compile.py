@@ -27,6 +27,7 @@ from typing import Any
 
 from neuronspec.data import CorpusError, corpus_identity
 from neuronspec.fileio import TextFileError
+from neuronspec.plan import ids
 from neuronspec.plan import kinds as K
 from neuronspec.plan.graph import Plan, Stage
 from neuronspec.plan.identity import model_dims, model_identity
@@ -48,22 +49,22 @@ def compile_study(loaded: LoadedStudy) -> Plan:
     _check_partitions(loaded, dims["num_layers"])
     _check_attribution_layers(loaded, dims["num_layers"])
     _check_top_k(loaded, dims)
-    plan = Plan(study.name, identity, dims, code=K.code_fingerprints())
+    plan = Plan(study.name, identity, dims, code=K.code_fingerprints(), specs=K.spec_types())
 
     for name in _used_corpora(study):
         c = study.corpora[name]
         spec = K.CorpusStage(source=c.source, split=c.split, docs_per_language=c.docs_per_language,
                              eval_fraction=c.eval_fraction, languages=c.languages or study.languages, options=c.options,
                              seed=study.seed, identity=_corpus_identity(loaded, name))
-        plan.add(Stage(f"corpus/{name}", "corpus", spec, origin=("corpora", name)))
+        plan.add(Stage(ids.corpus(name), "corpus", spec, origin=("corpora", name)))
 
     if study.detect.plnd is not None:
         _add_plnd(plan, study)
     _add_activation_methods(plan, study)
-    detector_stages = [f"select/{d}" for d in detectors(study)]
+    detector_stages = [ids.select(d) for d in detectors(study)]
     if detector_stages or study.neurons:
         order, families = set_order(study)
-        plan.add(Stage("sets", "sets", K.Sets(
+        plan.add(Stage(ids.SETS, "sets", K.Sets(
             neurons={n: study.neurons[n] for n in order}, order=order, families=sorted(families),
             detectors=detectors(study), singles=single_sets(study), languages=study.languages,
         ), deps=tuple(detector_stages), origin=("neurons",)))
@@ -171,14 +172,14 @@ def _add_plnd(plan: Plan, study: Study) -> None:
             lang=lang, corpus=p.corpus, sites=sites, token_reduce=p.token_reduce, **p.batching(), max_tokens=corpus.max_tokens,
             top_k={s: p.top_k[s] for s in sites if s in p.top_k} if p.rule == "topk_intersect" else {},
         )
-        stat_ids.append(plan.add(Stage(f"stats/plnd/{lang}", "stats.plnd", spec, deps=(f"corpus/{p.corpus}",),
+        stat_ids.append(plan.add(Stage(ids.stats_plnd(lang), "stats.plnd", spec, deps=(ids.corpus(p.corpus),),
                                        model_bound=True, origin=("detect", "plnd"), lang=lang)).id)
     epsilon: dict[str, float | Quantile] = {}
     for site in sites:
         eps = p.threshold(site)  # never None: the reference checks require an ε per site
         assert eps is not None
         epsilon[site] = eps if isinstance(eps, Quantile) else float(eps)
-    plan.add(Stage("select/plnd", "select.plnd", K.PlndSelect(
+    plan.add(Stage(ids.select("plnd"), "select.plnd", K.PlndSelect(
         sites=sites, epsilon=epsilon, rule=p.rule, languages=study.languages,
         top_k={s: p.top_k[s] for s in sites} if p.rule == "topk_intersect" else {},
     ), deps=tuple(stat_ids), origin=("detect", "plnd", "epsilon")))
@@ -202,15 +203,15 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
     for corpus_name, need in needs.items():
         corpus = study.corpora[corpus_name]
         for lang in corpus.languages or study.languages:
-            plan.add(Stage(f"stats/act/{corpus_name}/{lang}", "stats.act",
+            plan.add(Stage(ids.stats_act(corpus_name, lang), "stats.act",
                            K.ActStats(**need, lang=lang, corpus=corpus_name, max_tokens=corpus.max_tokens),
-                           deps=(f"corpus/{corpus_name}",), model_bound=True, origin=("corpora", corpus_name), lang=lang))
+                           deps=(ids.corpus(corpus_name),), model_bound=True, origin=("corpora", corpus_name), lang=lang))
 
     def stats_deps(corpus_name: str) -> tuple[str, ...]:
         return tuple(sid for sid, s in plan.stages.items() if s.kind == "stats.act" and s.spec.corpus == corpus_name)
 
     if d.lape is not None:
-        plan.add(Stage("select/lape", "select.lape", K.LapeSelect(**d.lape.model_dump(exclude=BATCHING)),
+        plan.add(Stage(ids.select("lape"), "select.lape", K.LapeSelect(**d.lape.model_dump(exclude=BATCHING)),
                        deps=stats_deps(d.lape.corpus), origin=("detect", "lape")))
     if d.linguafranca is not None:
         langs = study.corpora[d.linguafranca.corpus].languages or study.languages
@@ -219,24 +220,24 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
             plan.notes.append(f"detect.linguafranca.z_threshold {d.linguafranca.z_threshold} is unreachable with "
                               f"{len(langs)} languages (the largest possible z-score is √(n−1) = {reachable:.2f}): "
                               "every key linguistic region will be empty")
-        plan.add(Stage("select/linguafranca", "select.linguafranca",
+        plan.add(Stage(ids.select("linguafranca"), "select.linguafranca",
                        K.LinguaFrancaSelect(**d.linguafranca.model_dump(exclude=BATCHING)),
                        deps=stats_deps(d.linguafranca.corpus), origin=("detect", "linguafranca")))
     if d.sharing is not None:
         spec = K.SharingSelect(corpus=d.sharing.corpus, thresholds=d.sharing.thresholds,
                                set_threshold=d.sharing.set_threshold, min_fraction=d.sharing.min_fraction,
                                attribution=d.sharing.attribution)
-        plan.add(Stage("select/sharing", "select.sharing", spec,
+        plan.add(Stage(ids.select("sharing"), "select.sharing", spec,
                        deps=stats_deps(d.sharing.corpus) + _add_sharing_attribution(plan, study),
                        origin=("detect", "sharing")))
     lens = study.analyses.logit_lens
     if lens is not None:
         corpus = study.corpora[lens.corpus]
         for lang in corpus.languages or study.languages:
-            plan.add(Stage(f"analysis/logit_lens/{lang}", "logit_lens",
+            plan.add(Stage(ids.logit_lens(lang), "logit_lens",
                            K.LogitLens(**lens.model_dump(exclude=BATCHING), **lens.batching(), lang=lang,
                                        max_tokens=corpus.max_tokens, languages=study.languages),
-                           deps=(f"corpus/{lens.corpus}",), model_bound=True, origin=("analyses", "logit_lens"), lang=lang))
+                           deps=(ids.corpus(lens.corpus),), model_bound=True, origin=("analyses", "logit_lens"), lang=lang))
 
 
 def _add_sharing_attribution(plan: Plan, study: Study) -> tuple[str, ...]:
@@ -247,15 +248,15 @@ def _add_sharing_attribution(plan: Plan, study: Study) -> tuple[str, ...]:
         return ()
     corpus = study.corpora[sharing.corpus]
     ig = attr.method == "ig"  # ig's quadrature fields do not touch activation_norm's key
-    ids = []
+    attr_ids = []
     for lang in corpus.languages or study.languages:
         spec = K.SharingAttribution(lang=lang, corpus=sharing.corpus, max_tokens=corpus.max_tokens, **sharing.batching(),
                                     method=attr.method, docs=attr.docs, layers=attr.layers,
                                     steps=attr.steps if ig else None, step_batch=attr.step_batch if ig else None,
                                     probes=attr.probes if ig else None)
-        ids.append(plan.add(Stage(f"attr/sharing/{lang}", "attr.sharing", spec, deps=(f"corpus/{sharing.corpus}",),
+        attr_ids.append(plan.add(Stage(ids.attr_sharing(lang), "attr.sharing", spec, deps=(ids.corpus(sharing.corpus),),
                                   model_bound=True, origin=("detect", "sharing", "attribution"), lang=lang)).id)
-    return tuple(ids)
+    return tuple(attr_ids)
 
 
 def _add_mask(plan: Plan, study: Study, index: int) -> None:
@@ -271,21 +272,16 @@ def _add_mask(plan: Plan, study: Study, index: int) -> None:
             # draw 1 is the single draw of a one-draw control (same spec, same cached entry)
             spec = K.Mask(random_like=d.random_like, seed=seed + DRAW_SEED_STRIDE * (k - 1), dims=dims)
             draw = k if draws > 1 else None
-            plan.add(Stage(mask_id(arm.name, draw), "mask", spec, deps=(f"mask/{d.random_like}", "sets"),
+            plan.add(Stage(ids.mask(arm.name, draw), "mask", spec, deps=(ids.mask(d.random_like), ids.SETS),
                            origin=("arms", index), arm=arm.name, draw=draw))
         return
     layers = [study.partitions[n] for n in d.partition_names()] or None
     spec = K.Mask(neurons=d.neurons, layers=layers, sites=expand_sites(list(d.sites)) if d.sites else None)
-    plan.add(Stage(f"mask/{arm.name}", "mask", spec, deps=("sets",), origin=("arms", index), arm=arm.name))
+    plan.add(Stage(ids.mask(arm.name), "mask", spec, deps=(ids.SETS,), origin=("arms", index), arm=arm.name))
 
 
 #: seeds of successive draws of a random control are this far apart (languages use offsets of 1000)
 DRAW_SEED_STRIDE = 100_000
-
-
-def mask_id(arm: str, draw: int | None) -> str:
-    """The mask stage of an arm (of one draw of a random control with several draws)."""
-    return f"mask/{arm}" if draw is None else f"mask/{arm}/draw{draw}"
 
 
 def arm_draws(study: Study, arm_name: str) -> list[int | None]:
@@ -308,7 +304,7 @@ def _add_enhance(plan: Plan, study: Study, index: int) -> None:
     for lang in arm_languages(study, arm.name):
         spec = K.Enhance(lang=lang, mask_lang=lang if family else None, corpus=e.corpus, docs=e.docs,
                          max_tokens=corpus.max_tokens, settings=K.Settings(**e.settings(seed)))
-        plan.add(Stage(f"enhance/{arm.name}/{lang}", "enhance", spec, deps=(f"corpus/{e.corpus}", f"mask/{arm.name}"),
+        plan.add(Stage(ids.enhance(arm.name, lang), "enhance", spec, deps=(ids.corpus(e.corpus), ids.mask(arm.name)),
                        model_bound=True, origin=("arms", index, "enhance"), lang=lang, arm=arm.name))
 
 
@@ -337,10 +333,10 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
     langs = corpus.languages or study.languages
     base = {"metric": ev.metric, "seed": study.seed, "languages": study.languages,
             "options": {**ev.batching(), "bootstrap": ev.bootstrap, "max_tokens": corpus.max_tokens, **ev.options}}
-    cdep = f"corpus/{ev.corpus}"
+    cdep = ids.corpus(ev.corpus)
     where: dict[str, Any] = {"model_bound": True, "origin": ("evaluate", name), "evaluation": name}
     for lang in langs:
-        plan.add(Stage(f"eval/{name}/base/{lang}", "eval", K.Evaluation(**base, lang=lang, arm=None, arm_kind=None, mask_lang=None),
+        plan.add(Stage(ids.evaluation(name, None, lang), "eval", K.Evaluation(**base, lang=lang, arm=None, arm_kind=None, mask_lang=None),
                        deps=(cdep,), lang=lang, **where))
     for arm in study.arms:
         if ev.arms is not None and arm.name not in ev.arms:
@@ -350,11 +346,11 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
         for draw in arm_draws(study, arm.name)[: ev.draws]:
             draw_spec = {} if draw is None else {"draw": draw, "random_like": arm.selection.random_like}
             for mlang in variants or [None]:
-                dep = f"enhance/{arm.name}/{mlang}" if arm.enhance is not None else mask_id(arm.name, draw)
+                dep = ids.enhance(arm.name, mlang) if arm.enhance is not None else ids.mask(arm.name, draw)
                 for lang in langs:
                     if variants and ev.on == "self" and lang != mlang:
                         continue
-                    sid = f"eval/{name}/{arm.name}/" + (f"draw{draw}/" if draw else "") + (f"{mlang}@{lang}" if mlang else lang)
+                    sid = ids.evaluation(name, arm.name, lang, draw=draw, mask_lang=mlang)
                     plan.add(Stage(sid, "eval", K.Evaluation(**base, **arm_spec, **draw_spec, lang=lang, mask_lang=mlang),
                                    deps=(cdep, dep), lang=lang, arm=arm.name, draw=draw, **where))
 
@@ -388,7 +384,7 @@ def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
     plan.notes.append(f"evaluate.{name}: lm-eval {lm_eval_version() or '(not installed: pip install neuronspec[tasks])'} tasks "
                       + "; ".join(found[t].describe() + ("" if cols == [t] else f" for {', '.join(cols)}")
                                   for t, cols in by_task.items()))
-    deps = (f"corpus/{ev.corpus}",) if ev.corpus is not None else ()
+    deps = (ids.corpus(ev.corpus),) if ev.corpus is not None else ()
     base = {"seed": study.seed, "corpus": ev.corpus, "batch_size": ev.batch_size, "limit": ev.limit,
             "num_fewshot": ev.num_fewshot, "max_length": _lm_eval_max_length(plan, name, ev, study, found.values()),
             "metric_name": ev.metric_name, "bootstrap": ev.bootstrap}
@@ -401,19 +397,19 @@ def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
         plan.add(Stage(sid, "eval.lm_eval", spec, deps=deps + dep, lang=column, arm=arm, draw=draw, **where))
 
     for column in columns:
-        add(f"eval/{name}/base/{column}", column, None, None, None, ())
+        add(ids.evaluation(name, None, column), column, None, None, None, ())
     for arm in study.arms:
         if ev.arms is not None and arm.name not in ev.arms:
             continue
         variants = arm_languages(study, arm.name)
         for draw in arm_draws(study, arm.name)[: ev.draws]:
             for mlang in variants or [None]:
-                dep = f"enhance/{arm.name}/{mlang}" if arm.enhance is not None else mask_id(arm.name, draw)
+                dep = ids.enhance(arm.name, mlang) if arm.enhance is not None else ids.mask(arm.name, draw)
                 for column in columns:
                     # `on: self` pairs a language's arm with that language's task; a language-neutral list runs them all
                     if variants and ev.on == "self" and isinstance(ev.tasks, dict) and column != mlang:
                         continue
-                    sid = f"eval/{name}/{arm.name}/" + (f"draw{draw}/" if draw else "") + (f"{mlang}@{column}" if mlang else column)
+                    sid = ids.evaluation(name, arm.name, column, draw=draw, mask_lang=mlang)
                     add(sid, column, arm.name, mlang, draw, (dep,))
 
 

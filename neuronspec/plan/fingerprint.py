@@ -1,8 +1,8 @@
 """Code fingerprints: a stage's cache key changes by itself when the code computing it changes.
 
 A kind's fingerprint covers
-  * its compute function, its spec class and the helpers of `plan/kinds.py` they use
-    (found by name, transitively), and
+  * its compute function, its spec class and the helpers of its module (`plan/kinds/FAMILY.py`)
+    they use (found by name, transitively), and
   * every neuronspec module those reach by import — followed transitively through the
     modules' source, imports inside functions included. `from PKG import name` of a package
     counts every module directly in PKG (packages re-export, some lazily), `from PKG.MOD
@@ -10,7 +10,8 @@ A kind's fingerprint covers
 
 The orchestration above the computations (`neuronspec.plan`, `neuronspec.report`, the CLI) is
 not followed: how results are keyed, stored and shown does not change them, and following it
-would tie every kind to every other (plan/graph.py reaches all of plan/kinds.py).
+would tie every kind to every other (plan/graph.py reaches the whole registry). The modules
+of the kinds' package other than the registry are followed like any other module.
 
 Source is read from the files and parsed with `ast`, never imported, so fingerprinting needs
 no torch. It is normalised: the AST dump ignores comments, whitespace, line numbers and
@@ -41,6 +42,9 @@ PACKAGE = "neuronspec"
 #: (its own changes never change a stage's result; kinds' functions are fingerprinted one by one)
 _MEMO_FORMAT = 1  # bump when what is memoised per file changes
 NOT_FOLLOWED = ("neuronspec.plan", "neuronspec.report", "neuronspec.cli")
+#: ...except the modules of the kinds themselves: what one kind's code shares with others (plan/kinds/base.py,
+#: a family's helpers) computes results too. The registry (plan/kinds/__init__.py) reaches every kind, so it is not.
+FOLLOWED_KINDS = "neuronspec.plan.kinds."
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,16 @@ def _function_parts(src: _Source, module: str, names: list[str]) -> tuple[dict[s
     return parts, _imports([defs[n] for n in seen] + bound_imports, module, False)
 
 
+def _definitions(src: _Source, module: str, names: list[str]) -> list[str] | None:
+    """`names` when every one is a top-level function or class of `module` (fingerprinted one by
+    one); None when the import needs the whole module (a constant, a submodule, `import module`)."""
+    path = src.file(module)
+    if not names or path is None or path.name == "__init__.py":
+        return None
+    defs = {n.name for n in src.tree(path).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    return names if all(n in defs for n in names) else None
+
+
 def _compiled_parts(ref: CodeRef) -> dict[str, str]:
     """Digests of definitions whose source is not under the package root: their compiled code."""
     parts = {f"{ref.module}:{obj.__qualname__}": hashlib.sha256(marshal.dumps(obj.__code__)).hexdigest()
@@ -210,6 +224,14 @@ class CodeRef:
     objects: tuple[Any, ...] = field(default=(), compare=False)
 
 
+def modules_digest(modules: list[str], root: Path | None = None) -> str:
+    """One digest of whole modules' normalised source (comments, docstrings and layout do not count)."""
+    src = _Source(root or _root())
+    parts = {rel: digest for rel, digest, _ in (src.module_info(m) for m in modules)}
+    src.save()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
 def fingerprints(refs: dict[str, CodeRef], root: Path | None = None) -> dict[str, Fingerprint]:
     """The fingerprint of each ref (one pass over the source tree, memoised files shared)."""
     src = _Source(root or _root())
@@ -225,10 +247,20 @@ def _fingerprint(src: _Source, ref: CodeRef) -> Fingerprint:
         parts, pending = _function_parts(src, ref.module, list(ref.names))
     pending = pending + [(m, []) for m in ref.extra_modules]
     seen: set[str] = set()
+    seen_defs: set[tuple[str, str]] = set()
     while pending:
         mod, imported = pending.pop()
         for target in src.targets(mod, imported):
-            if target in seen or target.startswith(NOT_FOLLOWED):
+            names = _definitions(src, target, imported) if target.startswith(FOLLOWED_KINDS) else None
+            if names is not None:  # the kinds' shared helpers: function by function, like the compute's own module
+                new = [n for n in names if (target, n) not in seen_defs]
+                seen_defs.update((target, n) for n in new)
+                if new:
+                    more, imports = _function_parts(src, target, new)
+                    parts.update(more)
+                    pending += imports
+                continue
+            if target in seen or (target.startswith(NOT_FOLLOWED) and not target.startswith(FOLLOWED_KINDS)):
                 continue
             seen.add(target)
             rel, dig, imports = src.module_info(target)

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from neuronspec.plan.store import digest
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel as StageSpec
+
     from neuronspec.plan.fingerprint import Fingerprint
-    from neuronspec.plan.kinds import StageSpec
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Plan:
     dims: dict[str, Any]
     stages: dict[str, Stage] = field(default_factory=dict)  # topological order (insertion order)
     code: dict[str, Fingerprint] = field(default_factory=dict)  # kind → fingerprint of the code computing it
+    specs: dict[str, type] = field(default_factory=dict)  # kind → the spec class its stages carry (plan.kinds.spec_types)
     notes: list[str] = field(default_factory=list)  # warnings to show the user (e.g. unreachable thresholds)
 
     def add(self, stage: Stage) -> Stage:
@@ -54,9 +56,9 @@ class Plan:
             raise ValueError(f"stage {stage.id} depends on unknown stages {missing}")
         if stage.id in self.stages:
             raise ValueError(f"duplicate stage id {stage.id}")
-        from neuronspec.plan.kinds import KINDS
-
-        expected = KINDS[stage.kind].spec
+        expected = self.specs.get(stage.kind)
+        if expected is None:
+            raise ValueError(f"stage {stage.id}: kind {stage.kind!r} is not one this plan was made for")
         if type(stage.spec) is not expected:
             raise TypeError(f"stage {stage.id}: a {stage.kind} stage's spec is a {expected.__name__}, "
                             f"not {type(stage.spec).__name__}")

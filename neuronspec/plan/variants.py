@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from neuronspec.plan import ids
 from neuronspec.plan.graph import Plan, Stage
 from neuronspec.spec.errors import Problem, StudyError
 from neuronspec.spec.loader import LoadedStudy
@@ -35,7 +36,7 @@ class Variant:
 
     def stage_id(self, sid: str) -> str:
         """`sid` as listed among all variants' stages: `MODEL:STAGE` (a one-model study: unchanged)."""
-        return sid if self.name is None else f"{self.name}:{sid}"
+        return ids.qualified(self.name, sid)
 
     @property
     def label(self) -> str:
@@ -91,7 +92,8 @@ def merged_plan(variants: list[Variant]) -> Plan:
         return variants[0].plan
     name = variants[0].plan.study_name.rsplit("@", 1)[0]
     return Plan(name, {v.name: v.plan.model_identity for v in variants}, {v.name: v.plan.dims for v in variants},
-                stages=all_stages(variants), code=dict(variants[0].plan.code), notes=notes(variants))
+                stages=all_stages(variants), code=dict(variants[0].plan.code), specs=dict(variants[0].plan.specs),
+                notes=notes(variants))
 
 
 def notes(variants: list[Variant]) -> list[str]:

@@ -10,6 +10,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from neuronspec.fileio import write_text
 from neuronspec.report.plots import Figure
 from neuronspec.report.tables import Table
 
@@ -104,8 +105,5 @@ def write_html_report(folder: Path, record: dict[str, Any], tables: list[Table])
 
     figures = read_figure_index(Path(folder))
     title = f"neuronspec: {record.get('study', {}).get('name')} — run {record.get('run_id')}"
-    path = Path(folder) / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(render_html(title, [run_summary(record), *tables], figures, Path(folder), record.get("study_text")), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text(Path(folder) / "report.html",
+                      render_html(title, [run_summary(record), *tables], figures, Path(folder), record.get("study_text")))

@@ -25,24 +25,26 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from neuronspec.fileio import write_json
 from neuronspec.plan.store import INCOMING
-from neuronspec.report.model import Results, RunResults, StudyResults, parse_results, to_json
+from neuronspec.report.model import Results, parse_results, to_json
 
 _PACKAGES = ("neuronspec", "torch", "transformers", "pydantic", "safetensors", "datasets")
 INDEX = "index.jsonl"
 
 
 def report_code() -> str:
-    """A digest of the code that turns results into tables and figures: a cached re-run
-    reuses the last report only while this is unchanged."""
-    import hashlib
+    """A digest of the code that turns results into tables and figures (the same normalised-source
+    digests as the stages' code fingerprints): a cached re-run reuses the last report only while
+    this is unchanged."""
+    from neuronspec.plan.fingerprint import modules_digest
 
     root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(root.glob("*.py")) + [root.parent / "plotting.py"]:
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
+    modules = [".".join(("neuronspec", "report", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+               for p in sorted(root.rglob("*.py"))]
+    return modules_digest([*modules, "neuronspec.plotting"])[:16]
 
 
 def package_versions() -> dict[str, str | None]:
@@ -122,7 +124,7 @@ def _write_record(loaded: Any, variants: Any, result: Any, results: Results, sec
         "stage_order": list(stages),  # JSON files sort keys; this keeps the plan's (topological) order
         "stages": {sid: {"key": s.key, "kind": s.kind, "computed": sid in computed, "seconds": result.timings.get(sid),
                          "spec": s.spec_json(), "deps": list(s.deps), "origin": list(s.origin), "model_bound": s.model_bound,
-                         "lang": s.lang, "arm": s.arm, "evaluation": s.evaluation}
+                         "lang": s.lang, "arm": s.arm, "draw": s.draw, "evaluation": s.evaluation}
                    for sid, s in stages.items()},
         "seconds": seconds,
         "model_load_seconds": result.model_load_seconds,
@@ -152,20 +154,60 @@ def publish_run(runs: Path, record: dict[str, Any], staging: Path) -> Path:
 
 
 # -- listing ------------------------------------------------------------------------------
+class _View(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Study(_View):
+    name: str | None = None
+
+
+class _StageRow(_View):
+    computed: bool = False
+
+
+class _Git(_View):
+    commit: str | None = None
+    study_dirty: bool | None = None
+
+
+class _Model(_View):
+    id: str | None = None
+
+
+class _RecordSummary(_View):
+    """What `runs` lists of a record (records of every version read through it)."""
+
+    run_id: str
+    study: _Study = Field(default_factory=_Study)
+    study_file: str | None = None
+    created: float | None = None
+    seconds: float | None = None
+    stages: dict[str, _StageRow] = Field(default_factory=dict)
+    git: _Git | None = None
+    model: _Model | None = None
+    models: dict[str, _Model] | None = None
+    overrides: list[str] | None = None
+    note: str | None = None
+
+
+class IndexEntry(_View):
+    """One line of runs/index.jsonl."""
+
+    run_id: str
+    study: str | None = None
+    created: float | None = None
+
+
 def index_entry(record: dict[str, Any]) -> dict[str, Any]:
-    stages = record.get("stages", {})
-    computed = sum(1 for s in stages.values() if s.get("computed"))
-    g = record.get("git") or {}
-    return {"run_id": record["run_id"], "study": record.get("study", {}).get("name"), "study_file": record.get("study_file"),
-            "created": record.get("created"), "seconds": record.get("seconds"), "computed": computed,
-            "cached": len(stages) - computed, "model": ", ".join(m.get("id") or "?" for m in _models(record).values()) or None,
-            "commit": g.get("commit"), "dirty": g.get("study_dirty"), "overrides": record.get("overrides") or [],
-            "note": record.get("note")}
-
-
-def _models(record: dict[str, Any]) -> dict[str | None, dict[str, Any]]:
-    """Model identities of a run by name (a one-model run: {None: identity})."""
-    return record.get("models") or ({None: record["model"]} if record.get("model") else {})
+    r = _RecordSummary.model_validate(record)
+    computed = sum(1 for s in r.stages.values() if s.computed)
+    models = list(r.models.values()) if r.models else [r.model] if r.model else []
+    g = r.git or _Git()
+    return {"run_id": r.run_id, "study": r.study.name, "study_file": r.study_file, "created": r.created, "seconds": r.seconds,
+            "computed": computed, "cached": len(r.stages) - computed,
+            "model": ", ".join(m.id or "?" for m in models) or None, "commit": g.commit, "dirty": g.study_dirty,
+            "overrides": r.overrides or [], "note": r.note}
 
 
 def _append_index(runs: Path, record: dict[str, Any]) -> None:
@@ -188,10 +230,12 @@ def list_runs(store_root: Path, study: str | None = None) -> list[dict[str, Any]
         except ValueError:  # a torn last line after a crash
             continue
         # Only plain run ids name a folder: an index line is data, and must not point outside `runs/`.
-        if not isinstance(e, dict) or not is_run_id(e.get("run_id")):
+        try:
+            entry = IndexEntry.model_validate(e)
+        except ValidationError:  # not an index line
             continue
-        if _is_run_folder(runs / e["run_id"]):
-            entries[e["run_id"]] = e
+        if is_run_id(entry.run_id) and _is_run_folder(runs / entry.run_id):
+            entries[entry.run_id] = e
     if runs.is_dir():
         for folder in runs.iterdir():
             if folder.name not in entries and is_run_id(folder.name) and _is_run_folder(folder):
@@ -199,8 +243,9 @@ def list_runs(store_root: Path, study: str | None = None) -> list[dict[str, Any]
                     entries[folder.name] = index_entry(read_record(folder))
                 except (OSError, ValueError, KeyError):
                     continue
-    out = [e for e in entries.values() if study is None or e.get("study") == study]
-    return sorted(out, key=lambda e: (e.get("created") or 0, e["run_id"]), reverse=True)
+    views = [(IndexEntry.model_validate(e), e) for e in entries.values()]
+    out = [(v, e) for v, e in views if study is None or v.study == study]
+    return [e for v, e in sorted(out, key=lambda ve: (ve[0].created or 0, ve[0].run_id), reverse=True)]
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,200}")
@@ -263,46 +308,18 @@ def load_results(folder: Path, record: dict[str, Any]) -> Results:
     records embedded typed results has a results.json of the old shape too: its record is read
     through the one adapter instead."""
     saved = Path(folder) / "results.json"
-    if "results" not in record and "stage_metrics" in record:
-        return legacy_results(record)
-    if saved.exists():
-        return parse_results(json.loads(saved.read_text(encoding="utf-8")))
-    return results_from_record(record)
+    data = json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else None
+    if "results" not in record:  # a run from before the typed results: its files are in the old shape
+        from neuronspec.report.legacy import legacy_results
+
+        return legacy_results(record, data)
+    return parse_results(data if data is not None else record["results"])
 
 
 def results_from_record(record: dict[str, Any]) -> Results:
     """A run's results from its record alone, for runs whose store entries are gone."""
     if "results" in record:
         return parse_results(record["results"])
+    from neuronspec.report.legacy import legacy_results
+
     return legacy_results(record)
-
-
-def legacy_results(record: dict[str, Any]) -> Results:
-    """The one adapter for records written before they embedded their results (they kept each
-    evaluation stage's headline under `stage_metrics`, and sets and masks beside them): the
-    results rebuilt from those, as the report then derived them."""
-    from neuronspec.report.model import Cell, MaskCount, NeuronSetInfo
-    from neuronspec.report.results import evaluation
-
-    baseline = record.get("baseline_language") or record.get("study", {}).get("report", {}).get("baseline_language", "en")
-    if record.get("variants"):  # several models: each from its own part of the record
-        by_model = {name: legacy_results({**v, "study": {"name": v["study"]}, "baseline_language": baseline})
-                    for name, v in record["variants"].items()}
-        return StudyResults.model_validate({"study": record.get("study", {}).get("name"), "baseline_language": baseline,
-                                            "models": record.get("models"), "variants": by_model,
-                                            "dynamics": record.get("dynamics")})
-    metrics = record.get("stage_metrics") or {}
-    order = [sid for sid in record.get("stage_order", []) if sid in metrics]
-    cells: dict[str, list[Cell]] = {}
-    kinds: dict[str, tuple[str, int]] = {}
-    for m in (metrics[sid] for sid in order + sorted(set(metrics) - set(order))):
-        kinds.setdefault(m["evaluation"], (m["kind"], m.get("bootstrap", 1000)))
-        cells.setdefault(m["evaluation"], []).append(Cell.model_validate(
-            {k: v for k, v in m.items() if k not in ("evaluation", "kind", "bootstrap")}))
-    masks = [MaskCount(arm=arm, lang=lang, **c) for arm, info in (record.get("masks") or {}).items()
-             for lang, c in info["counts"].items()]  # keyed by arm: the last draw of a control only
-    sets = record.get("sets")
-    return RunResults(study=record.get("study", {}).get("name"), baseline_language=baseline, model=record.get("model"),
-                      dims=record.get("dims") or {}, masks=masks,
-                      sets=None if sets is None else {n: NeuronSetInfo.model_validate(i) for n, i in sets.items()},
-                      evaluations={name: evaluation(kinds[name][0], cs, baseline, kinds[name][1]) for name, cs in cells.items()})

@@ -15,7 +15,7 @@ from statistics import mean
 from typing import Any
 
 from neuronspec.plan.graph import Plan, Stage
-from neuronspec.plan.kinds import EVAL_KINDS, LmEvalStage
+from neuronspec.plan.kinds import EVAL_KINDS, LmEvalStage, artifacts
 from neuronspec.plan.store import Store
 from neuronspec.report.model import (CI, ArmRow, Cell, EnhanceRun, Evaluation, MaskCount, Matrix, NeuronSetInfo,
                                      Results, RunResults, StudyResults)
@@ -55,7 +55,7 @@ def collect(plan: Plan, store: Store, baseline: str = "en") -> RunResults:
     measures: dict[str, dict[str, str]] = {}
     parts: dict[str, Any] = {"sets": None, "masks": [], "detection": {}, "plots": [], "logit_lens": {}, "enhance": {}}
     for sid, stage in plan.stages.items():
-        path = store.entry_dir(stage.key) / "result.json"
+        path = store.entry_dir(stage.key) / artifacts.RESULT
         if not path.exists():
             continue
         result = json.loads(path.read_text(encoding="utf-8"))

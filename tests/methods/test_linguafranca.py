@@ -21,7 +21,6 @@ from neuronspec.methods.linguafranca import (
     parallel_layout,
     plot_layer_scores,
     plot_similarity,
-    ppl_increase_matrix,
     similarity_map,
     zscores,
 )
@@ -119,16 +118,6 @@ def test_key_regions_select_by_zscore_with_layer_major_columns() -> None:
     assert regions.sets["zh"].to_dict() == {"ffn": {1: [2]}}
     assert regions.sets["hi"].to_dict() == {"ffn": {2: [0]}}
     assert regions.sklr == 2 and regions.warning is None
-
-
-def test_ppl_matrix_counts_dominant_diagonal() -> None:
-    base = {"en": 10.0, "zh": 20.0, "fr": 5.0}
-    arms = {"en": {"en": 15.0, "zh": 21.0, "fr": 5.5},  # diag 50% is the max
-            "zh": {"en": 11.0, "zh": 30.0, "fr": 10.0},  # diag 50% vs fr 100%: not max
-            "fr": {"en": 10.0, "zh": 20.0, "fr": 6.0}}  # 20% max
-    m = ppl_increase_matrix(base, arms)
-    assert m["change"]["zh"]["fr"] == pytest.approx(100.0)
-    assert m["diagonal_max"] == 2 and m["diagonal_max_rows"] == ["en", "fr"] and m["diagonal_rows"] == 3
 
 
 def test_end_to_end_language_signal_and_plots(tmp_path) -> None:

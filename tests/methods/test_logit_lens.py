@@ -7,13 +7,11 @@ import importlib.util
 import pytest
 import torch
 
-from neuronspec.methods.activations import activation_statistics
 from neuronspec.methods.logit_lens import (
     TokenClassifier,
     category,
     lens_topk,
     logit_lens,
-    logit_lens_from_states,
     token_script,
 )
 from neuronspec.models.forward import encode, hidden_forward, iter_batches
@@ -69,18 +67,6 @@ def test_last_layer_with_final_norm_is_the_model_prediction_and_chunks_are_exact
         top = lens_topk(model, h, 5, final_norm=True, chunk_elements=7)  # 7 logits per chunk: 14 chunks
         logits = model(input_ids=ids).logits[:, -1]
     assert torch.equal(top, logits.topk(5, dim=-1).indices)
-
-
-def test_lens_from_stored_states_equals_streaming() -> None:
-    model, tok = tiny_model("qwen2"), tiny_tokenizer()
-    enc = encode(tok, TEXTS, max_tokens=32)
-    classifier = TokenClassifier(tok, ["en", "fr"], use_lingua=False)
-    stats = activation_statistics(model, iter_batches(enc, batch_size=2, pad_id=0), poolings=(), thresholds=(),
-                                  residual=True)
-    stored = logit_lens_from_states(model, stats.residual, "fr", classifier, top_k=2, final_norm=False)
-    streamed = logit_lens(model, iter_batches(enc, batch_size=4, pad_id=0), "fr", classifier, top_k=2,
-                          final_norm=False)
-    assert stored.counts == streamed.counts and stored.totals == streamed.totals == [len(TEXTS) * 2] * 3
 
 
 def test_token_classification() -> None:

@@ -14,6 +14,7 @@ from neuronspec.models.tiny import tiny_model
 from neuronspec.plan.compile import compile_study
 from neuronspec.plan.runner import run_plan
 from neuronspec.plan.store import Store
+from neuronspec.report.model import to_json
 from neuronspec.report.results import collect
 from neuronspec.spec import load_study
 
@@ -34,16 +35,16 @@ def test_study_runs_every_site_and_arm(arch: str, tmp_path: Path, monkeypatch: p
     plan = compile_study(loaded)
     store = Store(tmp_path / ".neuronspec")
     run_plan(plan, store, loaded.study)
-    results = collect(plan, store)
-    counts = results.sets["specific"].counts
+    results = to_json(collect(plan, store))  # the JSON users read
+    counts = results["sets"]["specific"]["counts"]
     assert set().union(*(counts[lang] for lang in counts)) == set(SITES), counts  # every site found neurons
-    early = results.evaluations["ppl"].matrices["early"]
-    assert early.control == "early-random" and early.control_draws == 2
-    assert all(early.change[lang][lang] != 0 for lang in ("en", "fr", "de"))  # the arm changed something
-    assert set(results.logit_lens) == {"en", "fr", "de"}
-    cells = results.evaluations["ppl"].cells
-    arm = {(c.mask_lang, c.lang): c for c in cells if c.arm == "early"}
-    controls = [c for c in cells if c.arm == "early-random"]
+    early = results["evaluations"]["ppl"]["matrices"]["early"]
+    assert early["control"] == "early-random" and early["control_draws"] == 2
+    assert all(early["change"][lang][lang] != 0 for lang in ("en", "fr", "de"))  # the arm changed something
+    assert set(results["logit_lens"]) == {"en", "fr", "de"}
+    cells = results["evaluations"]["ppl"]["cells"]
+    arm = {(c["mask_lang"], c["lang"]): c for c in cells if c["arm"] == "early"}
+    controls = [c for c in cells if c["arm"] == "early-random"]
     assert len(arm) == 9 and len(controls) == 18  # 3 mask languages × 3 languages (× 2 draws)
     for c in controls:  # the random control deactivates as many neurons as the arm it copies
-        assert c.deactivated == arm[(c.mask_lang, c.lang)].deactivated
+        assert c["deactivated"] == arm[(c["mask_lang"], c["lang"])]["deactivated"]

@@ -31,9 +31,9 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 def test_only_code_changes_count_not_comments_whitespace_or_docstrings(tmp_path: Path) -> None:
     pkg = _copy_package(tmp_path)
-    ref = {"stats.plnd": CodeRef("neuronspec.plan.kinds", ("stats_plnd", "PlndStats"))}
+    ref = {"stats.plnd": CodeRef("neuronspec.plan.kinds.plnd", ("stats_plnd", "PlndStats"))}
     before = fingerprints(ref, tmp_path)["stats.plnd"]
-    assert "neuronspec/methods/plnd.py" in before.parts and "neuronspec/plan/kinds.py:stats_plnd" in before.parts
+    assert "neuronspec/methods/plnd.py" in before.parts and "neuronspec/plan/kinds/plnd.py:stats_plnd" in before.parts
     plnd = pkg / "methods" / "plnd.py"
     text = plnd.read_text(encoding="utf-8")
     # a comment, blank lines, a re-wrapped docstring: the same code
@@ -71,22 +71,24 @@ def test_editing_a_method_in_a_copy_of_the_package_makes_plan_say_why(study_file
 
 
 def test_plan_kinds_is_fingerprinted_function_by_function(tmp_path: Path) -> None:
-    """Editing one kind's compute function changes that kind only; a shared helper changes its users."""
+    """Editing one kind's compute function changes that kind only; a shared helper (in the kinds'
+    own base module) changes its users only, not every kind that imports something from it."""
     from neuronspec.plan.kinds import KINDS
 
     pkg = _copy_package(tmp_path)
     refs = {k: KINDS[k].code for k in ("stats.plnd", "stats.act", "eval", "corpus")}
     before = fingerprints(refs, tmp_path)
-    kinds = pkg / "plan" / "kinds.py"
+    kinds = pkg / "plan" / "kinds" / "plnd.py"
     _edit(kinds, "        raise ValueError(f\"{stage.id}: no document of {s.lang!r} has two or more tokens\")",
           "        raise ValueError(f\"{stage.id}: no document of {s.lang!r} has 2+ tokens\")")
     after = fingerprints(refs, tmp_path)
-    assert after["stats.plnd"].changed(before["stats.plnd"].parts) == ["neuronspec/plan/kinds.py:stats_plnd"]
+    assert after["stats.plnd"].changed(before["stats.plnd"].parts) == ["neuronspec/plan/kinds/plnd.py:stats_plnd"]
     assert all(after[k] == before[k] for k in ("stats.act", "eval", "corpus"))
-    _edit(kinds, "def read_docs(entry: Any, lang: str) -> list[dict[str, Any]]:\n",
+    _edit(pkg / "plan" / "kinds" / "base.py", "def read_docs(entry: Any, lang: str) -> list[dict[str, Any]]:\n",
           "def read_docs(entry: Any, lang: str) -> list[dict[str, Any]]:\n    assert lang\n")
     again = fingerprints(refs, tmp_path)
     assert {k for k in refs if again[k] != after[k]} == {"stats.plnd", "stats.act", "eval"}  # corpus does not read docs
+    assert again["eval"].changed(after["eval"].parts) == ["neuronspec/plan/kinds/base.py:read_docs"]
 
 
 def test_planning_and_rerunning_a_cached_study_never_import_torch(study_file: Path) -> None:

@@ -14,7 +14,8 @@ from neuronspec.methods.sharing import CATEGORIES, item_categories
 from neuronspec.models.forward import encode, iter_batches
 from neuronspec.models.loading import load_model
 from neuronspec.plan.compile import compile_study
-from neuronspec.plan.kinds import KINDS, _pad_id
+from neuronspec.evaluate.logprobs import pad_token_id
+from neuronspec.plan.kinds import KINDS
 from neuronspec.plan.runner import run_plan
 from neuronspec.plan.store import Store, canonical_json
 from neuronspec.report.model import to_json
@@ -85,7 +86,7 @@ def test_ig_stage_equals_a_direct_call_and_feeds_the_sharing_attribution(write_s
         assert saved["attributions"].dtype == torch.float32 and info["layers"] == [0, 2]
         assert info["ids"] == _first_docs(store, plan, lang, 4, "id")
         enc = encode(lm.tokenizer, _first_docs(store, plan, lang, 4), 32)
-        direct = integrated_gradients(lm.model, iter_batches(enc, batch_size=3, pad_id=_pad_id(lm.tokenizer)),
+        direct = integrated_gradients(lm.model, iter_batches(enc, batch_size=3, pad_id=pad_token_id(lm.model, lm.tokenizer)),
                                       layers=[0, 2], steps=12, step_batch=5, probes=6, n_samples=4, tolerance=None)
         assert float(direct.attributions.abs().max()) > 0
         torch.testing.assert_close(saved["attributions"], direct.attributions, rtol=1e-5, atol=1e-7)
@@ -135,7 +136,7 @@ def test_activation_norm_path_needs_no_gradients(write_study) -> None:  # noqa: 
     run_plan(plan, store, loaded.study, only=["select/sharing"])
     lm = load_model(str(loaded.study.model.id))
     enc = encode(lm.tokenizer, _first_docs(store, plan, "fr", 5), 32)
-    stats = activation_statistics(lm.model, iter_batches(enc, batch_size=3, pad_id=_pad_id(lm.tokenizer)),
+    stats = activation_statistics(lm.model, iter_batches(enc, batch_size=3, pad_id=pad_token_id(lm.model, lm.tokenizer)),
                                   poolings=["mean_abs"], thresholds=())
     expected = activation_norm_scores(lm.model, stats.pooled["mean_abs"])
     saved = load_file(str(store.get(plan.stages["attr/sharing/fr"].key).file("attributions.safetensors")))

@@ -11,8 +11,9 @@ from typing import Any, Sequence
 from pydantic import ConfigDict, ValidationError
 
 from neuronspec.paths import study_store
+from neuronspec.plan import ids
 from neuronspec.plan.graph import Plan, Stage
-from neuronspec.plan.kinds import EVAL_KINDS, KINDS, Evaluation, LmEvalStage, StageSpec
+from neuronspec.plan.kinds import EVAL_KINDS, KINDS, Evaluation, LmEvalStage, StageSpec, artifacts
 from neuronspec.plan.store import CorruptEntry, Store
 from neuronspec.report.diff.model import StageGroups
 from neuronspec.report.model import Cell, LayerCounts, MaskCount, NeuronSetInfo, Results, RunResults, StudyResults
@@ -56,8 +57,8 @@ class Side:
         """A stage's result.json from the store (None where the store no longer has it)."""
         if sid not in self._results:
             path = self.entry(sid)
-            self._results[sid] = (json.loads((path / "result.json").read_text(encoding="utf-8"))
-                                  if path is not None and (path / "result.json").exists() else None)
+            self._results[sid] = (json.loads((path / artifacts.RESULT).read_text(encoding="utf-8"))
+                                  if path is not None and (path / artifacts.RESULT).exists() else None)
         return self._results[sid]
 
     def recorded(self, sid: str) -> RunResults | None:
@@ -67,7 +68,8 @@ class Side:
         if self._recorded is None:
             self._recorded = results_from_record(self.record)
         if isinstance(self._recorded, StudyResults):
-            return self._recorded.variants.get(sid.split(":", 1)[0]) if ":" in sid else None
+            model = ids.unqualified(sid)[0]
+            return self._recorded.variants.get(model) if model else None
         return self._recorded
 
     def cell(self, sid: str) -> Cell | None:
@@ -95,13 +97,13 @@ class Side:
         if stage.kind == "sets":
             sets = ({n: NeuronSetInfo.model_validate(i) for n, i in result.items()} if result is not None
                     else recorded.sets if recorded else None)
-            return [(name, lang, f"{name}.{lang}.safetensors" if info.family else f"{name}.safetensors", counts)
+            return [(name, lang, artifacts.set_file(name, lang if info.family else None), counts)
                     for name, info in (sets or {}).items() for lang, counts in info.groups()]
         if result is not None:
             masks = [MaskCount(arm=stage.arm, draw=stage.draw, lang=lang, **c) for lang, c in result["counts"].items()]
         else:
             masks = [m for m in (recorded.masks if recorded else []) if m.arm == stage.arm and m.draw == stage.draw]
-        return [(f"mask:{stage.arm}", m.lang, "mask.safetensors" if m.lang == "*" else f"mask.{m.lang}.safetensors",
+        return [(f"mask:{stage.arm}", m.lang, artifacts.set_file(artifacts.MASK, None if m.lang == "*" else m.lang),
                  m.per_layer) for m in masks]
 
     def missing(self) -> list[str]:
@@ -157,8 +159,9 @@ def _run_side(folder: Path) -> Side:
         s, f = plain[sid], fresh.get(sid)
         spec = _recorded_spec(s["kind"], s["spec"]) if "spec" in s else (f.spec if f else RecordedSpec())
         facts = {k: s[k] if k in s else getattr(f, k) if f else None for k in ("lang", "arm", "evaluation")}
+        facts["draw"] = s["draw"] if "draw" in s else getattr(spec, "draw", None)  # records before stages kept their draw
         if facts["evaluation"] is None and facts["arm"] is None:  # records before stages carried typed facts
-            parts = sid.split(":", 1)[-1].split("/")
+            parts = ids.unqualified(sid)[1].split("/")
             if s["kind"] in EVAL_KINDS:
                 facts["evaluation"] = parts[1]
             elif s["kind"] in ("mask", "enhance"):
