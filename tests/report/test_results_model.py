@@ -23,8 +23,20 @@ def test_a_record_from_before_results_were_embedded_renders_the_report_it_had() 
     assert "stage_metrics" in record and "results" not in record  # the old format
     results = results_from_record(record)
     assert isinstance(results, RunResults)
-    markdown = f"# {results.study}\n\n" + "\n".join(t.to_markdown() for t in result_tables(results))
-    assert markdown == (DATA / "legacy-report.md").read_text(encoding="utf-8")
+    tables = result_tables(results)
+    # what the report added since: a p-value table, and row wins said strictly (the old run had no ties)
+    added = [t for t in tables if "one-sided p" in t.title]
+    markdown = f"# {results.study}\n\n" + "\n".join(t.to_markdown() for t in tables if t not in added)
+    expected = (DATA / "legacy-report.md").read_text(encoding="utf-8").replace("It is the largest", "It is strictly the largest")
+    assert markdown == expected
+    # the p-values, recounted from the record's own stage metrics: draws of early-random at least as damaging
+    metrics = record["stage_metrics"].values()
+    base = {m["lang"]: m["value"] for m in metrics if m["arm"] is None and m["evaluation"] == "ppl"}
+    own = {m["lang"]: m["value"] for m in metrics if m["arm"] == "early" and m["mask_lang"] == m["lang"] and m["evaluation"] == "ppl"}
+    draws = [m for m in metrics if m["arm"] == "early-random" and m["mask_lang"] == m["lang"] and m["evaluation"] == "ppl"]
+    expected_p = [f"{(1 + sum(1 for d in draws if d['lang'] == lang and d['value'] / base[lang] >= own[lang] / base[lang])) / (1 + sum(1 for d in draws if d['lang'] == lang)):.2f}"
+                  for lang in ("en", "fr", "de")]
+    assert [row[1:] for row in added[0].rows] == [expected_p]
     ppl = results.evaluations["ppl"]
     assert ppl.bootstrap == 50  # the evaluation's own resamples, not a default
     # the record's per-document NLLs give the same paired CIs the old report printed
@@ -42,8 +54,10 @@ def test_a_run_folder_from_before_results_were_embedded_still_opens(tmp_path: Pa
     folder.mkdir(parents=True)
     record = json.loads((DATA / "legacy-record.json").read_text(encoding="utf-8"))
     (folder / "record.json").write_text(json.dumps({**record, "run_id": folder.name}), encoding="utf-8")
-    (folder / "results.json").write_text(json.dumps({"study": "tiny", "masks": {"early": {"counts": {}, "family": True}},
-                                                     "evaluations": {}}), encoding="utf-8")
+    cells = [{k: v for k, v in m.items() if k not in ("evaluation", "kind", "bootstrap")} for m in record["stage_metrics"].values()]
+    (folder / "results.json").write_text(json.dumps({  # the old shape: masks keyed by arm
+        "study": "tiny", "masks": record["masks"], "sets": record["sets"], "dims": record["dims"], "model": record["model"],
+        "evaluations": {"ppl": {"metric": "perplexity", "bootstrap": 50, "cells": cells}}}), encoding="utf-8")
     assert Results.from_folder(folder).data.evaluations["ppl"].bootstrap == 50
     assert main(["report", str(folder), "-q"]) == 0 and (folder / "report.html").exists()
 
