@@ -2,12 +2,12 @@
 
 from neuronspec.spec.errors import Location, Problem, StudyError
 from neuronspec.spec.loader import LoadedStudy, load_study
+from neuronspec.spec.detection import PLNDSpec
 from neuronspec.spec.models import (
     SITES,
     ArmSpec,
     CorpusSpec,
     ModelSpec,
-    PLNDSpec,
     Quantile,
     Study,
 )

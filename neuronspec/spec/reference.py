@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
+from neuronspec.spec import detection, fields
 from neuronspec.spec import models as spec_models
 from neuronspec.spec.schema import schema_text
 
@@ -101,7 +102,7 @@ def _type(node: dict[str, Any]) -> str:
 
 def _models() -> dict[str, type[BaseModel]]:
     """The Pydantic classes behind the schema's objects, by name (their defaults include factories')."""
-    return {cls.__name__: cls for cls in vars(spec_models).values()
+    return {cls.__name__: cls for module in (fields, detection, spec_models) for cls in vars(module).values()
             if isinstance(cls, type) and issubclass(cls, BaseModel)}
 
 
