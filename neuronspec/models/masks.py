@@ -215,6 +215,47 @@ class NeuronSet:
         return NeuronSet(out)
 
 
+    def random_pooled(self, dims: Dims, seed: int, layers: Iterable[int], exclude: NeuronSet | None = None) -> NeuronSet:
+        """Same count per site, drawn uniformly from every neuron of that site in `layers` (not
+        per layer): a control for "as many random neurons anywhere in these layers" (MWork's
+        random neurons in a partition, or across the model). `exclude` is avoided while the
+        pool allows. One generator per site, seeded by (seed, site)."""
+        pool_layers = sorted({int(i) for i in layers})
+        out: dict[str, dict[int, Tensor]] = {}
+        for site in self._data:
+            n, width = self.count(site), site_width(dims, site)
+            free = torch.ones(len(pool_layers), width, dtype=torch.bool)
+            for row, layer in enumerate(pool_layers):
+                banned = exclude._data.get(site, {}).get(layer) if exclude is not None else None
+                if banned is not None:
+                    free[row, banned[banned < width]] = False
+            if n > free.numel():
+                raise ValueError(f"{site}: {n} neurons asked for, the layers drawn from hold only {free.numel()}")
+            gen = torch.Generator().manual_seed(_derive_seed(seed, site, -1))
+            pool, rest = free.flatten().nonzero().flatten(), (~free).flatten().nonzero().flatten()
+            pick = pool[torch.randperm(pool.numel(), generator=gen)[:n]]
+            if pick.numel() < n:
+                pick = torch.cat([pick, rest[torch.randperm(rest.numel(), generator=gen)[: n - pick.numel()]]])
+            for row, layer in enumerate(pool_layers):
+                idx = pick[(pick // width) == row] % width
+                if idx.numel():
+                    out.setdefault(site, {})[layer] = idx
+        return NeuronSet(out)
+
+    def subsample(self, n: int, seed: int) -> NeuronSet:
+        """`n` of this set's neurons, uniformly at random over all of them (seeded): equal-size arms
+        from sets of different sizes. The whole set when it has `n` or fewer."""
+        flat = [(site, layer, int(i)) for site, layer, t in self.items() for i in t.tolist()]
+        if len(flat) <= n:
+            return self
+        gen = torch.Generator().manual_seed(_derive_seed(seed, "subsample", n))
+        out: dict[str, dict[int, list[int]]] = {}
+        for k in torch.randperm(len(flat), generator=gen)[:n].tolist():
+            site, layer, i = flat[k]
+            out.setdefault(site, {}).setdefault(layer, []).append(i)
+        return NeuronSet({s: {l: torch.tensor(sorted(v)) for l, v in ls.items()} for s, ls in out.items()})
+
+
 def _derive_seed(seed: int, site: str, layer: int) -> int:
     digest = hashlib.sha256(f"{seed}/{site}/{layer}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF

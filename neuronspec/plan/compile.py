@@ -270,13 +270,16 @@ def _add_mask(plan: Plan, study: Study, index: int) -> None:
         draws = d.draw_count(arm.kind)
         for k in range(1, draws + 1):
             # draw 1 is the single draw of a one-draw control (same spec, same cached entry)
-            spec = K.Mask(random_like=d.random_like, seed=seed + DRAW_SEED_STRIDE * (k - 1), dims=dims)
+            pool = [study.partitions[n] for n in d.partition_names()] if d.scope == "partition" else None
+            spec = K.Mask(random_like=d.random_like, seed=seed + DRAW_SEED_STRIDE * (k - 1), dims=dims,
+                          **({"scope": d.scope, "layers": pool} if d.scope != "layer" else {}))
             draw = k if draws > 1 else None
             plan.add(Stage(ids.mask(arm.name, draw), "mask", spec, deps=(ids.mask(d.random_like), ids.SETS),
                            origin=("arms", index), arm=arm.name, draw=draw))
         return
     layers = [study.partitions[n] for n in d.partition_names()] or None
-    spec = K.Mask(neurons=d.neurons, layers=layers, sites=expand_sites(list(d.sites)) if d.sites else None)
+    spec = K.Mask(neurons=d.neurons, layers=layers, sites=expand_sites(list(d.sites)) if d.sites else None,
+                  **({"count": d.count, "seed": study.seed if d.seed is None else d.seed} if d.count else {}))
     plan.add(Stage(ids.mask(arm.name), "mask", spec, deps=(ids.SETS,), origin=("arms", index), arm=arm.name))
 
 

@@ -69,7 +69,14 @@ class NeuronSelection(Strict):
     random_like: str | None = Field(
         None, description="Name of another arm of the same kind: use as many random neurons per site and layer as it does."
     )
-    seed: int | None = Field(None, ge=0, description="Seed for random_like (default: the study seed).")
+    scope: Literal["layer", "partition", "all"] = Field(
+        "layer", description="random_like: where the random neurons come from — layer: as many per site and layer as the "
+                             "matched arm (the default); partition: as many per site, anywhere in the partition(s) named "
+                             "in `layers`; all: as many per site, anywhere in the model (MWork's random controls (i), (ii)).")
+    count: int | None = Field(
+        None, ge=1, description="Keep this many neurons of the set (per language), a seeded uniform subsample — arms of "
+                                "equal size from sets of different sizes (the whole set when it is smaller).")
+    seed: int | None = Field(None, ge=0, description="Seed for random_like and count (default: the study seed).")
     draws: int | None = Field(
         None, ge=1, le=100,
         description="random_like: independent random draws, each with the matched arm's counts per site and layer "

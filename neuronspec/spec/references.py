@@ -203,12 +203,19 @@ def _arms(study: Study) -> Iterator[Issue]:
                 yield loc + (kind, "random_like"), f"arm {sel.random_like!r} is a {target.kind} arm; match an arm of the same kind"
             elif target.selection.random_like is not None:
                 yield loc + (kind, "random_like"), f"arm {sel.random_like!r} is itself random; match a neuron-set arm"
-            if sel.layers is not None or sel.sites is not None:
+            if sel.sites is not None or (sel.layers is not None and sel.scope != "partition"):
                 yield loc + (kind,), "random_like copies the matched arm's layers and sites; drop `layers`/`sites`"
+            if sel.scope == "partition" and sel.layers is None:
+                yield loc + (kind, "scope"), "scope: partition draws from the partition(s) named in `layers`: name them"
+            if sel.count is not None:
+                yield loc + (kind, "count"), "count subsamples a named set; a random control copies its arm's count"
             if kind == "enhance" and (sel.draws or 1) > 1:
                 yield loc + (kind, "draws"), "several draws are supported for deactivate arms only (each enhance draw is a fine-tune)"
-        elif sel.draws is not None:
-            yield loc + (kind, "draws"), "draws count the random draws of a `random_like` control; this arm names a set"
+        else:
+            if sel.draws is not None:
+                yield loc + (kind, "draws"), "draws count the random draws of a `random_like` control; this arm names a set"
+            if sel.scope != "layer":
+                yield loc + (kind, "scope"), "scope says where a `random_like` control draws from; this arm names a set"
         if arm.enhance is not None:
             if arm.enhance.corpus not in study.corpora:
                 yield loc + ("enhance", "corpus"), _missing("corpus", arm.enhance.corpus, study.corpora)

@@ -71,6 +71,8 @@ class Mask(StageSpec):
     layers: list[tuple[int, int]] | None = None
     sites: list[str] | None = None
     random_like: str | None = None
+    scope: str | None = None  # random_like: None (per site and layer), "partition" (from `layers`) or "all"
+    count: int | None = None  # a named set: keep this many, a seeded subsample
     seed: int | None = None
     dims: ModelDims | None = None
 
@@ -90,9 +92,12 @@ def mask(ctx: Context, stage: Stage, s: Mask, out: Path) -> None:
         target = ctx.input(stage, ids.mask(s.random_like))
         dims = Dims(**s.dims.model_dump())
         family = target.json()["family"]
+        pool = (range(dims.num_layers) if s.scope == "all" else
+                sorted({i for start, end in s.layers or [] for i in range(start, end)}) if s.scope == "partition" else None)
         for i, lang in enumerate(langs if family else [None]):
             matched = load_set(target, artifacts.MASK, lang)
-            chosen = matched.random_like(dims, seed=s.seed + 1000 * i, exclude=matched)
+            chosen = (matched.random_like(dims, seed=s.seed + 1000 * i, exclude=matched) if pool is None
+                      else matched.random_pooled(dims, seed=s.seed + 1000 * i, layers=pool, exclude=matched))
             _save_mask(out, summary, chosen, lang)
         write_json(out / artifacts.RESULT, {"family": family, "counts": jsonable(summary)})
         return
@@ -101,8 +106,10 @@ def mask(ctx: Context, stage: Stage, s: Mask, out: Path) -> None:
     layers = None
     if s.layers:
         layers = sorted({i for start, end in s.layers for i in range(start, end)})
-    for lang in langs if family else [None]:
+    for i, lang in enumerate(langs if family else [None]):
         chosen = load_set(entry, s.neurons, lang).restrict(layers=layers, sites=s.sites)
+        if s.count is not None:
+            chosen = chosen.subsample(s.count, seed=(s.seed or 0) + 1000 * i)
         _save_mask(out, summary, chosen, lang)
     write_json(out / artifacts.RESULT, {"family": family, "counts": jsonable(summary)})
 
