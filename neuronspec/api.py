@@ -46,6 +46,9 @@ class Study:
     store_path: str | Path | None = None
     _variants: list[Variant] | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        return f"Study(name={self.name!r}, file={str(self.loaded.path) if self.loaded.path else None!r})"
+
     @property
     def name(self) -> str:
         return self.loaded.study.name
@@ -113,6 +116,10 @@ class Results:
     record: dict[str, Any]  # record.json: resolved study, every stage's key and spec, versions, git state
     data: Results  # what the report shows (results.json)
     store: Store
+
+    def __repr__(self) -> str:  # the record and results are megabytes: say which run, and what it holds
+        evaluations = ", ".join(getattr(self.data, "evaluations", {}) or {}) or "none"
+        return f"Results(run={self.folder.name!r}, evaluations=[{evaluations}], folder={str(self.folder)!r})"
 
     @classmethod
     def from_folder(cls, folder: str | Path, store: Store | None = None) -> Results:

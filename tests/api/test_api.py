@@ -131,6 +131,8 @@ def test_sets_masks_and_layer_counts(study_path: Path) -> None:
         for d in draws:  # same count per site and layer, none of the target's neurons
             assert d.per_layer_counts() == target.per_layer_counts() and (d & target).count() == 0
         assert draws[0] != draws[1] or target.count() == 0
+    assert len(repr(results)) < 300 and results.folder.name in repr(results) and "ppl" in repr(results)
+    assert repr(ns.open_study(study_path)) == f"Study(name='quickstart', file={str(study_path)!r})"
     # a notebook user's slips name what exists instead of a store path or a bare key
     with pytest.raises(KeyError, match=r"no neuron set 'nonexistent' for 'en' in this run \(sets: .*specific"):
         results.neuron_set("nonexistent", "en")
