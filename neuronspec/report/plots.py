@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from neuronspec.fileio import write_json
 from neuronspec.plotting import PAPER_FORMATS, pyplot, save_figure
 from neuronspec.report.model import SITE_ORDER, Evaluation, LogitLens, NeuronSetInfo, RunResults
+from neuronspec.report.tables import P_TABLE
 
 SITE_NAMES = {"ffn": "FFN", "attn.q": "attention query", "attn.k": "attention key", "attn.v": "attention value",
               "attn.o": "attention output"}
@@ -143,6 +144,47 @@ def plot_matrices(ev_name: str, ev: Evaluation, order: list[str], path: Path, ta
     return Figure(path.name, caption, table)
 
 
+def plot_forest(ev_name: str, ev: Evaluation, path: Path, table: str) -> Figure | None:
+    """One panel per set arm that has a random control: per language, the set's own-language
+    change with its paired CI (black) against every draw of the control (grey), and its p-value."""
+    arms = list(dict.fromkeys(c.arm for c in ev.cells if c.p_value is not None and c.arm))
+    if not arms:
+        return None
+    plt = pyplot()
+    rows = {arm: [c for c in ev.cells if c.arm == arm and c.p_value is not None and c.mask_lang in (None, c.lang)]
+            for arm in arms}
+    fig, axes = plt.subplots(len(arms), 1, figsize=(4.2, sum(0.32 * len(r) + 0.9 for r in rows.values())),
+                             squeeze=False, constrained_layout=True)
+    unit = "% perplexity change" if ev.metric == "perplexity" else "change (points)"
+    for ax, arm in zip(axes[:, 0], arms):
+        cells = rows[arm]
+        control = next((c.arm for c in ev.cells if c.random_like == arm), None)
+        for y, c in enumerate(cells):
+            draws = [d.change for d in ev.cells if d.arm == control and d.mask_lang == c.mask_lang and d.lang == c.lang
+                     and d.change is not None]
+            ax.scatter(draws, [y] * len(draws), s=14, color="0.6", zorder=2, label="random draws" if y == 0 else None)
+            if c.change_ci is not None:
+                ax.hlines(y, c.change_ci[0], c.change_ci[1], color="black", linewidth=1.2, zorder=3)
+            ax.scatter([c.change], [y], marker="D", s=22, color="black", zorder=4, label="the set (paired 95% CI)" if y == 0 else None)
+            ax.annotate(f"p = {c.p_value:.2f}", (1.0, y), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                        textcoords="offset points", va="center", fontsize=7)
+        ax.set_yticks(range(len(cells)), [c.lang for c in cells], fontsize=8)
+        ax.set_ylim(-0.6, len(cells) - 0.4)
+        ax.invert_yaxis()
+        ax.axvline(0, color="0.7", linewidth=0.6, zorder=1)
+        values = [abs(v) for c in cells for v in (c.change, *(c.change_ci or ())) if v is not None]
+        if values and max(values) > 50:  # changes spanning orders of magnitude: linear near 0, log beyond
+            ax.set_xscale("symlog", linthresh=10)
+        ax.set_title(f"{arm} against {control or 'its control'}", fontsize=8, loc="left")
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xlabel(unit, fontsize=8)
+    axes[0, 0].legend(fontsize=7, frameon=False, loc="upper left")
+    save_figure(fig, path, dpi=150, formats=PAPER_FORMATS)
+    caption = (f"{unit.capitalize()} on each language when its own set is switched off (black diamond, paired 95 % CI) "
+               "against every draw of the arm's random control (grey); p = (1 + draws at least as strong) / (1 + draws).")
+    return Figure(path.name, caption, table)
+
+
 def _cell_label(v: float) -> str:
     """+0.4, +12, +3,400, +2e+05: short enough for a cell, signed, never `-0`."""
     if round(v, 1) == 0:
@@ -221,7 +263,11 @@ def write_plots(results: RunResults, folder: Path, order: dict[str, list[str]], 
                             f"matrices/{ev_name}")
         if fig:
             figures.append(fig)
+        fig = plot_forest(ev_name, ev, folder / f"forest-{ev_name}.png", P_TABLE.format(name=ev_name))
+        if fig:
+            figures.append(fig)
     return figures
+
 
 
 #: captions of the figures a method draws in its own stage (copied into the run folder)

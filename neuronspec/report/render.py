@@ -8,7 +8,7 @@ from typing import Any
 from neuronspec.fileio import write_json, write_text
 from neuronspec.report.model import (SITE_ORDER, ArmRow, Evaluation, MaskCount, Matrix, NeuronSetInfo, Results, RunResults,
                                      SharingAttribution, StudyResults, to_json)
-from neuronspec.report.tables import Table, fmt
+from neuronspec.report.tables import P_TABLE, Table, fmt
 
 
 def result_tables(results: Results) -> list[Table]:
@@ -167,7 +167,7 @@ def _p_value_table(name: str, ev: Evaluation, order: list[str]) -> Table | None:
             rows.append((arm, cells))
     if not rows:
         return None
-    t = Table(f"{name}: set arms against their random control (one-sided p)", ["arm"] + ev.languages)
+    t = Table(P_TABLE.format(name=name), ["arm"] + ev.languages)
     for arm, cells in rows:
         t.add(arm, *[f"{c.p_value:.2f}" if c is not None and c.p_value is not None else "–" for c in cells])
     draws = sorted({c.control_draws for _, cells in rows for c in cells if c is not None and c.control_draws})

@@ -13,6 +13,9 @@ from typing import TextIO
 
 from neuronspec.fileio import write_atomic
 
+#: the title of an evaluation's p-value table, which its forest plot (report.plots) sits beside
+P_TABLE = "{name}: set arms against their random control (one-sided p)"
+
 
 @dataclass
 class Table:

@@ -60,3 +60,17 @@ def test_a_tied_row_is_not_a_win() -> None:
              for c in _study()]  # en's set: +20 % on en and +20 % on fr
     m = evaluation("perplexity", cells, "en", resamples=0).matrices["set"]
     assert (m.diagonal_largest, m.diagonal_ties) == (1, 1)
+
+
+def test_the_forest_plot_is_drawn_beside_the_p_value_table(tmp_path) -> None:  # noqa: ANN001
+    from neuronspec.report.plots import write_plots
+
+    ev = evaluation("perplexity", _study(), "en", resamples=0)
+    results = RunResults(study="s", evaluations={"ppl": ev}, dims={"num_layers": 2})
+    figures = {f.file: f for f in write_plots(results, tmp_path, {"ppl": ["set", "rand"]})}
+    forest = figures["forest-ppl.png"]
+    table = next(t for t in result_tables(results) if "one-sided p" in t.title)
+    assert forest.table == table.title  # the HTML report puts the figure beside its table
+    assert all((tmp_path / f"forest-ppl.{ext}").stat().st_size > 0 for ext in ("png", "pdf", "svg"))
+    svg = (tmp_path / "forest-ppl.svg").read_text()
+    assert svg.count("p = 0.60") == 1 and svg.count("p = 0.20") == 1  # one row per language, each with its p
