@@ -171,6 +171,9 @@ class Results:
         from neuronspec.plan.kinds import artifacts
 
         stages = self.record.get("stages", {})
+        masked = sorted({s.get("arm") for s in stages.values() if s.get("kind") == "mask" and s.get("arm")})
+        if arm not in masked:  # the record says which stage masks which arm: no id is parsed
+            raise KeyError(f"run {self.record.get('run_id')} has no arm {arm!r} (arms with masks: {', '.join(masked) or 'none'})")
         draws: list[int] = []  # a random control's draws are 1…D, each its own mask stage
         while ids.qualified(model, ids.mask(arm, len(draws) + 1)) in stages:
             draws.append(len(draws) + 1)
@@ -195,11 +198,7 @@ class Results:
                                f"({', '.join(models)})")
             if model and models and model not in models:
                 raise KeyError(f"run {self.record.get('run_id')} has no model {model!r} (it has: {', '.join(models)})")
-            arms = sorted({s.split("/")[1] for s in stages if s.split(":")[-1].startswith("mask/")}
-                          if "mask/" in sid else [])
-            what = f"arm {sid.split('/')[1]!r}" if sid.startswith("mask/") else f"stage {full!r}"
-            raise KeyError(f"run {self.record.get('run_id')} has no {what}"
-                           + (f" (arms with masks: {', '.join(arms) or 'none'})" if sid.startswith("mask/") else ""))
+            raise KeyError(f"run {self.record.get('run_id')} has no stage {full!r}")
         return stages[full]["key"]
 
     def _load(self, key: str, name: str, language: str | None, what: str) -> NeuronSet:

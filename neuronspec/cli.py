@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a stage failed, 2 the study (or an argument) is invalid
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -148,7 +149,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         print(json.dumps({"sweep": str(folder), "key": sweep.key, "values": list(sweep.values),
-                          "rows": [r.__dict__ for r in rows]}, indent=1, ensure_ascii=False))
+                          "rows": [dataclasses.asdict(r) for r in rows]}, indent=1, ensure_ascii=False))
         return 0
     if not args.quiet:
         _print_tables(sensitivity_tables(sweep, rows))

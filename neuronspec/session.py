@@ -110,6 +110,7 @@ class RunMatch:
 
     folder: Path | None  # the newest run whose stages have this plan's keys; None when no run does
     runs: int  # runs of the study's name in the store
+    record: dict[str, Any] | None = None  # the matching run's record, as read
     newest: str | None = None  # the newest of them, when it is not a match
     differences: tuple[str, ...] = ()  # why the newest run is not a match
     unreadable: tuple[str, ...] = ()  # records that could not be read (damaged), with the reason
@@ -152,33 +153,34 @@ def matching_run(loaded: Any, plan: Any, store: Any) -> RunMatch:
         except (OSError, ValueError) as exc:  # a damaged record (RecordError) matches nothing
             unreadable.append(str(exc))
             continue
-        recorded = {sid: s.get("key") for sid, s in (record.get("stages") or {}).items() if isinstance(s, dict)}
-        if recorded == keys:
-            return RunMatch(store.root / "runs" / entry["run_id"], len(runs))
+        if _recorded_keys(record) == keys:
+            return RunMatch(store.root / "runs" / entry["run_id"], len(runs), record)
         newest = newest or record
     if newest is None:
         return RunMatch(None, len(runs), unreadable=tuple(unreadable))
     differences = setting_differences(newest.get("study") or {}, loaded.study.model_dump(mode="json"))
     if not differences:  # same settings: the code, a corpus or the model changed the keys
-        recorded = {sid: s.get("key") for sid, s in (newest.get("stages") or {}).items() if isinstance(s, dict)}
+        recorded = _recorded_keys(newest)
         changed = sorted(sid for sid in keys if recorded.get(sid) != keys[sid])
         differences = [f"same settings, but {len(changed)} of {len(keys)} stages have other keys (code, corpus or model "
                        f"changed): {', '.join(changed[:4])}{' …' if len(changed) > 4 else ''}"]
-    return RunMatch(None, len(runs), newest.get("run_id"), tuple(differences))
+    return RunMatch(None, len(runs), newest=newest.get("run_id"), differences=tuple(differences))
+
+
+def _recorded_keys(record: dict[str, Any]) -> dict[str, Any]:
+    """Stage id → cache key, as a run record lists them."""
+    return {sid: s.get("key") for sid, s in (record.get("stages") or {}).items() if isinstance(s, dict)}
 
 
 def unchanged_run(loaded: Any, plan: Any, store: Any, note: str | None = None) -> Path | None:
     """The run folder to reuse when nothing was computed: the study's matching run, if it also has
     this plan's report settings and formats (and the same note): a fully cached run then reuses its
     report instead of writing and drawing it again."""
-    from neuronspec.report.records import read_record, report_code
+    from neuronspec.report.records import report_code
 
-    folder = matching_run(loaded, plan, store).folder
-    if folder is None:
-        return None
-    try:
-        record = read_record(folder)
-    except (OSError, ValueError):
+    match = matching_run(loaded, plan, store)
+    folder, record = match.folder, match.record
+    if folder is None or record is None:
         return None
     same = (record.get("study", {}).get("report") == loaded.study.report.model_dump(mode="json")
             and record.get("report_code") == report_code()

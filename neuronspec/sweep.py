@@ -9,16 +9,15 @@ its own language (with the random controls' mean beside it) against the swept va
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from neuronspec.fileio import write_json
+from neuronspec.fileio import write_json, write_text
+from neuronspec.report.tidy import write_csv
 from neuronspec.spec import Location, Problem, StudyError
 
 #: a sweep is a handful of runs, not a grid search
@@ -125,9 +124,9 @@ def run_sweep(sweep: Sweep, load: Callable[[Sequence[str]], Any], run: Callable[
     folder = store_root / "sweeps" / sweep_id
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "sweep.json", {"sweep_id": sweep_id, "key": sweep.key, "values": list(sweep.values), "runs": runs,
-                                       "rows": [r.__dict__ for r in rows]})
-    _write_text(folder / "sensitivity.csv", _csv(rows))
-    _write_text(folder / "sensitivity.md", "\n\n".join(t.to_markdown() for t in sensitivity_tables(sweep, rows)) + "\n")
+                                       "rows": [asdict(r) for r in rows]})
+    write_csv(folder / "sensitivity.csv", rows, SensitivityRow)
+    write_text(folder / "sensitivity.md", "\n\n".join(t.to_markdown() for t in sensitivity_tables(sweep, rows)) + "\n")
     plot_sensitivity(sweep, rows, folder / "sensitivity.png")
     return folder, rows
 
@@ -161,27 +160,6 @@ def _cell(row: SensitivityRow | None) -> str:
     if row.quantity == "set size":
         return f"{row.number:,.0f}"
     return f"{row.number:+.1f}" + (f" (rand {row.random_mean:+.1f})" if row.random_mean is not None else "")
-
-
-def _csv(rows: list[SensitivityRow]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["value", "run_id", "quantity", "name", "language", "number", "random_mean"])
-    for r in rows:
-        writer.writerow([r.value, r.run_id, r.quantity, r.name, r.language or "", "" if r.number is None else r.number,
-                         "" if r.random_mean is None else r.random_mean])
-    return buf.getvalue()
-
-
-def _write_text(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def plot_sensitivity(sweep: Sweep, rows: list[SensitivityRow], path: Path) -> Path | None:

@@ -158,7 +158,7 @@ def p_values(cells: list[Cell], metric: str) -> list[Cell]:
     that is one more random draw does as well (Phipson & Smyth 2010: never 0; with N draws the
     smallest possible p is 1 / (N + 1), so p ≤ 0.1 needs N ≥ 9)."""
     target = {c.random_like: c.arm for c in cells if c.random_like and c.arm}  # set arm → its control
-    lower_better = metric == "perplexity" or any(c.higher_is_better is False for c in cells)
+    lower_better = _lower_is_better(metric, cells)
     draws: dict[tuple[str | None, str | None, str], list[float]] = {}
     for c in cells:
         if c.arm in target.values() and c.change is not None:
@@ -190,8 +190,7 @@ def derive(metric: str, cells: list[Cell], baseline: str) -> dict[str, Any]:
     controls = {c.arm: c.random_like for c in cells if c.random_like}  # control → the arm it matches
     base_value = {lang: getattr(cell.get((None, None, None, lang)), "value", None) for lang in langs}
     enhance_arms = {c.arm for c in cells if c.arm_kind == "enhance"}
-    # perplexity (and lm-eval metrics where lower is better): damage = higher
-    lower_better = metric == "perplexity" or any(c.higher_is_better is False for c in cells)
+    lower_better = _lower_is_better(metric, cells)
     rows: dict[str, ArmRow] = {}
     matrices: dict[str, Matrix] = {}
     for arm in arms:
@@ -255,6 +254,11 @@ def derive(metric: str, cells: list[Cell], baseline: str) -> dict[str, Any]:
                                                  "beats_control_languages": beats})
     return {"languages": langs, "base": base_value, "arms": rows, "matrices": matrices,
             "unit": "% ppl change" if metric == "perplexity" else "points"}
+
+
+def _lower_is_better(metric: str, cells: list[Cell]) -> bool:
+    """Perplexity (and lm-eval metrics where lower is better): a deactivation's damage is a rise."""
+    return metric == "perplexity" or any(c.higher_is_better is False for c in cells)
 
 
 def _diagonal_wins(m: dict[str, dict[str, float | None]], masks: list[str], higher: bool, empty: list[str],

@@ -87,7 +87,7 @@ def _one_branch_per_union(errors: list[dict[str, Any]], tree: dict[str, Any]) ->
     unions: dict[tuple[Any, ...], dict[Any, list[dict[str, Any]]]] = {}
     out: list[dict[str, Any]] = []
     for err in errors:
-        walked, skip = _walk(tree, err["loc"])
+        _, skip = _walk(tree, err["loc"])
         if skip is None or skip == len(err["loc"]) - 1:  # no tag (a last part not in the tree is a missing key)
             out.append(err)
         else:
