@@ -151,6 +151,16 @@ class Results:
         return _frame(pd, layer_rows(self.data), LayerRow)
 
     @property
+    def stability(self) -> pd.DataFrame:
+        """Tidy: per (model,) set × language, the sizes of the sets found on each half of the detection
+        documents and their Jaccard overlap (sets whose stability the study measured)."""
+        pd = _pandas()
+
+        from neuronspec.report.tidy import StabilityRow, stability_rows
+
+        return _frame(pd, stability_rows(self.data), StabilityRow)
+
+    @property
     def tables(self) -> dict[str, pd.DataFrame]:
         """Every table of the report, as shown (formatted cells), by title."""
         pd = _pandas()

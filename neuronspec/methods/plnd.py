@@ -40,7 +40,7 @@ one does without computing padding.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,7 @@ from torch import Tensor
 from neuronspec.methods.plnd_moe import importance_hooks
 from neuronspec.methods.plnd_postnorm import PostNorm, TokenNorms, chunks, column_change2, gram_pairs, v_change2
 from neuronspec.methods.plnd_qk import Plan, QKInputs, qk_importance
+from neuronspec.methods.stability import HALVES
 from neuronspec.models.attention import additive_mask, capture_attention, rotary_of
 from neuronspec.models.forward import Batch, hidden_forward
 from neuronspec.models.masks import NeuronSet
@@ -61,28 +62,36 @@ QK_SITES = ("attn.q", "attn.k")
 
 @dataclass
 class SiteStats:
-    """Per-neuron running statistics of one site over a language's documents, [layers, width]."""
+    """Per-neuron running statistics of one site over a language's documents, [layers, width].
+
+    `halves`: the same statistics of each half of a seeded split of the documents
+    (:func:`neuronspec.methods.stability.split_halves`), folded in the same pass — every
+    statistic is per-document, so each half costs O(neurons) memory, not a second pass.
+    """
 
     min: Tensor
     sum: Tensor
     sumsq: Tensor
     topk_hits: Tensor
     n_docs: int = 0
+    halves: list[SiteStats] | None = None
 
     @classmethod
-    def zeros(cls, layers: int, width: int, device: torch.device | str = "cpu") -> SiteStats:
+    def zeros(cls, layers: int, width: int, device: torch.device | str = "cpu", halves: bool = False) -> SiteStats:
         return cls(
             min=torch.full((layers, width), float("inf"), device=device),
             sum=torch.zeros(layers, width, dtype=torch.float64, device=device),
             sumsq=torch.zeros(layers, width, dtype=torch.float64, device=device),
             topk_hits=torch.zeros(layers, width, dtype=torch.int64, device=device),
+            halves=[cls.zeros(layers, width, device) for _ in range(HALVES)] if halves else None,
         )
 
-    def update(self, imp: Tensor, k: int | None) -> None:
+    def update(self, imp: Tensor, k: int | None, half: Tensor | None = None) -> None:
         """Fold in a batch of per-document importances, imp: [docs, layers, width].
 
         With `k` (a count, see :func:`topk_count`), each document's k most important neurons
         *of each layer* score one hit (the reference code ranks within a layer, never across).
+        `half` [docs]: each document's half, folded into that half's statistics too.
         """
         imp = imp.float()
         self.min = torch.minimum(self.min, imp.amin(0))
@@ -92,9 +101,17 @@ class SiteStats:
             top = imp.topk(k, dim=2).indices.transpose(0, 1).reshape(imp.shape[1], -1)  # [layers, docs*k]
             self.topk_hits.scatter_add_(1, top, torch.ones_like(top))
         self.n_docs += imp.shape[0]
+        if self.halves is not None:
+            if half is None:
+                raise ValueError("statistics with halves need each document's half")
+            for h, st in enumerate(self.halves):
+                mine = half == h
+                if bool(mine.any()):
+                    st.update(imp[mine], k)
 
     def to(self, device: torch.device | str) -> SiteStats:
-        return SiteStats(self.min.to(device), self.sum.to(device), self.sumsq.to(device), self.topk_hits.to(device), self.n_docs)
+        return SiteStats(self.min.to(device), self.sum.to(device), self.sumsq.to(device), self.topk_hits.to(device), self.n_docs,
+                         None if self.halves is None else [h.to(device) for h in self.halves])
 
     def all_reduce(self) -> SiteStats:
         """The statistics over every rank's documents (MIN of minima, SUM of the rest); see neuronspec.distributed."""
@@ -102,16 +119,30 @@ class SiteStats:
 
         n = int(distributed.all_reduce(torch.tensor([self.n_docs], dtype=torch.int64))[0])
         return SiteStats(distributed.all_reduce(self.min, "min"), distributed.all_reduce(self.sum),
-                         distributed.all_reduce(self.sumsq), distributed.all_reduce(self.topk_hits), n)
+                         distributed.all_reduce(self.sumsq), distributed.all_reduce(self.topk_hits), n,
+                         None if self.halves is None else [h.all_reduce() for h in self.halves])
 
     def to_tensors(self, site: str) -> dict[str, Tensor]:
-        return {f"{site}/min": self.min, f"{site}/sum": self.sum, f"{site}/sumsq": self.sumsq,
-                f"{site}/topk_hits": self.topk_hits, f"{site}/n_docs": torch.tensor(self.n_docs)}
+        out = {f"{site}/min": self.min, f"{site}/sum": self.sum, f"{site}/sumsq": self.sumsq,
+               f"{site}/topk_hits": self.topk_hits, f"{site}/n_docs": torch.tensor(self.n_docs)}
+        for h, st in enumerate(self.halves or []):
+            out.update({f"half{h}/{k}": v for k, v in st.to_tensors(site).items()})
+        return out
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor], site: str) -> SiteStats:
+        halves = None
+        if f"half0/{site}/min" in tensors:
+            halves = [cls.from_tensors({k[len(f"half{h}/"):]: v for k, v in tensors.items() if k.startswith(f"half{h}/")}, site)
+                      for h in range(HALVES)]
         return cls(tensors[f"{site}/min"], tensors[f"{site}/sum"], tensors[f"{site}/sumsq"],
-                   tensors[f"{site}/topk_hits"], int(tensors[f"{site}/n_docs"]))
+                   tensors[f"{site}/topk_hits"], int(tensors[f"{site}/n_docs"]), halves)
+
+    def half(self, h: int) -> SiteStats:
+        """The statistics of half `h` alone (what a detection on that half's documents would hold)."""
+        if self.halves is None:
+            raise ValueError("these statistics were gathered without halves")
+        return self.halves[h]
 
 
 @dataclass
@@ -362,17 +393,20 @@ def plnd_statistics(
     token_reduce: str = "mean",
     top_k: dict[str, int | float] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    halves: Sequence[int] | None = None,
 ) -> dict[str, SiteStats]:
     """Stream `batches` through `model` once and return per-site running statistics.
 
     `top_k`: per site, a count or a fraction of the layer's width (:func:`topk_count`) for the
-    per-layer top-k hit counts.
+    per-layer top-k hit counts. `halves`: the half (0 or 1) of each encoding the batches index
+    (:func:`neuronspec.methods.stability.split_halves`); each half's statistics are kept too.
     """
     scorer = _Scorer(model, sites, token_reduce)
     dims = scorer.dims
     counts = {s: topk_count(k, site_width(dims, s)) for s, k in (top_k or {}).items() if s in sites}
     device = next(model.parameters()).device  # statistics stay there (float32/64) until the pass ends
-    stats = {s: SiteStats.zeros(dims.num_layers, site_width(dims, s), device) for s in sites}
+    stats = {s: SiteStats.zeros(dims.num_layers, site_width(dims, s), device, halves=halves is not None) for s in sites}
+    half_of = None if halves is None else torch.as_tensor(list(halves), dtype=torch.int64, device=device)
     handles = scorer.hooks()
     want_qk = [s for s in sites if s in QK_SITES]
     try:
@@ -389,11 +423,12 @@ def plnd_statistics(
                         hidden_forward(model, **run)
             else:
                 hidden_forward(model, **run)
+            half = None if half_of is None else half_of[torch.as_tensor(batch.index, device=device)]
             for site in sites:
                 per_layer = scorer.batch.scores[site]
                 # [B, layers, width]; .to(): with device_map="auto" the layers live on several devices
                 imp = torch.stack([per_layer[i].to(device) for i in range(dims.num_layers)], dim=1)
-                stats[site].update(imp, counts.get(site))
+                stats[site].update(imp, counts.get(site), half)
             if on_batch:
                 on_batch(len(batch.index))
     finally:
@@ -429,4 +464,16 @@ def select_relevant(stats: dict[str, dict[str, SiteStats]], thresholds: dict[str
             hit = st.min >= thresholds[site] if rule == "all_docs" else st.topk_hits >= st.n_docs
             sets[site] = {layer: hit[layer].nonzero().flatten() for layer in range(hit.shape[0])}
         out[lang] = NeuronSet.from_dict(sets)
+    return out
+
+
+def select_halves(stats: dict[str, dict[str, SiteStats]], epsilon: dict[str, Any],
+                  rule: str = "all_docs") -> list[tuple[dict[str, float], dict[str, NeuronSet]]]:
+    """Per half of the documents: its thresholds (a quantile ε resolved on that half's minima)
+    and relevant sets — the detection that half alone would give."""
+    out = []
+    for h in range(HALVES):
+        half = {lang: {site: st.half(h) for site, st in by_site.items()} for lang, by_site in stats.items()}
+        thresholds = resolve_thresholds(half, epsilon) if rule == "all_docs" else {}
+        out.append((thresholds, select_relevant(half, thresholds, rule)))
     return out

@@ -11,7 +11,7 @@ from functools import reduce
 from typing import Union
 
 from neuronspec.models.masks import NeuronSet
-from neuronspec.spec.setexpr import Expr, Ref, parse, uses_template
+from neuronspec.spec.setexpr import Expr, Ref, parse, refs, uses_template
 
 Family = dict[str, NeuronSet]
 Value = Union[Family, NeuronSet]
@@ -64,4 +64,15 @@ def evaluate_sets(expressions: dict[str, str], env: dict[str, Value], languages:
         else:
             out[name] = _eval(tree, env, None, languages)
         env[name] = out[name]
+    return out
+
+
+def built_from(expressions: dict[str, str], base: set[str]) -> list[str]:
+    """The named sets (in evaluation order) whose every reference leads back to `base` alone —
+    those that can be re-evaluated from other versions of the `base` sets (e.g. one half's)."""
+    known, out = set(base), []
+    for name, text in expressions.items():
+        if all(r.name in known for r in refs(parse(text))):
+            known.add(name)
+            out.append(name)
     return out

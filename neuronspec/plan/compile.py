@@ -67,6 +67,7 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         plan.add(Stage(ids.SETS, "sets", K.Sets(
             neurons={n: study.neurons[n] for n in order}, order=order, families=sorted(families),
             detectors=detectors(study), singles=single_sets(study), languages=study.languages,
+            halves=["plnd"] if study.detect.plnd is not None and study.detect.plnd.stability.halves else [],
         ), deps=tuple(detector_stages), origin=("neurons",)))
     if study.model.dtype != "float32" and any(arm.enhance is not None for arm in study.arms):
         plan.notes.append(f"enhance arms with model.dtype {study.model.dtype}: the trained neurons are written into "
@@ -171,6 +172,7 @@ def _add_plnd(plan: Plan, study: Study) -> None:
         spec = K.PlndStats(
             lang=lang, corpus=p.corpus, sites=sites, token_reduce=p.token_reduce, **p.batching(), max_tokens=corpus.max_tokens,
             top_k={s: p.top_k[s] for s in sites if s in p.top_k} if p.rule == "topk_intersect" else {},
+            **({"halves_seed": study.seed if p.stability.seed is None else p.stability.seed} if p.stability.halves else {}),
         )
         stat_ids.append(plan.add(Stage(ids.stats_plnd(lang), "stats.plnd", spec, deps=(ids.corpus(p.corpus),),
                                        model_bound=True, origin=("detect", "plnd"), lang=lang)).id)
@@ -181,7 +183,7 @@ def _add_plnd(plan: Plan, study: Study) -> None:
         epsilon[site] = eps if isinstance(eps, Quantile) else float(eps)
     plan.add(Stage(ids.select("plnd"), "select.plnd", K.PlndSelect(
         sites=sites, epsilon=epsilon, rule=p.rule, languages=study.languages,
-        top_k={s: p.top_k[s] for s in sites} if p.rule == "topk_intersect" else {},
+        top_k={s: p.top_k[s] for s in sites} if p.rule == "topk_intersect" else {}, halves=p.stability.halves,
     ), deps=tuple(stat_ids), origin=("detect", "plnd", "epsilon")))
 
 

@@ -172,13 +172,24 @@ class Evaluation(Frozen):
         return next((c for c in self.cells if c.key == (arm, draw, mask_lang, lang)), None)
 
 
+class HalfAgreement(Frozen):
+    """A set found on each half of a seeded split of the detection documents: sizes and Jaccard overlap."""
+
+    jaccard: float | None  # None: both halves' sets are empty
+    size_a: int
+    size_b: int
+
+
 class NeuronSetInfo(Frozen):
-    """A named set's size per layer (family: per language) and, for a family, its overlaps."""
+    """A named set's size per layer (family: per language), for a family its overlaps, and its split-half stability."""
 
     family: bool
     counts: dict[str, LayerCounts] | LayerCounts  # family: language → site → layer → n
     jaccard: dict[str, dict[str, float | None]] | None = None
     empty: list[str] | bool | None = None  # family: the languages whose set is empty; else whether it is
+    stability: dict[str, HalfAgreement] | None = None  # per language ("*": one set); None: not measured
+
+    _omit_unset = frozenset({"stability"})
 
     def groups(self, single: str | None = "*") -> list[tuple[str | None, LayerCounts]]:
         """(language, counts) per language of a family; (`single`, counts) for one set."""

@@ -65,6 +65,15 @@ def _set_tables(sets: dict[str, NeuronSetInfo], layers: int) -> list[Table]:
             if info.empty:
                 jt.caption = f"{name} is EMPTY for {', '.join(info.empty)}: no overlap is defined with an empty set (–)"
             tables.append(jt)
+    stable = {name: info.stability for name, info in sets.items() if info.stability}
+    if stable:
+        st = Table("split-half stability of the neuron sets", ["set", "language", "half A", "half B", "Jaccard"])
+        for name, per_lang in stable.items():
+            for lang, ag in per_lang.items():
+                st.add(name, lang, ag.size_a, ag.size_b, fmt(ag.jaccard, 2))
+        st.caption = ("each language's detection documents split in two at random (seeded); each half detected alone "
+                      "(its own ε): sizes of the two halves' sets and their Jaccard overlap (– when both are empty)")
+        tables.append(st)
     return tables
 
 
@@ -284,7 +293,7 @@ def _attribution_table(at: SharingAttribution) -> Table:
 def write_outputs(results: Results, tables: list[Table], folder: Path, formats: list[str],
                   layer_scale: str = "auto") -> list[Path]:
     """The run folder's files: results.json, report.md, every table as CSV (plus the tidy
-    evaluations.csv and layers.csv), the figures (PNG, PDF, SVG) and report.html."""
+    evaluations.csv, layers.csv and, where measured, stability.csv), the figures (PNG, PDF, SVG) and report.html."""
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if "json" in formats:
@@ -305,7 +314,8 @@ def write_csvs(results: Results, tables: list[Table], folder: Path) -> list[Path
     """tables/NN-title.csv for every table as shown, and the tidy evaluations.csv / layers.csv (numbers)."""
     import re
 
-    from neuronspec.report.tidy import EvaluationRow, LayerRow, evaluation_rows, layer_rows, write_csv
+    from neuronspec.report.tidy import (EvaluationRow, LayerRow, StabilityRow, evaluation_rows, layer_rows,
+                                        stability_rows, write_csv)
 
     out = folder / "tables"
     out.mkdir(parents=True, exist_ok=True)
@@ -315,6 +325,9 @@ def write_csvs(results: Results, tables: list[Table], folder: Path) -> list[Path
         written.append(t.to_csv(out / f"{i:02d}-{slug}.csv"))
     written.append(write_csv(folder / "evaluations.csv", evaluation_rows(results), EvaluationRow))
     written.append(write_csv(folder / "layers.csv", layer_rows(results), LayerRow))
+    stability = stability_rows(results)
+    if stability:
+        written.append(write_csv(folder / "stability.csv", stability, StabilityRow))
     return written
 
 

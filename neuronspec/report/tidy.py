@@ -2,7 +2,8 @@
 
 `evaluation_rows`: one row per arm × random draw × deactivated language × evaluated language
 × metric, with the metric's own CI and the paired CI of its change against the untouched
-model (both computed once, when the results are collected). `layer_rows`: one row per neuron set × language × site × layer (0 for an empty layer). The run folder
+model (both computed once, when the results are collected). `layer_rows`: one row per neuron set × language × site × layer (0 for an empty layer);
+`stability_rows`: one row per neuron set × language with its split-half sizes and Jaccard. The run folder
 keeps both as CSV, and the Python API returns them as pandas DataFrames; neither needs
 pandas or torch here.
 """
@@ -51,6 +52,16 @@ class LayerRow:
     neurons: int
 
 
+@dataclass(frozen=True)
+class StabilityRow:
+    model: str | None
+    set: str
+    language: str | None  # None for a single (not per-language) set
+    size_a: int  # the set found on half A of the detection documents
+    size_b: int
+    jaccard: float | None  # |A ∩ B| / |A ∪ B|; None when both are empty
+
+
 def evaluation_rows(results: Results) -> list[EvaluationRow]:
     rows = []
     for model, res in by_model(results):
@@ -74,6 +85,13 @@ def layer_rows(results: Results) -> list[LayerRow]:
                 for site, per_layer in counts.items():  # every layer, empty ones as 0
                     rows += [LayerRow(model, name, lang, site, i, int(per_layer.get(str(i), 0))) for i in range(res.num_layers)]
     return rows
+
+
+def stability_rows(results: Results) -> list[StabilityRow]:
+    """One row per set × language whose split-half stability was measured."""
+    return [StabilityRow(model, name, None if lang == "*" else lang, ag.size_a, ag.size_b, ag.jaccard)
+            for model, res in by_model(results) for name, info in (res.sets or {}).items()
+            for lang, ag in (info.stability or {}).items()]
 
 
 def write_csv(path: Path, rows: list[Any], row_type: type) -> Path:

@@ -10,6 +10,16 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 from neuronspec.spec.fields import Batching, Quantile, Site, Strict, Threshold, TopK, _unique, expand_sites
 
 
+class StabilitySpec(Strict):
+    """Split-half stability of PLND's sets: each language's documents split in two by a seeded permutation."""
+
+    halves: bool = Field(True, description="Detect on each half as on all documents (its own ε) and report each set's "
+                                           "Jaccard overlap between the halves, per language. Costs no extra forward "
+                                           "pass: the halves' statistics are folded in the same pass (2× the memory "
+                                           "of the statistics).")
+    seed: int | None = Field(None, ge=0, description="Seed of the split (default: the study seed).")
+
+
 class PLNDSpec(Batching):
     """Parallel Language-specific Neuron Detection (Zhao et al. 2024)."""
 
@@ -34,6 +44,9 @@ class PLNDSpec(Batching):
     token_reduce: Literal["mean", "sum"] = Field(
         "mean", description="How a document's per-token importances combine: mean keeps ε comparable across document lengths."
     )
+    stability: StabilitySpec = Field(
+        default_factory=StabilitySpec,
+        description="Split-half stability of the sets plnd[lang] and of the named sets built from them alone (on by default).")
 
     def site_list(self) -> list[str]:
         return expand_sites(list(self.sites))

@@ -19,3 +19,8 @@ def docs_file(lang: str) -> str:
 def set_file(name: str, lang: str | None = None) -> str:
     """A neuron set: one per language for a family (`NAME.LANG.safetensors`), else `NAME.safetensors`."""
     return f"{name}.{lang}.safetensors" if lang else f"{name}.safetensors"
+
+
+def half_set_file(name: str, half: int, lang: str | None = None) -> str:
+    """A detector's set found on one half of the documents (split-half stability): `NAME~halfH[.LANG].safetensors`."""
+    return set_file(f"{name}~half{half}", lang)

@@ -21,6 +21,7 @@ class Sets(StageSpec):
     detectors: list[str]
     singles: list[str]
     languages: list[str]
+    halves: list[str] = []  # detectors that also selected on each half of the documents (split-half stability)
 
 
 def sets(ctx: Context, stage: Stage, s: Sets, out: Path) -> None:
@@ -49,7 +50,35 @@ def sets(ctx: Context, stage: Stage, s: Sets, out: Path) -> None:
         else:
             value.save(out / artifacts.set_file(name))
             summary[name] = {"family": False, "counts": value.per_layer_counts(), "empty": value.count() == 0}
+    for name, agreement in _stability(ctx, stage, s).items():
+        summary[name]["stability"] = agreement
     write_json(out / artifacts.RESULT, jsonable(summary))
+
+
+def _stability(ctx: Context, stage: Stage, s: Sets) -> dict[str, dict[str, Any]]:
+    """Per set that the half-split detectors determine alone (they, and named sets built only from
+    them): per language ("*" for one set), its two halves' sizes and Jaccard overlap."""
+    from neuronspec.methods.sets import built_from, evaluate_sets
+    from neuronspec.methods.stability import HALVES, agreement, family_agreement
+    from neuronspec.models.masks import NeuronSet
+
+    if not s.halves:
+        return {}
+    derived = {n: s.neurons[n] for n in built_from(s.neurons, set(s.halves))}
+    per_half = []
+    for h in range(HALVES):
+        env: dict[str, Any] = {}
+        for det in s.halves:
+            entry = ctx.input(stage, ids.select(det))
+            files = {lang: entry.file(artifacts.half_set_file(det, h, lang)) for lang in s.languages}
+            env[det] = {lang: NeuronSet.load(f) for lang, f in files.items() if f.exists()}
+        per_half.append({**env, **evaluate_sets(derived, env, s.languages)})
+    out: dict[str, dict[str, Any]] = {}
+    for name, a in per_half[0].items():
+        b = per_half[1][name]
+        pairs = family_agreement(a, b) if isinstance(a, dict) else {"*": agreement(a, b)}
+        out[name] = {lang: ag.to_json() for lang, ag in pairs.items()}
+    return out
 
 
 class ModelDims(StageSpec):
