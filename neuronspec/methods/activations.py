@@ -11,7 +11,11 @@ forward hooks and keeps only what was requested:
 
   - ``"mean"``      mean of the ffn neuron over the sample's counted tokens (LinguaFranca);
   - ``"mean_abs"``  mean of its absolute value (for |activation|·‖W_down[:,k]‖ scores);
-  - ``"last"``      its value at the sample's last real token.
+  - ``"last"``      its value at the sample's last real token;
+  - ``"act_mean"``  mean of the *gate's activation* act(gate·x) over the counted tokens (a plain
+    MLP has no separate gate: there it is the neuron itself, as in ``"mean"``);
+  - ``"act_last"``  act(gate·x) at the sample's last real token — what Sharing Matters'
+    reference notebooks threshold (the MLP nonlinearity's output at the prompt's last token).
 
 * ``counts`` — ``[len(thresholds), L, I]`` int64: counted tokens whose neuron value is
   > τ, for each τ in ``thresholds`` (LAPE's activation probability is counts / tokens);
@@ -45,7 +49,9 @@ from torch import Tensor, nn
 from neuronspec.models.forward import Batch, hidden_forward
 from neuronspec.models.sites import adapter_for
 
-POOLINGS: tuple[str, ...] = ("mean", "mean_abs", "last")
+POOLINGS: tuple[str, ...] = ("mean", "mean_abs", "last", "act_mean", "act_last")
+#: poolings read from the gate's activation act(gate·x) rather than from the ffn neuron
+ACT_POOLINGS = ("act_mean", "act_last")
 
 
 @dataclass
@@ -193,9 +199,13 @@ class _Collector:
 
     def hooks(self) -> list:
         handles = []
+        want_act = any(p in ACT_POOLINGS for p in self.poolings)
         for i in range(self.dims.num_layers):
+            act = self.adapter.ffn_act(self.model, i) if want_act else None
             if self.poolings or self.thresholds:
-                handles.append(self.adapter.ffn_down(self.model, i).register_forward_pre_hook(self._ffn(i)))
+                handles.append(self.adapter.ffn_down(self.model, i).register_forward_pre_hook(self._ffn(i, act is None)))
+            if act is not None:
+                handles.append(act.register_forward_hook(self._act(i)))
             if self.want_gate:
                 module, coords = gate_module(self.model, i)
                 handles.append(module.register_forward_hook(self._gate(i, coords.to(self.gate.device))))
@@ -206,20 +216,35 @@ class _Collector:
         total = torch.zeros(self.n, kept.shape[1], dtype=kept.dtype, device=kept.device).index_add_(0, self.owner, kept)
         return total / self.sample_tokens.clamp_min(1)[:, None]
 
-    def _ffn(self, i: int) -> Callable[..., None]:
+    def _pool(self, i: int, a: Tensor, poolings: Sequence[str]) -> None:
+        """Fold [B, T, I] values into this batch's rows of `poolings` for layer `i`."""
+        kept = a[self.keep]  # [tokens, I]
+        for p in poolings:
+            if p in ("mean", "act_mean"):
+                self.rows[p][i] = self._sum(kept)
+            elif p == "mean_abs":
+                self.rows[p][i] = self._sum(kept.abs())
+            else:  # last, act_last
+                self.rows[p][i] = a.flatten(0, 1)[self.last]
+
+    def _ffn(self, i: int, plain: bool) -> Callable[..., None]:
+        """`plain`: the MLP has no gate module, so the neuron is also the act_* poolings' value."""
+        own = [p for p in self.poolings if p not in ACT_POOLINGS or plain]
+
         def hook(module: nn.Module, args: tuple) -> None:
             a = args[0].detach().float()  # [B, T, I]
-            kept = a[self.keep]  # [tokens, I]
-            for p in self.poolings:
-                if p == "mean":
-                    self.rows[p][i] = self._sum(kept)
-                elif p == "mean_abs":
-                    self.rows[p][i] = self._sum(kept.abs())
-                else:  # last
-                    self.rows[p][i] = a.flatten(0, 1)[self.last]
+            self._pool(i, a, own)
+            kept = a[self.keep]
             if self.thresholds:
                 for j, tau in enumerate(self.thresholds):
                     self.counts[j, i] += (kept > tau).sum(0)
+        return hook
+
+    def _act(self, i: int) -> Callable[..., None]:
+        acts = [p for p in self.poolings if p in ACT_POOLINGS]
+
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            self._pool(i, output.detach().float(), acts)
         return hook
 
     def _gate(self, i: int, coords: Tensor) -> Callable[..., None]:

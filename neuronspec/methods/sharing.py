@@ -1,10 +1,20 @@
 """Sharing Matters (Wang et al. 2024): which ffn neurons are shared by all, some, one or no language.
 
 Input: per-item activations of a parallel corpus, one matrix [items, L*I] per language
-(row i = item i in every language; layer-major columns) — by default the ``pooled["mean"]``
-matrix of :func:`neuronspec.methods.activations.activation_statistics` (``"last"`` gives
-the activation at the last prompt token instead). For each item, a neuron is *activated*
-in a language when its activation exceeds τ (default 0; sweep e.g. 0.1–0.5). Across the
+(row i = item i in every language; layer-major columns): a pooled matrix of
+:func:`neuronspec.methods.activations.activation_statistics`, chosen by the *event* that
+counts as "activated" (:data:`neuronspec.spec.detection.SHARING_EVENTS`):
+
+* ``reference`` (default) — the MLP nonlinearity's output act(gate·x) at the item's last token
+  exceeds τ: what the paper's released notebooks threshold (they trace BLOOM's ``gelu_impl``,
+  whose output is the down projection's input there, and keep the prompt's last token);
+* ``gate`` — the token mean of act(gate·x) exceeds τ (the gate alone, over the whole item);
+* ``magnitude`` — the token mean of |neuron| (the down projection's input, act(gate·x)·(up·x) on
+  gated MLPs) exceeds τ — positive for nearly every neuron at τ = 0, so it needs τ > 0;
+* ``signed_mean`` — the token mean of the signed neuron exceeds τ (this module's earlier event:
+  on gated MLPs the product is positive about half the time whatever the language).
+
+For each item, a neuron is *activated* in a language when its event holds. Across the
 n languages it is then
 
 * ``all_shared``     activated in every language,

@@ -109,6 +109,9 @@ class Phi3Adapter(GatedAdapter):
     def ffn_in(self, model: nn.Module, i: int) -> list[nn.Module]:
         return [self.layers(model)[i].mlp.gate_up_proj]
 
+    def ffn_act(self, model: nn.Module, i: int) -> nn.Module:
+        return self.layers(model)[i].mlp.activation_fn
+
     def ffn_in_slices(self, model: nn.Module, i: int) -> list[tuple[nn.Module, IndexFn]]:
         fused = self.layers(model)[i].mlp.gate_up_proj
         width = self.dims(model.config).intermediate

@@ -90,6 +90,9 @@ class MixtralAdapter(GatedAdapter):
     def ffn_in(self, model: nn.Module, i: int) -> list[nn.Module]:
         raise self._no_module("ffn_in")
 
+    def ffn_act(self, model: nn.Module, i: int) -> nn.Module:
+        raise self._no_module("ffn_act")
+
     def hook_point(self, model: nn.Module, i: int, site: str):  # noqa: ANN201
         if site == "ffn":
             raise self._no_module("hook_point('ffn')")

@@ -180,6 +180,12 @@ class Adapter:
         """Modules whose output rows feed the ``ffn`` neurons (up and gate, or fc1)."""
         raise NotImplementedError
 
+    def ffn_act(self, model: nn.Module, i: int) -> nn.Module | None:
+        """The module that applies the MLP's nonlinearity to the gate, act(gate·x), whose output is
+        what Sharing Matters' reference code thresholds; None for a plain MLP, where the ``ffn``
+        neuron (the down projection's input) is that output itself."""
+        return None
+
     def ffn_in_slices(self, model: nn.Module, i: int) -> list[tuple[nn.Module, IndexFn]]:
         """(module, index_fn) per input of the ``ffn`` neurons, [up, gate] or [fc1]: neuron n is
         output coordinate index_fn(n). Fused gate/up projections override this (one module, two maps)."""
@@ -298,6 +304,12 @@ class GatedAdapter(Adapter):
 
     def ffn_down(self, model: nn.Module, i: int) -> nn.Module:
         return self.layers(model)[i].mlp.down_proj
+
+    def ffn_act(self, model: nn.Module, i: int) -> nn.Module:
+        act = getattr(self.layers(model)[i].mlp, "act_fn", None)
+        if not isinstance(act, nn.Module):
+            raise ValueError(f"layer {i}'s mlp has no act_fn module: the gate's activation cannot be read")
+        return act
 
     def ffn_in(self, model: nn.Module, i: int) -> list[nn.Module]:
         mlp = self.layers(model)[i].mlp

@@ -31,6 +31,7 @@ from neuronspec.plan import ids
 from neuronspec.plan import kinds as K
 from neuronspec.plan.graph import Plan, Stage
 from neuronspec.plan.identity import model_dims, model_identity
+from neuronspec.spec.detection import SHARING_EVENTS
 from neuronspec.spec.errors import Location, Problem, StudyError
 from neuronspec.spec.loader import LoadedStudy
 from neuronspec.spec.models import LmEvalSpec, Quantile, Study, expand_sites
@@ -200,8 +201,10 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
             need["gate_counts"] |= spec.event == "gate"
             if spec.event == "neuron":
                 need["thresholds"] = sorted(set(need["thresholds"]) | {0.0})
-        elif "mean" not in need["poolings"]:
-            need["poolings"].append("mean")
+            continue
+        pooling = SHARING_EVENTS[spec.event] if method == "sharing" else "mean"
+        if pooling not in need["poolings"]:
+            need["poolings"].append(pooling)
     for corpus_name, need in needs.items():
         corpus = study.corpora[corpus_name]
         for lang in corpus.languages or study.languages:
@@ -226,7 +229,10 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
                        K.LinguaFrancaSelect(**d.linguafranca.model_dump(exclude=BATCHING)),
                        deps=stats_deps(d.linguafranca.corpus), origin=("detect", "linguafranca")))
     if d.sharing is not None:
-        spec = K.SharingSelect(corpus=d.sharing.corpus, thresholds=d.sharing.thresholds,
+        if d.sharing.event == "magnitude" and 0.0 in d.sharing.thresholds:
+            plan.notes.append("detect.sharing.event magnitude at τ = 0: |activation| > 0 holds for nearly every neuron, "
+                              "so nearly all are all-shared; use thresholds above 0")
+        spec = K.SharingSelect(corpus=d.sharing.corpus, event=d.sharing.event, thresholds=d.sharing.thresholds,
                                set_threshold=d.sharing.set_threshold, min_fraction=d.sharing.min_fraction,
                                attribution=d.sharing.attribution)
         plan.add(Stage(ids.select("sharing"), "select.sharing", spec,

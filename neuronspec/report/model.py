@@ -278,6 +278,7 @@ class Sharing(Summary):
     set_tau: float
     all_shared_count: int
     specific_counts: dict[str, int]
+    event: str | None = None  # what counted as activated (None: a run before events were named: signed_mean)
     attribution: SharingAttribution | None = None
 
 

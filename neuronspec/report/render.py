@@ -42,6 +42,13 @@ def result_tables(results: Results) -> list[Table]:
     return tables
 
 
+#: how a Sharing Matters event reads in a caption
+SHARING_EVENT_TEXT = {"reference": "the MLP nonlinearity's output at the item's last token (reference)",
+                      "gate": "the token mean of the MLP nonlinearity's output (gate)",
+                      "magnitude": "the token mean of |neuron| (magnitude)",
+                      "signed_mean": "the token mean of the signed neuron (signed_mean)"}
+
+
 def _set_tables(sets: dict[str, NeuronSetInfo], layers: int) -> list[Table]:
     """Sizes per language and site, per layer, and each family's overlaps."""
     t = Table("neuron sets: size per language and site", ["set", "language"] + list(SITE_ORDER) + ["total"])
@@ -241,7 +248,8 @@ def _method_tables(results: RunResults) -> list[Table]:
         for tau, shares in sh.shares.items():
             overall = shares["overall"]
             t.add(tau, *[f"{100 * overall[c]:.1f}%" for c in sh.categories])
-        t.caption = (f"sets at τ={sh.set_tau}: all-shared {sh.all_shared_count} neurons (sharing.all_shared); "
+        t.caption = (f"activated: {SHARING_EVENT_TEXT[sh.event or 'signed_mean']} > τ; "
+                     f"sets at τ={sh.set_tau}: all-shared {sh.all_shared_count} neurons (sharing.all_shared); "
                      f"specific per language: {sh.specific_counts}")
         tables.append(t)
         if sh.attribution:

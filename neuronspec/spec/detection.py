@@ -104,10 +104,20 @@ class AttributionSpec(Strict):
         return self
 
 
+#: Sharing Matters' events → the pooled activation matrix (methods.activations.POOLINGS) whose value must exceed τ
+SHARING_EVENTS: dict[str, str] = {"reference": "act_last", "gate": "act_mean", "magnitude": "mean_abs", "signed_mean": "mean"}
+SharingEvent = Literal["reference", "gate", "magnitude", "signed_mean"]
+
+
 class SharingSpec(Batching):
     """Sharing Matters (Wang et al. 2024): per parallel item, is a neuron active in all, some, one or no languages."""
 
     corpus: str = Field(description="A parallel corpus (same items in every language).")
+    event: SharingEvent = Field(
+        "reference", description="What counts as activated in an item: reference = the MLP nonlinearity's output "
+                                 "act(gate·x) at the item's last token > τ (the paper's notebooks); gate = its token mean "
+                                 "> τ; magnitude = the token mean of |neuron| > τ (needs τ > 0); signed_mean = the token "
+                                 "mean of the signed neuron act(gate·x)·(up·x) > τ (the earlier default).")
     thresholds: Annotated[list[float], AfterValidator(_unique)] = Field(
         default_factory=lambda: [0.0], min_length=1, json_schema_extra={"uniqueItems": True}, description="Activation thresholds τ to sweep.")
     set_threshold: float | None = Field(

@@ -28,6 +28,7 @@ def test_methods_share_one_activation_pass_and_feed_sets_arms_and_report(methods
     assert lf["regions"]["sklr"] == sum(lf["regions"]["counts"].values())
     assert len(lf["per_layer"]["lrds"]) == 3
     assert set(results["detection"]["sharing"]["shares"]) == {"0.0", "0.05"}
+    assert results["detection"]["sharing"]["event"] == "reference"
     assert set(results["logit_lens"]) == {"en", "fr", "de"}
     assert results["sets"]["sharing.all_shared"]["family"] is False
     assert [(m.arm, m.draw, m.lang) for m in typed.masks if m.arm == "shared"] == [("shared", None, "*")]

@@ -109,7 +109,7 @@ def test_ig_stage_equals_a_direct_call_and_feeds_the_sharing_attribution(write_s
 
     langs = ["en", "fr", "de"]
     pooled = {l: ActivationStats.from_tensors(load_file(str(store.get(plan.stages[f"stats/act/parallel/{l}"].key)
-                                                             .file("activations.safetensors")))).pooled["mean"] for l in langs}
+                                                             .file("activations.safetensors")))).pooled["act_last"] for l in langs}  # the default event: reference
     codes = item_categories(pooled, range(4), 0.05).view(4, 3, -1)[:, [0, 2]]
     attrs = [load_file(str(store.get(plan.stages[f"attr/sharing/{l}"].key).file("attributions.safetensors")))["attributions"]
              for l in langs]
@@ -153,7 +153,8 @@ def test_attribution_changes_only_the_sharing_selection_and_its_dependants(write
     assert not any(sid.startswith("attr/") for sid in plain.stages)
     sel = plain.stages["select/sharing"]
     assert canonical_json(sel.spec.json_dict()) == (
-        '{"attribution":null,"corpus":"parallel","min_fraction":0.5,"set_threshold":0.05,"thresholds":[0.0,0.05]}')
+        '{"attribution":null,"corpus":"parallel","event":"reference","min_fraction":0.5,"set_threshold":0.05,'
+        '"thresholds":[0.0,0.05]}')
     assert sel.deps == ("stats/act/parallel/en", "stats/act/parallel/fr", "stats/act/parallel/de")
     downstream = set(plain.downstream(["select/sharing"]))  # sets, which read select/sharing's output
     for sid, stage in plain.stages.items():  # every other stage is untouched by the field

@@ -11,11 +11,13 @@ from neuronspec.plan.graph import Stage
 from neuronspec.plan.kinds import artifacts
 from neuronspec.plan.kinds.activations import load_activations, require_parallel
 from neuronspec.plan.kinds.base import Batched, Context, StageSpec, batches, jsonable, read_docs
+from neuronspec.spec.detection import SHARING_EVENTS, SharingEvent
 from neuronspec.spec.models import AttributionSpec
 
 
 class SharingSelect(StageSpec):
     corpus: str
+    event: SharingEvent
     thresholds: list[float]
     set_threshold: float | None
     min_fraction: float
@@ -28,37 +30,39 @@ def select_sharing(ctx: Context, stage: Stage, s: SharingSelect, out: Path) -> N
     stats, item_ids = load_activations(ctx, stage)
     require_parallel(stage, item_ids)
     layers = next(iter(stats.values())).num_layers
-    result = sharing({lang: st.pooled["mean"] for lang, st in stats.items()}, layers, taus=s.thresholds,
+    acts = {lang: st.pooled[SHARING_EVENTS[s.event]] for lang, st in stats.items()}
+    result = sharing(acts, layers, taus=s.thresholds,
                      set_tau=s.set_threshold, min_fraction=s.min_fraction)
     for lang, ns in result.specific.items():
         ns.save(out / artifacts.set_file("sharing", lang))
     result.all_shared.save(out / artifacts.set_file("sharing.all_shared"))
-    summary = jsonable(result.to_json())
+    summary = {**jsonable(result.to_json()), "event": s.event}
     attr_deps = [d for d in stage.deps if ctx.plan.stages[d].kind == "attr.sharing"]
     if attr_deps:
-        summary["attribution"] = _sharing_attribution(ctx, stage, attr_deps, stats, item_ids[0], result.set_tau, out)
+        summary["attribution"] = _sharing_attribution(ctx, stage, attr_deps, acts, item_ids[0], result.set_tau, out)
     write_json(out / artifacts.RESULT, summary)
     plot_shares(result.shares[str(result.set_tau)], out / "sharing.png")
 
 
-def _sharing_attribution(ctx: Any, stage: Stage, deps: list[str], stats: dict[str, Any], item_ids: list[str], tau: float,
+def _sharing_attribution(ctx: Any, stage: Stage, deps: list[str], acts: dict[str, Any], item_ids: list[str], tau: float,
                          out: Path) -> dict[str, Any]:
     """select/sharing's `attribution` section: the |attribution| mass of each category at τ, from the
-    attr/sharing/LANG stages; each item's categories come from the same items' pooled activations."""
+    attr/sharing/LANG stages; each item's categories come from the same items' activations `acts`
+    (language → [items, L*I], the event's pooled matrix)."""
     import torch
     from safetensors.torch import load_file
 
     from neuronspec.methods.sharing import attribution_by_category, item_categories, plot_attribution
 
     infos = {ctx.plan.stages[dep].lang: ctx.input(stage, dep) for dep in deps}
-    langs = [lang for lang in stats if lang in infos]
+    langs = [lang for lang in acts if lang in infos]
     meta = {lang: infos[lang].json() for lang in langs}
     first = meta[langs[0]]
     for lang in langs:
         if meta[lang]["ids"] != item_ids[: len(meta[lang]["ids"])] or meta[lang]["ids"] != first["ids"]:
             raise ValueError(f"{stage.id}: the attributed items of {lang!r} are not the first items of the sharing corpus")
     attributions = torch.stack([load_file(str(infos[lang].file(artifacts.ATTRIBUTIONS)))["attributions"] for lang in langs])
-    codes = item_categories({lang: stats[lang].pooled["mean"] for lang in stats}, range(len(first["ids"])), tau)
+    codes = item_categories(acts, range(len(first["ids"])), tau)
     section = attribution_by_category(codes, attributions, first["layers"])
     section.update(method=first["method"], tau=tau, ids=first["ids"], attributed_languages=langs,
                    per_language={lang: {c: v["share"] for c, v in attribution_by_category(
