@@ -242,6 +242,42 @@ class NeuronSet:
                     out.setdefault(site, {})[layer] = idx
         return NeuronSet(out)
 
+    def random_matched(self, dims: Dims, seed: int, scores: Mapping[str, Tensor], bins: int,
+                       exclude: NeuronSet | None = None) -> NeuronSet:
+        """Per site and layer, as many random neurons as this set has *in each score bin*: the
+        layer's neurons ranked by `scores[site][layer]` (e.g. mean |activation|) and cut into
+        `bins` equal-size quantile bins, so the control matches the set's magnitude profile, not
+        just its count. `exclude` is avoided while a bin allows (then the rest of that bin's draw
+        comes from the excluded neurons of the same bin). One generator per (site, layer), seeded
+        by (seed, site, layer), as :meth:`random_like`."""
+        out: dict[str, dict[int, Tensor]] = {}
+        for site, layers in self._data.items():
+            if site not in scores:
+                raise ValueError(f"no magnitudes for site {site}: a magnitude-matched control covers {sorted(scores)} only")
+            width = site_width(dims, site)
+            out[site] = {}
+            for layer, t in layers.items():
+                bin_of = score_bins(scores[site][layer], bins)
+                gen = torch.Generator().manual_seed(_derive_seed(seed, site, layer))
+                banned = exclude._data.get(site, {}).get(layer) if exclude is not None else None
+                free = torch.ones(width, dtype=torch.bool)
+                if banned is not None:
+                    free[banned[banned < width]] = False
+                want = torch.bincount(bin_of[t], minlength=bins)
+                picks = []
+                for b in range(bins):
+                    n = int(want[b])
+                    if not n:
+                        continue
+                    here = bin_of == b
+                    pool, rest = (here & free).nonzero().flatten(), (here & ~free).nonzero().flatten()
+                    pick = pool[torch.randperm(pool.numel(), generator=gen)[:n]]
+                    if pick.numel() < n:
+                        pick = torch.cat([pick, rest[torch.randperm(rest.numel(), generator=gen)[: n - pick.numel()]]])
+                    picks.append(pick)
+                out[site][layer] = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.int64)
+        return NeuronSet(out)
+
     def subsample(self, n: int, seed: int) -> NeuronSet:
         """`n` of this set's neurons, uniformly at random over all of them (seeded): equal-size arms
         from sets of different sizes. The whole set when it has `n` or fewer."""
@@ -254,6 +290,19 @@ class NeuronSet:
             site, layer, i = flat[k]
             out.setdefault(site, {}).setdefault(layer, []).append(i)
         return NeuronSet({s: {l: torch.tensor(sorted(v)) for l, v in ls.items()} for s, ls in out.items()})
+
+
+def score_bins(scores: Tensor, bins: int) -> Tensor:
+    """Bin (0 … bins−1) of each neuron of a layer by the rank of its score: equal-size quantile bins
+    (ties broken by index, so the binning is deterministic)."""
+    if scores.dim() != 1:
+        raise ValueError(f"scores of one layer must be [width], got {tuple(scores.shape)}")
+    if not 1 <= bins <= scores.numel():
+        raise ValueError(f"bins must lie in 1..{scores.numel()} (the layer's neurons), got {bins}")
+    order = torch.sort(scores.double(), stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    return rank * bins // order.numel()
 
 
 def _derive_seed(seed: int, site: str, layer: int) -> int:

@@ -35,7 +35,8 @@ from neuronspec.spec.detection import SHARING_EVENTS
 from neuronspec.spec.errors import Location, Problem, StudyError
 from neuronspec.spec.loader import LoadedStudy
 from neuronspec.spec.models import LmEvalSpec, Quantile, Study, expand_sites
-from neuronspec.spec.references import detectors, set_order, single_sets
+from neuronspec.spec.fields import Batching
+from neuronspec.spec.references import detectors, match_corpus, set_order, single_sets
 
 #: fields that change how documents are batched, not what is computed: not in selection keys
 BATCHING = {"batch_size", "batch_tokens"}
@@ -122,6 +123,7 @@ def _used_corpora(study: Study) -> list[str]:
     if study.analyses.logit_lens is not None:
         used.append(study.analyses.logit_lens.corpus)
     used += [arm.enhance.corpus for arm in study.arms if arm.enhance is not None]
+    used += [c for arm in study.arms if (c := match_corpus(study, arm.selection)) is not None]
     used += [ev.corpus for ev in study.evaluate.values() if ev.corpus is not None]
     return list(dict.fromkeys(used))
 
@@ -205,6 +207,12 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
         pooling = SHARING_EVENTS[spec.event] if method == "sharing" else "mean"
         if pooling not in need["poolings"]:
             need["poolings"].append(pooling)
+    for arm in study.arms:  # a magnitude-matched control ranks neurons by mean |activation| on its corpus
+        name = match_corpus(study, arm.selection)
+        if name is not None:
+            need = needs.setdefault(name, {"poolings": [], "gate_counts": False, "thresholds": [], **Batching().batching()})
+            if "mean_abs" not in need["poolings"]:
+                need["poolings"].append("mean_abs")
     for corpus_name, need in needs.items():
         corpus = study.corpora[corpus_name]
         for lang in corpus.languages or study.languages:
@@ -276,13 +284,16 @@ def _add_mask(plan: Plan, study: Study, index: int) -> None:
         seed = study.seed if d.seed is None else d.seed
         dims = K.ModelDims(**{f: plan.dims[f] for f in K.ModelDims.model_fields})
         draws = d.draw_count(arm.kind)
+        corpus = match_corpus(study, d)  # match: magnitude reads the mean |activation| of that corpus's pass
+        magnitudes = tuple(sid for sid, s in plan.stages.items() if s.kind == "stats.act" and s.spec.corpus == corpus)
         for k in range(1, draws + 1):
             # draw 1 is the single draw of a one-draw control (same spec, same cached entry)
             pool = [study.partitions[n] for n in d.partition_names()] if d.scope == "partition" else None
             spec = K.Mask(random_like=d.random_like, seed=seed + DRAW_SEED_STRIDE * (k - 1), dims=dims,
-                          **({"scope": d.scope, "layers": pool} if d.scope != "layer" else {}))
+                          **({"scope": d.scope, "layers": pool} if d.scope != "layer" else {}),
+                          **({"match_bins": d.match_bins} if magnitudes else {}))
             draw = k if draws > 1 else None
-            plan.add(Stage(ids.mask(arm.name, draw), "mask", spec, deps=(ids.mask(d.random_like), ids.SETS),
+            plan.add(Stage(ids.mask(arm.name, draw), "mask", spec, deps=(ids.mask(d.random_like), ids.SETS) + magnitudes,
                            origin=("arms", index), arm=arm.name, draw=draw))
         return
     layers = [study.partitions[n] for n in d.partition_names()] or None

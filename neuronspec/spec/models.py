@@ -73,6 +73,15 @@ class NeuronSelection(Strict):
         "layer", description="random_like: where the random neurons come from — layer: as many per site and layer as the "
                              "matched arm (the default); partition: as many per site, anywhere in the partition(s) named "
                              "in `layers`; all: as many per site, anywhere in the model (MWork's random controls (i), (ii)).")
+    match: Literal["count", "magnitude"] = Field(
+        "count", description="random_like: count — as many random neurons per site and layer as the matched arm (as "
+                             "`scope` says); magnitude — as many per layer *and per magnitude bin*: each layer's ffn "
+                             "neurons ranked by mean |activation| on `match_corpus` and cut into `match_bins` equal-size "
+                             "quantile bins, so the control fires as strongly as the set (scope: layer, ffn sets only).")
+    match_corpus: str | None = Field(
+        None, description="match: magnitude — the corpus whose mean |activation| ranks the neurons (default: "
+                          "detect.sharing's corpus); computed in the same activation pass as the methods using it.")
+    match_bins: int = Field(10, ge=2, le=1000, description="match: magnitude — quantile bins per layer.")
     count: int | None = Field(
         None, ge=1, description="Keep this many neurons of the set (per language), a seeded uniform subsample — arms of "
                                 "equal size from sets of different sizes (the whole set when it is smaller).")

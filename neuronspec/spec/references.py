@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 from typing import Iterator
 
-from neuronspec.spec.models import Study
+from neuronspec.spec.models import NeuronSelection, Study
 from neuronspec.spec.setexpr import SELECTORS, SetExprError, parse, refs, uses_template
 
 Issue = tuple[tuple[str | int, ...], str]
@@ -58,6 +58,15 @@ def set_order(study: Study) -> tuple[list[str], set[str]]:
             if waiting[user] == 0:
                 heapq.heappush(ready, index[user])
     return done, families
+
+
+def match_corpus(study: Study, selection: NeuronSelection) -> str | None:
+    """The corpus whose mean |activation| ranks the neurons of a `match: magnitude` control
+    (its `match_corpus`, else detect.sharing's corpus); None for a control matched by count."""
+    if selection.match != "magnitude":
+        return None
+    sharing = study.detect.sharing
+    return selection.match_corpus or (sharing.corpus if sharing is not None else None)
 
 
 def check_references(study: Study) -> list[Issue]:
@@ -209,6 +218,14 @@ def _arms(study: Study) -> Iterator[Issue]:
                 yield loc + (kind, "scope"), "scope: partition draws from the partition(s) named in `layers`: name them"
             if sel.count is not None:
                 yield loc + (kind, "count"), "count subsamples a named set; a random control copies its arm's count"
+            if sel.match == "magnitude":
+                if sel.scope != "layer":
+                    yield loc + (kind, "match"), "match: magnitude bins each layer's neurons: it needs scope: layer"
+                corpus = match_corpus(study, sel)
+                if corpus is None:
+                    yield loc + (kind, "match_corpus"), "match: magnitude needs `match_corpus` (no detect.sharing corpus to default to)"
+                elif corpus not in study.corpora:
+                    yield loc + (kind, "match_corpus"), _missing("corpus", corpus, study.corpora)
             if kind == "enhance" and (sel.draws or 1) > 1:
                 yield loc + (kind, "draws"), "several draws are supported for deactivate arms only (each enhance draw is a fine-tune)"
         else:
@@ -216,6 +233,8 @@ def _arms(study: Study) -> Iterator[Issue]:
                 yield loc + (kind, "draws"), "draws count the random draws of a `random_like` control; this arm names a set"
             if sel.scope != "layer":
                 yield loc + (kind, "scope"), "scope says where a `random_like` control draws from; this arm names a set"
+            if sel.match != "count" or sel.match_corpus is not None:
+                yield loc + (kind, "match"), "match says what a `random_like` control matches; this arm names a set"
         if arm.enhance is not None:
             if arm.enhance.corpus not in study.corpora:
                 yield loc + ("enhance", "corpus"), _missing("corpus", arm.enhance.corpus, study.corpora)

@@ -102,6 +102,7 @@ class Mask(StageSpec):
     random_like: str | None = None
     scope: str | None = None  # random_like: None (per site and layer), "partition" (from `layers`) or "all"
     count: int | None = None  # a named set: keep this many, a seeded subsample
+    match_bins: int | None = None  # random_like matched by magnitude: quantile bins of the deps' mean |activation|
     seed: int | None = None
     dims: ModelDims | None = None
 
@@ -123,10 +124,13 @@ def mask(ctx: Context, stage: Stage, s: Mask, out: Path) -> None:
         family = target.json()["family"]
         pool = (range(dims.num_layers) if s.scope == "all" else
                 sorted({i for start, end in s.layers or [] for i in range(start, end)}) if s.scope == "partition" else None)
+        scores = _magnitudes(ctx, stage) if s.match_bins is not None else None
         for i, lang in enumerate(langs if family else [None]):
             matched = load_set(target, artifacts.MASK, lang)
-            chosen = (matched.random_like(dims, seed=s.seed + 1000 * i, exclude=matched) if pool is None
-                      else matched.random_pooled(dims, seed=s.seed + 1000 * i, layers=pool, exclude=matched))
+            seed = s.seed + 1000 * i
+            chosen = (matched.random_matched(dims, seed, scores, s.match_bins, exclude=matched) if scores is not None
+                      else matched.random_like(dims, seed=seed, exclude=matched) if pool is None
+                      else matched.random_pooled(dims, seed=seed, layers=pool, exclude=matched))
             _save_mask(out, summary, chosen, lang)
         write_json(out / artifacts.RESULT, {"family": family, "counts": jsonable(summary)})
         return
@@ -141,6 +145,19 @@ def mask(ctx: Context, stage: Stage, s: Mask, out: Path) -> None:
             chosen = chosen.subsample(s.count, seed=(s.seed or 0) + 1000 * i)
         _save_mask(out, summary, chosen, lang)
     write_json(out / artifacts.RESULT, {"family": family, "counts": jsonable(summary)})
+
+
+def _magnitudes(ctx: Context, stage: Stage) -> dict[str, Any]:
+    """{"ffn": [layers, width]}: each ffn neuron's mean |activation|, averaged over the items of every
+    language of the activation passes this mask depends on (each item weighs the same)."""
+    import torch
+
+    from neuronspec.plan.kinds.activations import load_activations
+
+    stats, _ = load_activations(ctx, stage)
+    if not stats:
+        raise ValueError(f"{stage.id}: a magnitude-matched control needs activation statistics")
+    return {"ffn": torch.stack([st.per_layer("mean_abs").double().mean(0) for st in stats.values()]).mean(0)}
 
 
 def _save_mask(out: Path, summary: dict[str, Any], ns: Any, lang: str | None) -> None:
