@@ -131,7 +131,7 @@ def test_an_unknown_language_code_names_its_place_and_the_codes_meant(tmp_path: 
     assert got[0].startswith(f"{path}:2:17: languages.1: unknown language code 'fra'; did you mean fr (French)?")
     assert got[1].startswith(f"{path}:2:22: languages.2: unknown language code 'german'; did you mean de (German)?")
     assert got[2].startswith(f"{path}:2:30: languages.3:") and "zh (Chinese)" in got[2]
-    assert got[3].startswith(f"{path}:4:22: report.baseline_language:") and "de (German), ka (Georgian)" in got[3]
+    assert got[3].startswith(f"{path}:4:3: report.baseline_language:") and "de (German), ka (Georgian)" in got[3]
     assert main(["validate", str(path)]) == 2
 
 
