@@ -195,3 +195,19 @@ def test_paired_change_ci_brackets_the_change_and_needs_the_same_documents() -> 
     assert lo < change < hi
     assert paired_change_ci("perplexity", base, cell(noisy.doc_nll, [5, 10, 15, 7])) is None
     assert paired_change_ci("choice", base, noisy) is None
+
+
+def test_latex_export_is_booktabs_and_escapes_what_latex_reads_as_commands() -> None:
+    from neuronspec.report.tables import Num
+
+    t = Table("ppl: 5% of {set}_x & Δen", ["arm", "en"], caption="#draws ~ 2^3 … done")
+    t.add("a_b", Num(1.25, 0.5, 2.0, digits=1, signed=True))
+    t.add("c", Num(None))
+    t.bold.add((0, 1))
+    tex = t.to_latex()
+    assert [ln for ln in tex.splitlines() if ln.endswith("rule")] == ["\\toprule", "\\midrule", "\\bottomrule"]
+    assert "\\begin{tabular}{lr}" in tex
+    assert "a\\_b & \\textbf{+1.2 [+0.5, +2.0]} \\\\" in tex and "c & -- \\\\" in tex
+    assert "\\caption{ppl: 5\\% of \\{set\\}\\_x \\& $\\Delta$en. \\#draws \\textasciitilde{} 2\\textasciicircum{}3 \\ldots{} done}" in tex
+    header, rows = t.numeric()
+    assert header == ["arm", "en", "en low", "en high"] and rows == [["a_b", 1.25, 0.5, 2.0], ["c", None, None, None]]
