@@ -8,7 +8,7 @@ from typing import Any
 from neuronspec.fileio import write_json, write_text
 from neuronspec.report.model import (SITE_ORDER, ArmRow, Evaluation, MaskCount, Matrix, NeuronSetInfo, Results, RunResults,
                                      SharingAttribution, StudyResults, to_json)
-from neuronspec.report.tables import P_TABLE, Num, Table
+from neuronspec.report.tables import ARMS_TABLE, P_TABLE, Num, Table
 
 
 def result_tables(results: Results) -> list[Table]:
@@ -119,7 +119,7 @@ def evaluation_tables(name: str, ev: Evaluation, base_lang: str) -> list[Table]:
     draws = {arm for arm, r in ev.arms.items() if r.draws}
     tables: list[Table] = []
     t = Table(f"{name}: {metric} per language (arms: change vs base, {unit})",
-              ["arm"] + langs + [f"Δ{base_lang}", f"Δn-{base_lang}", "Δ"])
+              ["arm"] + langs + [f"Δ{base_lang}", f"Δn-{base_lang}", "Δ"], anchor=ARMS_TABLE.format(name=name))
     t.add("base", *[Num(ev.base.get(lang)) for lang in langs], "", "", "")
     for arm in order:
         row = ev.arms[arm]
@@ -273,7 +273,7 @@ def _attribution_table(at: SharingAttribution) -> Table:
 
 
 def write_outputs(results: Results, tables: list[Table], folder: Path, formats: list[str],
-                  layer_scale: str = "auto") -> list[Path]:
+                  layer_scale: str = "auto", figure_style: str = "double") -> list[Path]:
     """The run folder's files: results.json, report.md, every table as CSV (plus the tidy
     evaluations.csv and layers.csv), the figures (PNG, PDF, SVG) and report.html."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -286,7 +286,7 @@ def write_outputs(results: Results, tables: list[Table], folder: Path, formats: 
     if "png" in formats:
         from neuronspec.report.plots import save_figure_index
 
-        figures = _write_figures(results, folder, layer_scale)
+        figures = _write_figures(results, folder, layer_scale, figure_style)
         written.append(save_figure_index(folder, figures))
         written += [folder / f.file for f in figures]
     return written
@@ -311,11 +311,12 @@ def write_csvs(results: Results, tables: list[Table], folder: Path) -> list[Path
     return written
 
 
-def _write_figures(results: Results, folder: Path, layer_scale: str) -> list[Any]:
+def _write_figures(results: Results, folder: Path, layer_scale: str, figure_style: str) -> list[Any]:
     """The run's figures; with several models, each model's in a subfolder named after it,
     and the across-models LRDS/SADS plot beside them."""
     import shutil
 
+    from neuronspec.plotting import STYLES
     from neuronspec.report.plots import METHOD_FIGURES, Figure, write_plots
 
     if isinstance(results, StudyResults):
@@ -324,7 +325,7 @@ def _write_figures(results: Results, folder: Path, layer_scale: str) -> list[Any
         figures = []
         for model, sub in results.variants.items():
             figures += [Figure(f"{model}/{f.file}", f"{model}: {f.caption}", f"{model}: {f.table}" if f.table else None)
-                        for f in _write_figures(sub, folder / model, layer_scale)]
+                        for f in _write_figures(sub, folder / model, layer_scale, figure_style)]
         path = plot_dynamics(results.dynamics, folder / "dynamics-lrds-sads.png")
         if path:
             figures.append(Figure(path.name, "LRDS and SADS per layer, one line per model.",
@@ -332,7 +333,7 @@ def _write_figures(results: Results, folder: Path, layer_scale: str) -> list[Any
         return figures
     folder.mkdir(parents=True, exist_ok=True)
     order = {name: arm_order(ev) for name, ev in results.evaluations.items()}
-    figures = write_plots(results, folder, order, layer_scale)
+    figures = write_plots(results, folder, order, layer_scale, STYLES[figure_style])
     for png in results.plots:  # plots a method drew in its own stage
         target = folder / Path(png).name
         shutil.copyfile(png, target)

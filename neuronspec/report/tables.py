@@ -17,6 +17,8 @@ from neuronspec.fileio import write_atomic
 
 #: the title of an evaluation's p-value table, which its forest plot (report.plots) sits beside
 P_TABLE = "{name}: set arms against their random control (one-sided p)"
+#: the anchor of an evaluation's main table (change per arm and language), which its arms figure sits beside
+ARMS_TABLE = "arms/{name}"
 
 
 @dataclass(frozen=True)
