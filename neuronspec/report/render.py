@@ -326,7 +326,7 @@ def _write_figures(results: Results, folder: Path, layer_scale: str, figure_styl
         for model, sub in results.variants.items():
             figures += [Figure(f"{model}/{f.file}", f"{model}: {f.caption}", f"{model}: {f.table}" if f.table else None)
                         for f in _write_figures(sub, folder / model, layer_scale, figure_style)]
-        path = plot_dynamics(results.dynamics, folder / "dynamics-lrds-sads.png")
+        path = plot_dynamics(results.dynamics, folder / "dynamics-lrds-sads.png", STYLES[figure_style])
         if path:
             figures.append(Figure(path.name, "LRDS and SADS per layer, one line per model.",
                                   "dynamics across models: one column per model"))
