@@ -2,16 +2,18 @@
 
 matplotlib is imported only when a plot is drawn (it costs ~0.5 s), and each file is
 written to a temp file and renamed, so a run killed mid-plot never leaves half a figure.
-Report figures are saved as PNG (for the HTML report) and as PDF and SVG (vector, for a paper).
+Report figures are saved as PNG (for the HTML report) and as PDF and SVG (vector, for a paper),
+drawn at the size they are printed at (`FigureStyle`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
-from contextlib import contextmanager
+from typing import Any
 
 #: the formats of a report figure: PNG to look at, PDF and SVG to put in a paper
 PAPER_FORMATS = ("png", "pdf", "svg")
