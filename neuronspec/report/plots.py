@@ -281,11 +281,11 @@ def plot_losses(arm: str, curves: dict[str, list[float]], path: Path, style: Fig
     from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(style.width, style.width * 0.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(style.width, max(2.0, style.width * 0.45)), constrained_layout=True)
     for lang, losses in curves.items():
         ax.plot(range(1, len(losses) + 1), losses, marker="o", ms=3, label=lang)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="optimiser step", ylabel="training loss (NLL per token)", title=f"Fine-tuning only the neurons of arm \u201c{arm}\u201d")
+    ax.set(xlabel="optimiser step", ylabel="loss (NLL per token)", title=f"Fine-tuning only the neurons of arm \u201c{arm}\u201d")
     ax.legend()
     save_figure(fig, path, dpi=200, formats=PAPER_FORMATS)
     return Figure(path.name, f"Training loss per optimiser step while fine-tuning only arm \u201c{arm}\u201d's neurons, one line "
@@ -310,12 +310,16 @@ def plot_logit_lens(results: Mapping[str, LogitLens], path: str | Path, title: s
         r = res.ratios
         ax.plot(res.layers, r["english"], marker="o", ms=3, label="English", color="#2166ac")
         if lang != "en":
-            ax.plot(res.layers, r["prompt"], marker="s", ms=3, label=f"prompt ({lang})", color="#b2182b")
+            ax.plot(res.layers, r["prompt"], marker="s", ms=3, label="prompt's language", color="#b2182b")
         ax.plot(res.layers, r["other"], marker="^", ms=3, label="other language", color="#999999")
         ax.set(title=f"{lang} prompts", xlabel="layer", ylim=(0, 1))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend()
     axes[0][0].set_ylabel("share of top tokens")
+    labels: dict[str, object] = {}  # one legend for all panels, below them: none hides a curve
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(label, handle)
+    fig.legend(list(labels.values()), list(labels), loc="outside lower center", ncols=len(labels), frameon=False)
     some = next(iter(results.values())) if results else None
     norm = "with final norm" if some is None or some.final_norm else "without final norm"
     fig.suptitle(title or f"logit lens ({norm}, top-{some.top_k if some else 1})")
