@@ -94,11 +94,12 @@ def arm_order(ev: Evaluation) -> list[str]:
     return out
 
 
-def _cell(row: ArmRow, lang: str, digits: int = 1) -> Num:
+def _cell(row: ArmRow, lang: str) -> Num:
     """An arm's change on `lang` with its paired CI `[low, high]`, or for a control with draws
     the mean over them with `(min…max)`."""
     value, ci = row.change.get(lang), row.change_ci.get(lang)
     low, high = ci if value is not None and ci else (None, None)
+    digits = 0 if value is not None and abs(value) >= 100 else 1  # +123 [+98, +150]: a decimal there costs columns
     return Num(value, low, high, digits, signed=True, interval="range" if row.draws else "ci")
 
 
