@@ -19,9 +19,7 @@ from neuronspec.cli_common import _compile, _esc, _fail, _load, _store, console
 
 # -- init -------------------------------------------------------------------------------
 def cmd_init(args: argparse.Namespace) -> int:
-    import os
-
-    from neuronspec.spec.starter import SCHEMA_MODELINE, starter_study
+    from neuronspec.spec.starter import schema_modeline, starter_study
 
     from neuronspec.spec.models import NAME_MAX, NAME_PATTERN
 
@@ -32,9 +30,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         _fail(f"{out} exists; pass --force to overwrite it")
         return 2
-    schema, local = SCHEMA_MODELINE, Path.cwd() / "schemas" / "study.schema.json"
-    if not (out.parent / SCHEMA_MODELINE).exists() and local.exists():
-        schema = os.path.relpath(local, out.parent.resolve())
+    schema = schema_modeline(out)
     try:
         text = starter_study(args.name, file=str(out), schema=schema)
     except ValueError as exc:
@@ -44,8 +40,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     write_text(out, text)
     load_study(out)  # the starter must validate as written
     console.print(_esc(f"wrote {out}; next: neuronspec plan {out}"))
-    if not (out.parent / schema).exists():
-        console.print(_esc(f"for editor completion, write the schema it points at: neuronspec schema --out {out.parent / schema}"))
     return 0
 
 

@@ -262,7 +262,8 @@ def run_study(loaded: Any, plan: Any, store: Any, *, started: float | None = Non
     try:
         record, staging = write_run_record(loaded, variants, store, result, results, time.perf_counter() - started,
                                            git_info=git_info, note=note)
-        write_outputs(results, tables, staging, loaded.study.report.formats, loaded.study.report.layer_axis)
+        write_outputs(results, tables, staging, loaded.study.report.formats, loaded.study.report.layer_axis,
+                      loaded.study.report.figure_style)
         write_html_report(staging, record, tables)
         folder = publish_run(store.root / "runs", record, staging)
     except BaseException as exc:

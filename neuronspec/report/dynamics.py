@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from neuronspec.plotting import PAPER_FORMATS, STYLES, FigureStyle, figure_style, pyplot, save_figure
 from neuronspec.report.model import Dynamics, DynamicsRow, RunResults
 from neuronspec.report.tables import Table, fmt
 
@@ -94,17 +95,20 @@ def _cell(value: Any, digits: int) -> str:
     return "–" if value is None else str(value)
 
 
-def plot_dynamics(d: Dynamics, path: str | Path) -> Path | None:
-    """LRDS and SADS per layer, one line per model. Models of different depths share an
-    x axis of relative depth (layer ÷ last layer), so early / middle / late line up."""
+def plot_dynamics(d: Dynamics, path: str | Path, style: FigureStyle = STYLES["double"]) -> Path | None:
+    """LRDS and SADS per layer, one line per model, at `style`'s print width. Models of different
+    depths share an x axis of relative depth (layer ÷ last layer), so early / middle / late line up."""
     if not d.per_layer:
         return None
-    from neuronspec.plotting import PAPER_FORMATS, pyplot, save_figure
+    with figure_style(style):
+        return _draw_dynamics(d, Path(path), style)
 
+
+def _draw_dynamics(d: Dynamics, path: Path, style: FigureStyle) -> Path:
+    plt = pyplot()
     depths = {len(curves.lrds) for curves in d.per_layer.values()}
     relative = len(depths) > 1
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(style.width, style.width * 0.42 + 0.3), sharex=True, constrained_layout=True)
     for ax, score in zip(axes, ("lrds", "sads")):
         for model, curves in d.per_layer.items():
             values = list(getattr(curves, score))
@@ -113,6 +117,5 @@ def plot_dynamics(d: Dynamics, path: str | Path) -> Path | None:
         ax.axhline(0, color="grey", lw=0.6)
         ax.set(xlabel="relative depth (layer ÷ last layer)" if relative else "layer", title=f"{score.upper()} per layer")
     axes[0].set_ylabel("similarity difference")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path, formats=PAPER_FORMATS)
+    axes[0].legend()
+    return save_figure(fig, path, dpi=200, formats=PAPER_FORMATS)

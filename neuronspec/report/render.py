@@ -8,7 +8,7 @@ from typing import Any
 from neuronspec.fileio import write_json, write_text
 from neuronspec.report.model import (SITE_ORDER, ArmRow, Evaluation, MaskCount, Matrix, NeuronSetInfo, Results, RunResults,
                                      SharingAttribution, StudyResults, to_json)
-from neuronspec.report.tables import P_TABLE, Table, fmt
+from neuronspec.report.tables import ARMS_TABLE, P_TABLE, Num, Table
 
 
 def result_tables(results: Results) -> list[Table]:
@@ -68,7 +68,7 @@ def _set_tables(sets: dict[str, NeuronSetInfo], layers: int) -> list[Table]:
             langs = list(info.jaccard)
             jt = Table(f"overlap (Jaccard) of {name} between languages", [name] + langs)
             for a in langs:
-                jt.add(a, *[fmt(info.jaccard[a][b], 2) for b in langs])
+                jt.add(a, *[Num(info.jaccard[a][b]) for b in langs])
             if info.empty:
                 jt.caption = f"{name} is EMPTY for {', '.join(info.empty)}: no overlap is defined with an empty set (–)"
             tables.append(jt)
@@ -110,12 +110,13 @@ def arm_order(ev: Evaluation) -> list[str]:
     return out
 
 
-def _cell(row: ArmRow, lang: str, digits: int = 1) -> str:
-    """An arm's change on `lang`: the value, or for a control with draws `mean (min–max)`."""
+def _cell(row: ArmRow, lang: str) -> Num:
+    """An arm's change on `lang` with its paired CI `[low, high]`, or for a control with draws
+    the mean over them with `(min…max)`."""
     value, ci = row.change.get(lang), row.change_ci.get(lang)
-    if row.draws and value is not None and ci:
-        return f"{fmt(value, digits, True)} ({fmt(ci[0], digits, True)}…{fmt(ci[1], digits, True)})"
-    return fmt(value, digits, signed=True)
+    low, high = ci if value is not None and ci else (None, None)
+    digits = 0 if value is not None and abs(value) >= 100 else 1  # +123 [+98, +150]: a decimal there costs columns
+    return Num(value, low, high, digits, signed=True, interval="range" if row.draws else "ci")
 
 
 def _arm_label(arm: str, row: ArmRow) -> str:
@@ -135,33 +136,24 @@ def evaluation_tables(name: str, ev: Evaluation, base_lang: str) -> list[Table]:
     draws = {arm for arm, r in ev.arms.items() if r.draws}
     tables: list[Table] = []
     t = Table(f"{name}: {metric} per language (arms: change vs base, {unit})",
-              ["arm"] + langs + [f"Δ{base_lang}", f"Δn-{base_lang}", "Δ"])
-    t.add("base", *[fmt(ev.base.get(lang)) for lang in langs], "", "", "")
+              ["arm"] + langs + [f"Δ{base_lang}", f"Δn-{base_lang}", "Δ"], anchor=ARMS_TABLE.format(name=name))
+    t.add("base", *[Num(ev.base.get(lang)) for lang in langs], "", "", "")
     for arm in order:
         row = ev.arms[arm]
         t.add(_arm_label(arm, row), *[_cell(row, lang) for lang in langs],
-              fmt(row.delta_eng, 1, True), fmt(row.delta_n_eng, 1, True), fmt(row.delta, 1, True))
+              Num(row.delta_eng, digits=1, signed=True), Num(row.delta_n_eng, digits=1, signed=True),
+              Num(row.delta, digits=1, signed=True))
     t.caption = (f"base row: the untouched model's {metric}; arm rows: the {unit} when each language's own set is "
                  "deactivated or enhanced (family arms), or the arm's single set, evaluated on that language. "
                  f"Δ{base_lang}: the change on {base_lang}; Δn-{base_lang}: the mean change on the other languages; "
                  f"Δ = Δ{base_lang} − Δn-{base_lang} (MWork's tables)")
+    if any(not r.draws and any(r.change_ci.values()) for r in ev.arms.values()):
+        t.caption += (f"; [low, high]: paired 95% CI, documents resampled together for the base model and the arm "
+                      f"({ev.bootstrap:,} resamples): an interval that excludes 0 is an effect of the arm, not of which "
+                      "documents were drawn")
     if draws:
         t.caption += "; random controls: mean over independent draws with (min…max)"
     tables.append(t)
-    if any(not r.draws and any(r.change_ci.values()) for r in ev.arms.values()):
-        ct = Table(f"{name}: {unit} with paired 95% CI", ["arm"] + langs, terminal=False)
-        for arm in order:
-            row = ev.arms[arm]
-            ci = row.change_ci
-            cells = ([_cell(row, lang, 2) for lang in langs] if arm in draws  # mean (min…max) of the draws
-                     else [fmt(row.change.get(lang), 2, signed=True)
-                           + (f" [{fmt(ci[lang][0], 2, True)}, {fmt(ci[lang][1], 2, True)}]" if ci.get(lang) else "")
-                           for lang in langs])
-            ct.add(_arm_label(arm, row), *cells)
-        ct.caption = (f"[low, high]: documents resampled together for the base model and the arm ({ev.bootstrap:,} resamples): "
-                      "an interval that excludes 0 is an effect of the arm, not of which documents were drawn"
-                      + ("; random controls: (min…max) over their draws" if draws else ""))
-        tables.append(ct)
     tested = _p_value_table(name, ev, order)
     if tested is not None:
         tables.append(tested)
@@ -185,7 +177,7 @@ def _p_value_table(name: str, ev: Evaluation, order: list[str]) -> Table | None:
         return None
     t = Table(P_TABLE.format(name=name), ["arm"] + ev.languages)
     for arm, cells in rows:
-        t.add(arm, *[f"{c.p_value:.2f}" if c is not None and c.p_value is not None else "–" for c in cells])
+        t.add(arm, *[Num(c.p_value if c is not None else None) for c in cells])
     draws = sorted({c.control_draws for _, cells in rows for c in cells if c is not None and c.control_draws})
     t.caption = ("p = (1 + draws whose change on the language is at least as strong as the set's) / (1 + draws), "
                  f"over the control's {'/'.join(map(str, draws))} draws: how often a set that is just one more random draw "
@@ -203,8 +195,8 @@ def _matrix_table(name: str, arm: str, m: Matrix, unit: str, first: bool) -> Tab
         cells = []
         for lang in m.cols:
             value, spread = m.change[ml].get(lang), (m.spread or {}).get(ml, {}).get(lang)
-            cells.append(f"{fmt(value, 1, True)} ({fmt(spread[0], 1, True)}…{fmt(spread[1], 1, True)})"
-                         if spread and value is not None else fmt(value, 1, signed=True))
+            low, high = spread if spread and value is not None else (None, None)
+            cells.append(Num(value, low, high, 1, signed=True, interval="range"))
         mt.add(ml, *cells)
         if ml in m.cols:
             mt.bold.add((r, 1 + m.cols.index(ml)))
@@ -231,8 +223,8 @@ def _method_tables(results: RunResults) -> list[Table]:
     if lf:
         regions = lf.regions
         t = Table("LinguaFranca: language vs meaning (pooled FFN activations, parallel corpus)", ["measure", "value"])
-        t.add("LRDS (same language − different language)", fmt(lf.scores.lrds, 4))
-        t.add("SADS (same meaning − different meaning)", fmt(lf.scores.sads, 4))
+        t.add("LRDS (same language − different language)", Num(lf.scores.lrds, digits=4))
+        t.add("SADS (same meaning − different meaning)", Num(lf.scores.sads, digits=4))
         t.add(f"SKLR (key linguistic regions, z > {regions.threshold})", regions.sklr)
         for lang, n in regions.counts.items():
             t.add(f"  region size {lang}", n)
@@ -240,14 +232,14 @@ def _method_tables(results: RunResults) -> list[Table]:
         tables.append(t)
         lt = Table("LinguaFranca: LRDS and SADS per layer", ["layer", "LRDS", "SADS"], terminal=False)
         for i, (a, b) in enumerate(zip(lf.per_layer.lrds, lf.per_layer.sads)):
-            lt.add(i, fmt(a, 4), fmt(b, 4))
+            lt.add(i, Num(a, digits=4), Num(b, digits=4))
         tables.append(lt)
     sh = det.sharing
     if sh:
         t = Table("Sharing Matters: share of neurons per category (averaged over items)", ["τ"] + sh.categories)
         for tau, shares in sh.shares.items():
             overall = shares["overall"]
-            t.add(tau, *[f"{100 * overall[c]:.1f}%" for c in sh.categories])
+            t.add(tau, *[Num(100 * overall[c], digits=1, suffix="%") for c in sh.categories])
         t.caption = (f"activated: {SHARING_EVENT_TEXT[sh.event or 'signed_mean']} > τ; "
                      f"sets at τ={sh.set_tau}: all-shared {sh.all_shared_count} neurons (sharing.all_shared); "
                      f"specific per language: {sh.specific_counts}")
@@ -268,13 +260,13 @@ def _method_tables(results: RunResults) -> list[Table]:
         t = Table("logit lens: share of top tokens in English / the prompt's language, by layer", ["prompt", "category"] + [str(i) for i in layers], terminal=False)
         for lang, r in lens.items():
             for cat in ("english", "prompt", "other"):
-                t.add(lang, cat, *[f"{100 * v:.0f}" for v in r.ratios[cat]])
+                t.add(lang, cat, *[Num(100 * v, digits=0) for v in r.ratios[cat]])
         t.caption = "final norm applied before the unembedding" if any_lang.final_norm else "no final norm (as in the PLND paper's figure)"
         tables.append(t)
         mid = len(layers) // 2
         st = Table("logit lens summary", ["prompt", f"English share, layer {layers[mid]}", "prompt-language share, last layer"])
         for lang, r in lens.items():
-            st.add(lang, f"{100 * r.ratios['english'][mid]:.0f}%", f"{100 * r.ratios['prompt'][-1]:.0f}%")
+            st.add(lang, Num(100 * r.ratios["english"][mid], digits=0, suffix="%"), Num(100 * r.ratios["prompt"][-1], digits=0, suffix="%"))
         tables.append(st)
     return tables
 
@@ -286,7 +278,7 @@ def _attribution_table(at: SharingAttribution) -> Table:
               ["category", "share of abs. attribution", "mean abs. attribution", "neurons·items"])
     for cat in at.categories:
         o = at.overall[cat]
-        t.add(cat, f"{100 * o.share:.1f}%", "–" if o.mean_abs is None else f"{o.mean_abs:.3g}", o.count)
+        t.add(cat, Num(100 * o.share, digits=1, suffix="%"), "–" if o.mean_abs is None else f"{o.mean_abs:.3g}", o.count)
     layers = at.layers
     span = f"layers {layers[0]}–{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else f"layers {layers}"
     caption = (f"{at.items} items × {at.languages} languages, {span}; each item's categories from its pooled "
@@ -299,7 +291,7 @@ def _attribution_table(at: SharingAttribution) -> Table:
 
 
 def write_outputs(results: Results, tables: list[Table], folder: Path, formats: list[str],
-                  layer_scale: str = "auto") -> list[Path]:
+                  layer_scale: str = "auto", figure_style: str = "double") -> list[Path]:
     """The run folder's files: results.json, report.md, every table as CSV (plus the tidy
     evaluations.csv, layers.csv and, where measured, stability.csv), the figures (PNG, PDF, SVG) and report.html."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -312,14 +304,15 @@ def write_outputs(results: Results, tables: list[Table], folder: Path, formats: 
     if "png" in formats:
         from neuronspec.report.plots import save_figure_index
 
-        figures = _write_figures(results, folder, layer_scale)
+        figures = _write_figures(results, folder, layer_scale, figure_style)
         written.append(save_figure_index(folder, figures))
         written += [folder / f.file for f in figures]
     return written
 
 
 def write_csvs(results: Results, tables: list[Table], folder: Path) -> list[Path]:
-    """tables/NN-title.csv for every table as shown, and the tidy evaluations.csv / layers.csv (numbers)."""
+    """tables/NN-title.csv (numbers, intervals in columns of their own) and NN-title.tex (booktabs, as
+    shown) for every table, and the tidy evaluations.csv / layers.csv."""
     import re
 
     from neuronspec.report.tidy import (EvaluationRow, LayerRow, StabilityRow, evaluation_rows, layer_rows,
@@ -331,6 +324,7 @@ def write_csvs(results: Results, tables: list[Table], folder: Path) -> list[Path
     for i, t in enumerate(tables, 1):
         slug = re.sub(r"[^a-z0-9]+", "-", t.title.lower()).strip("-")[:60]
         written.append(t.to_csv(out / f"{i:02d}-{slug}.csv"))
+        written.append(write_text(out / f"{i:02d}-{slug}.tex", t.to_latex()))
     written.append(write_csv(folder / "evaluations.csv", evaluation_rows(results), EvaluationRow))
     written.append(write_csv(folder / "layers.csv", layer_rows(results), LayerRow))
     stability = stability_rows(results)
@@ -339,11 +333,12 @@ def write_csvs(results: Results, tables: list[Table], folder: Path) -> list[Path
     return written
 
 
-def _write_figures(results: Results, folder: Path, layer_scale: str) -> list[Any]:
+def _write_figures(results: Results, folder: Path, layer_scale: str, figure_style: str) -> list[Any]:
     """The run's figures; with several models, each model's in a subfolder named after it,
     and the across-models LRDS/SADS plot beside them."""
     import shutil
 
+    from neuronspec.plotting import STYLES
     from neuronspec.report.plots import METHOD_FIGURES, Figure, write_plots
 
     if isinstance(results, StudyResults):
@@ -352,15 +347,15 @@ def _write_figures(results: Results, folder: Path, layer_scale: str) -> list[Any
         figures = []
         for model, sub in results.variants.items():
             figures += [Figure(f"{model}/{f.file}", f"{model}: {f.caption}", f"{model}: {f.table}" if f.table else None)
-                        for f in _write_figures(sub, folder / model, layer_scale)]
-        path = plot_dynamics(results.dynamics, folder / "dynamics-lrds-sads.png")
+                        for f in _write_figures(sub, folder / model, layer_scale, figure_style)]
+        path = plot_dynamics(results.dynamics, folder / "dynamics-lrds-sads.png", STYLES[figure_style])
         if path:
             figures.append(Figure(path.name, "LRDS and SADS per layer, one line per model.",
                                   "dynamics across models: one column per model"))
         return figures
     folder.mkdir(parents=True, exist_ok=True)
     order = {name: arm_order(ev) for name, ev in results.evaluations.items()}
-    figures = write_plots(results, folder, order, layer_scale)
+    figures = write_plots(results, folder, order, layer_scale, STYLES[figure_style])
     for png in results.plots:  # plots a method drew in its own stage
         target = folder / Path(png).name
         shutil.copyfile(png, target)

@@ -4,6 +4,7 @@ modules reads them from one place."""
 
 from __future__ import annotations
 
+import difflib
 from collections import Counter
 from typing import Annotated, Any, Literal, Union
 
@@ -37,8 +38,21 @@ class Strict(BaseModel):
 
 def _check_language(code: str) -> str:
     if code not in LANGUAGES:
-        raise ValueError(f"unknown language code {code!r}; use an ISO 639-1 code such as en, zh, fr, hi")
+        close = close_languages(code)
+        hint = ("did you mean " + ", ".join(f"{c} ({LANGUAGES[c].name})" for c in close) + "?") if close else \
+            "use an ISO 639-1 code such as en, zh, fr, hi"
+        raise ValueError(f"unknown language code {code!r}; {hint}")
     return code
+
+
+def close_languages(given: str, n: int = 3) -> list[str]:
+    """Known codes a mistyped one probably meant: a 3-letter code's first two letters (fra → fr),
+    a language's name or its start (german, ge → de),
+    else a code one letter off (zn → zh)."""
+    text = given.strip().lower()
+    found = [c for c in LANGUAGES if len(text) == 3 and text[:2] == c]
+    found += [c for c, lang in LANGUAGES.items() if len(text) >= 2 and lang.name.lower().startswith(text)]
+    return list(dict.fromkeys(found or difflib.get_close_matches(text, LANGUAGES, n=n, cutoff=0.5)))[:n]
 
 
 LanguageCode = Annotated[str, AfterValidator(_check_language)]

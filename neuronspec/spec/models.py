@@ -251,6 +251,9 @@ class ReportSpec(Strict):
                                                                description="png: every figure as PNG, PDF and SVG")
     layer_axis: Literal["auto", "linear", "log"] = Field(
         "auto", description="y axis of the neurons-per-layer figures; auto: log when one layer holds over 20× the median layer")
+    figure_style: Literal["single", "double"] = Field(
+        "double", description="Figures drawn at their print width, fonts at least 7 pt there: single: one column "
+                              "(3.3 in), double: the text width (6.9 in).")
 
 
 class Study(Strict):

@@ -6,9 +6,13 @@ working study instead of writing one from the schema.
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 SCHEMA_MODELINE = "../schemas/study.schema.json"
+#: the schema as installed with the package (package data, byte-identical with the repository's schemas/)
+INSTALLED_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "study.schema.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # Study.name's pattern
 
 _TEMPLATE = """\
@@ -72,6 +76,15 @@ evaluate:
 report: {{baseline_language: en}}
 seed: 0
 """
+
+
+def schema_modeline(study: Path) -> str:
+    """Where a study at `study` finds its schema: the checkout's `../schemas/` (the shipped studies'
+    line, portable with the repository) where that exists, else the installed copy as a file URI,
+    which resolves from any folder and always matches the installed neuronspec."""
+    if Path(os.path.normpath(study.absolute().parent / SCHEMA_MODELINE)).is_file():  # the folder may not exist yet
+        return SCHEMA_MODELINE
+    return INSTALLED_SCHEMA.as_uri()
 
 
 def starter_study(name: str, file: str = "STUDY.yaml", schema: str = SCHEMA_MODELINE) -> str:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from report_helpers import History
 
 from neuronspec.plan.compile import compile_study
@@ -62,7 +63,26 @@ def test_run_folder_has_every_table_as_csv_and_every_figure_in_three_formats(his
     for path, table in zip(csvs, tables):
         with path.open() as f:
             rows = list(csv.reader(f))
-        assert rows == [table.columns, *table.rows]
+        assert rows[0][0] == table.columns[0] and [r[0] for r in rows[1:]] == [r[0] for r in table.rows]
+        assert path.with_suffix(".tex").read_text().count("\\\\\n") == len(table.rows) + 1  # header and rows
+    # the evaluation table's CSV: numbers equal to results.json's, each CI in columns of its own
+    (main,) = [p for p in csvs if "-ppl-perplexity-per-language-" in p.name]
+    with main.open() as f:
+        rows = {r["arm"]: r for r in csv.DictReader(f)}
+    ppl = results["evaluations"]["ppl"]
+    assert {float(rows["base"][lang]) for lang in ("en", "fr", "de")} == {ppl["base"][lang] for lang in ("en", "fr", "de")}
+    for lang in ("en", "fr", "de"):
+        early = ppl["arms"]["early"]
+        assert float(rows["early"][lang]) == early["change"][lang]
+        assert [float(rows["early"][f"{lang} low"]), float(rows["early"][f"{lang} high"])] == early["change_ci"][lang]
+        assert early["change_ci"][lang][0] <= early["change"][lang] <= early["change_ci"][lang][1]
+        control = ppl["arms"]["early-random"]  # the mean of the draws, with their min and max
+        draws = [c["change"] for c in ppl["cells"]  # on its own language: the diagonal
+                 if c["arm"] == "early-random" and c["lang"] == lang and c.get("mask_lang") in (None, lang)]
+        row = rows["early-random (mean of 2 draws)"]
+        assert float(row[lang]) == pytest.approx(sum(draws) / 2) == control["change"][lang]
+        assert [float(row[f"{lang} low"]), float(row[f"{lang} high"])] == [min(draws), max(draws)]
+    assert float(rows["early"]["Δ"]) == ppl["arms"]["early"]["delta"]
     figures = read_figure_index(folder)
     assert {f.file for f in figures} >= {"layers-plnd.png", "layers-specific.png", "matrix-ppl.png"}
     for f in figures:
@@ -172,3 +192,35 @@ def test_a_closed_pipe_ends_quietly(history: History, monkeypatch) -> None:  # n
 
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["diff", "--rev", "HEAD", str(history.study), "--md"]) == 0
+
+
+def test_report_html_shows_its_figures_after_the_folder_moves_or_the_file_travels_alone(history: History,
+                                                                                        tmp_path: Path) -> None:
+    import shutil
+    from html.parser import HTMLParser
+
+    class Links(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.images: list[str] = []
+            self.links: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found = dict(attrs)
+            if tag == "img":
+                self.images.append(found["src"] or "")
+            if tag == "a":
+                self.links.append(found["href"] or "")
+
+    moved = shutil.copytree(history.store / "runs" / history.second, tmp_path / "elsewhere" / "run")
+    alone = tmp_path / "mail" / "report.html"
+    alone.parent.mkdir()
+    shutil.copyfile(moved / "report.html", alone)
+    for html in (moved / "report.html", alone):
+        parsed = Links()
+        parsed.feed(html.read_text())
+        assert len(parsed.images) == len(read_figure_index(moved)) > 2
+        assert all(src.startswith("data:image/png;base64,") for src in parsed.images)  # nothing to resolve
+    vector = [h for h in parsed.links if h.endswith((".pdf", ".svg"))]
+    assert vector and not any(h.startswith(("/", "file:")) or ":" in h for h in vector)  # relative to the report
+    assert all((moved / h).is_file() for h in vector)  # still there in the moved folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from neuronspec.cli import main
 from neuronspec.report.diff import Named, apply_change, compress, spec_changes
 from neuronspec.report.tables import Table
 from neuronspec.spec import load_study
+from neuronspec.spec.schema import schema_text
 from neuronspec.spec.starter import starter_study
 
 A = {
@@ -95,12 +97,36 @@ def test_wide_tables_split_into_parts_that_fit_and_keep_every_cell() -> None:
     assert "x[1]" in console.export_text()  # cells are not read as rich markup
 
 
+def _schema_of(study: Path) -> dict:
+    """The JSON the study's `yaml-language-server` line leads an editor to (a file URI or a path relative to it)."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    first = study.read_text().splitlines()[0]
+    assert first.startswith("# yaml-language-server: $schema="), first
+    target = first.split("$schema=", 1)[1]
+    path = Path(url2pathname(urlparse(target).path)) if target.startswith("file:") else study.parent / target
+    return json.loads(path.read_text())
+
+
+def test_init_points_at_a_schema_that_exists_wherever_the_study_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for out in (tmp_path / "a.yaml", tmp_path / "deep" / "er" / "b.yaml", tmp_path / "with space" / "c.yaml"):
+        assert main(["init", "x", "--out", str(out)]) == 0
+        assert _schema_of(out) == json.loads(schema_text())
+    (tmp_path / "repo" / "schemas").mkdir(parents=True)  # a checkout's layout: the relative line, portable with it
+    (tmp_path / "repo" / "schemas" / "study.schema.json").write_text(schema_text())
+    assert main(["init", "y", "--out", str(tmp_path / "repo" / "studies" / "y.yaml")]) == 0
+    assert (tmp_path / "repo" / "studies" / "y.yaml").read_text().startswith(
+        "# yaml-language-server: $schema=../schemas/study.schema.json\n")
+
+
 def test_init_writes_a_commented_starter_that_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["init", "mine"]) == 0
     path = tmp_path / "studies" / "mine.yaml"
     text = path.read_text()
-    assert text.splitlines()[0] == "# yaml-language-server: $schema=../schemas/study.schema.json"
+    assert _schema_of(path) == json.loads(schema_text())  # outside a checkout: the installed schema
     loaded = load_study(path)
     assert loaded.study.name == "mine" and loaded.study.arms and loaded.study.detect.plnd is not None
     assert sum(line.lstrip().startswith("#") for line in text.splitlines()) > 10  # commented
@@ -169,3 +195,19 @@ def test_paired_change_ci_brackets_the_change_and_needs_the_same_documents() -> 
     assert lo < change < hi
     assert paired_change_ci("perplexity", base, cell(noisy.doc_nll, [5, 10, 15, 7])) is None
     assert paired_change_ci("choice", base, noisy) is None
+
+
+def test_latex_export_is_booktabs_and_escapes_what_latex_reads_as_commands() -> None:
+    from neuronspec.report.tables import Num
+
+    t = Table("ppl: 5% of {set}_x & Δen", ["arm", "en"], caption="#draws ~ 2^3 … done")
+    t.add("a_b", Num(1.25, 0.5, 2.0, digits=1, signed=True))
+    t.add("c", Num(None))
+    t.bold.add((0, 1))
+    tex = t.to_latex()
+    assert [ln for ln in tex.splitlines() if ln.endswith("rule")] == ["\\toprule", "\\midrule", "\\bottomrule"]
+    assert "\\begin{tabular}{lr}" in tex
+    assert "a\\_b & \\textbf{+1.2 [+0.5, +2.0]} \\\\" in tex and "c & -- \\\\" in tex
+    assert "\\caption{ppl: 5\\% of \\{set\\}\\_x \\& $\\Delta$en. \\#draws \\textasciitilde{} 2\\textasciicircum{}3 \\ldots{} done}" in tex
+    header, rows = t.numeric()
+    assert header == ["arm", "en", "en low", "en high"] and rows == [["a_b", 1.25, 0.5, 2.0], ["c", None, None, None]]

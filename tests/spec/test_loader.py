@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from neuronspec.cli import main
 from neuronspec.spec import StudyError, load_study
 from neuronspec.spec.schema import schema_text
 
@@ -119,10 +120,38 @@ def test_extends_merges_and_errors_point_into_the_right_file(tmp_path: Path) -> 
     assert got[0].startswith(f"{tmp_path / 'base.yaml'}:3:1: seed:")
 
 
+def test_an_unknown_language_code_names_its_place_and_the_codes_meant(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        name: s
+        languages: [en, fra, german, zn]
+        report:
+          baseline_language: ge
+        """)
+    got = problems(path)
+    assert got[0].startswith(f"{path}:2:17: languages.1: unknown language code 'fra'; did you mean fr (French)?")
+    assert got[1].startswith(f"{path}:2:22: languages.2: unknown language code 'german'; did you mean de (German)?")
+    assert got[2].startswith(f"{path}:2:30: languages.3:") and "zh (Chinese)" in got[2]
+    assert got[3].startswith(f"{path}:4:3: report.baseline_language:") and "de (German), ka (Georgian)" in got[3]
+    assert main(["validate", str(path)]) == 2
+
+
 def test_committed_schema_is_current() -> None:
     committed = Path(__file__).parents[2] / "schemas" / "study.schema.json"
     assert committed.read_text() == schema_text(), "schemas/study.schema.json is stale: run `neuronspec schema`"
     assert json.loads(committed.read_text())["title"] == "neuronspec study"
+    shipped = Path(__file__).parents[2] / "neuronspec" / "schemas" / "study.schema.json"  # package data: in the wheel
+    assert shipped.read_bytes() == committed.read_bytes(), (
+        "neuronspec/schemas/study.schema.json differs: run `neuronspec schema --out neuronspec/schemas/study.schema.json`")
+
+
+def test_the_wheel_ships_the_schema() -> None:
+    import tomllib
+
+    from neuronspec.spec.starter import INSTALLED_SCHEMA
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["neuronspec"]
+    assert any(INSTALLED_SCHEMA.relative_to(INSTALLED_SCHEMA.parents[1]).match(p) for p in patterns)
 
 
 def test_shipped_studies_validate_and_carry_the_schema_modeline() -> None:
