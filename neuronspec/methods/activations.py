@@ -30,6 +30,10 @@ Batches may be packed (:func:`~neuronspec.models.forward.iter_packed`: several s
 row, no padding computed): every statistic is gathered by the sample each token belongs
 to, so a packed pass gives each sample what a padded one does.
 
+Expert neurons of a mixture-of-experts layer (Mixtral, Qwen2-MoE) are read from the experts
+module's call, one expert at a time, and are 0 on tokens their expert was not routed
+(:mod:`~neuronspec.methods.activations_moe`): every statistic above then follows unchanged.
+
 Memory is O(L·I) for the counts plus the per-sample matrices (n × L·I, by design);
 nothing per token is kept beyond the current batch.
 """
@@ -42,6 +46,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from neuronspec.methods.activations_moe import Fold, expert_hooks
 from neuronspec.models.forward import Batch, hidden_forward
 from neuronspec.models.sites import adapter_for
 
@@ -194,11 +199,20 @@ class _Collector:
     def hooks(self) -> list:
         handles = []
         for i in range(self.dims.num_layers):
+            if self.adapter.routed_ffn:  # expert neurons: read from the experts' call (methods/activations_moe.py)
+                handles += expert_hooks(self.adapter, self.model, i, self._fold(i) if self.poolings or self.thresholds else None,
+                                        self._fold_gate(i) if self.want_gate else None)
+                continue
             if self.poolings or self.thresholds:
-                handles.append(self.adapter.ffn_down(self.model, i).register_forward_pre_hook(self._ffn(i)))
+                fold = self._fold(i)
+                handles.append(self.adapter.ffn_down(self.model, i).register_forward_pre_hook(
+                    lambda module, args, fold=fold: fold(args[0].reshape(-1, args[0].shape[-1]), slice(None))))
             if self.want_gate:
                 module, coords = gate_module(self.model, i)
-                handles.append(module.register_forward_hook(self._gate(i, coords.to(self.gate.device))))
+                fold_gate = self._fold_gate(i)
+                coords = coords.to(self.gate.device)
+                handles.append(module.register_forward_hook(
+                    lambda module, args, out, g=fold_gate, c=coords: g(out.reshape(-1, out.shape[-1])[:, c] > 0, slice(None))))
         return handles
 
     def _sum(self, kept: Tensor) -> Tensor:
@@ -206,26 +220,29 @@ class _Collector:
         total = torch.zeros(self.n, kept.shape[1], dtype=kept.dtype, device=kept.device).index_add_(0, self.owner, kept)
         return total / self.sample_tokens.clamp_min(1)[:, None]
 
-    def _ffn(self, i: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple) -> None:
-            a = args[0].detach().float()  # [B, T, I]
-            kept = a[self.keep]  # [tokens, I]
+    def _fold(self, i: int) -> Fold:
+        """Folds ffn values [B*T tokens, w] of layer `i`'s columns `cols` into the batch's statistics."""
+        def fold(values: Tensor, cols: slice) -> None:
+            a = values.detach().float()
+            kept = a[self.keep.flatten()]  # [tokens, w]
             for p in self.poolings:
+                if self.rows[p][i] is None:
+                    self.rows[p][i] = torch.zeros(self.n, self.dims.intermediate, device=a.device)
                 if p == "mean":
-                    self.rows[p][i] = self._sum(kept)
+                    self.rows[p][i][:, cols] = self._sum(kept)
                 elif p == "mean_abs":
-                    self.rows[p][i] = self._sum(kept.abs())
+                    self.rows[p][i][:, cols] = self._sum(kept.abs())
                 else:  # last
-                    self.rows[p][i] = a.flatten(0, 1)[self.last]
-            if self.thresholds:
-                for j, tau in enumerate(self.thresholds):
-                    self.counts[j, i] += (kept > tau).sum(0)
-        return hook
+                    self.rows[p][i][:, cols] = a[self.last]
+            for j, tau in enumerate(self.thresholds):
+                self.counts[j, i, cols] += (kept > tau).sum(0)
+        return fold
 
-    def _gate(self, i: int, coords: Tensor) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            self.gate[i] += (output.detach()[self.keep][:, coords] > 0).sum(0)
-        return hook
+    def _fold_gate(self, i: int) -> Fold:
+        """Folds gate events [B*T tokens, w] (bool: act(gate) > 0) of layer `i`'s columns `cols`."""
+        def fold(fired: Tensor, cols: slice) -> None:
+            self.gate[i, cols] += fired[self.keep.flatten()].sum(0)
+        return fold
 
 
 @torch.no_grad()

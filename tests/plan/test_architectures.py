@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_studies import STUDY, make_corpus
+from tiny_studies import STUDY, make_corpus, make_parallel_corpus
 
 from neuronspec.models.testing import tiny_tokenizer
 from neuronspec.models.tiny import tiny_model
@@ -48,3 +48,41 @@ def test_study_runs_every_site_and_arm(arch: str, tmp_path: Path, monkeypatch: p
     assert len(arm) == 9 and len(controls) == 18  # 3 mask languages × 3 languages (× 2 draws)
     for c in controls:  # the random control deactivates as many neurons as the arm it copies
         assert c["deactivated"] == arm[(c["mask_lang"], c["lang"])]["deactivated"]
+
+
+MOE_STUDY = """\
+name: moe
+model: {{id: {model}}}
+languages: [en, fr, de]
+corpora:
+  parallel: {{source: {corpus}, docs_per_language: 12, max_tokens: 32}}
+detect:
+  lape: {{corpus: parallel, top_rate: 0.05}}
+  linguafranca: {{corpus: parallel, z_threshold: 1.0}}
+  sharing: {{corpus: parallel, thresholds: [0.0]}}
+neurons:
+  lape_en: lape[en]
+"""
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
+def test_activation_methods_select_expert_neurons(arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LAPE, LinguaFranca and Sharing run on expert neurons (each refused before) and select some of
+    them."""
+    monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "model"
+    model = tiny_model(arch)
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    path = tmp_path / "study.yaml"
+    path.write_text(MOE_STUDY.format(model=folder, corpus=make_parallel_corpus(tmp_path / "parallel.jsonl")))
+    loaded = load_study(path)
+    plan = compile_study(loaded)
+    store = Store(tmp_path / ".neuronspec")
+    run_plan(plan, store, loaded.study)
+    results = to_json(collect(plan, store))
+    sets = results["sets"]
+    for method in ("lape", "linguafranca", "sharing"):  # each method's sets hold expert neurons
+        assert any(sets[method]["counts"][lang].get("ffn") for lang in ("en", "fr", "de")), (method, sets[method])
+    assert results["detection"]["lape"]["selected"] > 0
+    assert results["detection"]["linguafranca"]["scores"]["lrds"] > 0
