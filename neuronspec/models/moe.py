@@ -20,12 +20,36 @@ neurons - each raises saying so. Attention sites are Llama's.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .sites import QKV_SITES, Dims, GatedAdapter, IndexFn, SiteShapeError, WeightSlice, register_adapter, site_width
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    """How a MoE layer's flat ffn numbering splits into experts: ``num_experts`` routed experts of
+    ``width`` neurons, then the shared expert's ``shared`` neurons (0: none). Plain numbers, so
+    reports read it from a run's record without the model."""
+
+    num_experts: int
+    width: int
+    shared: int = 0
+
+    def locate(self, n: int) -> tuple[int, int]:
+        """(expert, index inside it) of ffn neuron n; expert ``num_experts`` is the shared one."""
+        if not 0 <= n < self.num_experts * self.width + self.shared:
+            raise ValueError(f"ffn neuron {n} out of range for {self}")
+        return (n // self.width, n % self.width) if n < self.num_experts * self.width else (
+            self.num_experts, n - self.num_experts * self.width)
+
+    def label(self, n: int) -> str:
+        """'expert 3 #7' or 'shared #7' for ffn neuron n."""
+        e, j = self.locate(n)
+        return f"shared #{j}" if e == self.num_experts else f"expert {e} #{j}"
 
 
 def expert_of(n: Tensor, expert_width: int) -> tuple[Tensor, Tensor]:
@@ -68,6 +92,9 @@ class MixtralAdapter(GatedAdapter):
     def shared_width(self, config) -> int:  # noqa: ANN001
         """Neurons of the shared expert (0: none)."""
         return 0
+
+    def expert_layout(self, config) -> ExpertLayout:  # noqa: ANN001
+        return ExpertLayout(self.num_experts(config), self.expert_width(config), self.shared_width(config))
 
     def shared_expert(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module] | None:
         """(shared expert MLP, its sigmoid gate) of layer `i`, or None."""

@@ -65,24 +65,36 @@ neurons:
 """
 
 
+#: the tiny configs' expert layouts (models/tiny.py): Mixtral 4 experts of 12; Qwen2-MoE 4 of 8 and a shared 16
+LAYOUTS = {"mixtral": {"num_experts": 4, "width": 12, "shared": 0}, "qwen2_moe": {"num_experts": 4, "width": 8, "shared": 16}}
+
+
 @pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
 def test_activation_methods_select_expert_neurons(arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """LAPE, LinguaFranca and Sharing run on expert neurons (each refused before) and select some of
-    them."""
+    them; the run lists a set's neurons by expert and index inside it."""
+    import neuronspec as ns
+
     monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
     folder = tmp_path / "model"
-    model = tiny_model(arch)
-    model.save_pretrained(folder)
+    tiny_model(arch).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     path = tmp_path / "study.yaml"
     path.write_text(MOE_STUDY.format(model=folder, corpus=make_parallel_corpus(tmp_path / "parallel.jsonl")))
-    loaded = load_study(path)
-    plan = compile_study(loaded)
-    store = Store(tmp_path / ".neuronspec")
-    run_plan(plan, store, loaded.study)
-    results = to_json(collect(plan, store))
+    run = ns.open_study(path).run(quiet=True)
+    results = to_json(run.data)
     sets = results["sets"]
     for method in ("lape", "linguafranca", "sharing"):  # each method's sets hold expert neurons
         assert any(sets[method]["counts"][lang].get("ffn") for lang in ("en", "fr", "de")), (method, sets[method])
     assert results["detection"]["lape"]["selected"] > 0
     assert results["detection"]["linguafranca"]["scores"]["lrds"] > 0
+    layout = LAYOUTS[arch]
+    assert results["dims"]["experts"] == layout
+    chosen = run.neuron_set("linguafranca", "en")
+    table = run.neuron_table(chosen)
+    assert len(table) == chosen.count() > 0
+    routed = layout["num_experts"] * layout["width"]
+    for row in table.itertuples():
+        n = row.neuron
+        expected = (n // layout["width"], n % layout["width"]) if n < routed else (layout["num_experts"], n - routed)
+        assert (row.expert, row.index, row.shared) == (*expected, n >= routed)
