@@ -163,7 +163,7 @@ class MixtralAdapter(GatedAdapter):
         problems = [] if len(layers) == dims.num_layers else [f"config says {dims.num_layers} layers, model has {len(layers)}"]
         for i, layer in enumerate(layers):
             experts = getattr(layer.mlp, "experts", None)
-            if experts is None:  # one ffn width per model: dense layers between sparse ones are not supported
+            if experts is None:  # one ffn width per model: dense layers between sparse ones are refused (dims)
                 problems.append(f"layer {i}: {type(layer.mlp).__name__} is not a sparse MoE block")
             elif tuple(experts.gate_up_proj.shape[:2]) != shape:
                 problems.append(f"layer {i}: experts.gate_up_proj is {tuple(experts.gate_up_proj.shape)}, expected {shape} first")
@@ -197,6 +197,17 @@ class Qwen2MoeAdapter(MixtralAdapter):
     shared expert (``mlp.shared_expert``, scaled by sigmoid(``mlp.shared_expert_gate``)) in every layer."""
 
     model_types = ("qwen2_moe",)
+
+    def dims(self, config) -> Dims:  # noqa: ANN001
+        """Refused, from the config alone (so at plan time), for dense MLP layers between sparse ones."""
+        step, dense = int(getattr(config, "decoder_sparse_step", 1)), list(getattr(config, "mlp_only_layers", []) or [])
+        layers = [i for i in range(int(config.num_hidden_layers)) if i in dense or (i + 1) % step]
+        if layers or not config.num_experts:
+            raise SiteShapeError(
+                f"Qwen2-MoE with dense MLP layers {layers or 'everywhere'} (mlp_only_layers={dense}, "
+                f"decoder_sparse_step={step}, num_experts={config.num_experts}) is not supported: neuronspec gives "
+                "every layer's ffn site one width, and a dense layer's differs from a sparse one's")
+        return super().dims(config)
 
     def num_experts(self, config) -> int:  # noqa: ANN001
         return int(config.num_experts)

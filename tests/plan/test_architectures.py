@@ -98,3 +98,20 @@ def test_activation_methods_select_expert_neurons(arch: str, tmp_path: Path, mon
         n = row.neuron
         expected = (n // layout["width"], n % layout["width"]) if n < routed else (layout["num_experts"], n - routed)
         assert (row.expert, row.index, row.shared) == (*expected, n >= routed)
+
+
+def test_qwen2_moe_with_dense_layers_is_refused_at_plan_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Dense MLP layers between sparse ones give layers different ffn widths, which neuronspec does not
+    model: the study's model.id is the located error, before any weights load."""
+    from neuronspec.cli import main
+
+    monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "model"
+    tiny_model("qwen2_moe", mlp_only_layers=[1]).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(model=folder, corpus=make_corpus(tmp_path / "corpus.jsonl")))
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:2:" in err and "dense MLP layers [1]" in err and "mlp_only_layers=[1]" in err
