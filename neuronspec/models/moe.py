@@ -13,8 +13,8 @@ Supported for expert neurons: PLND importance, ``deactivate`` (hooks), ``zeroed`
 ``zero_weights`` / export (a routed neuron's gate and up rows are zeroed, which silences it:
 act(0)·0 = 0; a shared one's rows and down-projection column, as in a dense MLP), and the
 activation statistics of LAPE, LinguaFranca and Sharing (methods/activations_moe.py: 0 where
-the expert was not routed). Not yet: attribution and neuron-restricted fine-tuning of expert
-neurons - each raises saying so. Attention sites are Llama's.
+the expert was not routed) and Integrated Gradients (methods/attribution_moe.py). Not yet:
+neuron-restricted fine-tuning of expert neurons - it raises saying so. Attention sites are Llama's.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class MixtralAdapter(GatedAdapter):
     def _no_module(self, what: str) -> NotImplementedError:
         return NotImplementedError(
             f"{what}: expert neurons live inside 3-D expert weights, not in a module's input; for them "
-            "neuronspec supports PLND, activation statistics, deactivation and weight zeroing/export only (models/moe.py)")
+            "neuronspec reads them from the experts module's call (models/moe.py)")
 
     def ffn_down(self, model: nn.Module, i: int) -> nn.Module:
         raise self._no_module("ffn_down")
