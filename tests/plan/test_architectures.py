@@ -59,7 +59,7 @@ corpora:
 detect:
   lape: {{corpus: parallel, top_rate: 0.05}}
   linguafranca: {{corpus: parallel, z_threshold: 1.0}}
-  sharing: {{corpus: parallel, thresholds: [0.0]}}
+  sharing: {{corpus: parallel, thresholds: [0.0], attribution: {{method: ig, steps: 16, probes: 4, docs: 2, layers: [2]}}}}
 neurons:
   lape_en: lape[en]
 """
@@ -71,8 +71,8 @@ LAYOUTS = {"mixtral": {"num_experts": 4, "width": 12, "shared": 0}, "qwen2_moe":
 
 @pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
 def test_activation_methods_select_expert_neurons(arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """LAPE, LinguaFranca and Sharing run on expert neurons (each refused before) and select some of
-    them; the run lists a set's neurons by expert and index inside it."""
+    """LAPE, LinguaFranca and Sharing (with Integrated Gradients on the last layer) run on expert neurons
+    (each refused before) and select some of them; the run lists a set's neurons by expert and index."""
     import neuronspec as ns
 
     monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
@@ -88,6 +88,8 @@ def test_activation_methods_select_expert_neurons(arch: str, tmp_path: Path, mon
         assert any(sets[method]["counts"][lang].get("ffn") for lang in ("en", "fr", "de")), (method, sets[method])
     assert results["detection"]["lape"]["selected"] > 0
     assert results["detection"]["linguafranca"]["scores"]["lrds"] > 0
+    attribution = results["detection"]["sharing"]["attribution"]
+    assert attribution["layers"] == [2] and attribution["max_relative_completeness_gap"] < 1e-3  # IG on expert neurons
     layout = LAYOUTS[arch]
     assert results["dims"]["experts"] == layout
     chosen = run.neuron_set("linguafranca", "en")
