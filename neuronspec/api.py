@@ -151,6 +151,15 @@ class Results:
         return _frame(pd, layer_rows(self.data), LayerRow)
 
     @property
+    def expert_counts(self) -> pd.DataFrame:
+        """Tidy: a mixture-of-experts model's ffn neurons per (model,) set × language × layer × expert (empty otherwise)."""
+        pd = _pandas()
+
+        from neuronspec.report.tidy import ExpertRow, expert_rows
+
+        return _frame(pd, expert_rows(self.data), ExpertRow)
+
+    @property
     def tables(self) -> dict[str, pd.DataFrame]:
         """Every table of the report, as shown (formatted cells), by title."""
         pd = _pandas()

@@ -32,6 +32,17 @@ def layout_of(dims: Mapping[str, Any]) -> ExpertLayout | None:
     return None if experts is None else ExpertLayout(**experts)
 
 
+def expert_counts(neurons: NeuronSet, layout: ExpertLayout) -> dict[int, dict[int, int]]:
+    """layer -> expert -> how many of the set's ffn neurons it holds (the shared expert is ``num_experts``)."""
+    out: dict[int, dict[int, int]] = {}
+    for layer in neurons.layers("ffn"):
+        per = out.setdefault(layer, {})
+        for n in neurons.indices("ffn", layer).tolist():
+            e, _ = layout.locate(n)
+            per[e] = per.get(e, 0) + 1
+    return {layer: dict(sorted(per.items())) for layer, per in out.items()}
+
+
 def neuron_rows(neurons: NeuronSet, layout: ExpertLayout | None) -> list[NeuronRow]:
     """One row per neuron of `neurons`, by site, layer and index; ffn rows located in their expert under `layout`."""
     rows = []

@@ -302,10 +302,12 @@ def write_outputs(results: Results, tables: list[Table], folder: Path, formats: 
 
 
 def write_csvs(results: Results, tables: list[Table], folder: Path) -> list[Path]:
-    """tables/NN-title.csv for every table as shown, and the tidy evaluations.csv / layers.csv (numbers)."""
+    """tables/NN-title.csv for every table as shown, and the tidy evaluations.csv / layers.csv (numbers),
+    with experts.csv for a mixture-of-experts model."""
     import re
 
-    from neuronspec.report.tidy import EvaluationRow, LayerRow, evaluation_rows, layer_rows, write_csv
+    from neuronspec.report.tidy import (EvaluationRow, ExpertRow, LayerRow, evaluation_rows, expert_rows, layer_rows,
+                                        write_csv)
 
     out = folder / "tables"
     out.mkdir(parents=True, exist_ok=True)
@@ -315,6 +317,9 @@ def write_csvs(results: Results, tables: list[Table], folder: Path) -> list[Path
         written.append(t.to_csv(out / f"{i:02d}-{slug}.csv"))
     written.append(write_csv(folder / "evaluations.csv", evaluation_rows(results), EvaluationRow))
     written.append(write_csv(folder / "layers.csv", layer_rows(results), LayerRow))
+    experts = expert_rows(results)
+    if experts:  # a mixture-of-experts model's sets, per expert
+        written.append(write_csv(folder / "experts.csv", experts, ExpertRow))
     return written
 
 

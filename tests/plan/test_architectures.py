@@ -100,6 +100,17 @@ def test_activation_methods_select_expert_neurons(arch: str, tmp_path: Path, mon
         n = row.neuron
         expected = (n // layout["width"], n % layout["width"]) if n < routed else (layout["num_experts"], n - routed)
         assert (row.expert, row.index, row.shared) == (*expected, n >= routed)
+    # the run's experts.csv / expert_counts: ffn neurons of each set per layer and expert, counted by hand here
+    by_hand: dict[tuple[int, int], int] = {}
+    for site, layer, idx in chosen.items():
+        for n in idx.tolist():
+            e = n // layout["width"] if n < routed else layout["num_experts"]
+            by_hand[(layer, e)] = by_hand.get((layer, e), 0) + 1
+    counts = run.expert_counts
+    mine = counts[(counts.set == "linguafranca") & (counts.language == "en")]
+    assert {(r.layer, r.expert): r.neurons for r in mine.itertuples()} == by_hand
+    assert (mine.shared == (mine.expert == layout["num_experts"])).all()
+    assert (run.folder / "experts.csv").read_text().startswith("model,set,language,layer,expert,shared,neurons\n")
 
 
 def test_qwen2_moe_with_dense_layers_is_refused_at_plan_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
