@@ -178,7 +178,7 @@ class _Collector:
         # per batch (tokens flattened over rows: a packed row holds several samples)
         self.n = 0  # samples in the batch
         self.owner: Tensor | None = None  # [kept tokens] sample of each counted token
-        self.keep: Tensor | None = None  # [B, T] bool, counted tokens
+        self.keep: Tensor | None = None  # [B * T] bool, counted tokens (flattened as the hooks see them)
         self.sample_tokens: Tensor | None = None  # [n] counted tokens per sample
         self.last: Tensor | None = None  # [n] flat index of each sample's last real token
         self.rows: dict[str, list[Tensor | None]] = {}
@@ -186,9 +186,10 @@ class _Collector:
     def start(self, batch: Batch, skip_first: bool, device: torch.device) -> None:
         owners = batch.owners().to(device)
         real = owners >= 0
-        self.keep = real & (batch.positions().to(device) > 0) if skip_first else real
+        keep = real & (batch.positions().to(device) > 0) if skip_first else real
+        self.keep = keep.flatten()
         self.n = len(batch.index)
-        self.owner = owners[self.keep]
+        self.owner = owners[keep]
         self.sample_tokens = torch.bincount(self.owner, minlength=self.n)
         flat = torch.arange(owners.numel(), device=device).view_as(owners)
         self.last = torch.full((self.n,), -1, dtype=torch.int64, device=device).scatter_reduce(
@@ -224,7 +225,7 @@ class _Collector:
         """Folds ffn values [B*T tokens, w] of layer `i`'s columns `cols` into the batch's statistics."""
         def fold(values: Tensor, cols: slice) -> None:
             a = values.detach().float()
-            kept = a[self.keep.flatten()]  # [tokens, w]
+            kept = a[self.keep]  # [tokens, w]
             for p in self.poolings:
                 if self.rows[p][i] is None:
                     self.rows[p][i] = torch.zeros(self.n, self.dims.intermediate, device=a.device)
@@ -241,7 +242,7 @@ class _Collector:
     def _fold_gate(self, i: int) -> Fold:
         """Folds gate events [B*T tokens, w] (bool: act(gate) > 0) of layer `i`'s columns `cols`."""
         def fold(fired: Tensor, cols: slice) -> None:
-            self.gate[i, cols] += fired[self.keep.flatten()].sum(0)
+            self.gate[i, cols] += fired[self.keep].sum(0)
         return fold
 
 
