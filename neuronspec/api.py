@@ -161,6 +161,15 @@ class Results:
         return _frame(pd, stability_rows(self.data), StabilityRow)
 
     @property
+    def expert_counts(self) -> pd.DataFrame:
+        """Tidy: a mixture-of-experts model's ffn neurons per (model,) set × language × layer × expert (empty otherwise)."""
+        pd = _pandas()
+
+        from neuronspec.report.tidy import ExpertRow, expert_rows
+
+        return _frame(pd, expert_rows(self.data), ExpertRow)
+
+    @property
     def tables(self) -> dict[str, pd.DataFrame]:
         """Every table of the report, as shown (formatted cells), by title."""
         pd = _pandas()
@@ -195,6 +204,19 @@ class Results:
         if draw is not None and draw not in draws:
             raise KeyError(f"arm {arm!r} has draws {draws[0]}…{draws[-1]}, not {draw}")
         return self._load(self._stage(ids.mask(arm, draw), model), artifacts.MASK, language, f"mask of arm {arm!r}")
+
+    def neuron_table(self, neurons: NeuronSet, *, model: str | None = None) -> pd.DataFrame:
+        """Tidy: one row per neuron of `neurons` (a `neuron_set` or `mask` of this run): site, layer, flat index,
+        and for a mixture-of-experts ffn the expert and the index inside it."""
+        pd = _pandas()
+
+        from neuronspec.report.model import by_model
+        from neuronspec.report.neurons import NeuronRow, layout_of, neuron_rows
+
+        runs = dict(by_model(self.data))
+        if model not in runs:
+            raise KeyError(f"no model {model!r} in this run (models: {', '.join(str(m) for m in runs)})")
+        return _frame(pd, neuron_rows(neurons, layout_of(runs[model].dims)), NeuronRow)
 
     def _stage(self, sid: str, model: str | None) -> str:
         stages = self.record.get("stages", {})

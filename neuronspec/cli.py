@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("run", help="run what is stale, then report", description=(
         "Run what is stale (one live display: stage N of M, the current step's tokens/s, ETA; then one line per stage kind), "
         "print the tables and write the run folder: record.json, results.json, report.md, report.html, every table as CSV "
-        "(tables/, plus tidy evaluations.csv, layers.csv and, where measured, stability.csv), figures as PNG, PDF and SVG. Nothing changed since the last run: "
+        "(tables/, plus tidy evaluations.csv, layers.csv, where measured stability.csv and, for a mixture-of-experts model, experts.csv), figures as PNG, PDF and SVG. Nothing changed since the last run: "
         "its folder is reused."))
     sp.add_argument("file", help="study file")
     study_args(sp)

@@ -34,6 +34,10 @@ Batches may be packed (:func:`~neuronspec.models.forward.iter_packed`: several s
 row, no padding computed): every statistic is gathered by the sample each token belongs
 to, so a packed pass gives each sample what a padded one does.
 
+Expert neurons of a mixture-of-experts layer (Mixtral, Qwen2-MoE) are read from the experts
+module's call, one expert at a time, and are 0 on tokens their expert was not routed
+(:mod:`~neuronspec.methods.activations_moe`): every statistic above then follows unchanged.
+
 Memory is O(L·I) for the counts plus the per-sample matrices (n × L·I, by design);
 nothing per token is kept beyond the current batch.
 """
@@ -46,6 +50,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from neuronspec.methods.activations_moe import Fold, expert_hooks
 from neuronspec.models.forward import Batch, hidden_forward
 from neuronspec.models.sites import adapter_for
 
@@ -179,7 +184,7 @@ class _Collector:
         # per batch (tokens flattened over rows: a packed row holds several samples)
         self.n = 0  # samples in the batch
         self.owner: Tensor | None = None  # [kept tokens] sample of each counted token
-        self.keep: Tensor | None = None  # [B, T] bool, counted tokens
+        self.keep: Tensor | None = None  # [B * T] bool, counted tokens (flattened as the hooks see them)
         self.sample_tokens: Tensor | None = None  # [n] counted tokens per sample
         self.last: Tensor | None = None  # [n] flat index of each sample's last real token
         self.rows: dict[str, list[Tensor | None]] = {}
@@ -187,9 +192,10 @@ class _Collector:
     def start(self, batch: Batch, skip_first: bool, device: torch.device) -> None:
         owners = batch.owners().to(device)
         real = owners >= 0
-        self.keep = real & (batch.positions().to(device) > 0) if skip_first else real
+        keep = real & (batch.positions().to(device) > 0) if skip_first else real
+        self.keep = keep.flatten()
         self.n = len(batch.index)
-        self.owner = owners[self.keep]
+        self.owner = owners[keep]
         self.sample_tokens = torch.bincount(self.owner, minlength=self.n)
         flat = torch.arange(owners.numel(), device=device).view_as(owners)
         self.last = torch.full((self.n,), -1, dtype=torch.int64, device=device).scatter_reduce(
@@ -201,14 +207,30 @@ class _Collector:
         handles = []
         want_act = any(p in ACT_POOLINGS for p in self.poolings)
         for i in range(self.dims.num_layers):
+            if self.adapter.routed_ffn:  # expert neurons: read from the experts' call (methods/activations_moe.py)
+                if want_act:
+                    self.adapter.ffn_act(self.model, i)  # refuses, naming the family: no act(gate·x) per expert yet
+                handles += expert_hooks(self.adapter, self.model, i,
+                                        self._fold(i, self.poolings) if self.poolings or self.thresholds else None,
+                                        self._fold_gate(i) if self.want_gate else None)
+                continue
             act = self.adapter.ffn_act(self.model, i) if want_act else None
             if self.poolings or self.thresholds:
-                handles.append(self.adapter.ffn_down(self.model, i).register_forward_pre_hook(self._ffn(i, act is None)))
+                # a plain MLP has no gate module: there the neuron is also the act_* poolings' value
+                own = [p for p in self.poolings if p not in ACT_POOLINGS or act is None]
+                fold = self._fold(i, own)
+                handles.append(self.adapter.ffn_down(self.model, i).register_forward_pre_hook(
+                    lambda module, args, fold=fold: fold(args[0].reshape(-1, args[0].shape[-1]), slice(None))))
             if act is not None:
-                handles.append(act.register_forward_hook(self._act(i)))
+                fold_act = self._fold(i, [p for p in self.poolings if p in ACT_POOLINGS], thresholds=False)
+                handles.append(act.register_forward_hook(
+                    lambda module, args, out, fold=fold_act: fold(out.reshape(-1, out.shape[-1]), slice(None))))
             if self.want_gate:
                 module, coords = gate_module(self.model, i)
-                handles.append(module.register_forward_hook(self._gate(i, coords.to(self.gate.device))))
+                fold_gate = self._fold_gate(i)
+                coords = coords.to(self.gate.device)
+                handles.append(module.register_forward_hook(
+                    lambda module, args, out, g=fold_gate, c=coords: g(out.reshape(-1, out.shape[-1])[:, c] > 0, slice(None))))
         return handles
 
     def _sum(self, kept: Tensor) -> Tensor:
@@ -216,41 +238,31 @@ class _Collector:
         total = torch.zeros(self.n, kept.shape[1], dtype=kept.dtype, device=kept.device).index_add_(0, self.owner, kept)
         return total / self.sample_tokens.clamp_min(1)[:, None]
 
-    def _pool(self, i: int, a: Tensor, poolings: Sequence[str]) -> None:
-        """Fold [B, T, I] values into this batch's rows of `poolings` for layer `i`."""
-        kept = a[self.keep]  # [tokens, I]
-        for p in poolings:
-            if p in ("mean", "act_mean"):
-                self.rows[p][i] = self._sum(kept)
-            elif p == "mean_abs":
-                self.rows[p][i] = self._sum(kept.abs())
-            else:  # last, act_last
-                self.rows[p][i] = a.flatten(0, 1)[self.last]
-
-    def _ffn(self, i: int, plain: bool) -> Callable[..., None]:
-        """`plain`: the MLP has no gate module, so the neuron is also the act_* poolings' value."""
-        own = [p for p in self.poolings if p not in ACT_POOLINGS or plain]
-
-        def hook(module: nn.Module, args: tuple) -> None:
-            a = args[0].detach().float()  # [B, T, I]
-            self._pool(i, a, own)
-            kept = a[self.keep]
-            if self.thresholds:
+    def _fold(self, i: int, poolings: Sequence[str], thresholds: bool = True) -> Fold:
+        """Folds values [B*T tokens, w] of layer `i`'s columns `cols` into the batch's `poolings` (and,
+        with `thresholds`, the threshold counts)."""
+        def fold(values: Tensor, cols: slice) -> None:
+            a = values.detach().float()
+            kept = a[self.keep]  # [tokens, w]
+            for p in poolings:
+                if self.rows[p][i] is None:
+                    self.rows[p][i] = torch.zeros(self.n, self.dims.intermediate, device=a.device)
+                if p in ("mean", "act_mean"):
+                    self.rows[p][i][:, cols] = self._sum(kept)
+                elif p == "mean_abs":
+                    self.rows[p][i][:, cols] = self._sum(kept.abs())
+                else:  # last, act_last
+                    self.rows[p][i][:, cols] = a[self.last]
+            if thresholds:
                 for j, tau in enumerate(self.thresholds):
-                    self.counts[j, i] += (kept > tau).sum(0)
-        return hook
+                    self.counts[j, i, cols] += (kept > tau).sum(0)
+        return fold
 
-    def _act(self, i: int) -> Callable[..., None]:
-        acts = [p for p in self.poolings if p in ACT_POOLINGS]
-
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            self._pool(i, output.detach().float(), acts)
-        return hook
-
-    def _gate(self, i: int, coords: Tensor) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            self.gate[i] += (output.detach()[self.keep][:, coords] > 0).sum(0)
-        return hook
+    def _fold_gate(self, i: int) -> Fold:
+        """Folds gate events [B*T tokens, w] (bool: act(gate) > 0) of layer `i`'s columns `cols`."""
+        def fold(fired: Tensor, cols: slice) -> None:
+            self.gate[i, cols] += fired[self.keep].sum(0)
+        return fold
 
 
 @torch.no_grad()

@@ -24,6 +24,11 @@ f is either the teacher-forced log-probability of each sample's own tokens (the 
 its predicted positions, the quantity perplexity is built from) or, with ``targets``, the
 log-probability of one given next token after the sample's last real token.
 
+Expert neurons (Mixtral, Qwen2-MoE) are scaled as one tensor rebuilt from the MoE block's input
+(:mod:`~neuronspec.methods.attribution_moe`). Completeness then holds for the last layer only: the
+routers of later layers pick their top-k experts from inputs that move with α, so f jumps where
+one switches, and the integral of the gradient does not see the jump (the warning says so).
+
 **Cheap score** (the Sharing Matters notebooks): |a_k|·‖W_down[:,k]‖ — the size of
 neuron k's write into the residual stream; pass any activation matrix (e.g. the
 ``"mean_abs"`` or ``"last"`` pooling of the statistics pass).
@@ -41,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from neuronspec.evaluate.logprobs import target_logprobs
+from neuronspec.methods.attribution_moe import ExpertScale
 from neuronspec.models.forward import Batch, hidden_forward
 from neuronspec.models.sites import adapter_for
 
@@ -244,7 +250,7 @@ def _ig_batch(model: nn.Module, batch: Batch, layer: int, rule: Rule, steps: int
     ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
     tg = None if targets is None else targets.to(device)
     b = ids.shape[0]
-    scale = _Scale()
+    scale = ExpertScale(adapter) if adapter.routed_ffn else _Scale()  # type: ignore[arg-type]
 
     def run(alphas: Tensor, grad: bool) -> Tensor:
         """f for every (α, sample) of a chunk, [k*B]; with `grad`, the scaled input is a grad leaf."""
@@ -270,7 +276,8 @@ def _ig_batch(model: nn.Module, batch: Batch, layer: int, rule: Rule, steps: int
             out.index_add_(0, group[s:s + step_batch], contrib * weights[s:s + step_batch, None, None])
         return out
 
-    handle = adapter.ffn_down(model, layer).register_forward_pre_hook(scale)
+    handles = scale.attach(model, layer) if isinstance(scale, ExpertScale) else [
+        adapter.ffn_down(model, layer).register_forward_pre_hook(scale)]
     try:
         # f at the probe α (always including 0 = baseline and 1 = clean), without gradients
         edges = probe_edges(probes) if rule == "adaptive" else torch.tensor([0.0, 1.0], dtype=torch.float64)
@@ -292,7 +299,8 @@ def _ig_batch(model: nn.Module, batch: Batch, layer: int, rule: Rule, steps: int
         else:
             total = adaptive_integral(edges, f_edges, steps, lambda panels: integrate(panels, clean))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return total.float().cpu(), f_edges[-1].float().cpu(), f_edges[0].float().cpu()
 
 
@@ -360,8 +368,11 @@ def integrated_gradients(
         delta = (f_input[:, None] - f_baseline).double().abs().clamp_min(0.1)
         worst = float((result.completeness_gap.abs() / delta).max())
         if worst > tolerance:
+            routers = ("; on a mixture-of-experts model a later layer's router switching experts along the path is a "
+                       "jump in f that no gradient sees, so layers below the last miss it whatever the steps"
+                       if adapter_for(model).routed_ffn else "")
             warnings.warn(f"Integrated Gradients miss f(a) - f(0) by up to {worst:.1%} with {steps} {rule} steps; "
-                          "use more steps (and, for the adaptive rule, more probes)",
+                          f"use more steps (and, for the adaptive rule, more probes){routers}",
                           CompletenessWarning, stacklevel=2)
     return result
 

@@ -25,9 +25,19 @@ from neuronspec.models.masks import NeuronSet, zeroed
 def export_deactivated(model: nn.Module, tokenizer: Any, neurons: NeuronSet, out_dir: str | Path, *,
                        overwrite: bool = False) -> Path:
     """`save_pretrained` of `model` with `neurons` zeroed in the weights, plus the tokenizer and the
-    neuron set (``neuronspec_neurons.safetensors``, for provenance)."""
-    return write_model_folder(model, tokenizer, out_dir, zeroed(model, neurons),
-                              lambda folder: neurons.save(folder / "neuronspec_neurons.safetensors"), overwrite=overwrite)
+    neuron set (``neuronspec_neurons.safetensors``, for provenance; ``neuronspec_neurons.csv``, one row
+    per neuron, with its expert and index inside it for a mixture-of-experts ffn)."""
+    from neuronspec.models.sites import adapter_for
+    from neuronspec.report.neurons import NeuronRow, neuron_rows
+    from neuronspec.report.tidy import write_csv
+
+    layout = adapter_for(model.config).expert_layout(model.config)
+
+    def provenance(folder: Path) -> None:
+        neurons.save(folder / "neuronspec_neurons.safetensors")
+        write_csv(folder / "neuronspec_neurons.csv", neuron_rows(neurons, layout), NeuronRow)
+
+    return write_model_folder(model, tokenizer, out_dir, zeroed(model, neurons), provenance, overwrite=overwrite)
 
 
 def write_model_folder(model: nn.Module, tokenizer: Any, out_dir: str | Path, modified: AbstractContextManager[Any],

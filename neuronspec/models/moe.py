@@ -9,22 +9,47 @@ its experts module multiplies internally, so no module input holds these neurons
 statistics and hooks work from what the experts module is called with - hidden states
 [N, H], the router's choices [N, k] and its weights [N, k].
 
-Supported for expert neurons: PLND importance, ``deactivate`` (hooks), and ``zeroed`` /
+Supported for expert neurons: PLND importance, ``deactivate`` (hooks), ``zeroed`` /
 ``zero_weights`` / export (a routed neuron's gate and up rows are zeroed, which silences it:
-act(0)·0 = 0; a shared one's rows and down-projection column, as in a dense MLP).
-Not yet: activation statistics (LAPE, LinguaFranca, Sharing), attribution and neuron-restricted
-fine-tuning of expert neurons - each raises saying so. Attention sites are Llama's.
+act(0)·0 = 0; a shared one's rows and down-projection column, as in a dense MLP), and the
+activation statistics of LAPE, LinguaFranca and Sharing (methods/activations_moe.py: 0 where
+the expert was not routed) and Integrated Gradients (methods/attribution_moe.py). Not yet:
+neuron-restricted fine-tuning of expert neurons - it raises saying so. Attention sites are Llama's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .sites import QKV_SITES, Dims, GatedAdapter, IndexFn, SiteShapeError, WeightSlice, register_adapter, site_width
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    """How a MoE layer's flat ffn numbering splits into experts: ``num_experts`` routed experts of
+    ``width`` neurons, then the shared expert's ``shared`` neurons (0: none). Plain numbers, so
+    reports read it from a run's record without the model."""
+
+    num_experts: int
+    width: int
+    shared: int = 0
+
+    def locate(self, n: int) -> tuple[int, int]:
+        """(expert, index inside it) of ffn neuron n; expert ``num_experts`` is the shared one."""
+        if not 0 <= n < self.num_experts * self.width + self.shared:
+            raise ValueError(f"ffn neuron {n} out of range for {self}")
+        return (n // self.width, n % self.width) if n < self.num_experts * self.width else (
+            self.num_experts, n - self.num_experts * self.width)
+
+    def label(self, n: int) -> str:
+        """'expert 3 #7' or 'shared #7' for ffn neuron n."""
+        e, j = self.locate(n)
+        return f"shared #{j}" if e == self.num_experts else f"expert {e} #{j}"
 
 
 def expert_of(n: Tensor, expert_width: int) -> tuple[Tensor, Tensor]:
@@ -68,6 +93,9 @@ class MixtralAdapter(GatedAdapter):
         """Neurons of the shared expert (0: none)."""
         return 0
 
+    def expert_layout(self, config) -> ExpertLayout:  # noqa: ANN001
+        return ExpertLayout(self.num_experts(config), self.expert_width(config), self.shared_width(config))
+
     def shared_expert(self, model: nn.Module, i: int) -> tuple[nn.Module, nn.Module] | None:
         """(shared expert MLP, its sigmoid gate) of layer `i`, or None."""
         return None
@@ -82,7 +110,7 @@ class MixtralAdapter(GatedAdapter):
     def _no_module(self, what: str) -> NotImplementedError:
         return NotImplementedError(
             f"{what}: expert neurons live inside 3-D expert weights, not in a module's input; for them "
-            "neuronspec supports PLND, deactivation and weight zeroing/export only (models/moe.py)")
+            "neuronspec reads them from the experts module's call (models/moe.py)")
 
     def ffn_down(self, model: nn.Module, i: int) -> nn.Module:
         raise self._no_module("ffn_down")
@@ -138,7 +166,7 @@ class MixtralAdapter(GatedAdapter):
         problems = [] if len(layers) == dims.num_layers else [f"config says {dims.num_layers} layers, model has {len(layers)}"]
         for i, layer in enumerate(layers):
             experts = getattr(layer.mlp, "experts", None)
-            if experts is None:  # one ffn width per model: dense layers between sparse ones are not supported
+            if experts is None:  # one ffn width per model: dense layers between sparse ones are refused (dims)
                 problems.append(f"layer {i}: {type(layer.mlp).__name__} is not a sparse MoE block")
             elif tuple(experts.gate_up_proj.shape[:2]) != shape:
                 problems.append(f"layer {i}: experts.gate_up_proj is {tuple(experts.gate_up_proj.shape)}, expected {shape} first")
@@ -172,6 +200,17 @@ class Qwen2MoeAdapter(MixtralAdapter):
     shared expert (``mlp.shared_expert``, scaled by sigmoid(``mlp.shared_expert_gate``)) in every layer."""
 
     model_types = ("qwen2_moe",)
+
+    def dims(self, config) -> Dims:  # noqa: ANN001
+        """Refused, from the config alone (so at plan time), for dense MLP layers between sparse ones."""
+        step, dense = int(getattr(config, "decoder_sparse_step", 1)), list(getattr(config, "mlp_only_layers", []) or [])
+        layers = [i for i in range(int(config.num_hidden_layers)) if i in dense or (i + 1) % step]
+        if layers or not config.num_experts:
+            raise SiteShapeError(
+                f"Qwen2-MoE with dense MLP layers {layers or 'everywhere'} (mlp_only_layers={dense}, "
+                f"decoder_sparse_step={step}, num_experts={config.num_experts}) is not supported: neuronspec gives "
+                "every layer's ffn site one width, and a dense layer's differs from a sparse one's")
+        return super().dims(config)
 
     def num_experts(self, config) -> int:  # noqa: ANN001
         return int(config.num_experts)

@@ -142,6 +142,10 @@ class Adapter:
     def dims(self, config) -> Dims:  # noqa: ANN001
         raise NotImplementedError
 
+    def expert_layout(self, config):  # noqa: ANN001, ANN201 - models.moe.ExpertLayout | None
+        """How the ffn neurons split into experts (``routed_ffn`` families), else None."""
+        return None
+
     # ---- modules ----------------------------------------------------------------
     def base(self, model: nn.Module) -> nn.Module:
         """The decoder stack without the unembedding (e.g. ``model.model``)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -78,16 +79,21 @@ def model_dims(spec: ModelSpec, identity: dict[str, Any]) -> dict[str, Any]:
     """Layer count and site widths, read from the config once and memoised by identity."""
     memo = user_cache() / "dims" / f"{digest(identity)[:32]}.json"
     try:
-        return json.loads(memo.read_text())
+        memoised = json.loads(memo.read_text())
+        if "experts" in memoised:  # memos written before the expert layout was kept are read again
+            return memoised
     except (OSError, ValueError):
         pass
     from neuronspec.models.loading import load_config
     from neuronspec.models.sites import adapter_for
 
     config = load_config(spec.id, revision=spec.revision, gguf_file=spec.gguf_file)
-    dims = adapter_for(config).dims(config)
+    adapter = adapter_for(config)
+    dims = adapter.dims(config)
     out = {k: getattr(dims, k) for k in ("num_layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim")}
     out["model_type"] = config.model_type
+    layout = adapter.expert_layout(config)  # how reports name expert neurons (None: a dense model)
+    out["experts"] = None if layout is None else asdict(layout)
     memo.parent.mkdir(parents=True, exist_ok=True)
     write_json(memo, out)
     return out

@@ -23,6 +23,7 @@ CI = tuple[float, float]
 SITE_ORDER = ("ffn", "attn.q", "attn.k", "attn.v", "attn.o")
 #: per site, per layer (a JSON object key: the layer as text), how many neurons
 LayerCounts = dict[str, dict[str, int]]
+ExpertCounts = dict[str, dict[str, int]]  # layer -> expert -> neurons (a mixture-of-experts ffn)
 
 
 class _Json(BaseModel):
@@ -187,6 +188,7 @@ class NeuronSetInfo(Frozen):
     counts: dict[str, LayerCounts] | LayerCounts  # family: language → site → layer → n
     jaccard: dict[str, dict[str, float | None]] | None = None
     empty: list[str] | bool | None = None  # family: the languages whose set is empty; else whether it is
+    experts: dict[str, ExpertCounts] | ExpertCounts | None = None  # MoE models: ffn neurons per layer and expert
     stability: dict[str, HalfAgreement] | None = None  # per language ("*": one set); None: not measured
 
     _omit_unset = frozenset({"stability"})

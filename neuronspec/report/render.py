@@ -77,7 +77,7 @@ def _set_tables(sets: dict[str, NeuronSetInfo], layers: int) -> list[Table]:
         st = Table("split-half stability of the neuron sets", ["set", "language", "half A", "half B", "Jaccard"])
         for name, per_lang in stable.items():
             for lang, ag in per_lang.items():
-                st.add(name, lang, ag.size_a, ag.size_b, fmt(ag.jaccard, 2))
+                st.add(name, lang, ag.size_a, ag.size_b, Num(ag.jaccard))
         st.caption = ("each language's detection documents split in two at random (seeded); each half detected alone "
                       "(its own ε): sizes of the two halves' sets and their Jaccard overlap (– when both are empty)")
         tables.append(st)
@@ -312,11 +312,12 @@ def write_outputs(results: Results, tables: list[Table], folder: Path, formats: 
 
 def write_csvs(results: Results, tables: list[Table], folder: Path) -> list[Path]:
     """tables/NN-title.csv (numbers, intervals in columns of their own) and NN-title.tex (booktabs, as
-    shown) for every table, and the tidy evaluations.csv / layers.csv."""
+    shown) for every table, the tidy evaluations.csv / layers.csv, stability.csv where measured and
+    experts.csv for a mixture-of-experts model."""
     import re
 
-    from neuronspec.report.tidy import (EvaluationRow, LayerRow, StabilityRow, evaluation_rows, layer_rows,
-                                        stability_rows, write_csv)
+    from neuronspec.report.tidy import (EvaluationRow, ExpertRow, LayerRow, StabilityRow, evaluation_rows, expert_rows,
+                                        layer_rows, stability_rows, write_csv)
 
     out = folder / "tables"
     out.mkdir(parents=True, exist_ok=True)
@@ -330,6 +331,9 @@ def write_csvs(results: Results, tables: list[Table], folder: Path) -> list[Path
     stability = stability_rows(results)
     if stability:
         written.append(write_csv(folder / "stability.csv", stability, StabilityRow))
+    experts = expert_rows(results)
+    if experts:  # a mixture-of-experts model's sets, per expert
+        written.append(write_csv(folder / "experts.csv", experts, ExpertRow))
     return written
 
 

@@ -3,8 +3,9 @@
 `evaluation_rows`: one row per arm × random draw × deactivated language × evaluated language
 × metric, with the metric's own CI and the paired CI of its change against the untouched
 model (both computed once, when the results are collected). `layer_rows`: one row per neuron set × language × site × layer (0 for an empty layer);
-`stability_rows`: one row per neuron set × language with its split-half sizes and Jaccard. The run folder
-keeps both as CSV, and the Python API returns them as pandas DataFrames; neither needs
+`stability_rows`: one row per neuron set × language with its split-half sizes and Jaccard; `expert_rows`,
+for a mixture-of-experts model, one per set × language × layer × expert holding ffn neurons. The run folder
+keeps them as CSV, and the Python API returns them as pandas DataFrames; neither needs
 pandas or torch here.
 """
 
@@ -62,6 +63,17 @@ class StabilityRow:
     jaccard: float | None  # |A ∩ B| / |A ∪ B|; None when both are empty
 
 
+@dataclass(frozen=True)
+class ExpertRow:
+    model: str | None
+    set: str
+    language: str | None  # None for a single (not per-language) set
+    layer: int
+    expert: int  # the routed expert, or the number of routed experts for the shared one
+    shared: bool  # the shared expert (Qwen2-MoE)
+    neurons: int
+
+
 def evaluation_rows(results: Results) -> list[EvaluationRow]:
     rows = []
     for model, res in by_model(results):
@@ -92,6 +104,21 @@ def stability_rows(results: Results) -> list[StabilityRow]:
     return [StabilityRow(model, name, None if lang == "*" else lang, ag.size_a, ag.size_b, ag.jaccard)
             for model, res in by_model(results) for name, info in (res.sets or {}).items()
             for lang, ag in (info.stability or {}).items()]
+
+
+def expert_rows(results: Results) -> list[ExpertRow]:
+    """A mixture-of-experts model's sets: ffn neurons per layer and expert (experts holding none left out)."""
+    rows = []
+    for model, res in by_model(results):
+        experts = (res.dims or {}).get("experts")
+        for name, info in (res.sets or {}).items():
+            if info.experts is None or experts is None:
+                continue
+            per_lang = info.experts.items() if info.family else [(None, info.experts)]
+            for lang, layers in per_lang:
+                rows += [ExpertRow(model, name, lang, int(layer), int(e), int(e) == experts["num_experts"], n)
+                         for layer, per in layers.items() for e, n in per.items()]  # type: ignore[union-attr]
+    return rows
 
 
 def write_csv(path: Path, rows: list[Any], row_type: type) -> Path:

@@ -131,6 +131,11 @@ def test_sets_masks_and_layer_counts(study_path: Path) -> None:
         for d in draws:  # same count per site and layer, none of the target's neurons
             assert d.per_layer_counts() == target.per_layer_counts() and (d & target).count() == 0
         assert draws[0] != draws[1] or target.count() == 0
+        table = results.neuron_table(s)  # a dense model: flat indices, no expert columns filled
+        assert sorted(zip(table.site, table.layer, table.neuron)) == \
+            sorted((site, layer, n) for site, layer, idx in s.items() for n in idx.tolist())
+        assert table.expert.isna().all() and table["index"].isna().all()
+    assert results.expert_counts.empty and not (results.folder / "experts.csv").exists()  # a dense model
     assert len(repr(results)) < 300 and results.folder.name in repr(results) and "ppl" in repr(results)
     assert repr(ns.open_study(study_path)) == f"Study(name='quickstart', file={str(study_path)!r})"
     # a notebook user's slips name what exists instead of a store path or a bare key

@@ -120,3 +120,53 @@ def test_activation_norm_scores() -> None:
     layer1 = model.transformer.h[1].mlp.c_proj.weight  # Conv1D: [in = neurons, out = hidden]
     expected = stats.per_layer("mean_abs")[:, 1] * layer1.detach().norm(dim=1)
     assert torch.allclose(scores[:, 1], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
+def test_expert_neurons(arch: str) -> None:
+    """Expert neurons: at α = 1 each neuron's integrand Σ_t a_tk ∂f/∂a_tk equals the finite difference of
+    f when the real model's weights scale that neuron (its up row, a linear factor of a); the last layer
+    (no router downstream) is complete, earlier ones warn about routing jumps."""
+    from neuronspec.methods.attribution_moe import ExpertScale
+
+    model = tiny_model(arch, initializer_range=0.3)  # grouped_mm experts run in float32, not float64
+    adapter = adapter_for(model)
+    layout = adapter.expert_layout(model.config)
+    ids = torch.tensor([DOCS[0]])
+
+    def logprob() -> torch.Tensor:  # f: the teacher-forced log-probability of the document's tokens
+        return torch.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None]).sum()
+
+    def f() -> float:
+        with torch.no_grad():
+            return float(logprob())
+
+    scale = ExpertScale(adapter)
+    handles = scale.attach(model, 1)
+    scale.alpha, scale.grad_leaf = torch.ones(1), True
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(logprob(), scale.leaf)
+    integrand = (grad * scale.clean)[0].sum(0)  # [width]
+    for h in handles:
+        h.remove()
+    mlp = model.model.layers[1].mlp
+    routed_n = layout.num_experts * layout.width
+    chosen = [int(n) for n in integrand.abs().argsort(descending=True)[:4]] + ([routed_n + 3] if layout.shared else [])
+    for n in chosen:
+        e, j = layout.locate(n)
+        row = mlp.experts.gate_up_proj[e, layout.width + j] if e < layout.num_experts else mlp.shared_expert.up_proj.weight[j]
+        keep, eps, ends = row.detach().clone(), 1e-2, []
+        for sign in (1, -1):
+            with torch.no_grad():
+                row.mul_(1 + sign * eps)
+            ends.append(f())
+            with torch.no_grad():
+                row.copy_(keep)
+        assert (ends[0] - ends[1]) / (2 * eps) == pytest.approx(float(integrand[n]), rel=2e-2, abs=1e-4), (n, e, j)
+    assert any(abs(float(integrand[n])) > 1e-2 for n in chosen)  # the check above is not all zeros
+
+    last = integrated_gradients(model, iter_batches(DOCS, batch_size=2, pad_id=0), layers=[2], steps=128, step_batch=64)
+    assert last.attributions.shape == (len(DOCS), 1, routed_n + layout.shared)
+    assert _relative_gap(last) < 1e-3
+    with pytest.warns(CompletenessWarning, match="router"):
+        integrated_gradients(model, iter_batches(DOCS, batch_size=3, pad_id=0), layers=[0], steps=64, step_batch=64)

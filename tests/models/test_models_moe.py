@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from neuronspec.enhance import selected_slices
-from neuronspec.methods.activations import activation_statistics
-from neuronspec.models.forward import iter_batches
-from neuronspec.models.masks import NeuronSet
+from neuronspec.models.export import export_deactivated
+from neuronspec.models.masks import NeuronSet, zeroed
 from neuronspec.models.moe import expert_of
 from neuronspec.models.sites import adapter_for, site_width
 from neuronspec.models.tiny import tiny_model
@@ -32,8 +31,41 @@ def test_ffn_neurons_are_every_experts_intermediate_coordinates() -> None:
 
 def test_what_expert_neurons_do_not_support_yet_says_so() -> None:
     m = tiny_model("mixtral")
-    with pytest.raises(NotImplementedError, match="PLND, deactivation and weight zeroing"):
-        activation_statistics(m, iter_batches([[1, 5, 6, 7]], batch_size=1, pad_id=0))
     with pytest.raises(NotImplementedError, match="training expert"):
         selected_slices(m, NeuronSet.from_dict({"ffn": {0: [3]}}))
     assert selected_slices(m, NeuronSet.from_dict({"attn.v": {0: [3]}}))  # attention neurons train as in Llama
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
+def test_expert_layout_names_the_weights_a_neuron_owns(arch: str) -> None:
+    """(expert, index) of every flat ffn neuron is where zeroing that neuron zeroes the real modules'
+    rows: expert e's gate row j and up row I + j, or the shared expert's up row j."""
+    m = tiny_model(arch)
+    layout = adapter_for(m).expert_layout(m.config)
+    mlp = m.model.layers[1].mlp
+    assert layout.num_experts * layout.width + layout.shared == adapter_for(m).dims(m.config).intermediate
+    for n in range(layout.num_experts * layout.width + layout.shared):
+        e, j = layout.locate(n)
+        with zeroed(m, NeuronSet.from_dict({"ffn": {1: [n]}})):
+            rows = (mlp.experts.gate_up_proj == 0).all(-1)  # [E, 2I]
+            shared_rows = (mlp.shared_expert.up_proj.weight == 0).all(-1) if layout.shared else None
+            if e < layout.num_experts:
+                assert rows.nonzero().tolist() == [[e, j], [e, layout.width + j]], n
+                assert layout.label(n) == f"expert {e} #{j}"
+            else:
+                assert not rows.any() and shared_rows.nonzero().flatten().tolist() == [j], n
+                assert layout.label(n) == f"shared #{j}"
+    with pytest.raises(ValueError, match="out of range"):
+        layout.locate(layout.num_experts * layout.width + layout.shared)
+
+
+def test_export_lists_expert_neurons_by_expert_and_index(tmp_path) -> None:  # noqa: ANN001
+    import csv
+
+    m = tiny_model("qwen2_moe")  # 4 experts of 8, then a shared expert of 16
+    neurons = NeuronSet.from_dict({"ffn": {0: [3, 8 * 2 + 5, 32 + 1]}, "attn.v": {2: [4]}})
+    out = export_deactivated(m, None, neurons, tmp_path / "arm")
+    with (out / "neuronspec_neurons.csv").open() as f:
+        rows = [(r["site"], r["layer"], r["neuron"], r["expert"], r["shared"], r["index"]) for r in csv.DictReader(f)]
+    assert rows == [("ffn", "0", "3", "0", "False", "3"), ("ffn", "0", "21", "2", "False", "5"),
+                    ("ffn", "0", "33", "4", "True", "1"), ("attn.v", "2", "4", "", "", "")]

@@ -145,3 +145,67 @@ def test_partition_past_one_models_layers_is_a_located_error(dyn_study, capsys: 
     assert problems[0].startswith(f"{path}:12:29: partitions.deep: layer range [0, 4) ends past the model's 3 layers")
     assert "(model 'llama'" in problems[0]
     assert not (path.parent / ".neuronspec").exists()
+
+
+def _hub_snapshots(cache: Path, repo: str, refs: dict[str, int]) -> dict[str, str]:
+    """A hub cache holding checkpoints of one repo: a tiny Llama per ref (seeded as given), each its own
+    commit, as `from_pretrained(repo, revision=ref)` finds it offline. Returns ref -> commit."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    commits = {}
+    for ref, seed in refs.items():
+        sha = f"{seed + 1:x}" * 40
+        tiny_model("llama", seed=seed).save_pretrained(root / "snapshots" / sha)
+        tiny_tokenizer().save_pretrained(root / "snapshots" / sha)
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs" / ref).write_text(sha)
+        commits[ref] = sha
+    return commits
+
+
+CHECKPOINTS = """\
+name: ckpt
+models:
+  early: {{id: tiny-org/tiny-llama, revision: step100}}
+  late: {{id: tiny-org/tiny-llama, revision: main}}
+languages: [en, fr, de]
+corpora:
+  parallel: {{source: {corpus}, docs_per_language: 12, max_tokens: 32}}
+detect:
+  linguafranca: {{corpus: parallel, z_threshold: 1.0}}
+"""
+
+
+def test_checkpoints_of_one_repo_by_revision_run_side_by_side(tmp_path: Path, parallel_corpus: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`models:` with `revision:` studies a training run's checkpoints: each model is its own revision's
+    weights (the same LRDS as a study of that checkpoint's folder), keyed by the commit it resolves to."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("NEURONSPEC_STORE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    commits = _hub_snapshots(tmp_path / "hub", "tiny-org/tiny-llama", {"step100": 0, "main": 1})
+    path = tmp_path / "ckpt.yaml"
+    path.write_text(CHECKPOINTS.format(corpus=parallel_corpus))
+    assert main(["run", "-q", "--json", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    record = json.loads((Path(out["folder"]) / "record.json").read_text())
+    assert {m: record["models"][m]["revision"] for m in ("early", "late")} == {
+        "early": commits["step100"], "late": commits["main"]}
+    lrds = {r["measure"]: r["values"] for r in out["results"]["dynamics"]["rows"]}["LRDS (same language − different language)"]
+    assert lrds["early"] != lrds["late"]
+
+    # the same study of each checkpoint's own folder gives the same number: the revision picked the weights
+    for name, ref in (("early", "step100"), ("late", "main")):
+        folder = tmp_path / "hub" / "models--tiny-org--tiny-llama" / "snapshots" / commits[ref]
+        single = tmp_path / f"{name}.yaml"
+        single.write_text(CHECKPOINTS.replace("models:\n  early: {{id: tiny-org/tiny-llama, revision: step100}}\n"
+                                              "  late: {{id: tiny-org/tiny-llama, revision: main}}\n",
+                                              f"model: {{{{id: {folder}}}}}\n").replace("name: ckpt", f"name: {name}")
+                          .format(corpus=parallel_corpus))
+        assert main(["run", "-q", "--json", str(single)]) == 0
+        alone = json.loads(capsys.readouterr().out)["results"]["detection"]["linguafranca"]["scores"]["lrds"]
+        assert alone == pytest.approx(lrds[name], abs=1e-6)

@@ -27,6 +27,7 @@ class Sets(StageSpec):
 def sets(ctx: Context, stage: Stage, s: Sets, out: Path) -> None:
     from neuronspec.methods.sets import evaluate_sets
     from neuronspec.models.masks import NeuronSet
+    from neuronspec.report.neurons import expert_counts, layout_of
 
     env: dict[str, Any] = {}
     for det in s.detectors:
@@ -37,6 +38,11 @@ def sets(ctx: Context, stage: Stage, s: Sets, out: Path) -> None:
         det = single.split(".", 1)[0]
         env[single] = NeuronSet.load(ctx.input(stage, ids.select(det)).file(artifacts.set_file(single)))
     named = evaluate_sets(s.neurons, env, s.languages)
+    layout = layout_of(ctx.plan.dims)  # a mixture-of-experts model: each set's ffn neurons per expert too
+
+    def per_expert(ns: NeuronSet) -> dict[str, Any]:
+        return {} if layout is None else {"experts": expert_counts(ns, layout)}
+
     summary: dict[str, Any] = {}
     for name, value in {**env, **named}.items():
         if isinstance(value, dict):
@@ -47,9 +53,12 @@ def sets(ctx: Context, stage: Stage, s: Sets, out: Path) -> None:
                              "empty": [lang for lang, ns in value.items() if ns.count() == 0],
                              "jaccard": {a: {b: value[a].jaccard(value[b]) if value[a].count() or value[b].count()
                                              else None for b in value} for a in value}}
+            if layout is not None:
+                summary[name]["experts"] = {lang: expert_counts(ns, layout) for lang, ns in value.items()}
         else:
             value.save(out / artifacts.set_file(name))
-            summary[name] = {"family": False, "counts": value.per_layer_counts(), "empty": value.count() == 0}
+            summary[name] = {"family": False, "counts": value.per_layer_counts(), "empty": value.count() == 0,
+                             **per_expert(value)}
     for name, agreement in _stability(ctx, stage, s).items():
         summary[name]["stability"] = agreement
     write_json(out / artifacts.RESULT, jsonable(summary))
