@@ -96,7 +96,23 @@ class NeuronSelection(Strict):
 
 
 class DeactivateSpec(NeuronSelection):
-    """Switch neurons off (activations zeroed by hooks) while evaluating."""
+    """Switch neurons off while evaluating: their activations set to zero, or to their mean over a corpus."""
+
+    ablation: Literal["zero", "mean"] = Field(
+        "zero", description="zero: the neurons output 0; mean: each outputs its mean activation over `mean_corpus` "
+                            "(per site, layer and neuron, over every real token), which removes what varies with the "
+                            "input but keeps the average contribution the rest of the model expects.")
+    mean_corpus: str | None = Field(
+        None, description="ablation: mean — the corpus (name in `corpora`) the means are taken over, all its languages "
+                          "pooled; keep it disjoint from the evaluation's corpus (split: detect).")
+
+    @model_validator(mode="after")
+    def _mean_needs_corpus(self) -> "DeactivateSpec":
+        if self.ablation == "mean" and self.mean_corpus is None:
+            raise ValueError("ablation: mean takes the means over a corpus: give `mean_corpus`")
+        if self.ablation == "zero" and self.mean_corpus is not None:
+            raise ValueError("mean_corpus is for ablation: mean; this arm zeroes its neurons")
+        return self
 
 
 class EnhanceSpec(NeuronSelection):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 from typing import Iterator
 
-from neuronspec.spec.models import Study
+from neuronspec.spec.models import ArmSpec, Study
 from neuronspec.spec.setexpr import SELECTORS, SetExprError, parse, refs, uses_template
 
 Issue = tuple[tuple[str | int, ...], str]
@@ -203,6 +203,9 @@ def _arms(study: Study) -> Iterator[Issue]:
                 yield loc + (kind, "random_like"), f"arm {sel.random_like!r} is a {target.kind} arm; match an arm of the same kind"
             elif target.selection.random_like is not None:
                 yield loc + (kind, "random_like"), f"arm {sel.random_like!r} is itself random; match a neuron-set arm"
+            elif kind == "deactivate" and _ablation(target) != _ablation(arm):
+                yield loc + (kind, "ablation"), (f"arm {sel.random_like!r} ablates by {_ablation(target)}; its random control "
+                                                 f"must too (it ablates by {_ablation(arm)})")
             if sel.sites is not None or (sel.layers is not None and sel.scope != "partition"):
                 yield loc + (kind,), "random_like copies the matched arm's layers and sites; drop `layers`/`sites`"
             if sel.scope == "partition" and sel.layers is None:
@@ -216,12 +219,20 @@ def _arms(study: Study) -> Iterator[Issue]:
                 yield loc + (kind, "draws"), "draws count the random draws of a `random_like` control; this arm names a set"
             if sel.scope != "layer":
                 yield loc + (kind, "scope"), "scope says where a `random_like` control draws from; this arm names a set"
+        if arm.deactivate is not None and arm.deactivate.mean_corpus is not None and arm.deactivate.mean_corpus not in study.corpora:
+            yield loc + ("deactivate", "mean_corpus"), _missing("corpus", arm.deactivate.mean_corpus, study.corpora)
         if arm.enhance is not None:
             if arm.enhance.corpus not in study.corpora:
                 yield loc + ("enhance", "corpus"), _missing("corpus", arm.enhance.corpus, study.corpora)
             for j, code in enumerate(arm.enhance.languages or []):
                 if code not in study.languages:
                     yield loc + ("enhance", "languages", j), f"{code!r} is not one of the study's languages {study.languages}"
+
+
+def _ablation(arm: ArmSpec) -> str:
+    """How a deactivate arm switches its neurons off: `zero`, or `mean over CORPUS`."""
+    d = arm.deactivate
+    return "zero" if d is None or d.ablation == "zero" else f"mean over {d.mean_corpus!r}"
 
 
 def _report(study: Study) -> Iterator[Issue]:
