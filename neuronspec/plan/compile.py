@@ -35,7 +35,7 @@ from neuronspec.plan.identity import model_dims, model_identity
 from neuronspec.spec.errors import Location, Problem, StudyError
 from neuronspec.spec.loader import LoadedStudy
 from neuronspec.spec.models import LmEvalSpec, Quantile, Study, expand_sites
-from neuronspec.spec.references import detectors, set_order, single_sets
+from neuronspec.spec.references import detectors, expressions, imported_sets, set_order, single_sets
 
 #: fields that change how documents are batched, not what is computed: not in selection keys
 BATCHING = {"batch_size", "batch_tokens"}
@@ -68,8 +68,9 @@ def compile_study(loaded: LoadedStudy) -> Plan:
     if detector_stages or study.neurons:
         order, families = set_order(study)
         plan.add(Stage(ids.SETS, "sets", K.Sets(
-            neurons={n: study.neurons[n] for n in order}, order=order, families=sorted(families),
+            neurons={n: expressions(study)[n] for n in order}, order=order, families=sorted(families),
             detectors=detectors(study), singles=single_sets(study), languages=study.languages,
+            imports=_imports(loaded, dims),
         ), deps=tuple(detector_stages), origin=("neurons",)))
     if study.model.dtype != "float32" and any(arm.enhance is not None for arm in study.arms):
         plan.notes.append(f"enhance arms with model.dtype {study.model.dtype}: the trained neurons are written into "
@@ -121,6 +122,25 @@ def _corpus_identity(loaded: LoadedStudy, name: str) -> dict[str, Any]:
     if not c.source.startswith(("builtin:", "hf:")) and not identity.get("sha256"):
         raise StudyError([loaded.source.problem(where, f"no corpus file at {c.source}")])
     return identity
+
+
+def _imports(loaded: LoadedStudy, dims: dict[str, Any]) -> dict[str, K.ImportedSet]:
+    """Each set read from a file, checked against the model's dims now (an error names the file and
+    field, located at the study's `file:`), keyed by its files' digests."""
+    from neuronspec.setfiles import SetFileError, read_set_file
+
+    out = {}
+    for name, spec in imported_sets(loaded.study).items():
+        langs: list[str | None] = list(loaded.study.languages) if spec.family else [None]
+        files = {}
+        for lang in langs:
+            try:
+                found = read_set_file(spec.path(lang), dims)
+            except SetFileError as exc:
+                raise StudyError([loaded.source.problem(("neurons", name, "file"), str(exc))]) from None
+            files[lang or "*"] = K.SetFileRef(path=spec.path(lang), sha256=found.sha256)
+        out[name] = K.ImportedSet(family=spec.family, files=files)
+    return out
 
 
 def _used_corpora(study: Study) -> list[str]:

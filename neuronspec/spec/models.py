@@ -56,6 +56,24 @@ class CorpusSpec(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="Source-specific options (text_field, config, ...).")
 
 
+class NeuronsFile(Strict):
+    """A neuron set found elsewhere (TransformerLens, nnsight), read from a file (formats: docs/study.md, `neurons`)."""
+
+    file: str = Field(
+        pattern=r"\.(json|safetensors)$",
+        description="Path of a .json ({\"SITE\": {\"LAYER\": [INDEX, ...]}}) or .safetensors (a 1-D tensor per SITE/LAYER: "
+                    "integer indices or a boolean mask of the site's width) file, relative to the study file. With "
+                    "{lang} in it, one file per study language: a set per language, like a detector's. Checked "
+                    "against the model's layers and widths; its content is part of the cache key.")
+
+    @property
+    def family(self) -> bool:
+        return "{lang}" in self.file
+
+    def path(self, lang: str | None = None) -> str:
+        return self.file.replace("{lang}", lang) if lang is not None else self.file
+
+
 class NeuronSelection(Strict):
     """Which neurons an arm touches: a named set (optionally restricted), or a random match of another arm."""
 
@@ -276,9 +294,10 @@ class Study(Strict):
         default_factory=dict, description="Text sources by name; detectors, evaluations and enhance arms name the one they read.")
     detect: DetectSpec = Field(default_factory=DetectSpec, description="Detection methods to run.")
     analyses: AnalysesSpec = Field(default_factory=AnalysesSpec, description="Analyses that select no neurons (the logit lens).")
-    neurons: dict[Key, str] = Field(
+    neurons: dict[Key, str | NeuronsFile] = Field(
         default_factory=dict,
-        description="Named neuron sets by set algebra over detectors and other sets, e.g. 'plnd[lang] - plnd[others]'.",
+        description="Named neuron sets by set algebra over detectors and other sets, e.g. 'plnd[lang] - plnd[others]', "
+                    "or read from a file: {file: PATH}.",
     )
     partitions: dict[Key, LayerRange] = Field(
         default_factory=dict, description="Layer ranges [start, end) by name, e.g. understanding: [0, 4]."

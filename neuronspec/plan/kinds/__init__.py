@@ -41,12 +41,12 @@ from neuronspec.plan.kinds.enhance import Enhance, Settings, enhance
 from neuronspec.plan.kinds.evaluate import Evaluation, LmEvalStage, evaluate, evaluate_lm_eval
 from neuronspec.plan.kinds.logit_lens import LogitLens, logit_lens
 from neuronspec.plan.kinds.plnd import PlndSelect, PlndStats, select_plnd, stats_plnd
-from neuronspec.plan.kinds.sets import Mask, ModelDims, Sets, mask, sets
+from neuronspec.plan.kinds.sets import ImportedSet, Mask, ModelDims, SetFileRef, Sets, mask, sets
 from neuronspec.plan.kinds.sharing import SharingAttribution, SharingSelect, attr_sharing, select_sharing
 
 __all__ = ["EVAL_KINDS", "KINDS", "ActMeans", "ActStats", "Batched", "Context", "CorpusStage", "Enhance", "Evaluation", "Kind",
-           "LapeSelect", "LinguaFrancaSelect", "LmEvalStage", "LogitLens", "Mask", "ModelDims", "PlndSelect", "PlndStats",
-           "Sets", "Settings", "SharingAttribution", "SharingSelect", "StageSpec", "code_fingerprints", "load_set",
+           "ImportedSet", "LapeSelect", "LinguaFrancaSelect", "LmEvalStage", "LogitLens", "Mask", "ModelDims", "PlndSelect", "PlndStats",
+           "SetFileRef", "Sets", "Settings", "SharingAttribution", "SharingSelect", "StageSpec", "code_fingerprints", "load_set",
            "read_docs", "spec_types"]
 
 #: kinds whose results are evaluation cells (rows = arms, columns = languages) in reports and diffs
