@@ -67,8 +67,9 @@ def compile_study(loaded: LoadedStudy) -> Plan:
     detector_stages = [ids.select(d) for d in detectors(study)]
     if detector_stages or study.neurons:
         order, families = set_order(study)
+        exprs = expressions(study)
         plan.add(Stage(ids.SETS, "sets", K.Sets(
-            neurons={n: expressions(study)[n] for n in order}, order=order, families=sorted(families),
+            neurons={n: exprs[n] for n in order}, order=order, families=sorted(families),
             detectors=detectors(study), singles=single_sets(study), languages=study.languages,
             imports=_imports(loaded, dims),
         ), deps=tuple(detector_stages), origin=("neurons",)))

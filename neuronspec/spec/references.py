@@ -138,7 +138,8 @@ def _sets(study: Study) -> Iterator[Issue]:
     for name in imported_sets(study):
         if name in detectors(study):
             yield ("neurons", name), f"{name!r} is already the name of a detector"
-    for name, text in expressions(study).items():
+    exprs = expressions(study)
+    for name, text in exprs.items():
         loc = ("neurons", name)
         if name in detectors(study):
             yield loc, f"{name!r} is already the name of a detector"
@@ -151,19 +152,19 @@ def _sets(study: Study) -> Iterator[Issue]:
         for ref in refs(tree):
             if ref.name not in known:
                 yield loc, _missing("neuron set or detector", ref.name, known)
-            elif ref.name in expressions(study):
+            elif ref.name in exprs:
                 graph[name].add(ref.name)
             sel = ref.selector
             if sel is not None and sel not in SELECTORS and sel not in study.languages:
                 yield loc, f"[{sel}] is neither a selector ({', '.join(SELECTORS)}) nor one of the study's languages"
-    if len(graph) < len(expressions(study)):  # a syntax error above: the order cannot be computed
+    if len(graph) < len(exprs):  # a syntax error above: the order cannot be computed
         return
     if _has_cycle(graph):
         yield ("neurons",), "neuron sets refer to each other in a cycle"
         return
     order, families = set_order(study)
     for name in order:
-        for ref in refs(parse(expressions(study)[name])):
+        for ref in refs(parse(exprs[name])):
             if ref.name in families and ref.selector is None:
                 yield ("neurons", name), f"{ref.name!r} has one set per language: pick one with [lang], [all], [any], [others] or [xx]"
             if ref.name not in families and ref.name in study.neurons and ref.selector is not None:
