@@ -57,7 +57,10 @@ class CorpusSpec(Strict):
 
 
 class NeuronsFile(Strict):
-    """A neuron set found elsewhere (TransformerLens, nnsight), read from a file (formats: docs/study.md, `neurons`)."""
+    """A neuron set found elsewhere (TransformerLens, nnsight), read from a file. JSON: site → layer → indices,
+    e.g. {"ffn": {"3": [17, 2048]}, "attn.q": {"0": [5]}}. safetensors: one 1-D tensor per SITE/LAYER (e.g. ffn/3),
+    integer indices or a boolean mask as long as the site's width; `NeuronSet.save` writes such a file. At most
+    64 MiB. In YAML flow style quote a path with {lang}: {file: "sets/{lang}.json"}."""
 
     file: str = Field(
         pattern=r"\.(json|safetensors)$",
