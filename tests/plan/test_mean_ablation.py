@@ -14,7 +14,7 @@ from tiny_studies import STUDY, make_corpus
 from neuronspec.evaluate import evaluator_options, run_evaluator
 from neuronspec.models.forward import encode
 from neuronspec.models.loading import load_model
-from neuronspec.models.masks import NeuronSet
+from neuronspec.models.masks import NeuronSet, zeroed
 from neuronspec.plan.compile import compile_study
 from neuronspec.plan.runner import run_plan
 from neuronspec.plan.store import Store
@@ -93,8 +93,9 @@ def test_mean_arm_perplexity_equals_hand_written_hooks(tmp_path: Path, tiny_mode
     from neuronspec.data import Document
 
     allowed = evaluator_options("perplexity")
+    documents = [Document(d["id"], d["lang"], d["text"], d["meta"]) for d in docs]
     try:
-        expected = run_evaluator("perplexity", lm.model, lm.tokenizer, [Document(d["id"], d["lang"], d["text"], d["meta"]) for d in docs],
+        expected = run_evaluator("perplexity", lm.model, lm.tokenizer, documents,
                                  {k: v for k, v in stage.spec.options.items() if k in allowed}, "de", 0).to_json()["value"]
     finally:
         for h in handles:
@@ -106,6 +107,13 @@ def test_mean_arm_perplexity_equals_hand_written_hooks(tmp_path: Path, tiny_mode
     # a random model is near-uniform: ablations move its perplexity by ~1e-5, so compare tightly
     assert value("eval/ppl/early-mean/fr@de") == pytest.approx(expected, rel=1e-7)
     assert value("eval/ppl/early/fr@de") != pytest.approx(expected, rel=1e-6)  # the same neurons zeroed differ
+    # the zeroing arm beside it is what it always was: bit-identical to the evaluator on zeroed weights
+    zero = NeuronSet.load(store.entry_dir(plan.stages["mask/early"].key) / "mask.fr.safetensors")
+    assert zero == neurons
+    with zeroed(lm.model, zero):
+        zeroed_value = run_evaluator("perplexity", lm.model, lm.tokenizer, documents,
+                                     {k: v for k, v in stage.spec.options.items() if k in allowed}, "de", 0).to_json()["value"]
+    assert value("eval/ppl/early/fr@de") == zeroed_value
 
 
 def test_ablation_mistakes_are_named_where_they_are_written(tmp_path: Path) -> None:
