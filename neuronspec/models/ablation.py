@@ -70,17 +70,17 @@ def activation_means(model: nn.Module, batches: Iterable[Batch], sites: Iterable
     adapter = adapter_for(model)
     layers = adapter.dims(model.config).num_layers
     wanted = _sites(model, sites)
-    sums = {s: {i: torch.zeros(0, dtype=torch.float64) for i in range(layers)} for s in wanted}
-    real: list[Tensor] = []  # the current batch's real-token mask, [B, T] bool
-    handles = []
+    sums: dict[str, dict[int, Tensor]] = {s: {} for s in wanted}  # kept where the site runs: no sync per hook
+    current: dict[str, Tensor] = {}  # "real": the batch's real-token mask, [B, T] bool
 
     def make(site: str, layer: int, point: HookPoint):  # noqa: ANN202
         def hook(module: nn.Module, args: tuple, output: Tensor | tuple = None) -> None:  # type: ignore[assignment]
             x = _read(point, args, output)
-            total = x[real[0].to(x.device)].to(torch.float64).sum(dim=0).cpu()
-            prev = sums[site][layer]
-            sums[site][layer] = total if prev.numel() == 0 else prev + total
+            total = x[current["real"].to(x.device)].to(torch.float64).sum(dim=0)
+            sums[site][layer] = total if layer not in sums[site] else sums[site][layer] + total
         return hook
+
+    handles = []
 
     tokens = 0
     try:
@@ -92,7 +92,7 @@ def activation_means(model: nn.Module, batches: Iterable[Batch], sites: Iterable
                                else point.module.register_forward_hook(fn))
         with torch.no_grad():
             for b in batches:
-                real[:] = [b.attention_mask.bool()]
+                current["real"] = b.attention_mask.bool()
                 hidden_forward(model, b.input_ids, b.attention_mask, position_ids=b.position_ids)
                 tokens += int(b.attention_mask.sum())
     finally:
@@ -100,7 +100,8 @@ def activation_means(model: nn.Module, batches: Iterable[Batch], sites: Iterable
             h.remove()
     if tokens == 0:
         raise ValueError("activation means over no tokens: the corpus is empty")
-    return ActivationMeans({s: {l: (t / tokens).float() for l, t in ls.items()} for s, ls in sums.items()}, tokens)
+    return ActivationMeans({s: {l: (t / tokens).float().cpu() for l, t in sorted(ls.items())} for s, ls in sums.items()},
+                           tokens)
 
 
 def _make_hook(point: HookPoint, idx: Tensor, values: Tensor):  # noqa: ANN202
