@@ -4,8 +4,8 @@
     python benchmarks/gpu_check.py --device cpu --dtype float32 --skip-ratios   # the same study on CPU
 
 A small study with every stage kind — PLND on all five sites, LAPE, LinguaFranca, Sharing with
-Integrated-Gradients attribution, the logit lens, a deactivation arm and its random control, an
-enhance arm, the perplexity, multiple-choice and generation evaluators and an lm-eval task
+Integrated-Gradients attribution, the logit lens, a deactivation arm and its random control, a
+mean-ablation arm, an enhance arm, the perplexity, multiple-choice and generation evaluators and an lm-eval task
 (tests/tiny_studies.py `EVERY_KIND`; tests/plan/test_stage_devices.py runs it on a pretend
 CUDA device on machines without one) — runs on a random-weight model built from a config (no
 download: the GPU machine may be offline) with the character tokenizer, over synthetic three-"language" corpora. Each kind is run on its own

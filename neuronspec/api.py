@@ -178,6 +178,37 @@ class Results:
 
         return {t.title: pd.DataFrame(t.rows, columns=t.columns) for t in result_tables(self.data)}
 
+    def statistics(self, method: str, language: str, *, model: str | None = None) -> pd.DataFrame:
+        """Per neuron (site, layer, neuron), what detector `method` selected from for `language`: PLND's
+        importance over documents (min, mean, sum, sumsq, topk_hits), or the activation pass's counts
+        (LAPE, LinguaFranca, Sharing: tokens, gate_active, active_above_τ)."""
+        pd = _pandas()
+
+        from neuronspec.report.raw import statistics
+
+        return pd.DataFrame(statistics(self.record, self.store, method, language, model).data)
+
+    def activations(self, method: str, language: str, pooling: str = "mean", *, model: str | None = None) -> pd.DataFrame:
+        """Per document (rows, by id), the ffn activations an activation pass pooled (`mean`, `mean_abs`,
+        `last`, as the methods asked for): columns (layer, neuron)."""
+        pd = _pandas()
+
+        from neuronspec.report.raw import pooled
+
+        p = pooled(self.record, self.store, method, language, pooling, model)
+        columns = pd.MultiIndex.from_product([range(p.layers), range(p.width)], names=["layer", "neuron"])
+        return pd.DataFrame(p.values, index=pd.Index(p.documents, name="document"), columns=columns)
+
+    def documents(self, evaluation: str, *, model: str | None = None) -> pd.DataFrame:
+        """Per document of every cell of a perplexity `evaluation` (arm, draw, deactivated, evaluated
+        language, document id): its summed NLL and predicted tokens — what the CIs resample."""
+        pd = _pandas()
+
+        from neuronspec.report.raw import evaluation_documents
+
+        frame = pd.DataFrame(evaluation_documents(self.record, self.store, evaluation, model).data)
+        return frame.astype({"draw": "Int64", "nll": "float64", "tokens": "int64"})
+
     def neuron_set(self, name: str, language: str | None = None, *, model: str | None = None) -> NeuronSet:
         """A named set (or a detector's, e.g. `plnd`) for `language`; `model` in a study with `models`."""
         from neuronspec.plan import ids

@@ -193,6 +193,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         names = [a.name for a in loaded.study.arms]
         _fail(f"{args.file}: no arm named {args.arm!r} (arms: {', '.join(names) or 'none'})")
         return 2
+    if arm.deactivate is not None and arm.deactivate.ablation == "mean":
+        _fail(f"{args.file}: arm {args.arm!r} writes in its neurons' means over {arm.deactivate.mean_corpus!r}: that "
+              "needs hooks at run time, it has no form as weights to export (arms with ablation: zero do)")
+        return 2
     if loaded.study.models:  # a multi-model study: the arm was trained / selected once per model
         if args.model not in loaded.study.models:
             _fail(f"{args.file} names several models: pick one with --model ({', '.join(loaded.study.models)})")

@@ -30,16 +30,16 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 class TextFileError(ValueError):
-    """A small text file (a study, a task YAML) that cannot be used, and where: 1-based line and column."""
+    """A small file (a study, a task YAML, a neuron-set file) that cannot be used, and where: 1-based line and column."""
 
     def __init__(self, path: str | Path, message: str, line: int = 1, col: int = 1) -> None:
         super().__init__(f"{path}:{line}:{col}: {message}")
         self.path, self.message, self.line, self.col = str(path), message, line, col
 
 
-def read_small_text(path: str | Path, max_bytes: int) -> str:
-    """The UTF-8 text of a regular file of at most `max_bytes` (a BOM dropped). A device such as
-    /dev/zero, a FIFO or a folder is refused without reading it or waiting for a writer."""
+def read_small_bytes(path: str | Path, max_bytes: int, too_big: str = "") -> bytes:
+    """The bytes of a regular file of at most `max_bytes`. A device such as /dev/zero, a FIFO or a
+    folder is refused without reading it or waiting for a writer; `too_big` ends the size message."""
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -50,7 +50,13 @@ def read_small_text(path: str | Path, max_bytes: int) -> str:
     except OSError as exc:
         raise TextFileError(path, f"cannot read it: {exc.strerror or exc}") from None
     if len(data) > max_bytes:
-        raise TextFileError(path, f"larger than {max_bytes // 1024} KiB: not a file written by hand")
+        raise TextFileError(path, f"larger than {max_bytes // 1024} KiB{too_big}")
+    return data
+
+
+def read_small_text(path: str | Path, max_bytes: int) -> str:
+    """The UTF-8 text of a regular file of at most `max_bytes` (a BOM dropped), read by `read_small_bytes`."""
+    data = read_small_bytes(path, max_bytes, ": not a file written by hand")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and b"\x00" in data[:2]):
         raise TextFileError(path, "the file is UTF-16; save it as UTF-8")
     try:

@@ -62,9 +62,9 @@ evaluate:
 
 
 #: Every stage kind in one small study — PLND on all five sites, LAPE, LinguaFranca, Sharing with
-#: Integrated-Gradients attribution, the logit lens, a deactivation arm, its random control and an
-#: enhance arm, the perplexity, multiple-choice and generation evaluators, and (with lm-eval
-#: installed) an lm-eval task — on a random Gemma-3-shaped model. benchmarks/gpu_check.py runs it
+#: Integrated-Gradients attribution, the logit lens, a deactivation arm, its random control, a
+#: mean-ablation arm and an enhance arm, the perplexity, multiple-choice and generation
+#: evaluators, and (with lm-eval installed) an lm-eval task — on a random Gemma-3-shaped model. benchmarks/gpu_check.py runs it
 #: on a GPU, tests/plan/test_stage_devices.py on a pretend one (tests/fake_cuda.py).
 EVERY_KIND = """\
 name: every-kind
@@ -89,6 +89,7 @@ partitions: {{early: [0, 1], late: [1, 2]}}
 arms:
   - {{name: early, deactivate: {{neurons: specific, layers: early}}}}
   - {{name: early-random, deactivate: {{random_like: early}}}}
+  - {{name: early-mean, deactivate: {{neurons: specific, layers: early, ablation: mean, mean_corpus: detect}}}}
   - {{name: tune, enhance: {{neurons: specific, corpus: detect, docs: 4, languages: [fr], lr: 0.01, effective_batch: 2, micro_batch: 2, seq_len: 32}}}}
 evaluate:
   ppl: {{metric: perplexity, corpus: ppl, bootstrap: 10}}

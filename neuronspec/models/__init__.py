@@ -4,6 +4,7 @@ Public API (other layers import from here or from the submodules named below):
 
 - ``sites``: SITES, Dims, site_width, kv_group, Adapter, adapter_for, register_adapter
 - ``masks``: NeuronSet, deactivate, zeroed, zero_weights
+- ``ablation``: ActivationMeans, activation_means, mean_ablated
 - ``attention``: capture_attention, additive_mask
 - ``forward``: encode, iter_batches, iter_packed, can_pack, Batch, hidden_forward
 - ``loading``: load_model, LoadedModel, list_embedded
@@ -11,6 +12,9 @@ Public API (other layers import from here or from the submodules named below):
 
 # Imported lazily (PEP 562): planning a cached study must not pay for importing torch.
 _EXPORTS = {
+    "ActivationMeans": "ablation",
+    "activation_means": "ablation",
+    "mean_ablated": "ablation",
     "additive_mask": "attention",
     "capture_attention": "attention",
     "Batch": "forward",
@@ -53,6 +57,7 @@ def __getattr__(name: str):  # noqa: ANN202
 
 __all__ = [
     "DEFAULT_MODEL",
+    "ActivationMeans",
     "SITES",
     "Adapter",
     "Batch",
@@ -65,6 +70,7 @@ __all__ = [
     "SiteShapeError",
     "UnsupportedArchitecture",
     "WeightSlice",
+    "activation_means",
     "adapter_for",
     "additive_mask",
     "can_pack",
@@ -77,6 +83,7 @@ __all__ = [
     "kv_group",
     "list_embedded",
     "load_model",
+    "mean_ablated",
     "register_adapter",
     "site_width",
     "zero_weights",

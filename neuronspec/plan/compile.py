@@ -7,6 +7,7 @@
     select/lape|linguafranca|sharing their neuron sets and analyses          (cheap)
     attr/sharing/LANG                attribution of the output to ffn neurons, first items  (model)
     analysis/logit_lens/LANG         per-layer language of the top tokens      (model)
+    means/CORPUS                     activation means over a corpus (mean-ablation arms)  (model)
     sets                             named sets by set algebra                  (cheap)
     mask/ARM                         an arm's neurons per language              (cheap)
     mask/ARM/drawK                   draw K of a random control with several draws  (cheap)
@@ -36,10 +37,12 @@ from neuronspec.spec.errors import Location, Problem, StudyError
 from neuronspec.spec.loader import LoadedStudy
 from neuronspec.spec.models import LmEvalSpec, Quantile, Study, expand_sites
 from neuronspec.spec.fields import Batching
-from neuronspec.spec.references import detectors, match_corpus, set_order, single_sets
+from neuronspec.spec.references import detectors, expressions, imported_sets, match_corpus, set_order, single_sets
 
 #: fields that change how documents are batched, not what is computed: not in selection keys
 BATCHING = {"batch_size", "batch_tokens"}
+#: documents per forward pass of a means stage (packed, so a batch costs about batch_size × max_tokens)
+MEANS_BATCH = 8
 
 
 def compile_study(loaded: LoadedStudy) -> Plan:
@@ -66,15 +69,22 @@ def compile_study(loaded: LoadedStudy) -> Plan:
     detector_stages = [ids.select(d) for d in detectors(study)]
     if detector_stages or study.neurons:
         order, families = set_order(study)
+        exprs = expressions(study)
         plan.add(Stage(ids.SETS, "sets", K.Sets(
-            neurons={n: study.neurons[n] for n in order}, order=order, families=sorted(families),
+            neurons={n: exprs[n] for n in order}, order=order, families=sorted(families),
             detectors=detectors(study), singles=single_sets(study), languages=study.languages,
             halves=["plnd"] if study.detect.plnd is not None and study.detect.plnd.stability.halves else [],
+            imports=_imports(loaded, dims),
         ), deps=tuple(detector_stages), origin=("neurons",)))
     if study.model.dtype != "float32" and any(arm.enhance is not None for arm in study.arms):
         plan.notes.append(f"enhance arms with model.dtype {study.model.dtype}: the trained neurons are written into "
                           f"{study.model.dtype} weights, where updates below its resolution (about 0.4 % of a weight "
                           "for bfloat16) vanish; use dtype: float32 for enhancement")
+    for corpus_name in dict.fromkeys(c for c in (mean_corpus(a) for a in study.arms) if c is not None):
+        corpus = study.corpora[corpus_name]
+        plan.add(Stage(ids.means(corpus_name), "means", K.ActMeans(
+            batch_size=MEANS_BATCH, corpus=corpus_name, languages=corpus.languages or study.languages,
+            max_tokens=corpus.max_tokens), deps=(ids.corpus(corpus_name),), model_bound=True, origin=("corpora", corpus_name)))
     for i, arm in enumerate(study.arms):
         _add_mask(plan, study, i)
         if arm.enhance is not None:
@@ -118,12 +128,32 @@ def _corpus_identity(loaded: LoadedStudy, name: str) -> dict[str, Any]:
     return identity
 
 
+def _imports(loaded: LoadedStudy, dims: dict[str, Any]) -> dict[str, K.ImportedSet]:
+    """Each set read from a file, checked against the model's dims now (an error names the file and
+    field, located at the study's `file:`), keyed by its files' digests."""
+    from neuronspec.setfiles import SetFileError, read_set_file
+
+    out = {}
+    for name, spec in imported_sets(loaded.study).items():
+        langs: list[str | None] = list(loaded.study.languages) if spec.family else [None]
+        files = {}
+        for lang in langs:
+            try:
+                found = read_set_file(spec.path(lang), dims)
+            except SetFileError as exc:
+                raise StudyError([loaded.source.problem(("neurons", name, "file"), str(exc))]) from None
+            files[lang or "*"] = K.SetFileRef(path=spec.path(lang), sha256=found.sha256)
+        out[name] = K.ImportedSet(family=spec.family, files=files)
+    return out
+
+
 def _used_corpora(study: Study) -> list[str]:
     used = [spec.corpus for _, spec in study.detect if spec is not None]
     if study.analyses.logit_lens is not None:
         used.append(study.analyses.logit_lens.corpus)
     used += [arm.enhance.corpus for arm in study.arms if arm.enhance is not None]
     used += [c for arm in study.arms if (c := match_corpus(study, arm.selection)) is not None]
+    used += [c for c in (mean_corpus(arm) for arm in study.arms) if c is not None]
     used += [ev.corpus for ev in study.evaluate.values() if ev.corpus is not None]
     return list(dict.fromkeys(used))
 
@@ -306,6 +336,11 @@ def _add_mask(plan: Plan, study: Study, index: int) -> None:
 DRAW_SEED_STRIDE = 100_000
 
 
+def mean_corpus(arm: Any) -> str | None:
+    """The corpus whose activation means a mean-ablation arm writes in; None for an arm that zeroes or enhances."""
+    return arm.deactivate.mean_corpus if arm.deactivate is not None else None
+
+
 def arm_draws(study: Study, arm_name: str) -> list[int | None]:
     """[None] for an arm with one mask; [1, …, D] for a random control with D draws (an
     evaluation's `draws: N` takes the first N, so they are the draws every evaluation shares)."""
@@ -363,7 +398,8 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
     for arm in study.arms:
         if ev.arms is not None and arm.name not in ev.arms:
             continue
-        arm_spec: dict[str, Any] = {"arm": arm.name, "arm_kind": arm.kind}
+        means = mean_corpus(arm)
+        arm_spec: dict[str, Any] = {"arm": arm.name, "arm_kind": arm.kind, "mean_corpus": means}
         variants = arm_languages(study, arm.name)
         for draw in arm_draws(study, arm.name)[: ev.draws]:
             draw_spec = {} if draw is None else {"draw": draw, "random_like": arm.selection.random_like}
@@ -374,7 +410,7 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
                         continue
                     sid = ids.evaluation(name, arm.name, lang, draw=draw, mask_lang=mlang)
                     plan.add(Stage(sid, "eval", K.Evaluation(**base, **arm_spec, **draw_spec, lang=lang, mask_lang=mlang),
-                                   deps=(cdep, dep), lang=lang, arm=arm.name, draw=draw, **where))
+                                   deps=(cdep, dep) + ((ids.means(means),) if means else ()), lang=lang, arm=arm.name, draw=draw, **where))
 
 
 def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
@@ -413,10 +449,12 @@ def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
     where: dict[str, Any] = {"model_bound": True, "origin": ("evaluate", name), "evaluation": name}
 
     def add(sid: str, column: str, arm: str | None, mlang: str | None, draw: int | None, dep: tuple[str, ...]) -> None:
+        means = mean_corpus(study.arm(arm)) if arm else None
         spec = K.LmEvalStage(**base, lang=column, task=found[columns[column]].identity(), arm=arm,
                              arm_kind=study.arm(arm).kind if arm else None, mask_lang=mlang,  # type: ignore[union-attr]
-                             draw=draw, random_like=study.arm(arm).selection.random_like if draw else None)  # type: ignore[union-attr]
-        plan.add(Stage(sid, "eval.lm_eval", spec, deps=deps + dep, lang=column, arm=arm, draw=draw, **where))
+                             draw=draw, random_like=study.arm(arm).selection.random_like if draw else None,  # type: ignore[union-attr]
+                             mean_corpus=means)
+        plan.add(Stage(sid, "eval.lm_eval", spec, deps=deps + dep + ((ids.means(means),) if means else ()), lang=column, arm=arm, draw=draw, **where))
 
     for column in columns:
         add(ids.evaluation(name, None, column), column, None, None, None, ())

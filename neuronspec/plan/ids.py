@@ -2,7 +2,7 @@
 
 A stage id names a stage in plans, the store's index, run records, `--only`/`--force`
 patterns and diffs, so its shape is part of the interface: `corpus/NAME`, `stats/plnd/LANG`,
-`select/DETECTOR`, `sets`, `mask/ARM[/drawK]`, `enhance/ARM/LANG`,
+`select/DETECTOR`, `means/CORPUS`, `sets`, `mask/ARM[/drawK]`, `enhance/ARM/LANG`,
 `eval/EVALUATION/(base|ARM[/drawK])/[MASK_LANG@]LANG`, and `MODEL:ID` in a study with
 several models. Code builds ids through these functions and reads a stage's place from the
 `Stage` (lang, arm, draw, evaluation), never by parsing the id.
@@ -23,6 +23,11 @@ def stats_plnd(lang: str) -> str:
 
 def stats_act(corpus_name: str, lang: str) -> str:
     return f"stats/act/{corpus_name}/{lang}"
+
+
+def means(corpus_name: str) -> str:
+    """Activation means over a corpus: what a mean-ablation arm writes in."""
+    return f"means/{corpus_name}"
 
 
 def select(detector: str) -> str:

@@ -281,7 +281,7 @@ def _local_path(value: str, base: Path) -> str | None:
 
 
 def resolve_paths(study: Study, base: Path) -> Study:
-    """Relative model folders and corpus files as paths from the study's folder `base`
+    """Relative model folders, corpus files and neuron-set files as paths from the study's folder `base`
     (`extends` already is): the study means the same files from any working folder."""
     from neuronspec.models.catalog import is_embedded
 
@@ -300,7 +300,10 @@ def resolve_paths(study: Study, base: Path) -> Study:
             path = Path(c.source.strip()).expanduser()
             corpora[name] = c if path.is_absolute() else c.model_copy(
                 update={"source": os.path.normpath(base.absolute() / path)})
-    update: dict[str, Any] = {"corpora": corpora}
+    neurons = {name: v if isinstance(v, str) else
+               v.model_copy(update={"file": os.path.normpath(base.absolute() / Path(v.file).expanduser())})
+               for name, v in study.neurons.items()}
+    update: dict[str, Any] = {"corpora": corpora, "neurons": neurons}
     if study.models:  # leave the unused default `model` alone (and out of the fields set)
         update["models"] = {n: model(m) for n, m in study.models.items()}
     elif model(study.model) is not study.model:

@@ -56,6 +56,27 @@ class CorpusSpec(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="Source-specific options (text_field, config, ...).")
 
 
+class NeuronsFile(Strict):
+    """A neuron set found elsewhere (TransformerLens, nnsight), read from a file. JSON: site → layer → indices,
+    e.g. {"ffn": {"3": [17, 2048]}, "attn.q": {"0": [5]}}. safetensors: one 1-D tensor per SITE/LAYER (e.g. ffn/3),
+    integer indices or a boolean mask as long as the site's width; `NeuronSet.save` writes such a file. At most
+    64 MiB. In YAML flow style quote a path with {lang}: {file: "sets/{lang}.json"}."""
+
+    file: str = Field(
+        pattern=r"\.(json|safetensors)$",
+        description="Path of a .json ({\"SITE\": {\"LAYER\": [INDEX, ...]}}) or .safetensors (a 1-D tensor per SITE/LAYER: "
+                    "integer indices or a boolean mask of the site's width) file, relative to the study file. With "
+                    "{lang} in it, one file per study language: a set per language, like a detector's. Checked "
+                    "against the model's layers and widths; its content is part of the cache key.")
+
+    @property
+    def family(self) -> bool:
+        return "{lang}" in self.file
+
+    def path(self, lang: str | None = None) -> str:
+        return self.file.replace("{lang}", lang) if lang is not None else self.file
+
+
 class NeuronSelection(Strict):
     """Which neurons an arm touches: a named set (optionally restricted), or a random match of another arm."""
 
@@ -105,7 +126,23 @@ class NeuronSelection(Strict):
 
 
 class DeactivateSpec(NeuronSelection):
-    """Switch neurons off (activations zeroed by hooks) while evaluating."""
+    """Switch neurons off while evaluating: their activations set to zero, or to their mean over a corpus."""
+
+    ablation: Literal["zero", "mean"] = Field(
+        "zero", description="zero: the neurons output 0; mean: each outputs its mean activation over `mean_corpus` "
+                            "(per site, layer and neuron, over every real token), which removes what varies with the "
+                            "input but keeps the average contribution the rest of the model expects.")
+    mean_corpus: str | None = Field(
+        None, description="ablation: mean — the corpus (name in `corpora`) the means are taken over, all its languages "
+                          "pooled; keep it disjoint from the evaluation's corpus (split: detect).")
+
+    @model_validator(mode="after")
+    def _mean_needs_corpus(self) -> "DeactivateSpec":
+        if self.ablation == "mean" and self.mean_corpus is None:
+            raise ValueError("ablation: mean takes the means over a corpus: give `mean_corpus`")
+        if self.ablation == "zero" and self.mean_corpus is not None:
+            raise ValueError("mean_corpus is for ablation: mean; this arm zeroes its neurons")
+        return self
 
 
 class EnhanceSpec(NeuronSelection):
@@ -272,9 +309,10 @@ class Study(Strict):
         default_factory=dict, description="Text sources by name; detectors, evaluations and enhance arms name the one they read.")
     detect: DetectSpec = Field(default_factory=DetectSpec, description="Detection methods to run.")
     analyses: AnalysesSpec = Field(default_factory=AnalysesSpec, description="Analyses that select no neurons (the logit lens).")
-    neurons: dict[Key, str] = Field(
+    neurons: dict[Key, str | NeuronsFile] = Field(
         default_factory=dict,
-        description="Named neuron sets by set algebra over detectors and other sets, e.g. 'plnd[lang] - plnd[others]'.",
+        description="Named neuron sets by set algebra over detectors and other sets, e.g. 'plnd[lang] - plnd[others]', "
+                    "or read from a file: {file: PATH}.",
     )
     partitions: dict[Key, LayerRange] = Field(
         default_factory=dict, description="Layer ranges [start, end) by name, e.g. understanding: [0, 4]."

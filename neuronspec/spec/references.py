@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 from typing import Iterator
 
-from neuronspec.spec.models import NeuronSelection, Study
+from neuronspec.spec.models import ArmSpec, NeuronSelection, NeuronsFile, Study
 from neuronspec.spec.setexpr import SELECTORS, SetExprError, parse, refs, uses_template
 
 Issue = tuple[tuple[str | int, ...], str]
@@ -25,6 +25,16 @@ def single_sets(study: Study) -> list[str]:
     return ["sharing.all_shared"] if study.detect.sharing is not None else []
 
 
+def expressions(study: Study) -> dict[str, str]:
+    """The named sets defined by set algebra (the others are read from files)."""
+    return {name: v for name, v in study.neurons.items() if isinstance(v, str)}
+
+
+def imported_sets(study: Study) -> dict[str, NeuronsFile]:
+    """The named sets read from files (`neurons: {NAME: {file: PATH}}`)."""
+    return {name: v for name, v in study.neurons.items() if isinstance(v, NeuronsFile)}
+
+
 def set_order(study: Study) -> tuple[list[str], set[str]]:
     """Named sets in dependency order, and which of them are families. Assumes checks passed.
 
@@ -32,11 +42,11 @@ def set_order(study: Study) -> tuple[list[str], set[str]]:
     parsed once: linear in the number of sets). Sets that refer to unknown names or sit on a
     cycle are left out (the checks report them).
     """
-    families = set(detectors(study))
-    resolved = families | set(single_sets(study))
-    names = list(study.neurons)
+    families = set(detectors(study)) | {name for name, f in imported_sets(study).items() if f.family}
+    resolved = families | set(single_sets(study)) | set(imported_sets(study))
+    names = list(expressions(study))
     index = {name: i for i, name in enumerate(names)}
-    trees = {name: parse(text) for name, text in study.neurons.items()}
+    trees = {name: parse(text) for name, text in expressions(study).items()}
     waiting: dict[str, int] = {}
     users: dict[str, list[str]] = {}
     for name, tree in trees.items():
@@ -134,7 +144,11 @@ def _lang_codes(corpus: str, codes: object, languages: list[str]) -> Iterator[Is
 def _sets(study: Study) -> Iterator[Issue]:
     known = set(detectors(study)) | set(single_sets(study)) | set(study.neurons)
     graph: dict[str, set[str]] = {}
-    for name, text in study.neurons.items():
+    for name in imported_sets(study):
+        if name in detectors(study):
+            yield ("neurons", name), f"{name!r} is already the name of a detector"
+    exprs = expressions(study)
+    for name, text in exprs.items():
         loc = ("neurons", name)
         if name in detectors(study):
             yield loc, f"{name!r} is already the name of a detector"
@@ -147,19 +161,19 @@ def _sets(study: Study) -> Iterator[Issue]:
         for ref in refs(tree):
             if ref.name not in known:
                 yield loc, _missing("neuron set or detector", ref.name, known)
-            elif ref.name in study.neurons:
+            elif ref.name in exprs:
                 graph[name].add(ref.name)
             sel = ref.selector
             if sel is not None and sel not in SELECTORS and sel not in study.languages:
                 yield loc, f"[{sel}] is neither a selector ({', '.join(SELECTORS)}) nor one of the study's languages"
-    if len(graph) < len(study.neurons):  # a syntax error above: the order cannot be computed
+    if len(graph) < len(exprs):  # a syntax error above: the order cannot be computed
         return
     if _has_cycle(graph):
         yield ("neurons",), "neuron sets refer to each other in a cycle"
         return
     order, families = set_order(study)
     for name in order:
-        for ref in refs(parse(study.neurons[name])):
+        for ref in refs(parse(exprs[name])):
             if ref.name in families and ref.selector is None:
                 yield ("neurons", name), f"{ref.name!r} has one set per language: pick one with [lang], [all], [any], [others] or [xx]"
             if ref.name not in families and ref.name in study.neurons and ref.selector is not None:
@@ -212,6 +226,9 @@ def _arms(study: Study) -> Iterator[Issue]:
                 yield loc + (kind, "random_like"), f"arm {sel.random_like!r} is a {target.kind} arm; match an arm of the same kind"
             elif target.selection.random_like is not None:
                 yield loc + (kind, "random_like"), f"arm {sel.random_like!r} is itself random; match a neuron-set arm"
+            elif kind == "deactivate" and _ablation(target) != _ablation(arm):
+                yield loc + (kind, "ablation"), (f"arm {sel.random_like!r} ablates by {_ablation(target)}; its random control "
+                                                 f"must too (it ablates by {_ablation(arm)})")
             if sel.sites is not None or (sel.layers is not None and sel.scope != "partition"):
                 yield loc + (kind,), "random_like copies the matched arm's layers and sites; drop `layers`/`sites`"
             if sel.scope == "partition" and sel.layers is None:
@@ -235,12 +252,20 @@ def _arms(study: Study) -> Iterator[Issue]:
                 yield loc + (kind, "scope"), "scope says where a `random_like` control draws from; this arm names a set"
             if sel.match != "count" or sel.match_corpus is not None:
                 yield loc + (kind, "match"), "match says what a `random_like` control matches; this arm names a set"
+        if arm.deactivate is not None and arm.deactivate.mean_corpus is not None and arm.deactivate.mean_corpus not in study.corpora:
+            yield loc + ("deactivate", "mean_corpus"), _missing("corpus", arm.deactivate.mean_corpus, study.corpora)
         if arm.enhance is not None:
             if arm.enhance.corpus not in study.corpora:
                 yield loc + ("enhance", "corpus"), _missing("corpus", arm.enhance.corpus, study.corpora)
             for j, code in enumerate(arm.enhance.languages or []):
                 if code not in study.languages:
                     yield loc + ("enhance", "languages", j), f"{code!r} is not one of the study's languages {study.languages}"
+
+
+def _ablation(arm: ArmSpec) -> str:
+    """How a deactivate arm switches its neurons off: `zero`, or `mean over CORPUS`."""
+    d = arm.deactivate
+    return "zero" if d is None or d.ablation == "zero" else f"mean over {d.mean_corpus!r}"
 
 
 def _report(study: Study) -> Iterator[Issue]:

@@ -33,19 +33,20 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from neuronspec.plan.fingerprint import Fingerprint, fingerprints
-from neuronspec.plan.kinds.activations import ActStats, LapeSelect, LinguaFrancaSelect, select_lape, select_linguafranca, stats_act
+from neuronspec.plan.kinds.activations import (ActMeans, ActStats, LapeSelect, LinguaFrancaSelect, act_means, select_lape,
+                                               select_linguafranca, stats_act)
 from neuronspec.plan.kinds.base import Batched, Context, Kind, StageSpec, load_set, read_docs
 from neuronspec.plan.kinds.corpus import CorpusStage, corpus
 from neuronspec.plan.kinds.enhance import Enhance, Settings, enhance
 from neuronspec.plan.kinds.evaluate import Evaluation, LmEvalStage, evaluate, evaluate_lm_eval
 from neuronspec.plan.kinds.logit_lens import LogitLens, logit_lens
 from neuronspec.plan.kinds.plnd import PlndSelect, PlndStats, select_plnd, stats_plnd
-from neuronspec.plan.kinds.sets import Mask, ModelDims, Sets, mask, sets
+from neuronspec.plan.kinds.sets import ImportedSet, Mask, ModelDims, SetFileRef, Sets, mask, sets
 from neuronspec.plan.kinds.sharing import SharingAttribution, SharingSelect, attr_sharing, select_sharing
 
-__all__ = ["EVAL_KINDS", "KINDS", "ActStats", "Batched", "Context", "CorpusStage", "Enhance", "Evaluation", "Kind",
-           "LapeSelect", "LinguaFrancaSelect", "LmEvalStage", "LogitLens", "Mask", "ModelDims", "PlndSelect", "PlndStats",
-           "Sets", "Settings", "SharingAttribution", "SharingSelect", "StageSpec", "code_fingerprints", "load_set",
+__all__ = ["EVAL_KINDS", "KINDS", "ActMeans", "ActStats", "Batched", "Context", "CorpusStage", "Enhance", "Evaluation", "Kind",
+           "ImportedSet", "LapeSelect", "LinguaFrancaSelect", "LmEvalStage", "LogitLens", "Mask", "ModelDims", "PlndSelect", "PlndStats",
+           "SetFileRef", "Sets", "Settings", "SharingAttribution", "SharingSelect", "StageSpec", "code_fingerprints", "load_set",
            "read_docs", "spec_types"]
 
 #: kinds whose results are evaluation cells (rows = arms, columns = languages) in reports and diffs
@@ -65,6 +66,8 @@ KINDS: dict[str, Kind] = {
                          "attribution of the output to ffn neurons (Integrated Gradients or |a|·‖W_down‖)",
                          loads_model=True, data_parallel=False),
     "logit_lens": Kind(LogitLens, logit_lens, "logit lens: language of each layer's top tokens", loads_model=True),
+    "means": Kind(ActMeans, act_means, "activation means over a corpus (one forward pass; mean-ablation arms)",
+                  loads_model=True),
     "sets": Kind(Sets, sets, "named neuron sets (set algebra)"),
     "mask": Kind(Mask, mask, "an arm's neurons per language"),
     "enhance": Kind(Enhance, enhance, "fine-tune only an arm's neurons → a delta", loads_model=True),

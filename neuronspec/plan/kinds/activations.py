@@ -1,4 +1,5 @@
-"""Activation statistics of a corpus (one pass) and the methods built on them: LAPE, LinguaFranca."""
+"""Activation statistics of a corpus (one pass) and the methods built on them: LAPE, LinguaFranca;
+and the activation means a mean-ablation arm writes in."""
 
 from __future__ import annotations
 
@@ -42,6 +43,39 @@ def stats_act(ctx: Context, stage: Stage, s: ActStats, out: Path) -> None:
     save_file(stats.to_tensors(), str(out / artifacts.ACTIVATIONS))
     write_json(out / artifacts.RESULT, {"lang": s.lang, "docs": len(docs), "tokens": stats.tokens,
                                       "ids": [d["id"] for d in docs]})
+
+
+class ActMeans(Batched):
+    """Every site's mean activation over a corpus, all its languages pooled (a mean-ablation arm's values)."""
+
+    corpus: str
+    languages: list[str]
+    max_tokens: int
+
+
+def act_means(ctx: Context, stage: Stage, s: ActMeans, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    from neuronspec.models.ablation import activation_means
+    from neuronspec.models.forward import encode
+
+    entry = ctx.input(stage, ids.corpus(s.corpus))
+    texts = [d["text"] for lang in s.languages for d in read_docs(entry, lang)]
+    lm = ctx.model()
+    encodings = encode(lm.tokenizer, texts, s.max_tokens)
+    with ctx.progress(f"activation means {s.corpus}", total=len(encodings)) as advance:
+        means = activation_means(lm.model, batches(encodings, s, lm, advance, packed=True))
+    save_file(means.to_tensors(), str(out / artifacts.MEANS))
+    write_json(out / artifacts.RESULT, {"corpus": s.corpus, "docs": len(encodings), "tokens": means.tokens})
+
+
+def load_means(entry: Any) -> Any:
+    """The `ActivationMeans` an `act_means` stage wrote."""
+    from safetensors.torch import load_file
+
+    from neuronspec.models.ablation import ActivationMeans
+
+    return ActivationMeans.from_tensors(load_file(str(entry.file(artifacts.MEANS))))
 
 
 def load_activations(ctx: Context, stage: Stage) -> tuple[dict[str, Any], list[list[str]]]:

@@ -8,6 +8,7 @@ STATS = "stats.safetensors"  # stats.plnd
 ACTIVATIONS = "activations.safetensors"  # stats.act
 ATTRIBUTIONS = "attributions.safetensors"  # attr.sharing
 DELTA = "delta.safetensors"  # enhance
+MEANS = "means.safetensors"  # means (a mean-ablation arm's values)
 MASK = "mask"  # the set name of an arm's neurons (mask stages)
 
 

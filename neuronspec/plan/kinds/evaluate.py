@@ -11,6 +11,7 @@ from neuronspec.fileio import write_json
 from neuronspec.plan import ids
 from neuronspec.plan.graph import Stage
 from neuronspec.plan.kinds import artifacts
+from neuronspec.plan.kinds.activations import load_means
 from neuronspec.plan.kinds.base import Context, StageSpec, load_set, read_docs
 from neuronspec.plan.kinds.sets import Mask
 
@@ -26,6 +27,7 @@ class Evaluation(StageSpec):
     mask_lang: str | None
     draw: int | None = None  # which draw of a random control with several (its mask is the input)
     random_like: str | None = None  # the arm that control matches, so the report can compare the two
+    mean_corpus: str | None = None  # a mean-ablation arm: the corpus of its activation means (None: zeroed)
 
 
 def evaluate(ctx: Context, stage: Stage, s: Evaluation, out: Path) -> None:
@@ -60,9 +62,19 @@ def evaluate(ctx: Context, stage: Stage, s: Evaluation, out: Path) -> None:
     # the prefix store keys recordings by the weights: take their digest before the arm's neurons
     # are zeroed (layers >= start only), so the arm replays the base model's prefix
     with ctx.progress(label, total=None) as advance, reporting(advance), modified, \
-            shared_prefix(lm.model, start=start, boundaries=boundaries), zeroed(lm.model, neurons):
+            shared_prefix(lm.model, start=start, boundaries=boundaries), _switched_off(ctx, stage, s, lm.model, neurons, zeroed):
         result = run_evaluator(s.metric, lm.model, lm.tokenizer, docs, options, s.lang, s.seed)
     write_json(out / artifacts.RESULT, {**result.to_json(), "deactivated": neurons.count()})
+
+
+def _switched_off(ctx: Context, stage: Stage, s: Evaluation | LmEvalStage, model: Any, neurons: Any, zero: Any) -> Any:
+    """The context that switches the arm's neurons off: `zero` (masks.zeroed or masks.deactivate), or hooks that
+    write in their means over `mean_corpus` (mean ablation has no weight-only form)."""
+    from neuronspec.models.ablation import mean_ablated
+
+    if s.mean_corpus is None:
+        return zero(model, neurons)
+    return mean_ablated(model, neurons, load_means(ctx.input(stage, ids.means(s.mean_corpus))))
 
 
 class LmEvalStage(StageSpec):
@@ -83,6 +95,7 @@ class LmEvalStage(StageSpec):
     mask_lang: str | None
     draw: int | None = None  # which draw of a random control with several (its mask is the input)
     random_like: str | None = None  # the arm that control matches
+    mean_corpus: str | None = None  # a mean-ablation arm: the corpus of its activation means (None: zeroed)
 
 
 def evaluate_lm_eval(ctx: Context, stage: Stage, s: LmEvalStage, out: Path) -> None:
@@ -107,7 +120,7 @@ def evaluate_lm_eval(ctx: Context, stage: Stage, s: LmEvalStage, out: Path) -> N
         modified = apply_delta(lm.model, delta)
     label = (f"lm-eval {s.task['name']} {s.arm or 'base'}" + (f" draw {s.draw}" if s.draw else "")
              + (f" {s.mask_lang}" if s.mask_lang else ""))
-    with ctx.progress(label, total=None), deactivate(lm.model, neurons), modified:
+    with ctx.progress(label, total=None), _switched_off(ctx, stage, s, lm.model, neurons, deactivate), modified:
         result = run_task(lm.model, lm.tokenizer, s.task["name"], yaml_path=Path(s.task["yaml"]) if s.task["yaml"] else None,
                           corpus_docs=docs, limit=s.limit, num_fewshot=s.num_fewshot, max_length=s.max_length, metric_name=s.metric_name,
                           batch_size=s.batch_size, bootstrap=s.bootstrap, seed=s.seed)

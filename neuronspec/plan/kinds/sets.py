@@ -14,6 +14,20 @@ from neuronspec.plan.kinds import artifacts
 from neuronspec.plan.kinds.base import Context, StageSpec, jsonable, load_set
 
 
+class SetFileRef(StageSpec):
+    """One file of an imported set: where it is, and the digest of the content it had when planned."""
+
+    path: str
+    sha256: str
+
+
+class ImportedSet(StageSpec):
+    """A named set read from a file (`neurons: {NAME: {file: PATH}}`), or one file per language."""
+
+    family: bool
+    files: dict[str, SetFileRef]  # language → file for a family; "*" → the file of a single set
+
+
 class Sets(StageSpec):
     neurons: dict[str, str]  # name → set expression, in evaluation order
     order: list[str]
@@ -22,6 +36,7 @@ class Sets(StageSpec):
     singles: list[str]
     languages: list[str]
     halves: list[str] = []  # detectors that also selected on each half of the documents (split-half stability)
+    imports: dict[str, ImportedSet]
 
 
 def sets(ctx: Context, stage: Stage, s: Sets, out: Path) -> None:
@@ -37,6 +52,9 @@ def sets(ctx: Context, stage: Stage, s: Sets, out: Path) -> None:
     for single in s.singles:
         det = single.split(".", 1)[0]
         env[single] = NeuronSet.load(ctx.input(stage, ids.select(det)).file(artifacts.set_file(single)))
+    for name, imp in s.imports.items():
+        found = {lang: _read_import(ctx, ref) for lang, ref in imp.files.items()}
+        env[name] = found if imp.family else found["*"]
     named = evaluate_sets(s.neurons, env, s.languages)
     layout = layout_of(ctx.plan.dims)  # a mixture-of-experts model: each set's ffn neurons per expert too
 
@@ -88,6 +106,17 @@ def _stability(ctx: Context, stage: Stage, s: Sets) -> dict[str, dict[str, Any]]
         pairs = family_agreement(a, b) if isinstance(a, dict) else {"*": agreement(a, b)}
         out[name] = {lang: ag.to_json() for lang, ag in pairs.items()}
     return out
+
+
+def _read_import(ctx: Context, ref: SetFileRef) -> Any:
+    """The set of an imported file, which must still hold what it held when the study was planned."""
+    from neuronspec.models.masks import NeuronSet
+    from neuronspec.setfiles import read_set_file
+
+    found = read_set_file(ref.path, ctx.plan.dims)
+    if found.sha256 != ref.sha256:
+        raise ValueError(f"{ref.path} changed since the study was planned: plan or run it again")
+    return NeuronSet.from_dict(found.neurons)
 
 
 class ModelDims(StageSpec):
