@@ -131,6 +131,10 @@ def evaluation_tables(name: str, ev: Evaluation, base_lang: str) -> list[Table]:
                  f"Δ = Δ{base_lang} − Δn-{base_lang} (MWork's tables)")
     if draws:
         t.caption += "; random controls: mean over independent draws with (min…max)"
+    sources = {r.delta_eng_source for r in ev.arms.values()}
+    if "other_sets" in sources or "empty" in sources:
+        t.caption += (f"; where {base_lang}'s own set is empty (sets that exclude {base_lang}'s neurons, as MWork's), "
+                      f"Δ{base_lang} is {base_lang} under the other languages' sets (evaluate with on: baseline or all)")
     tables.append(t)
     if any(not r.draws and any(r.change_ci.values()) for r in ev.arms.values()):
         ct = Table(f"{name}: {unit} with paired 95% CI", ["arm"] + langs, terminal=False)
