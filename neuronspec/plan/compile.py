@@ -406,11 +406,19 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
             for mlang in variants or [None]:
                 dep = ids.enhance(arm.name, mlang) if arm.enhance is not None else ids.mask(arm.name, draw)
                 for lang in langs:
-                    if variants and ev.on == "self" and lang != mlang:
+                    if variants and not _evaluated_on(ev.on, lang, mlang, study.report.baseline_language):
                         continue
                     sid = ids.evaluation(name, arm.name, lang, draw=draw, mask_lang=mlang)
+                    # a deactivation reads the base result too: with nothing switched off, that is its result
+                    base_dep = (ids.evaluation(name, None, lang),) if arm.kind == "deactivate" else ()
                     plan.add(Stage(sid, "eval", K.Evaluation(**base, **arm_spec, **draw_spec, lang=lang, mask_lang=mlang),
-                                   deps=(cdep, dep) + ((ids.means(means),) if means else ()), lang=lang, arm=arm.name, draw=draw, **where))
+                                   deps=(cdep, dep, *base_dep) + ((ids.means(means),) if means else ()), lang=lang,
+                                   arm=arm.name, draw=draw, **where))
+
+
+def _evaluated_on(on: str, lang: str, mask_lang: str | None, baseline: str | None) -> bool:
+    """Whether `on` pairs a language's arm (`mask_lang`) with evaluated language `lang`."""
+    return on == "all" or lang == mask_lang or (on == "baseline" and lang == baseline)
 
 
 def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
@@ -467,10 +475,12 @@ def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
                 dep = ids.enhance(arm.name, mlang) if arm.enhance is not None else ids.mask(arm.name, draw)
                 for column in columns:
                     # `on: self` pairs a language's arm with that language's task; a language-neutral list runs them all
-                    if variants and ev.on == "self" and isinstance(ev.tasks, dict) and column != mlang:
+                    if (variants and isinstance(ev.tasks, dict)
+                            and not _evaluated_on(ev.on, column, mlang, study.report.baseline_language)):
                         continue
                     sid = ids.evaluation(name, arm.name, column, draw=draw, mask_lang=mlang)
-                    add(sid, column, arm.name, mlang, draw, (dep,))
+                    base_dep = (ids.evaluation(name, None, column),) if arm.kind == "deactivate" else ()
+                    add(sid, column, arm.name, mlang, draw, (dep, *base_dep))
 
 
 def _lm_eval_max_length(plan: Plan, name: str, ev: Any, study: Any, tasks: Any) -> int | None:

@@ -127,8 +127,11 @@ class ArmRow(Frozen):
     spread: str | None = None
     random_like: str | None = None
     draw: int | None = None  # the one draw an evaluation with `draws: 1` took
+    # the baseline language's own set is empty (MWork's sets exclude English's neurons): ΔEng is then
+    # the baseline under the other languages' sets ("other_sets"), or undefined ("empty")
+    delta_eng_source: Literal["other_sets", "empty"] | None = None
 
-    _omit_unset = frozenset({"draws", "change_draws", "spread", "random_like", "draw"})
+    _omit_unset = frozenset({"draws", "change_draws", "spread", "random_like", "draw", "delta_eng_source"})
 
 
 class Matrix(Frozen):

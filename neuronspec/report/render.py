@@ -153,6 +153,10 @@ def evaluation_tables(name: str, ev: Evaluation, base_lang: str) -> list[Table]:
                       "documents were drawn")
     if draws:
         t.caption += "; random controls: mean over independent draws with (min…max)"
+    sources = {r.delta_eng_source for r in ev.arms.values()}
+    if "other_sets" in sources or "empty" in sources:
+        t.caption += (f"; where {base_lang}'s own set is empty (sets that exclude {base_lang}'s neurons, as MWork's), "
+                      f"Δ{base_lang} is {base_lang} under the other languages' sets (evaluate with on: baseline or all)")
     tables.append(t)
     tested = _p_value_table(name, ev, order)
     if tested is not None:

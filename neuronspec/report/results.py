@@ -156,8 +156,12 @@ def p_values(cells: list[Cell], metric: str) -> list[Cell]:
     (1 + #draws whose change is at least as strong, in the arm's direction) / (1 + N) over the
     control's N draws on the same (deactivated, evaluated) languages — the probability that a set
     that is one more random draw does as well (Phipson & Smyth 2010: never 0; with N draws the
-    smallest possible p is 1 / (N + 1), so p ≤ 0.1 needs N ≥ 9)."""
-    target = {c.random_like: c.arm for c in cells if c.random_like and c.arm}  # set arm → its control
+    smallest possible p is 1 / (N + 1), so p ≤ 0.1 needs N ≥ 9). An arm matched by several controls
+    (MWork's random neurons in the partition and across the model) is tested against the first."""
+    target: dict[str, str] = {}  # set arm → its control: the first declared when several match it
+    for c in cells:
+        if c.random_like and c.arm:
+            target.setdefault(c.random_like, c.arm)
     lower_better = _lower_is_better(metric, cells)
     draws: dict[tuple[str | None, str | None, str], list[float]] = {}
     for c in cells:
@@ -214,11 +218,17 @@ def derive(metric: str, cells: list[Cell], baseline: str) -> dict[str, Any]:
             else:
                 values[lang] = _spread(vals)[0]
                 changed[lang], change_ci[lang] = _spread(per_draw[lang])
-        eng = changed.get(baseline)
+        several = len(draws[arm]) > 1
+        eng, eng_source = changed.get(baseline), None
+        if family and _own_set_empty(cells, arm, baseline):
+            # MWork's sets exclude English's neurons: ΔEng is English under the other languages' sets
+            cross = [_spread(changes(ml, baseline))[0] if several else changes(ml, baseline)[0] for ml in masks if ml != baseline]
+            cross = [v for v in cross if v is not None]
+            eng, eng_source = (mean(cross), "other_sets") if cross else (None, "empty")
         others = [v for k, v in changed.items() if k != baseline and v is not None]
         n_eng = mean(others) if others else None
-        several = len(draws[arm]) > 1
         rows[arm] = ArmRow(values=values, change=changed, change_ci=change_ci, family=family, delta_eng=eng, delta_n_eng=n_eng,
+                           **({"delta_eng_source": eng_source} if eng_source else {}),
                            delta=(eng - n_eng) if eng is not None and n_eng is not None else None,
                            **({"draws": len(draws[arm]), "change_draws": per_draw, "spread": "min–max over draws",
                                "random_like": controls.get(arm)} if several else {"draw": draws[arm][0]}))
@@ -254,6 +264,12 @@ def derive(metric: str, cells: list[Cell], baseline: str) -> dict[str, Any]:
                                                  "beats_control_languages": beats})
     return {"languages": langs, "base": base_value, "arms": rows, "matrices": matrices,
             "unit": "% ppl change" if metric == "perplexity" else "points"}
+
+
+def _own_set_empty(cells: list[Cell], arm: str, lang: str) -> bool:
+    """Whether `lang`'s own set (or its control's draws) held no neuron for `arm`."""
+    own = [c for c in cells if c.arm == arm and c.mask_lang == lang]
+    return bool(own) and all(c.deactivated == 0 or c.neurons == 0 for c in own)
 
 
 def _lower_is_better(metric: str, cells: list[Cell]) -> bool:

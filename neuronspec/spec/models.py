@@ -218,9 +218,11 @@ class EvaluationSpec(ArmsEvaluated):
         description="perplexity: token-weighted, on documents; choice: multiple-choice accuracy by log-likelihood; "
                     "generation: greedy decoding scored by ROUGE-L or language fidelity.")
     corpus: str = Field(description="Name of a corpus in `corpora`.")
-    on: Literal["self", "all"] = Field(
+    on: Literal["self", "baseline", "all"] = Field(
         "all",
-        description="self: evaluate each language's arm only on that language; all: on every language (the language × language matrix).",
+        description="self: evaluate each language's arm only on that language; baseline: on that language and on the "
+                    "report's baseline language (MWork's ΔEng when the sets exclude English's neurons); all: on every "
+                    "language (the language × language matrix).",
     )
     bootstrap: int = Field(1000, ge=0, le=MAX_BOOTSTRAP, description="Bootstrap resamples for confidence intervals (0: none).")
     options: dict[str, Any] = Field(default_factory=dict, description="Evaluator options: choice: normalize; generation: max_new_tokens, stop, metric (rouge_l | fidelity).")
@@ -257,8 +259,9 @@ class LmEvalSpec(ArmsEvaluated):
                                 "as `choice` does); else the model's.")
     metric_name: str | None = Field(
         None, description="Which of the task's metrics to report, e.g. acc_norm or exact_match,flexible-extract (default: its first).")
-    on: Literal["self", "all"] = Field(
-        "all", description="self: evaluate each language's arm only on that language's task; all: on every task (the matrix).")
+    on: Literal["self", "baseline", "all"] = Field(
+        "all", description="self: evaluate each language's arm only on that language's task; baseline: on that language's "
+                           "and the report's baseline language's task; all: on every task (the matrix).")
     bootstrap: int = Field(1000, ge=0, le=MAX_BOOTSTRAP, description="lm-eval's bootstrap iterations for the standard error of non-mean metrics.")
 
     @field_validator("tasks")

@@ -91,3 +91,19 @@ def test_scope_and_count_are_checked_where_they_are_written(tmp_path: Path) -> N
         load_study(text=text.replace("{random_like: early, draws: 2}", "{random_like: early, count: 3}"), name="s.yaml")
     with pytest.raises(StudyError, match="scope says where a `random_like` control draws from"):
         load_study(text=text.replace("{neurons: specific, layers: early}", "{neurons: specific, scope: all}"), name="s.yaml")
+
+
+def test_on_baseline_pairs_each_languages_set_with_its_language_and_the_baseline(tmp_path: Path, tiny_model_dir: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`on: baseline` evaluates language L's set on L and on the report's baseline language
+    (MWork's ΔEng when the sets leave English's neurons out) — not the whole matrix."""
+    monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
+    text = STUDY.format(model=tiny_model_dir, corpus=make_corpus(tmp_path / "c.jsonl")).replace(
+        "ppl: {metric: perplexity, corpus: ppl, bootstrap: 50}", "ppl: {metric: perplexity, corpus: ppl, bootstrap: 50, on: baseline}")
+    assert "on: baseline" in text
+    stages = set(compile_study(load_study(text=text, name="s.yaml")).stages)
+    early = {s.rsplit("/", 1)[1] for s in stages if s.startswith("eval/ppl/early/")}
+    assert early == {"en@en", "fr@fr", "de@de", "fr@en", "de@en"}
+    fr = load_study(text=text + "report: {baseline_language: fr}\n", name="s.yaml")
+    early = {s.rsplit("/", 1)[1] for s in compile_study(fr).stages if s.startswith("eval/ppl/early/")}
+    assert early == {"en@en", "fr@fr", "de@de", "en@fr", "de@fr"}

@@ -30,3 +30,33 @@ def test_infinite_epsilon_reports_empty_sets(study_file: Path, capsys: pytest.Ca
     assert "the set is EMPTY for en, fr, de" in html and "specific is EMPTY for en, fr, de" in html
     jaccard = html.split("overlap (Jaccard) of specific")[1].split("</table>")[0]
     assert "1.00" not in jaccard and "–" in jaccard
+
+
+def test_an_empty_mask_reads_the_base_result_which_the_hooks_reproduce(study_file: Path) -> None:
+    """With nothing to switch off an arm's stage takes the base stage's result instead of running the
+    model; that result is what evaluating through the (empty) hooks gives — bit for bit."""
+    from neuronspec.data import Document
+    from neuronspec.evaluate import run_evaluator
+    from neuronspec.models.loading import load_model
+    from neuronspec.models.masks import NeuronSet, zeroed
+    from neuronspec.plan.compile import compile_study
+    from neuronspec.plan.kinds.base import read_docs
+    from neuronspec.plan.runner import run_plan
+    from neuronspec.plan.store import Store
+    from neuronspec.spec import load_study
+
+    loaded = load_study(study_file, ["detect.plnd.epsilon=.inf"])
+    plan = compile_study(loaded)
+    store = Store(study_file.parent / ".neuronspec")
+    run_plan(plan, store, loaded.study)
+    arm_stage, base_stage = plan.stages["eval/ppl/early/fr@fr"], plan.stages["eval/ppl/base/fr"]
+    assert base_stage.id in arm_stage.deps
+    got = store.get(arm_stage.key).json()
+    assert got == store.get(base_stage.key).json() and got["deactivated"] == 0
+    lm = load_model(loaded.study.model.id)
+    docs = [Document(d["id"], d["lang"], d["text"], d["meta"])
+            for d in read_docs(store.get(plan.stages["corpus/ppl"].key), "fr")]
+    options = {k: v for k, v in arm_stage.spec.options.items() if k in ("bootstrap", "batch_size", "max_tokens")}
+    with zeroed(lm.model, NeuronSet.empty()):
+        direct = run_evaluator("perplexity", lm.model, lm.tokenizer, docs, options, "fr", arm_stage.spec.seed)
+    assert direct.to_json()["value"] == got["value"]

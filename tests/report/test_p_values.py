@@ -74,3 +74,41 @@ def test_the_forest_plot_is_drawn_beside_the_p_value_table(tmp_path) -> None:  #
     assert all((tmp_path / f"forest-ppl.{ext}").stat().st_size > 0 for ext in ("png", "pdf", "svg"))
     svg = (tmp_path / "forest-ppl.svg").read_text()
     assert svg.count("p = 0.60") == 1 and svg.count("p = 0.20") == 1  # one row per language, each with its p
+
+
+def test_delta_eng_is_english_under_the_other_sets_when_its_own_set_is_empty() -> None:
+    """MWork's sets exclude English's neurons (plnd[lang] - plnd[en]): English's own set is empty,
+    so ΔEng is English's change under each other language's set (mean), not a vacuous 0."""
+    def cell(arm: str | None, ml: str | None, lang: str, value: float, n: int = 5, draw: int | None = None) -> Cell:
+        return Cell(arm=arm, arm_kind="deactivate" if arm else None, mask_lang=ml, lang=lang, metric="perplexity",
+                    value=value, higher_is_better=False, deactivated=n if arm else None, draw=draw,
+                    random_like="set" if draw else None)
+    cells = [cell(None, None, lang, 10.0) for lang in ("en", "fr", "de")]
+    cells += [cell("set", "en", "en", 10.0, n=0), cell("set", "fr", "fr", 15.0), cell("set", "de", "de", 13.0),
+              cell("set", "fr", "en", 11.0), cell("set", "de", "en", 10.4)]
+    cells += [cell("rand", ml, lang, v, n=0 if ml == "en" else 5, draw=d)
+              for d, shift in ((1, 0.0), (2, 0.2)) for ml, lang, v in
+              (("en", "en", 10.0), ("fr", "fr", 10.1 + shift), ("de", "de", 10.1), ("fr", "en", 10.2), ("de", "en", 10.0 + shift))]
+    ev = evaluation("perplexity", cells, "en", resamples=0)
+    row = ev.arms["set"]
+    assert row.delta_eng == pytest.approx((10.0 + 4.0) / 2) and row.delta_eng_source == "other_sets"
+    assert row.delta_n_eng == pytest.approx((50.0 + 30.0) / 2)
+    assert row.delta == pytest.approx(7.0 - 40.0)
+    ctl = ev.arms["rand"]  # the control: each draw's mean over the other sets, then the mean over draws
+    assert ctl.delta_eng == pytest.approx(((2.0 + 0.0) / 2 + (2.0 + 2.0) / 2) / 2) and ctl.delta_eng_source == "other_sets"
+    table = next(t for t in result_tables(RunResults(study="s", evaluations={"ppl": ev})) if "per language" in t.title)
+    assert "under the other languages' sets" in table.caption
+    # with English's own set non-empty, ΔEng stays English under its own set
+    own = [c.model_copy(update={"deactivated": 5}) if c.arm == "set" and c.mask_lang == "en" else c for c in cells]
+    assert evaluation("perplexity", own, "en", resamples=0).arms["set"].delta_eng == pytest.approx(0.0)
+
+
+def test_an_arm_with_two_controls_is_tested_against_the_first_declared() -> None:
+    cells = _study() + [_ppl("wide", lang, 30.0, mask=ml, draw=d, like="set")
+                        for ml, lang in (("en", "en"), ("fr", "fr")) for d in (1, 2)]
+    ev = evaluation("perplexity", cells, "en", resamples=0)
+    p = {(c.mask_lang, c.lang): (c.p_value, c.control_draws) for c in ev.cells if c.arm == "set"}
+    assert p[("fr", "fr")] == (pytest.approx(1 / 5), 4)  # rand (4 draws, declared first), not wide (2 draws of +200 %)
+    reordered = [c for c in cells if c.arm == "wide"] + [c for c in cells if c.arm != "wide"]
+    p = {(c.mask_lang, c.lang): c.p_value for c in evaluation("perplexity", reordered, "en", resamples=0).cells if c.arm == "set"}
+    assert p[("fr", "fr")] == pytest.approx(3 / 3)

@@ -40,12 +40,15 @@ def evaluate(ctx: Context, stage: Stage, s: Evaluation, out: Path) -> None:
     corpus_dep = next(d for d in stage.deps if ctx.plan.stages[d].kind == "corpus")
     docs = [Document(d["id"], d["lang"], d["text"], d["meta"]) for d in read_docs(ctx.input(stage, corpus_dep), s.lang)]
     neurons, modified = NeuronSet.empty(), nullcontext()
-    lm = ctx.model()
     start = 1 << 30  # the first layer that differs from the base model (see evaluate.prefix)
     if s.arm_kind == "deactivate":  # the arm's mask (of this draw, for a random control with several)
         neurons = load_set(ctx.input(stage, ids.mask(s.arm, s.draw)), artifacts.MASK, s.mask_lang)
-        start = first_layer(neurons) if neurons else start
-    elif s.arm_kind == "enhance":
+        if not neurons:
+            _copy_base(ctx, stage, out)
+            return
+        start = first_layer(neurons)
+    lm = ctx.model()
+    if s.arm_kind == "enhance":
         from neuronspec.enhance import Delta, apply_delta
 
         start = 0  # changed weights: nothing to share
@@ -113,6 +116,9 @@ def evaluate_lm_eval(ctx: Context, stage: Stage, s: LmEvalStage, out: Path) -> N
     neurons, modified = NeuronSet.empty(), nullcontext()
     if s.arm_kind == "deactivate":  # the arm's mask (of this draw, for a random control with several)
         neurons = load_set(ctx.input(stage, ids.mask(s.arm, s.draw)), artifacts.MASK, s.mask_lang)
+        if not neurons:
+            _copy_base(ctx, stage, out)
+            return
     elif s.arm_kind == "enhance":
         from neuronspec.enhance import Delta, apply_delta
 
@@ -126,3 +132,10 @@ def evaluate_lm_eval(ctx: Context, stage: Stage, s: LmEvalStage, out: Path) -> N
                           batch_size=s.batch_size, bootstrap=s.bootstrap, seed=s.seed)
     write_json(out / artifacts.RESULT, {**result.to_dict(), "kind": "lm_eval", "lang": s.lang, "seed": s.seed, "docs": result.n,
                                      **result.headline().model_dump(mode="json"), "deactivated": neurons.count()})
+
+
+def _copy_base(ctx: Context, stage: Stage, out: Path) -> None:
+    """An empty set switches nothing off, so the arm's model is the base model, bit for bit (tested):
+    its result is the base stage's, read instead of recomputed (MWork's sets leave English's empty)."""
+    base = next(d for d in stage.deps if ctx.plan.stages[d].kind == stage.kind and ctx.plan.stages[d].spec.arm is None)
+    write_json(out / artifacts.RESULT, ctx.input(stage, base).json())
