@@ -16,7 +16,10 @@
     eval/EVAL/ARM/drawK/MASKLANG@LANG  the same for draw K of a random control
 
 Statistics are separate from selection so that changing ε, the set algebra, a partition
-or an arm re-runs no forward pass.
+or an arm re-runs no forward pass. A stage that reads one language of an input (its documents
+of a corpus, its neurons of a mask) declares it in `Stage.reads`: its content key
+(neuronspec.plan.content) then covers those files only, so appending a document of one
+language recomputes the corpus (no model) but reuses every other language's statistics.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from neuronspec.data import CorpusError, corpus_identity
 from neuronspec.fileio import TextFileError
 from neuronspec.plan import ids
 from neuronspec.plan import kinds as K
+from neuronspec.plan.kinds import artifacts
 from neuronspec.plan.graph import Plan, Stage
 from neuronspec.plan.identity import model_dims, model_identity
 from neuronspec.spec.errors import Location, Problem, StudyError
@@ -64,10 +68,14 @@ def compile_study(loaded: LoadedStudy) -> Plan:
     detector_stages = [ids.select(d) for d in detectors(study)]
     if detector_stages or study.neurons:
         order, families = set_order(study)
+        singles = single_sets(study)
+        # the detectors' neuron sets only (not their result.json: thresholds differ where sets do not)
+        reads = {ids.select(d): tuple(artifacts.set_file(d, lang) for lang in study.languages)
+                 + tuple(artifacts.set_file(s) for s in singles if s.split(".", 1)[0] == d) for d in detectors(study)}
         plan.add(Stage(ids.SETS, "sets", K.Sets(
             neurons={n: study.neurons[n] for n in order}, order=order, families=sorted(families),
-            detectors=detectors(study), singles=single_sets(study), languages=study.languages,
-        ), deps=tuple(detector_stages), origin=("neurons",)))
+            detectors=detectors(study), singles=singles, languages=study.languages,
+        ), deps=tuple(detector_stages), origin=("neurons",), reads=reads))
     if study.model.dtype != "float32" and any(arm.enhance is not None for arm in study.arms):
         plan.notes.append(f"enhance arms with model.dtype {study.model.dtype}: the trained neurons are written into "
                           f"{study.model.dtype} weights, where updates below its resolution (about 0.4 % of a weight "
@@ -82,6 +90,11 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         else:
             _add_evals(plan, study, name)
     return plan
+
+
+def _docs(corpus_name: str, lang: str) -> dict[str, tuple[str, ...]]:
+    """`reads` of a stage that reads one language's documents of a corpus."""
+    return {ids.corpus(corpus_name): (artifacts.docs_file(lang),)}
 
 
 def _model(loaded: LoadedStudy) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -173,7 +186,8 @@ def _add_plnd(plan: Plan, study: Study) -> None:
             top_k={s: p.top_k[s] for s in sites if s in p.top_k} if p.rule == "topk_intersect" else {},
         )
         stat_ids.append(plan.add(Stage(ids.stats_plnd(lang), "stats.plnd", spec, deps=(ids.corpus(p.corpus),),
-                                       model_bound=True, origin=("detect", "plnd"), lang=lang)).id)
+                                       model_bound=True, origin=("detect", "plnd"), lang=lang,
+                                       reads=_docs(p.corpus, lang))).id)
     epsilon: dict[str, float | Quantile] = {}
     for site in sites:
         eps = p.threshold(site)  # never None: the reference checks require an ε per site
@@ -205,7 +219,8 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
         for lang in corpus.languages or study.languages:
             plan.add(Stage(ids.stats_act(corpus_name, lang), "stats.act",
                            K.ActStats(**need, lang=lang, corpus=corpus_name, max_tokens=corpus.max_tokens),
-                           deps=(ids.corpus(corpus_name),), model_bound=True, origin=("corpora", corpus_name), lang=lang))
+                           deps=(ids.corpus(corpus_name),), model_bound=True, origin=("corpora", corpus_name), lang=lang,
+                           reads=_docs(corpus_name, lang)))
 
     def stats_deps(corpus_name: str) -> tuple[str, ...]:
         return tuple(sid for sid, s in plan.stages.items() if s.kind == "stats.act" and s.spec.corpus == corpus_name)
@@ -237,7 +252,8 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
             plan.add(Stage(ids.logit_lens(lang), "logit_lens",
                            K.LogitLens(**lens.model_dump(exclude=BATCHING), **lens.batching(), lang=lang,
                                        max_tokens=corpus.max_tokens, languages=study.languages),
-                           deps=(ids.corpus(lens.corpus),), model_bound=True, origin=("analyses", "logit_lens"), lang=lang))
+                           deps=(ids.corpus(lens.corpus),), model_bound=True, origin=("analyses", "logit_lens"), lang=lang,
+                           reads=_docs(lens.corpus, lang)))
 
 
 def _add_sharing_attribution(plan: Plan, study: Study) -> tuple[str, ...]:
@@ -255,7 +271,8 @@ def _add_sharing_attribution(plan: Plan, study: Study) -> tuple[str, ...]:
                                     steps=attr.steps if ig else None, step_batch=attr.step_batch if ig else None,
                                     probes=attr.probes if ig else None)
         attr_ids.append(plan.add(Stage(ids.attr_sharing(lang), "attr.sharing", spec, deps=(ids.corpus(sharing.corpus),),
-                                  model_bound=True, origin=("detect", "sharing", "attribution"), lang=lang)).id)
+                                  model_bound=True, origin=("detect", "sharing", "attribution"), lang=lang,
+                                  reads=_docs(sharing.corpus, lang))).id)
     return tuple(attr_ids)
 
 
@@ -275,7 +292,7 @@ def _add_mask(plan: Plan, study: Study, index: int) -> None:
                           **({"scope": d.scope, "layers": pool} if d.scope != "layer" else {}))
             draw = k if draws > 1 else None
             plan.add(Stage(ids.mask(arm.name, draw), "mask", spec, deps=(ids.mask(d.random_like), ids.SETS),
-                           origin=("arms", index), arm=arm.name, draw=draw))
+                           origin=("arms", index), arm=arm.name, draw=draw, reads={ids.SETS: ()}))  # reads no set
         return
     layers = [study.partitions[n] for n in d.partition_names()] or None
     spec = K.Mask(neurons=d.neurons, layers=layers, sites=expand_sites(list(d.sites)) if d.sites else None,
@@ -308,7 +325,8 @@ def _add_enhance(plan: Plan, study: Study, index: int) -> None:
         spec = K.Enhance(lang=lang, mask_lang=lang if family else None, corpus=e.corpus, docs=e.docs,
                          max_tokens=corpus.max_tokens, settings=K.Settings(**e.settings(seed)))
         plan.add(Stage(ids.enhance(arm.name, lang), "enhance", spec, deps=(ids.corpus(e.corpus), ids.mask(arm.name)),
-                       model_bound=True, origin=("arms", index, "enhance"), lang=lang, arm=arm.name))
+                       model_bound=True, origin=("arms", index, "enhance"), lang=lang, arm=arm.name,
+                       reads={**_docs(e.corpus, lang), ids.mask(arm.name): (artifacts.set_file(artifacts.MASK, spec.mask_lang),)}))
 
 
 def arm_languages(study: Study, arm_name: str) -> list[str]:
@@ -340,7 +358,7 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
     where: dict[str, Any] = {"model_bound": True, "origin": ("evaluate", name), "evaluation": name}
     for lang in langs:
         plan.add(Stage(ids.evaluation(name, None, lang), "eval", K.Evaluation(**base, lang=lang, arm=None, arm_kind=None, mask_lang=None),
-                       deps=(cdep,), lang=lang, **where))
+                       deps=(cdep,), lang=lang, reads=_docs(ev.corpus, lang), **where))
     for arm in study.arms:
         if ev.arms is not None and arm.name not in ev.arms:
             continue
@@ -355,7 +373,14 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
                         continue
                     sid = ids.evaluation(name, arm.name, lang, draw=draw, mask_lang=mlang)
                     plan.add(Stage(sid, "eval", K.Evaluation(**base, **arm_spec, **draw_spec, lang=lang, mask_lang=mlang),
-                                   deps=(cdep, dep), lang=lang, arm=arm.name, draw=draw, **where))
+                                   deps=(cdep, dep), lang=lang, arm=arm.name, draw=draw, **where,
+                                   reads={**_docs(ev.corpus, lang), **_mask_reads(arm, dep, mlang)}))
+
+
+def _mask_reads(arm: Any, dep: str, mask_lang: str | None) -> dict[str, tuple[str, ...]]:
+    """An evaluation under a deactivation arm reads its language's neurons of the mask (an enhance
+    arm's delta is read whole)."""
+    return {} if arm.enhance is not None else {dep: (artifacts.set_file(artifacts.MASK, mask_lang),)}
 
 
 def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
@@ -397,7 +422,9 @@ def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
         spec = K.LmEvalStage(**base, lang=column, task=found[columns[column]].identity(), arm=arm,
                              arm_kind=study.arm(arm).kind if arm else None, mask_lang=mlang,  # type: ignore[union-attr]
                              draw=draw, random_like=study.arm(arm).selection.random_like if draw else None)  # type: ignore[union-attr]
-        plan.add(Stage(sid, "eval.lm_eval", spec, deps=deps + dep, lang=column, arm=arm, draw=draw, **where))
+        reads = {**(_docs(ev.corpus, column) if ev.corpus is not None else {}),
+                 **(_mask_reads(study.arm(arm), dep[0], mlang) if arm else {})}  # type: ignore[arg-type]
+        plan.add(Stage(sid, "eval.lm_eval", spec, deps=deps + dep, lang=column, arm=arm, draw=draw, reads=reads, **where))
 
     for column in columns:
         add(ids.evaluation(name, None, column), column, None, None, None, ())
