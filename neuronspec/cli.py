@@ -57,7 +57,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     blocks = [(v, explain(v.plan, store)) for v in variants]
     if args.json:
         print(json.dumps([{"stage": s.stage.id, **({"model": v.name} if v.name else {}), "kind": s.stage.kind, "key": s.stage.key,
-                           "state": s.state, "reasons": s.reasons, "deps": list(s.stage.deps)}
+                           "state": s.state, "reasons": s.reasons, "reused_from": s.reused_from, "deps": list(s.stage.deps)}
                           for v, statuses in blocks for s in statuses], indent=1))
         return 0
     first_of: dict[str, str] = {}  # stage key → the model whose block lists it first (corpora are shared)
@@ -76,7 +76,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.print(f"[yellow]note:[/yellow] {_esc(note)}")
     statuses = [s for _, block in blocks for s in block]
     stale = sum(s.state == "stale" for s in statuses)
-    console.print(f"{stale} stale, {len(statuses) - stale} cached")
+    reusable = sum(s.state == "stale" and s.reused_from is not None for s in statuses)
+    console.print(f"{stale} stale" + (f" ({reusable} to be reused: inputs identical in content)" if reusable else "")
+                  + f", {len(statuses) - stale} cached")
     return 0
 
 

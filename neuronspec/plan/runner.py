@@ -44,6 +44,9 @@ class StageStatus:
     stage: Stage
     state: str  # "cached" | "stale"
     reasons: list[str] = field(default_factory=list)
+    # the stage whose stored result this one reused (cached), or will reuse (stale: its inputs are
+    # already stored and identical in content to that computation's)
+    reused_from: str | None = None
 
 
 def _diff(old: Any, new: Any, path: str = "") -> list[str]:
@@ -75,7 +78,8 @@ def explain(plan: Plan, store: Store) -> list[StageStatus]:
         if status == "cached":
             metas[sid] = store.meta(stage.key)
             source = (metas[sid] or {}).get("reused_from")
-            out.append(StageStatus(stage, "cached", [_reused(source)] if source else []))
+            out.append(StageStatus(stage, "cached", [_reused(source)] if source else [],
+                                   source.get("stage") if source else None))
             continue
         reasons: list[str] = []
         if status == "corrupt":
@@ -94,6 +98,7 @@ def explain(plan: Plan, store: Store) -> list[StageStatus]:
                     reasons.append(f"input {dep} changed")
             if not reasons:
                 reasons.append("result not in the store (removed by gc, or interrupted)")
+        hit = None
         if stage.key in first_of:
             reasons.append(f"same computation as {first_of[stage.key]}: computed once")
         else:
@@ -104,7 +109,7 @@ def explain(plan: Plan, store: Store) -> list[StageStatus]:
                 reasons.append(_reused({"key": hit.key, "stage": hit.meta.get("stage")}, future=True))
         first_of.setdefault(stage.key, sid)
         stale_ids.add(sid)
-        out.append(StageStatus(stage, "stale", reasons))
+        out.append(StageStatus(stage, "stale", reasons, hit.meta.get("stage") if hit is not None else None))
     return out
 
 

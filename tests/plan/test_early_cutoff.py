@@ -77,6 +77,7 @@ def test_appending_one_languages_document_keeps_the_other_languages_statistics(s
     reasons = {s.stage.id: (s.state, s.reasons) for s in explain(plan2, store)}
     assert reasons["stats/plnd/en"][0] == "cached"
     assert reasons["stats/plnd/en"][1][0].startswith("inputs identical in content to stats/plnd/en")
+    assert reasons["stats/plnd/de"] == ("cached", [])  # computed
 
 
 def test_epsilon_change_with_identical_sets_recomputes_no_evaluation(study_file: Path) -> None:
@@ -115,8 +116,10 @@ def test_plan_predicts_reuse_once_the_inputs_are_stored(study_file: Path) -> Non
     plan, store, partial = run(study_file, "detect.plnd.epsilon.quantile=0.90001", only=["select/plnd"])
     assert partial.computed == ["select/plnd"]
     status = {s.stage.id: s for s in explain(plan, store)}
-    assert status["sets"].state == "stale"
+    assert status["sets"].state == "stale" and status["sets"].reused_from == "sets"
     assert status["sets"].reasons[-1].startswith("inputs identical in content to sets") and "will be reused" in status["sets"].reasons[-1]
+    assert status["mask/early"].reused_from == "mask/early"  # predicted through the predicted sets
+    assert status["select/plnd"].state == "cached" and status["select/plnd"].reused_from is None
 
 
 def test_forced_stages_are_recomputed_not_reused(study_file: Path) -> None:
@@ -150,3 +153,21 @@ def test_equal_neuron_sets_are_written_as_equal_bytes(tmp_path: Path) -> None:
         digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
     assert len(digests) == 1
     assert NeuronSet.load(tmp_path / "set0.safetensors").jaccard(ns) == 1.0
+
+
+def test_content_index_is_checked_and_swept_by_gc(tmp_path: Path) -> None:
+    """The content index only points: an entry that does not record that content key is not served,
+    and gc removes index files whose entry it deleted."""
+    store = Store(tmp_path / "store")
+    entry = store.put("a" * 64, "sets", "sets", lambda out: (out / "x.json").write_text("1"), info={"content": "c" * 64})
+    assert store.find_content("c" * 64) == store.get(entry.key)
+    (store.root / "content" / "dd").mkdir()
+    (store.root / "content" / "dd" / ("d" * 64)).write_text(entry.key)  # points at an entry made from other content
+    assert store.find_content("d" * 64) is None
+    reused = store.reuse("b" * 64, "sets", "sets", entry, {"content": "c" * 64})
+    assert reused.meta["reused_from"] == {"key": entry.key, "stage": "sets"} and store.status(reused.key) == "cached"
+    assert store.find_content("c" * 64).key == reused.key  # the newest entry with that content
+    store.gc(keep={entry.key})
+    assert store.find_content("c" * 64) is None  # its entry is gone, and so is the index file
+    assert not (store.root / "content" / "cc" / ("c" * 64)).exists()
+    assert (store.root / "content" / "dd" / ("d" * 64)).exists()  # points at a kept entry
