@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -52,6 +53,7 @@ class StoreError(Exception):
 
 
 MARKER = "neuronspec-store.json"
+_KEY = re.compile(r"[0-9a-f]{64}")  # a stage key (sha256 hex): what a content-index file may name
 INCOMING = ".incoming-"  # runs/.incoming-RUN_ID: a run folder being written (not a run id), swept by gc
 STORE_FORMAT = 1
 #: folders a store made before the marker existed always has
@@ -178,12 +180,22 @@ class Store:
             return None
         return meta if isinstance(meta, dict) and meta.get("key") == key else None
 
+    def _content_target(self, path: Path) -> str | None:
+        """The entry key a content-index file names: a key, or None (never a path to follow)."""
+        try:
+            key = path.read_text(encoding="utf-8")[:80].strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return key if _KEY.fullmatch(key) else None
+
     def find_content(self, content: str) -> Entry | None:
         """The verified entry computed from inputs with this content key, if the store still holds it."""
+        key = self._content_target(self._content_file(content))
+        if key is None:
+            return None
         try:
-            key = self._content_file(content).read_text(encoding="utf-8").strip()
             entry = self.get(key)
-        except (OSError, KeyError, CorruptEntry):
+        except (KeyError, CorruptEntry):
             return None
         return entry if entry.meta.get("content") == content else None
 
@@ -320,7 +332,8 @@ class Store:
             content = self.root / "content"
             if content.is_dir() and not content.is_symlink():  # content keys whose entry is gone
                 for path in content.glob("*/*"):
-                    if path.is_file() and not path.is_symlink() and self.meta(path.read_text(encoding="utf-8").strip()) is None:
+                    target = None if path.is_symlink() or not path.is_file() else self._content_target(path)
+                    if path.is_symlink() or (path.is_file() and (target is None or self.meta(target) is None)):
                         path.unlink(missing_ok=True)
             tmp = self.root / "tmp"
             if tmp.is_dir() and not tmp.is_symlink():

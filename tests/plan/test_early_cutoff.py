@@ -171,3 +171,17 @@ def test_content_index_is_checked_and_swept_by_gc(tmp_path: Path) -> None:
     assert store.find_content("c" * 64) is None  # its entry is gone, and so is the index file
     assert not (store.root / "content" / "cc" / ("c" * 64)).exists()
     assert (store.root / "content" / "dd" / ("d" * 64)).exists()  # points at a kept entry
+
+
+def test_a_content_index_file_never_names_a_path(tmp_path: Path) -> None:
+    """What an index file says is a key or nothing: a crafted path is not followed, and gc removes it."""
+    store = Store(tmp_path / "store")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "meta.json").write_text(json.dumps({"key": "../../../outside", "files": {}, "content": "e" * 64}))
+    store.put("a" * 64, "sets", "sets", lambda out: None)
+    (store.root / "content" / "ee").mkdir()
+    (store.root / "content" / "ee" / ("e" * 64)).write_text("../../../outside")
+    assert store.find_content("e" * 64) is None
+    store.gc(keep={"a" * 64})
+    assert not (store.root / "content" / "ee" / ("e" * 64)).exists() and (outside / "meta.json").exists()
