@@ -207,14 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_validate)
 
     sp = sub.add_parser("plan", help="show the stage DAG, what is cached, and why the rest is stale",
-                    description="The stage DAG, each stage cached or stale and why (which field or code changed).")
+                    description="The stage DAG, each stage cached or stale and why (which field or code changed), "
+                                "and which stages reuse a stored result of inputs identical in content.")
     sp.add_argument("file", help="study file")
     study_args(sp)
     sp.add_argument("--json", action="store_true", help="print the plan as JSON")
     sp.set_defaults(fn=cmd_plan)
 
     sp = sub.add_parser("run", help="run what is stale, then report", description=(
-        "Run what is stale (one live display: stage N of M, the current step's tokens/s, ETA; then one line per stage kind), "
+        "Run what is stale (one live display: stage N of M, the current step's tokens/s, ETA; then one line per stage kind: "
+        "computed, reused because its inputs came out identical in content, cached), "
         "print the tables and write the run folder: record.json, results.json, report.md, report.html, every table as CSV "
         "(tables/, plus tidy evaluations.csv and layers.csv), figures as PNG, PDF and SVG. Nothing changed since the last run: "
         "its folder is reused."))
