@@ -57,7 +57,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     blocks = [(v, explain(v.plan, store)) for v in variants]
     if args.json:
         print(json.dumps([{"stage": s.stage.id, **({"model": v.name} if v.name else {}), "kind": s.stage.kind, "key": s.stage.key,
-                           "state": s.state, "reasons": s.reasons, "deps": list(s.stage.deps)}
+                           "state": s.state, "reasons": s.reasons, "reused_from": s.reused_from, "deps": list(s.stage.deps)}
                           for v, statuses in blocks for s in statuses], indent=1))
         return 0
     first_of: dict[str, str] = {}  # stage key → the model whose block lists it first (corpora are shared)
@@ -76,7 +76,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.print(f"[yellow]note:[/yellow] {_esc(note)}")
     statuses = [s for _, block in blocks for s in block]
     stale = sum(s.state == "stale" for s in statuses)
-    console.print(f"{stale} stale, {len(statuses) - stale} cached")
+    reusable = sum(s.state == "stale" and s.reused_from is not None for s in statuses)
+    console.print(f"{stale} stale" + (f" ({reusable} to be reused: inputs identical in content)" if reusable else "")
+                  + f", {len(statuses) - stale} cached")
     return 0
 
 
@@ -205,14 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_validate)
 
     sp = sub.add_parser("plan", help="show the stage DAG, what is cached, and why the rest is stale",
-                    description="The stage DAG, each stage cached or stale and why (which field or code changed).")
+                    description="The stage DAG, each stage cached or stale and why (which field or code changed), "
+                                "and which stages reuse a stored result of inputs identical in content.")
     sp.add_argument("file", help="study file")
     study_args(sp)
     sp.add_argument("--json", action="store_true", help="print the plan as JSON")
     sp.set_defaults(fn=cmd_plan)
 
     sp = sub.add_parser("run", help="run what is stale, then report", description=(
-        "Run what is stale (one live display: stage N of M, the current step's tokens/s, ETA; then one line per stage kind), "
+        "Run what is stale (one live display: stage N of M, the current step's tokens/s, ETA; then one line per stage kind: "
+        "computed, reused because its inputs came out identical in content, cached), "
         "print the tables and write the run folder: record.json, results.json, report.md, report.html, every table as CSV "
         "(tables/, plus tidy evaluations.csv, layers.csv, where measured stability.csv and, for a mixture-of-experts model, experts.csv), figures as PNG, PDF and SVG. Nothing changed since the last run: "
         "its folder is reused."))

@@ -83,19 +83,24 @@ def stages_to_run(variants: list[Any], store: Any, force: Sequence[str], only: S
 
 
 def stage_summary(plan: Any, result: Any) -> list[str]:
-    """One line per stage kind: how many were computed (in how long) and how many came from the cache."""
+    """One line per stage kind: how many were computed (in how long), how many reused a stored result
+    of inputs identical in content (new keys, not computed), and how many came from the cache."""
     from neuronspec.plan.variants import all_stages
 
     by_kind: dict[str, list[int | float]] = {}
     for sid, stage in all_stages(plan).items():
-        n = by_kind.setdefault(stage.kind, [0, 0, 0.0])
+        n = by_kind.setdefault(stage.kind, [0, 0, 0, 0.0])
         if sid in result.timings:
             n[0] += 1
-            n[2] += result.timings[sid]
-        else:
+            n[3] += result.timings[sid]
+        elif sid in result.reused:
             n[1] += 1
-    return [f"{kind:<20} " + ", ".join(([f"{int(c)} computed in {t:.1f} s"] if c else []) + ([f"{int(k)} cached"] if k else []))
-            for kind, (c, k, t) in by_kind.items()]
+        else:
+            n[2] += 1
+    return [f"{kind:<20} " + ", ".join(([f"{int(c)} computed in {t:.1f} s"] if c else [])
+                                       + ([f"{int(r)} reused (inputs identical in content)"] if r else [])
+                                       + ([f"{int(k)} cached"] if k else []))
+            for kind, (c, r, k, t) in by_kind.items()]
 
 
 def stage_keys(plan: Any) -> dict[str, str]:

@@ -208,11 +208,11 @@ class _Collector:
         want_act = any(p in ACT_POOLINGS for p in self.poolings)
         for i in range(self.dims.num_layers):
             if self.adapter.routed_ffn:  # expert neurons: read from the experts' call (methods/activations_moe.py)
-                if want_act:
-                    self.adapter.ffn_act(self.model, i)  # refuses, naming the family: no act(gate·x) per expert yet
-                handles += expert_hooks(self.adapter, self.model, i,
-                                        self._fold(i, self.poolings) if self.poolings or self.thresholds else None,
-                                        self._fold_gate(i) if self.want_gate else None)
+                own = [p for p in self.poolings if p not in ACT_POOLINGS]
+                acts = [p for p in self.poolings if p in ACT_POOLINGS]
+                handles += expert_hooks(self.adapter, self.model, i, self._fold(i, own) if own or self.thresholds else None,
+                                        self._fold_gate(i) if self.want_gate else None,
+                                        self._fold(i, acts, thresholds=False) if acts else None)
                 continue
             act = self.adapter.ffn_act(self.model, i) if want_act else None
             if self.poolings or self.thresholds:

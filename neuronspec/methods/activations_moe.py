@@ -26,9 +26,10 @@ Fold = Callable[[Tensor, slice], None]
 
 
 def expert_hooks(adapter: MixtralAdapter, model: nn.Module, i: int, fold: Fold | None,
-                 fold_gate: Fold | None) -> list[RemovableHandle]:
-    """Hooks giving `fold` layer `i`'s expert neuron values (0 where not routed) and `fold_gate` its
-    gate events (act(gate) > 0, False where not routed), one expert's [tokens, I] at a time."""
+                 fold_gate: Fold | None, fold_act: Fold | None = None) -> list[RemovableHandle]:
+    """Hooks giving `fold` layer `i`'s expert neuron values (0 where not routed), `fold_gate` its
+    gate events (act(gate) > 0, False where not routed) and `fold_act` the gate's activation
+    act(x·gate) (0 where not routed; Sharing Matters' event), one expert's [tokens, I] at a time."""
     width = adapter.expert_width(model.config)
 
     @torch.no_grad()
@@ -45,6 +46,10 @@ def expert_hooks(adapter: MixtralAdapter, model: nn.Module, i: int, fold: Fold |
                 fired = torch.zeros(x.shape[0], width, dtype=torch.bool, device=x.device)
                 fired[rows] = x[rows] @ module.gate_up_proj[e, :width].T > 0
                 fold_gate(fired, cols)
+            if fold_act is not None:
+                act = x.new_zeros(x.shape[0], width, dtype=torch.float32)
+                act[rows] = module.act_fn(x[rows] @ module.gate_up_proj[e, :width].T).float()
+                fold_act(act, cols)
 
     handles = [adapter.experts(model, i).register_forward_pre_hook(on_experts)]
     shared = adapter.shared_expert(model, i)
@@ -56,4 +61,7 @@ def expert_hooks(adapter: MixtralAdapter, model: nn.Module, i: int, fold: Fold |
             handles.append(mlp.down_proj.register_forward_pre_hook(lambda module, args: fold(args[0], cols)))
         if fold_gate is not None:
             handles.append(mlp.gate_proj.register_forward_hook(lambda module, args, out: fold_gate(out > 0, cols)))
+        if fold_act is not None:
+            handles.append(mlp.act_fn.register_forward_hook(
+                lambda module, args, out: fold_act(out.reshape(-1, out.shape[-1]), cols)))
     return handles

@@ -17,7 +17,10 @@
     eval/EVAL/ARM/drawK/MASKLANG@LANG  the same for draw K of a random control
 
 Statistics are separate from selection so that changing ε, the set algebra, a partition
-or an arm re-runs no forward pass.
+or an arm re-runs no forward pass. A stage that reads one language of an input (its documents
+of a corpus, its neurons of a mask) declares it in `Stage.reads`: its content key
+(neuronspec.plan.content) then covers those files only, so appending a document of one
+language recomputes the corpus (no model) but reuses every other language's statistics.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from neuronspec.data import CorpusError, corpus_identity
 from neuronspec.fileio import TextFileError
 from neuronspec.plan import ids
 from neuronspec.plan import kinds as K
+from neuronspec.plan.kinds import artifacts
 from neuronspec.plan.graph import Plan, Stage
 from neuronspec.plan.identity import model_dims, model_identity
 from neuronspec.spec.detection import SHARING_EVENTS
@@ -70,12 +74,20 @@ def compile_study(loaded: LoadedStudy) -> Plan:
     if detector_stages or study.neurons:
         order, families = set_order(study)
         exprs = expressions(study)
+        singles = single_sets(study)
+        halves = ["plnd"] if study.detect.plnd is not None and study.detect.plnd.stability.halves else []
+        # the detectors' neuron sets (and their halves' for split-half stability), not their result.json:
+        # thresholds differ where sets do not
+        reads = {ids.select(d): tuple(artifacts.set_file(d, lang) for lang in study.languages)
+                 + tuple(artifacts.set_file(s) for s in singles if s.split(".", 1)[0] == d)
+                 + (tuple(artifacts.half_set_file(d, h, lang) for h in (0, 1)  # methods.stability.HALVES
+                          for lang in study.languages) if d in halves else ())
+                 for d in detectors(study)}
         plan.add(Stage(ids.SETS, "sets", K.Sets(
             neurons={n: exprs[n] for n in order}, order=order, families=sorted(families),
-            detectors=detectors(study), singles=single_sets(study), languages=study.languages,
-            halves=["plnd"] if study.detect.plnd is not None and study.detect.plnd.stability.halves else [],
+            detectors=detectors(study), singles=singles, languages=study.languages, halves=halves,
             imports=_imports(loaded, dims),
-        ), deps=tuple(detector_stages), origin=("neurons",)))
+        ), deps=tuple(detector_stages), origin=("neurons",), reads=reads))
     if study.model.dtype != "float32" and any(arm.enhance is not None for arm in study.arms):
         plan.notes.append(f"enhance arms with model.dtype {study.model.dtype}: the trained neurons are written into "
                           f"{study.model.dtype} weights, where updates below its resolution (about 0.4 % of a weight "
@@ -95,6 +107,11 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         else:
             _add_evals(plan, study, name)
     return plan
+
+
+def _docs(corpus_name: str, lang: str) -> dict[str, tuple[str, ...]]:
+    """`reads` of a stage that reads one language's documents of a corpus."""
+    return {ids.corpus(corpus_name): (artifacts.docs_file(lang),)}
 
 
 def _model(loaded: LoadedStudy) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -208,7 +225,8 @@ def _add_plnd(plan: Plan, study: Study) -> None:
             **({"halves_seed": study.seed if p.stability.seed is None else p.stability.seed} if p.stability.halves else {}),
         )
         stat_ids.append(plan.add(Stage(ids.stats_plnd(lang), "stats.plnd", spec, deps=(ids.corpus(p.corpus),),
-                                       model_bound=True, origin=("detect", "plnd"), lang=lang)).id)
+                                       model_bound=True, origin=("detect", "plnd"), lang=lang,
+                                       reads=_docs(p.corpus, lang))).id)
     epsilon: dict[str, float | Quantile] = {}
     for site in sites:
         eps = p.threshold(site)  # never None: the reference checks require an ε per site
@@ -248,7 +266,8 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
         for lang in corpus.languages or study.languages:
             plan.add(Stage(ids.stats_act(corpus_name, lang), "stats.act",
                            K.ActStats(**need, lang=lang, corpus=corpus_name, max_tokens=corpus.max_tokens),
-                           deps=(ids.corpus(corpus_name),), model_bound=True, origin=("corpora", corpus_name), lang=lang))
+                           deps=(ids.corpus(corpus_name),), model_bound=True, origin=("corpora", corpus_name), lang=lang,
+                           reads=_docs(corpus_name, lang)))
 
     def stats_deps(corpus_name: str) -> tuple[str, ...]:
         return tuple(sid for sid, s in plan.stages.items() if s.kind == "stats.act" and s.spec.corpus == corpus_name)
@@ -283,7 +302,8 @@ def _add_activation_methods(plan: Plan, study: Study) -> None:
             plan.add(Stage(ids.logit_lens(lang), "logit_lens",
                            K.LogitLens(**lens.model_dump(exclude=BATCHING), **lens.batching(), lang=lang,
                                        max_tokens=corpus.max_tokens, languages=study.languages),
-                           deps=(ids.corpus(lens.corpus),), model_bound=True, origin=("analyses", "logit_lens"), lang=lang))
+                           deps=(ids.corpus(lens.corpus),), model_bound=True, origin=("analyses", "logit_lens"), lang=lang,
+                           reads=_docs(lens.corpus, lang)))
 
 
 def _add_sharing_attribution(plan: Plan, study: Study) -> tuple[str, ...]:
@@ -301,7 +321,8 @@ def _add_sharing_attribution(plan: Plan, study: Study) -> tuple[str, ...]:
                                     steps=attr.steps if ig else None, step_batch=attr.step_batch if ig else None,
                                     probes=attr.probes if ig else None)
         attr_ids.append(plan.add(Stage(ids.attr_sharing(lang), "attr.sharing", spec, deps=(ids.corpus(sharing.corpus),),
-                                  model_bound=True, origin=("detect", "sharing", "attribution"), lang=lang)).id)
+                                  model_bound=True, origin=("detect", "sharing", "attribution"), lang=lang,
+                                  reads=_docs(sharing.corpus, lang))).id)
     return tuple(attr_ids)
 
 
@@ -324,7 +345,7 @@ def _add_mask(plan: Plan, study: Study, index: int) -> None:
                           **({"match_bins": d.match_bins} if magnitudes else {}))
             draw = k if draws > 1 else None
             plan.add(Stage(ids.mask(arm.name, draw), "mask", spec, deps=(ids.mask(d.random_like), ids.SETS) + magnitudes,
-                           origin=("arms", index), arm=arm.name, draw=draw))
+                           origin=("arms", index), arm=arm.name, draw=draw, reads={ids.SETS: ()}))  # reads no set
         return
     layers = [study.partitions[n] for n in d.partition_names()] or None
     spec = K.Mask(neurons=d.neurons, layers=layers, sites=expand_sites(list(d.sites)) if d.sites else None,
@@ -362,7 +383,8 @@ def _add_enhance(plan: Plan, study: Study, index: int) -> None:
         spec = K.Enhance(lang=lang, mask_lang=lang if family else None, corpus=e.corpus, docs=e.docs,
                          max_tokens=corpus.max_tokens, settings=K.Settings(**e.settings(seed)))
         plan.add(Stage(ids.enhance(arm.name, lang), "enhance", spec, deps=(ids.corpus(e.corpus), ids.mask(arm.name)),
-                       model_bound=True, origin=("arms", index, "enhance"), lang=lang, arm=arm.name))
+                       model_bound=True, origin=("arms", index, "enhance"), lang=lang, arm=arm.name,
+                       reads={**_docs(e.corpus, lang), ids.mask(arm.name): (artifacts.set_file(artifacts.MASK, spec.mask_lang),)}))
 
 
 def arm_languages(study: Study, arm_name: str) -> list[str]:
@@ -394,7 +416,7 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
     where: dict[str, Any] = {"model_bound": True, "origin": ("evaluate", name), "evaluation": name}
     for lang in langs:
         plan.add(Stage(ids.evaluation(name, None, lang), "eval", K.Evaluation(**base, lang=lang, arm=None, arm_kind=None, mask_lang=None),
-                       deps=(cdep,), lang=lang, **where))
+                       deps=(cdep,), lang=lang, reads=_docs(ev.corpus, lang), **where))
     for arm in study.arms:
         if ev.arms is not None and arm.name not in ev.arms:
             continue
@@ -413,12 +435,19 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
                     base_dep = (ids.evaluation(name, None, lang),) if arm.kind == "deactivate" else ()
                     plan.add(Stage(sid, "eval", K.Evaluation(**base, **arm_spec, **draw_spec, lang=lang, mask_lang=mlang),
                                    deps=(cdep, dep, *base_dep) + ((ids.means(means),) if means else ()), lang=lang,
-                                   arm=arm.name, draw=draw, **where))
+                                   arm=arm.name, draw=draw, **where,
+                                   reads={**_docs(ev.corpus, lang), **_mask_reads(arm, dep, mlang)}))
 
 
 def _evaluated_on(on: str, lang: str, mask_lang: str | None, baseline: str | None) -> bool:
     """Whether `on` pairs a language's arm (`mask_lang`) with evaluated language `lang`."""
     return on == "all" or lang == mask_lang or (on == "baseline" and lang == baseline)
+
+
+def _mask_reads(arm: Any, dep: str, mask_lang: str | None) -> dict[str, tuple[str, ...]]:
+    """An evaluation under a deactivation arm reads its language's neurons of the mask (an enhance
+    arm's delta is read whole)."""
+    return {} if arm.enhance is not None else {dep: (artifacts.set_file(artifacts.MASK, mask_lang),)}
 
 
 def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
@@ -462,7 +491,10 @@ def _add_lm_evals(plan: Plan, loaded: LoadedStudy, name: str) -> None:
                              arm_kind=study.arm(arm).kind if arm else None, mask_lang=mlang,  # type: ignore[union-attr]
                              draw=draw, random_like=study.arm(arm).selection.random_like if draw else None,  # type: ignore[union-attr]
                              mean_corpus=means)
-        plan.add(Stage(sid, "eval.lm_eval", spec, deps=deps + dep + ((ids.means(means),) if means else ()), lang=column, arm=arm, draw=draw, **where))
+        reads = {**(_docs(ev.corpus, column) if ev.corpus is not None else {}),
+                 **(_mask_reads(study.arm(arm), dep[0], mlang) if arm else {})}  # type: ignore[arg-type]
+        plan.add(Stage(sid, "eval.lm_eval", spec, deps=deps + dep + ((ids.means(means),) if means else ()), lang=column, arm=arm,
+                       draw=draw, reads=reads, **where))
 
     for column in columns:
         add(ids.evaluation(name, None, column), column, None, None, None, ())

@@ -4,6 +4,13 @@ A stage's key hashes everything its result depends on — its kind and the finge
 the code computing it, its typed spec (as canonical JSON), the keys of its inputs and (for
 model-bound stages) the model's identity — so a result is reused exactly when it would
 come out the same.
+
+That key is known before anything runs. A second, *content* key (`neuronspec.plan.content`)
+replaces the input keys by the digests of the files the stage reads from its inputs, as
+the store recorded them when they were produced: a stage whose key is new but whose inputs
+came out byte-identical to those of a stored computation reuses that result (early cutoff).
+`reads` narrows what it reads to a few files of an input (one language's documents of a
+corpus, one language's mask), so a change elsewhere in that input does not reach it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ class Stage:
     arm: str | None = None
     evaluation: str | None = None
     draw: int | None = None  # which draw of a random control with several (its mask, and what evaluates it)
+    # dep → the only files of it the stage reads (every file for a dep not named); enforced by RunContext.input
+    reads: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def spec_json(self) -> dict[str, Any]:
         return self.spec.model_dump(mode="json")
@@ -56,6 +65,8 @@ class Plan:
             raise ValueError(f"stage {stage.id} depends on unknown stages {missing}")
         if stage.id in self.stages:
             raise ValueError(f"duplicate stage id {stage.id}")
+        if set(stage.reads) - set(stage.deps):
+            raise ValueError(f"stage {stage.id} declares reads of stages it does not depend on: {sorted(set(stage.reads) - set(stage.deps))}")
         expected = self.specs.get(stage.kind)
         if expected is None:
             raise ValueError(f"stage {stage.id}: kind {stage.kind!r} is not one this plan was made for")
@@ -67,7 +78,9 @@ class Plan:
                 "kind": stage.kind,
                 "code": self.code[stage.kind].digest,
                 "spec": stage.spec_json(),
-                "deps": {d: self.stages[d].key for d in stage.deps},
+                # what the inputs hold, not what they are called: two evaluations' arms that read
+                # equal base stages (eval/A/base/en, eval/B/base/en) are one computation
+                "deps": sorted(self.stages[d].key for d in stage.deps),
                 "model": self.model_identity if stage.model_bound else None,
             }
         )

@@ -1,5 +1,8 @@
 """Run a plan: compute stale stages in order, reuse the rest, explain why.
 
+A stale stage whose inputs came out identical in content to those of a stored computation
+(neuronspec.plan.content) is not computed: that result is published under its key.
+
 The model is loaded lazily, the first time a stale stage needs its weights, so a fully
 cached run never imports transformers. Each finished stage is published to the store
 atomically before the next starts, so an interrupted run resumes where it stopped.
@@ -7,6 +10,7 @@ atomically before the next starts, so an interrupted run resumes where it stoppe
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import tempfile
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from neuronspec import distributed
+from neuronspec.plan.content import content_key
 from neuronspec.plan.fingerprint import Fingerprint
 from neuronspec.plan.graph import Plan, Stage
 from neuronspec.plan.kinds import KINDS
@@ -39,6 +44,9 @@ class StageStatus:
     stage: Stage
     state: str  # "cached" | "stale"
     reasons: list[str] = field(default_factory=list)
+    # the stage whose stored result this one reused (cached), or will reuse (stale: its inputs are
+    # already stored and identical in content to that computation's)
+    reused_from: str | None = None
 
 
 def _diff(old: Any, new: Any, path: str = "") -> list[str]:
@@ -57,15 +65,21 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
 
 
 def explain(plan: Plan, store: Store) -> list[StageStatus]:
-    """Each stage's state and, for stale ones, why (compared with the study's last run)."""
+    """Each stage's state and, for stale ones, why (compared with the study's last run); a stale
+    stage whose inputs are already stored and identical in content to a stored computation's
+    says it will be reused. A cached stage that was reused rather than computed says from what."""
     index = store.read_index(plan.study_name)
     out: list[StageStatus] = []
     stale_ids: set[str] = set()
     first_of: dict[str, str] = {}  # key -> the first stale stage with it (identical stages are computed once)
+    metas: dict[str, dict[str, Any] | None] = {}  # meta.json of each stage's result, where it is known before running
     for sid, stage in plan.stages.items():
         status = store.status(stage.key)
         if status == "cached":
-            out.append(StageStatus(stage, "cached"))
+            metas[sid] = store.meta(stage.key)
+            source = (metas[sid] or {}).get("reused_from")
+            out.append(StageStatus(stage, "cached", [_reused(source)] if source else [],
+                                   source.get("stage") if source else None))
             continue
         reasons: list[str] = []
         if status == "corrupt":
@@ -84,12 +98,24 @@ def explain(plan: Plan, store: Store) -> list[StageStatus]:
                     reasons.append(f"input {dep} changed")
             if not reasons:
                 reasons.append("result not in the store (removed by gc, or interrupted)")
+        hit = None
         if stage.key in first_of:
             reasons.append(f"same computation as {first_of[stage.key]}: computed once")
+        else:
+            content = content_key(plan, stage, lambda dep: metas.get(dep))
+            hit = store.find_content(content) if content else None
+            if hit is not None:
+                metas[sid] = hit.meta
+                reasons.append(_reused({"key": hit.key, "stage": hit.meta.get("stage")}, future=True))
         first_of.setdefault(stage.key, sid)
         stale_ids.add(sid)
-        out.append(StageStatus(stage, "stale", reasons))
+        out.append(StageStatus(stage, "stale", reasons, hit.meta.get("stage") if hit is not None else None))
     return out
+
+
+def _reused(source: dict[str, Any], future: bool = False) -> str:
+    return (f"inputs identical in content to {source.get('stage')} ({str(source.get('key'))[:12]}…): "
+            + ("will be reused, not computed" if future else "reused, not computed"))
 
 
 def _code_reasons(kind: str, old: Any, new: Fingerprint) -> list[str]:
@@ -113,9 +139,12 @@ class RunContext:
         self.model_load_seconds: float | None = None
 
     def input(self, stage: Stage, dep: str) -> Entry:
+        """A verified input, readable only in the files `stage.reads` declares (what its content key covers)."""
         if dep not in stage.deps:
             raise KeyError(f"{stage.id} did not declare {dep} as an input")
-        return self.store.get(self.plan.stages[dep].key)
+        entry = self.store.get(self.plan.stages[dep].key)
+        names = stage.reads.get(dep)
+        return entry if names is None else dataclasses.replace(entry, readable=frozenset(names))
 
     def model(self) -> Any:
         if self._model is None:
@@ -148,6 +177,7 @@ class RunResult:
     computed: list[str]
     timings: dict[str, float]
     model_load_seconds: float | None
+    reused: dict[str, str] = field(default_factory=dict)  # stage → the stage whose result it reused (identical inputs)
 
 
 def run_plan(plan: Plan, store: Store, study: Study, *, force: list[str] = (), only: list[str] = (),  # type: ignore[assignment]
@@ -164,8 +194,10 @@ def run_plan(plan: Plan, store: Store, study: Study, *, force: list[str] = (), o
     forced = set(plan.downstream(plan.select(list(force)))) if force else set()
     wanted = set(plan.upstream(plan.select(list(only)))) if only else set(plan.stages)
     computed: list[str] = []
+    reused: dict[str, str] = {}
     timings: dict[str, float] = {}
-    done: set[str] = set()  # keys computed in this run: a stage identical to an earlier one reuses its entry
+    # keys done in this run → None when computed, else the stage whose result was reused (a twin shares either)
+    done: dict[str, str | None] = {}
     with store.lock() if world.main else nullcontext():
         statuses = explain(plan, store) if world.main else []
         reasons = {st.stage.id: st.reasons for st in statuses
@@ -178,10 +210,21 @@ def run_plan(plan: Plan, store: Store, study: Study, *, force: list[str] = (), o
                 on_stage(stage, "start")
             start = time.perf_counter()
             if stage.key not in done:
-                _compute(ctx, stage, world, replace=sid in forced)
-                done.add(stage.key)
-            timings[stage.id] = time.perf_counter() - start
-            computed.append(stage.id)
+                content = content_key(plan, stage, lambda dep: store.meta(plan.stages[dep].key)) if world.main else None
+                hit = store.find_content(content) if content and sid not in forced else None
+                done[stage.key] = None
+                if distributed.broadcast(hit is not None):  # every rank skips the computation
+                    if world.main:
+                        assert hit is not None and content is not None
+                        store.reuse(stage.key, sid, stage.kind, hit, {"spec": stage.spec_json(), "content": content})
+                    done[stage.key] = str(hit.meta.get("stage")) if hit is not None else "(rank 0 found it)"
+                else:
+                    _compute(ctx, stage, world, replace=sid in forced, content=content)
+            if done[stage.key] is None:
+                timings[stage.id] = time.perf_counter() - start
+                computed.append(stage.id)
+            else:
+                reused[sid] = done[stage.key]
             if world.main:
                 store.write_index(plan.study_name, {stage.id: _index_entry(plan, stage)})
             if on_stage and world.main:
@@ -190,17 +233,17 @@ def run_plan(plan: Plan, store: Store, study: Study, *, force: list[str] = (), o
         if world.main:
             store.write_index(plan.study_name, {sid: _index_entry(plan, s) for sid, s in plan.stages.items()
                                                 if (store.entry_dir(s.key) / "meta.json").exists()})
-    return RunResult(statuses, computed, timings, ctx.model_load_seconds)
+    return RunResult(statuses, computed, timings, ctx.model_load_seconds, reused)
 
 
-def _compute(ctx: RunContext, stage: Stage, world: distributed.World, replace: bool) -> None:
+def _compute(ctx: RunContext, stage: Stage, world: distributed.World, replace: bool, content: str | None) -> None:
     """Compute one stage into the store (rank 0), or help compute it (other ranks of a data-parallel kind)."""
     kind = KINDS[stage.kind]
     error: BaseException | None = None
     try:
         if world.main:
             ctx.store.put(stage.key, stage.id, stage.kind, lambda out: kind.compute(ctx, stage, stage.spec, out),
-                          info={"spec": stage.spec_json()}, replace=replace)
+                          info={"spec": stage.spec_json(), "content": content}, replace=replace)
         elif kind.data_parallel:  # the same computation; its reduced result is rank 0's to publish
             with tempfile.TemporaryDirectory(prefix="neuronspec-rank") as tmp:
                 kind.compute(ctx, stage, stage.spec, Path(tmp))

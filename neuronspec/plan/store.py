@@ -5,6 +5,7 @@ Layout under the store root (default `.neuronspec/` beside the study):
     neuronspec-store.json    marks the folder as a store: `gc` deletes nothing in a folder without it
     .gitignore               `*`: a store beside a study in a git repository is never committed
     objects/ab/abcdef…/      one finished stage: its files + meta.json (written last)
+    content/ab/abcdef…       a content key (neuronspec.plan.content) → the key of the entry computed from it
     tmp/                     entries being written; never read, swept by `gc`
     index/STUDY.json         the last resolved spec of every stage of a study (for `plan` to explain staleness)
     runs/RUN_ID/             run records and reports
@@ -21,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from neuronspec.fileio import file_sha256, json_default, write_json
+from neuronspec.fileio import file_sha256, json_default, write_json, write_text
 
 
 def canonical_json(value: Any) -> str:
@@ -51,6 +53,7 @@ class StoreError(Exception):
 
 
 MARKER = "neuronspec-store.json"
+_KEY = re.compile(r"[0-9a-f]{64}")  # a stage key (sha256 hex): what a content-index file may name
 INCOMING = ".incoming-"  # runs/.incoming-RUN_ID: a run folder being written (not a run id), swept by gc
 STORE_FORMAT = 1
 #: folders a store made before the marker existed always has
@@ -62,12 +65,17 @@ class Entry:
     key: str
     path: Path
     meta: dict[str, Any]
+    #: the only files a stage may read (its declared `reads`; None: every file). Reading another
+    #: would make its result depend on content its content key does not cover.
+    readable: frozenset[str] | None = None
 
     def file(self, name: str) -> Path:
+        if self.readable is not None and name not in self.readable:
+            raise KeyError(f"{name} of {self.meta.get('stage')} was not declared as read (reads: {sorted(self.readable)})")
         return self.path / name
 
     def json(self, name: str = "result.json") -> Any:
-        return json.loads((self.path / name).read_text(encoding="utf-8"))
+        return json.loads(self.file(name).read_text(encoding="utf-8"))
 
 
 class Store:
@@ -111,7 +119,7 @@ class Store:
                              "pick another --store")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            for sub in ("objects", "tmp", "index", "runs"):
+            for sub in ("objects", "tmp", "index", "runs", "content"):
                 (self.root / sub).mkdir(exist_ok=True)
             if not (self.root / MARKER).exists():
                 write_json(self.root / MARKER, {"format": STORE_FORMAT, "what": "neuronspec artifact store"})
@@ -127,6 +135,9 @@ class Store:
 
     def entry_dir(self, key: str) -> Path:
         return self.root / "objects" / key[:2] / key
+
+    def _content_file(self, content: str) -> Path:
+        return self.root / "content" / content[:2] / content
 
     # -- reading ----------------------------------------------------------------
     def status(self, key: str) -> str:
@@ -161,6 +172,33 @@ class Store:
             raise KeyError(key)
         return Entry(key, self.entry_dir(key), self._verify(key))
 
+    def meta(self, key: str) -> dict[str, Any] | None:
+        """An entry's meta.json as written (not verified: `status` and `get` do that), or None."""
+        try:
+            meta = json.loads((self.entry_dir(key) / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) and meta.get("key") == key else None
+
+    def _content_target(self, path: Path) -> str | None:
+        """The entry key a content-index file names: a key, or None (never a path to follow)."""
+        try:
+            key = path.read_text(encoding="utf-8")[:80].strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return key if _KEY.fullmatch(key) else None
+
+    def find_content(self, content: str) -> Entry | None:
+        """The verified entry computed from inputs with this content key, if the store still holds it."""
+        key = self._content_target(self._content_file(content))
+        if key is None:
+            return None
+        try:
+            entry = self.get(key)
+        except (KeyError, CorruptEntry):
+            return None
+        return entry if entry.meta.get("content") == content else None
+
     # -- writing ----------------------------------------------------------------
     def put(self, key: str, stage_id: str, kind: str, write: Callable[[Path], None], info: dict[str, Any] | None = None,
             replace: bool = False) -> Entry:
@@ -189,7 +227,24 @@ class Store:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if isinstance(meta.get("content"), str):  # findable by what it was computed from
+            path = self._content_file(meta["content"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, key)
         return Entry(key, final, meta)
+
+    def reuse(self, key: str, stage_id: str, kind: str, source: Entry, info: dict[str, Any]) -> Entry:
+        """Publish `source`'s files under `key` (hard links where the file system allows, else
+        copies): a stage whose inputs are identical in content to those `source` was computed from."""
+        def write(out: Path) -> None:
+            for name in source.meta["files"]:
+                try:
+                    os.link(source.path / name, out / name)
+                except OSError:  # no hard links here (another file system): same bytes, copied
+                    shutil.copyfile(source.path / name, out / name)
+
+        return self.put(key, stage_id, kind, write, info={**info, "reused_from": {"key": source.key,
+                                                                               "stage": source.meta.get("stage")}})
 
     # -- locking ----------------------------------------------------------------
     @contextmanager
@@ -274,6 +329,12 @@ class Store:
                     freed += entry["bytes"]
             for link in self._walk_objects()[1]:
                 link.unlink(missing_ok=True)
+            content = self.root / "content"
+            if content.is_dir() and not content.is_symlink():  # content keys whose entry is gone
+                for path in content.glob("*/*"):
+                    target = None if path.is_symlink() or not path.is_file() else self._content_target(path)
+                    if path.is_symlink() or (path.is_file() and (target is None or self.meta(target) is None)):
+                        path.unlink(missing_ok=True)
             tmp = self.root / "tmp"
             if tmp.is_dir() and not tmp.is_symlink():
                 for leftover in tmp.iterdir():

@@ -114,12 +114,14 @@ def run_variants(variants: list[Variant], run_one: Callable[[Variant], RunResult
         result = run_one(v)
         computed = [v.stage_id(s) for s in result.computed]
         timings = {v.stage_id(s): t for s, t in result.timings.items()}
+        reused = {v.stage_id(s): v.stage_id(source) for s, source in result.reused.items()}
         if merged is None:
-            merged = dataclasses.replace(result, computed=computed, timings=timings)
+            merged = dataclasses.replace(result, computed=computed, timings=timings, reused=reused)
         else:
             loads = [x for x in (merged.model_load_seconds, result.model_load_seconds) if x is not None]
             merged = dataclasses.replace(merged, statuses=merged.statuses + result.statuses, computed=merged.computed + computed,
-                                         timings={**merged.timings, **timings}, model_load_seconds=sum(loads) if loads else None)
+                                         timings={**merged.timings, **timings}, reused={**merged.reused, **reused},
+                                         model_load_seconds=sum(loads) if loads else None)
         del result
         gc.collect()  # this variant's model goes before the next one is loaded
     assert merged is not None

@@ -122,7 +122,9 @@ def _write_record(loaded: Any, variants: Any, result: Any, results: Results, sec
         "dims": None if multi else first.dims,
         "code_versions": first.code_versions,
         "stage_order": list(stages),  # JSON files sort keys; this keeps the plan's (topological) order
-        "stages": {sid: {"key": s.key, "kind": s.kind, "computed": sid in computed, "seconds": result.timings.get(sid),
+        # reused_from: not computed, its key's result published from that stage's (inputs identical in content)
+        "stages": {sid: {"key": s.key, "kind": s.kind, "computed": sid in computed, "reused_from": result.reused.get(sid),
+                         "seconds": result.timings.get(sid),
                          "spec": s.spec_json(), "deps": list(s.deps), "origin": list(s.origin), "model_bound": s.model_bound,
                          "lang": s.lang, "arm": s.arm, "draw": s.draw, "evaluation": s.evaluation}
                    for sid, s in stages.items()},

@@ -248,16 +248,21 @@ def test_shipped_mwork_tasks_study_validates_and_plans() -> None:
     plan = compile_study(load_study(root / "mwork-tasks.yaml"))
     lm = {sid: s for sid, s in plan.stages.items() if s.kind == "eval.lm_eval"}
     by_eval = {name: {s.spec.task["name"] for s in lm.values() if s.evaluation == name} for name in ("xquad", "mgsm", "xcsqa", "xlsum")}
-    assert by_eval["xquad"] == {"xquad_en", "xquad_zh", "xquad_es", "xquad_ru", "xquad_hi"}
-    assert by_eval["mgsm"] == {"mgsm_direct_en", "mgsm_direct_zh", "mgsm_direct_fr", "mgsm_direct_es", "mgsm_direct_ru"}
-    assert by_eval["xcsqa"] == {f"xcsqa_{lang}" for lang in ("en", "zh", "fr", "es", "ru", "hi")}
-    xcsqa = plan.stages["eval/xcsqa/under/zh@zh"].spec.task
+    assert by_eval["xquad"] == {"xquad_en", "xquad_de", "xquad_zh", "xquad_es", "xquad_ru"}  # the paper's six, no French
+    assert by_eval["mgsm"] == {f"mgsm_direct_{lang}" for lang in ("en", "de", "fr", "zh", "es", "ru")}
+    assert by_eval["xcsqa"] == {f"xcsqa_{lang}" for lang in ("en", "de", "fr", "zh", "es", "ru")}
+    xcsqa = plan.stages["eval/xcsqa/task/zh@zh"].spec.task
     assert xcsqa["dataset"] == "INK-USC/xcsr/X-CSQA-zh" and set(xcsqa["files"]) == {"xcsqa_zh.yaml", "xcsqa_common_yaml"}
-    xlsum = plan.stages["eval/xlsum/base/hi"].spec.task
-    assert set(xlsum["files"]) == {"xlsum_hi.yaml", "xlsum_common_yaml", "rouge_utils.py"}  # the !function module too
+    xlsum = plan.stages["eval/xlsum/base/fr"].spec.task
+    assert set(xlsum["files"]) == {"xlsum_fr.yaml", "xlsum_common_yaml", "rouge_utils.py"}  # the !function module too
     assert plan.stages["eval/xquad/base/en"].spec.task["yaml"] is None  # shipped with lm-eval, keyed by its version
-    assert "eval/xquad/under/zh@es" not in plan.stages  # on: self
-    assert any(n.startswith("evaluate.xlsum: lm-eval") and "csebuetnlp/xlsum/hindi" in n for n in plan.notes)
+    # on: baseline — each language's set on its language and on English (ΔEng), never on a third
+    assert "eval/xquad/under/zh@zh" in plan.stages and "eval/xquad/under/zh@en" in plan.stages
+    assert "eval/xquad/under/zh@es" not in plan.stages
+    # each table's arms only (Table 2: settings (i)-(v); Table 5 and Table 1 on XL-Sum)
+    assert {s.arm for s in lm.values() if s.evaluation == "xquad"} == {None, "under-random", "all-random", "task", "gen", "under"}
+    assert {s.arm for s in lm.values() if s.evaluation == "xlsum"} == {None, "gen-random", "all-random", "gen", "all", "all-matched"}
+    assert any(n.startswith("evaluate.xlsum: lm-eval") and "csebuetnlp/xlsum/french" in n for n in plan.notes)
 
 
 AGREE = """\

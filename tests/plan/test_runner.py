@@ -49,7 +49,8 @@ def test_changing_epsilon_reruns_selection_and_downstream_but_no_forward_pass(st
     assert any("epsilon.ffn.quantile: 0.9 → 0.8" in r for r in stale["select/plnd"])
     assert not any(sid.startswith(("stats/", "corpus/")) or "/base/" in sid for sid in stale)
     result = run_plan(plan, store, loaded.study)
-    assert set(result.computed) == set(stale)
+    # each stale stage is computed, or reused where its inputs came out identical (tests/plan/test_early_cutoff.py)
+    assert set(result.computed) | set(result.reused) == set(stale) and "select/plnd" in result.computed
     assert not any(sid.startswith("stats/") for sid in result.computed)
 
 

@@ -24,7 +24,9 @@ One module per family (its specs and compute functions), `base` for what they sh
 
 To add a kind: write its spec class and compute function in its family's module, register
 `KINDS["my.kind"] = Kind(MySpec, my_compute, "what it does", ...)` below, and add its stages in
-`plan/compile.py` with `Stage(ids.my_stage(...), "my.kind", MySpec(...), deps=...)`.
+`plan/compile.py` with `Stage(ids.my_stage(...), "my.kind", MySpec(...), deps=...)`. A stage that reads
+only some files of an input (one language's documents) names them in `reads=`: early cutoff
+(neuronspec.plan.content) then ignores changes to the others, and reading an undeclared file raises.
 """
 
 from __future__ import annotations
