@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -186,17 +186,21 @@ class NeuronSet:
         return cls(data)
 
     # ---- random baselines -------------------------------------------------------
-    def random_like(self, dims: Dims, seed: int, exclude: NeuronSet | None = None) -> NeuronSet:
+    def random_like(self, dims: Dims, seed: int, exclude: NeuronSet | None = None,
+                    blocks: Mapping[str, Sequence[int]] | None = None) -> NeuronSet:
         """Same count per site and layer, indices uniformly random, avoiding `exclude`.
 
         Each (site, layer) draws from its own generator seeded by (seed, site, layer), so
         the random set of a layer does not depend on which other layers are present.
         If a layer has fewer free neurons than requested, all free ones are taken and
-        the rest are drawn from the excluded ones.
+        the rest are drawn from the excluded ones. `blocks` (site → boundaries 0 < … < width)
+        draws block by block, as many in each as the set has there: a mixture of experts'
+        ffn matched per expert. One block (the default) is the plain per-layer draw.
         """
         out: dict[str, dict[int, Tensor]] = {}
         for site, layers in self._data.items():
             width = site_width(dims, site)
+            edges = list((blocks or {}).get(site, (0, width)))
             out[site] = {}
             for layer, t in layers.items():
                 n = t.numel()
@@ -207,13 +211,17 @@ class NeuronSet:
                 free = torch.ones(width, dtype=torch.bool)
                 if banned is not None:
                     free[banned[banned < width]] = False
-                pool, rest = free.nonzero().flatten(), (~free).nonzero().flatten()
-                pick = pool[torch.randperm(pool.numel(), generator=gen)[:n]]
-                if pick.numel() < n:
-                    pick = torch.cat([pick, rest[torch.randperm(rest.numel(), generator=gen)[: n - pick.numel()]]])
-                out[site][layer] = pick
+                picks = [torch.empty(0, dtype=torch.int64)]
+                for lo, hi in zip(edges, edges[1:]):
+                    k = n if len(edges) == 2 else int(((t >= lo) & (t < hi)).sum())
+                    block = torch.arange(lo, hi)
+                    pool, rest = block[free[lo:hi]], block[~free[lo:hi]]
+                    pick = pool[torch.randperm(pool.numel(), generator=gen)[:k]]
+                    if pick.numel() < k:
+                        pick = torch.cat([pick, rest[torch.randperm(rest.numel(), generator=gen)[: k - pick.numel()]]])
+                    picks.append(pick)
+                out[site][layer] = torch.cat(picks)
         return NeuronSet(out)
-
 
     def random_pooled(self, dims: Dims, seed: int, layers: Iterable[int], exclude: NeuronSet | None = None) -> NeuronSet:
         """Same count per site, drawn uniformly from every neuron of that site in `layers` (not

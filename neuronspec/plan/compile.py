@@ -337,11 +337,13 @@ def _add_mask(plan: Plan, study: Study, index: int) -> None:
         draws = d.draw_count(arm.kind)
         corpus = match_corpus(study, d)  # match: magnitude reads the mean |activation| of that corpus's pass
         magnitudes = tuple(sid for sid, s in plan.stages.items() if s.kind == "stats.act" and s.spec.corpus == corpus)
+        blocks = _expert_blocks(plan.dims.get("experts"))  # a mixture of experts: draws matched per expert
         for k in range(1, draws + 1):
             # draw 1 is the single draw of a one-draw control (same spec, same cached entry)
             pool = [study.partitions[n] for n in d.partition_names()] if d.scope == "partition" else None
             spec = K.Mask(random_like=d.random_like, seed=seed + DRAW_SEED_STRIDE * (k - 1), dims=dims,
                           **({"scope": d.scope, "layers": pool} if d.scope != "layer" else {}),
+                          **({"ffn_blocks": blocks} if blocks and d.scope == "layer" and not magnitudes else {}),
                           **({"match_bins": d.match_bins} if magnitudes else {}))
             draw = k if draws > 1 else None
             plan.add(Stage(ids.mask(arm.name, draw), "mask", spec, deps=(ids.mask(d.random_like), ids.SETS) + magnitudes,
@@ -351,6 +353,14 @@ def _add_mask(plan: Plan, study: Study, index: int) -> None:
     spec = K.Mask(neurons=d.neurons, layers=layers, sites=expand_sites(list(d.sites)) if d.sites else None,
                   **({"count": d.count, "seed": study.seed if d.seed is None else d.seed} if d.count else {}))
     plan.add(Stage(ids.mask(arm.name), "mask", spec, deps=(ids.SETS,), origin=("arms", index), arm=arm.name))
+
+
+def _expert_blocks(experts: dict[str, int] | None) -> list[int] | None:
+    """Where each expert's ffn neurons start in a MoE layer's flat numbering, then the width (None: dense)."""
+    if not experts:
+        return None
+    n, width, shared = experts["num_experts"], experts["width"], experts.get("shared", 0)
+    return [e * width for e in range(n + 1)] + ([n * width + shared] if shared else [])
 
 
 #: seeds of successive draws of a random control are this far apart (languages use offsets of 1000)

@@ -146,7 +146,9 @@ def evaluation_tables(name: str, ev: Evaluation, base_lang: str) -> list[Table]:
     t.caption = (f"base row: the untouched model's {metric}; arm rows: the {unit} when each language's own set is "
                  "deactivated or enhanced (family arms), or the arm's single set, evaluated on that language. "
                  f"Δ{base_lang}: the change on {base_lang}; Δn-{base_lang}: the mean change on the other languages; "
-                 f"Δ = Δ{base_lang} − Δn-{base_lang} (MWork's tables)")
+                 f"Δ = Δ{base_lang} − Δn-{base_lang} (MWork's tables"
+                 + ("; perplexity rises when a model is damaged, so MWork's 'high Δ' — the baseline spared, the other "
+                    "languages hurt — is a large negative Δ here)" if ev.metric == "perplexity" else ")"))
     if any(not r.draws and any(r.change_ci.values()) for r in ev.arms.values()):
         t.caption += (f"; [low, high]: paired 95% CI, documents resampled together for the base model and the arm "
                       f"({ev.bootstrap:,} resamples): an interval that excludes 0 is an effect of the arm, not of which "

@@ -170,7 +170,7 @@ def p_values(cells: list[Cell], metric: str) -> list[Cell]:
     out = []
     for c in cells:
         got = draws.get((target.get(c.arm or ""), c.mask_lang, c.lang)) if c.random_like is None else None
-        if not got or c.change is None:
+        if not got or c.change is None or c.deactivated == 0:  # an empty set is the untouched model: nothing to test
             out.append(c)
             continue
         up = lower_better != (c.arm_kind == "enhance")  # perplexity damage and accuracy gains are "up"

@@ -69,3 +69,26 @@ def test_export_lists_expert_neurons_by_expert_and_index(tmp_path) -> None:  # n
         rows = [(r["site"], r["layer"], r["neuron"], r["expert"], r["shared"], r["index"]) for r in csv.DictReader(f)]
     assert rows == [("ffn", "0", "3", "0", "False", "3"), ("ffn", "0", "21", "2", "False", "5"),
                     ("ffn", "0", "33", "4", "True", "1"), ("attn.v", "2", "4", "", "", "")]
+
+
+def test_a_random_control_of_expert_neurons_is_matched_per_expert() -> None:
+    """`blocks` draws as many neurons in each expert (and the shared one) as the set has there;
+    one block is the plain per-layer draw, bit for bit."""
+    from neuronspec.models.masks import NeuronSet
+    from neuronspec.models.sites import Dims
+
+    dims = Dims(num_layers=2, hidden=8, intermediate=4 * 6 + 5, heads=2, kv_heads=1, head_dim=4)
+    edges = [0, 6, 12, 18, 24, 29]  # four experts of 6 neurons, a shared expert of 5
+    target = NeuronSet({"ffn": {0: torch.tensor([0, 1, 2, 13, 25, 26]), 1: torch.tensor([7, 8])}})
+
+    def per_block(ns: NeuronSet, layer: int) -> list[int]:
+        (t,) = [t for _, lay, t in ns.items() if lay == layer]
+        return [int(((t >= lo) & (t < hi)).sum()) for lo, hi in zip(edges, edges[1:])]
+
+    for seed in range(20):
+        drawn = target.random_like(dims, seed, exclude=target, blocks={"ffn": edges})
+        assert per_block(drawn, 0) == [3, 0, 1, 0, 2] and per_block(drawn, 1) == [0, 2, 0, 0, 0]
+        assert (drawn & target).count() == 0 and drawn.count() == target.count()
+    plain = [target.random_like(dims, seed) for seed in range(20)]
+    assert plain == [target.random_like(dims, seed, blocks={"ffn": [0, 29]}) for seed in range(20)]
+    assert any(per_block(p, 1) != [0, 2, 0, 0, 0] for p in plain)  # unmatched draws wander across experts

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from tiny_studies import STUDY, make_corpus, make_parallel_corpus
 
+from neuronspec.models.masks import NeuronSet
 from neuronspec.models.testing import tiny_tokenizer
 from neuronspec.models.tiny import tiny_model
 from neuronspec.plan.compile import compile_study
@@ -48,6 +49,20 @@ def test_study_runs_every_site_and_arm(arch: str, tmp_path: Path, monkeypatch: p
     assert len(arm) == 9 and len(controls) == 18  # 3 mask languages × 3 languages (× 2 draws)
     for c in controls:  # the random control deactivates as many neurons as the arm it copies
         assert c["deactivated"] == arm[(c["mask_lang"], c["lang"])]["deactivated"]
+    if arch in LAYOUTS:  # a mixture of experts: the control's ffn neurons match the arm's per layer and expert
+        layout = LAYOUTS[arch]
+
+        def per_expert(sid: str, lang: str) -> dict[tuple[int, int], int]:
+            ns = NeuronSet.load(store.entry_dir(plan.stages[sid].key) / f"mask.{lang}.safetensors")
+            out: dict[tuple[int, int], int] = {}
+            for site, layer, t in ns.items():
+                for n in t.tolist() if site == "ffn" else []:
+                    e = min(n // layout["width"], layout["num_experts"])
+                    out[(layer, e)] = out.get((layer, e), 0) + 1
+            return out
+        for lang in ("en", "fr", "de"):
+            want = per_expert("mask/early", lang)
+            assert want and all(per_expert(f"mask/early-random/draw{k}", lang) == want for k in (1, 2))
 
 
 MOE_STUDY = """\

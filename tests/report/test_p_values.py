@@ -90,6 +90,8 @@ def test_delta_eng_is_english_under_the_other_sets_when_its_own_set_is_empty() -
               for d, shift in ((1, 0.0), (2, 0.2)) for ml, lang, v in
               (("en", "en", 10.0), ("fr", "fr", 10.1 + shift), ("de", "de", 10.1), ("fr", "en", 10.2), ("de", "en", 10.0 + shift))]
     ev = evaluation("perplexity", cells, "en", resamples=0)
+    p = {(c.mask_lang, c.lang): c.p_value for c in ev.cells if c.arm == "set"}
+    assert p[("en", "en")] is None and p[("fr", "fr")] == pytest.approx(1 / 3)  # an empty set is not tested
     row = ev.arms["set"]
     assert row.delta_eng == pytest.approx((10.0 + 4.0) / 2) and row.delta_eng_source == "other_sets"
     assert row.delta_n_eng == pytest.approx((50.0 + 30.0) / 2)

@@ -51,7 +51,10 @@ def test_a_record_from_before_results_were_embedded_renders_the_report_it_had() 
     added = [t for t in tables if "one-sided p" in t.title]
     markdown = f"# {results.study}\n\n" + "\n".join(t.to_markdown() for t in tables if t not in added)
     expected = (DATA / "legacy-report.md").read_text(encoding="utf-8").replace("It is the largest", "It is strictly the largest")
-    assert markdown == _with_intervals_in_the_main_table(expected)
+    # (and the caption now says which way Δ points for perplexity)
+    assert markdown == _with_intervals_in_the_main_table(expected).replace(
+        "Δ = Δen − Δn-en (MWork's tables)", "Δ = Δen − Δn-en (MWork's tables; perplexity rises when a model is damaged, so MWork's "
+        "'high Δ' — the baseline spared, the other languages hurt — is a large negative Δ here)")
     # the p-values, recounted from the record's own stage metrics: draws of early-random at least as damaging
     metrics = record["stage_metrics"].values()
     base = {m["lang"]: m["value"] for m in metrics if m["arm"] is None and m["evaluation"] == "ppl"}

@@ -141,6 +141,7 @@ class Mask(StageSpec):
     scope: str | None = None  # random_like: None (per site and layer), "partition" (from `layers`) or "all"
     count: int | None = None  # a named set: keep this many, a seeded subsample
     match_bins: int | None = None  # random_like matched by magnitude: quantile bins of the deps' mean |activation|
+    ffn_blocks: list[int] | None = None  # a mixture of experts: each expert's first ffn neuron, then the width
     seed: int | None = None
     dims: ModelDims | None = None
 
@@ -167,7 +168,8 @@ def mask(ctx: Context, stage: Stage, s: Mask, out: Path) -> None:
             matched = load_set(target, artifacts.MASK, lang)
             seed = s.seed + 1000 * i
             chosen = (matched.random_matched(dims, seed, scores, s.match_bins, exclude=matched) if scores is not None
-                      else matched.random_like(dims, seed=seed, exclude=matched) if pool is None
+                      else matched.random_like(dims, seed=seed, exclude=matched,
+                                               blocks={"ffn": s.ffn_blocks} if s.ffn_blocks else None) if pool is None
                       else matched.random_pooled(dims, seed=seed, layers=pool, exclude=matched))
             _save_mask(out, summary, chosen, lang)
         write_json(out / artifacts.RESULT, {"family": family, "counts": jsonable(summary)})
