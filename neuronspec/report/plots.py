@@ -190,12 +190,14 @@ def plot_arms(ev_name: str, ev: Evaluation, order: list[str], path: Path, table:
     step = span / max(1, len(arms))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     shown: list[float] = []
+    # a language whose own set is empty (MWork's sets leave English's out) is the untouched model: not drawn
+    empty = {(c.arm, c.lang) for c in ev.cells if c.arm and c.mask_lang in (None, c.lang) and c.deactivated == 0}
     for k, arm in enumerate(arms):
         row = ev.arms[arm]
         xs, ys, lo, hi = [], [], [], []
         for i, lang in enumerate(langs):
             v, ci = row.change.get(lang), row.change_ci.get(lang)
-            if v is None:
+            if v is None or (arm, lang) in empty:
                 continue
             xs.append(i - span / 2 + step * (k + 0.5))
             ys.append(v)
@@ -207,7 +209,7 @@ def plot_arms(ev_name: str, ev: Evaluation, order: list[str], path: Path, table:
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o" if not control else "s", mfc="white" if control else colours[k % len(colours)],
                     color=colours[k % len(colours)], ms=4, capsize=2, lw=1, ls="none", label=label)
     ax.axhline(0, color="0.6", lw=0.6, zorder=0)
-    ax.set_xticks(range(len(langs)), langs)
+    ax.set_xticks(range(len(langs)), [f"{lang}\n(empty set)" if all((a, lang) in empty for a in arms) else lang for lang in langs])
     ax.set_xlim(-0.5, len(langs) - 0.5)
     ax.set_xlabel("evaluated language (its own set switched off)" if any(ev.arms[a].family for a in arms)
                   else "evaluated language")
@@ -215,9 +217,12 @@ def plot_arms(ev_name: str, ev: Evaluation, order: list[str], path: Path, table:
     ax.set_ylabel(unit)
     if shown and max(abs(v) for v in shown) > 50:  # changes spanning orders of magnitude: linear near 0, log beyond
         ax.set_yscale("symlog", linthresh=10)
+        ax.set_ylim(bottom=min(-1.0, 2 * min(shown)))  # symlog's own margin would add a decade below 0
     ax.grid(axis="y", color="0.9", lw=0.5)
     ax.set_axisbelow(True)
-    fig.legend(loc="outside lower center", ncols=1 if style.width < 5 else min(len(arms), 3), frameon=False)
+    # three columns of long labels ("… (mean, min–max of 9 draws)") overrun a double-column figure
+    wide = max((len(label) for label in ax.get_legend_handles_labels()[1]), default=0) > 30
+    fig.legend(loc="outside lower center", ncols=1 if style.width < 5 else min(len(arms), 2 if wide else 3), frameon=False)
     ax.set_title(f"\u201c{ev_name}\u201d: change against the untouched model", loc="left")
     save_figure(fig, path, dpi=200, formats=PAPER_FORMATS)
     caption = (f"{unit.capitalize()} on each language with the arm's neurons for that language switched off, against the "

@@ -70,6 +70,19 @@ def test_the_headline_figure_draws_each_arms_confidence_interval(results, tmp_pa
                   for lo, hi in (ev.arms[arm].change_ci[lang] for lang in ev.languages))
     assert bars == want  # the set's paired CIs and the control's min–max over its draws, each drawn
 
+    # a language whose own set is empty (MWork's sets leave English out) is the untouched model: not drawn
+    empty = ev.model_copy(update={"cells": [c.model_copy(update={"deactivated": 0}) if c.arm and c.mask_lang == "en" else c
+                                            for c in ev.cells]})
+    plots.save_figure = keep
+    try:
+        fig = plots.plot_arms("ppl", empty, arm_order(empty), tmp_path / "arms-empty.png", "arms/ppl")
+    finally:
+        plots.save_figure = real_save
+    bars = sorted((round(min(s[:, 1]), 6), round(max(s[:, 1]), 6)) for s in kept["arms-empty.png"] if len(s) == 2
+                  and s[0, 0] == s[1, 0])
+    assert bars == sorted((round(lo, 6), round(hi, 6)) for arm in ("early", "early-random")
+                          for lo, hi in (ev.arms[arm].change_ci[lang] for lang in ev.languages if lang != "en"))
+
 
 def test_the_colour_bar_is_labelled_with_the_datas_own_extremes() -> None:
     assert colour_ticks(-0.4, 5.2, 1.0) == [-0.4, 0.0, 1.0, 5.2]  # not ±1 while cells reach +5
