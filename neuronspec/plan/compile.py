@@ -420,7 +420,9 @@ def _add_evals(plan: Plan, study: Study, name: str) -> None:
     ev = study.evaluate[name]
     corpus = study.corpora[ev.corpus]
     langs = corpus.languages or study.languages
-    base = {"metric": ev.metric, "seed": study.seed, "languages": study.languages,
+    # only generation reads the study's languages (language identification's candidates): elsewhere
+    # they stay out of the key, so adding a language leaves the others' evaluations reusable
+    base = {"metric": ev.metric, "seed": study.seed, "languages": study.languages if ev.metric == "generation" else None,
             "options": {**ev.batching(), "bootstrap": ev.bootstrap, "max_tokens": corpus.max_tokens, **ev.options}}
     cdep = ids.corpus(ev.corpus)
     where: dict[str, Any] = {"model_bound": True, "origin": ("evaluate", name), "evaluation": name}

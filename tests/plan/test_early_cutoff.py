@@ -185,3 +185,18 @@ def test_a_content_index_file_never_names_a_path(tmp_path: Path) -> None:
     assert store.find_content("e" * 64) is None
     store.gc(keep={"a" * 64})
     assert not (store.root / "content" / "ee" / ("e" * 64)).exists() and (outside / "meta.json").exists()
+
+
+def test_adding_a_language_reuses_the_other_languages_evaluations(study_file: Path) -> None:
+    """Sets that do not depend on the other languages (per-layer top-k, `plnd[lang]`): with `de`
+    added, en's and fr's evaluations read the same documents and the same neurons, so they are
+    reused; de's are computed."""
+    settings = ("detect.plnd.rule=topk_intersect", "neurons.specific=plnd[lang]")
+    plan, store, first = run(study_file, "languages=[en, fr]", *settings)
+    plan2, store, again = run(study_file, *settings)
+    old_evals = {sid for sid in plan.stages if sid.startswith("eval/")}
+    assert old_evals and old_evals <= set(plan2.stages)
+    assert all(plan.stages[sid].key != plan2.stages[sid].key for sid in old_evals)  # new keys (the corpus holds de now)
+    assert old_evals <= set(again.reused), sorted(old_evals - set(again.reused))
+    computed_evals = {sid for sid in again.computed if sid.startswith("eval/")}
+    assert computed_evals and all(sid.endswith("/de") or "de@" in sid or sid.endswith("@de") for sid in computed_evals)

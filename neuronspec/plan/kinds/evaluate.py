@@ -19,7 +19,7 @@ from neuronspec.plan.kinds.sets import Mask
 class Evaluation(StageSpec):
     metric: str
     seed: int
-    languages: list[str]
+    languages: list[str] | None  # generation's language-identification candidates (the study's languages)
     options: dict[str, Any]
     lang: str
     arm: str | None
