@@ -13,8 +13,9 @@ Supported for expert neurons: PLND importance, ``deactivate`` (hooks), ``zeroed`
 ``zero_weights`` / export (a routed neuron's gate and up rows are zeroed, which silences it:
 act(0)·0 = 0; a shared one's rows and down-projection column, as in a dense MLP), and the
 activation statistics of LAPE, LinguaFranca and Sharing (methods/activations_moe.py: 0 where
-the expert was not routed) and Integrated Gradients (methods/attribution_moe.py). Not yet:
-neuron-restricted fine-tuning of expert neurons - it raises saying so. Attention sites are Llama's.
+the expert was not routed) and Integrated Gradients (methods/attribution_moe.py), and
+neuron-restricted fine-tuning (enhance/expert_tap.py trains a routed neuron's gate and up rows
+and down-projection column, :meth:`MixtralAdapter.expert_slices`). Attention sites are Llama's.
 """
 
 from __future__ import annotations
@@ -159,6 +160,21 @@ class MixtralAdapter(GatedAdapter):
             slices += [WeightSlice(names[id(m.weight)], m.weight, dim, shared_of)
                        for m, dim in ((mlp.up_proj, 0), (mlp.gate_proj, 0), (mlp.down_proj, 1))]
         return slices
+
+    def expert_slices(self, model: nn.Module, i: int, idx: Tensor) -> dict[str, tuple[tuple[int, int], Tensor]]:
+        """{parameter name: (dims, [k, 2] (expert, coordinate) pairs)} of the routed ffn neurons among
+        `idx` in layer `i`: rows (e, j) and (e, I + j) of ``gate_up_proj`` [E, 2I, H] along dims (0, 1)
+        and column j of expert e's ``down_proj`` [E, H, I] along dims (0, 2). Shared-expert neurons
+        are left to :meth:`weight_slices` (one dense MLP)."""
+        width, routed_n = self.expert_width(model.config), self.num_experts(model.config) * self.expert_width(model.config)
+        idx = idx[idx < routed_n]
+        if not len(idx):
+            return {}
+        experts = self.experts(model, i)
+        names = {id(p): n for n, p in model.named_parameters()}
+        e, j = expert_of(idx, width)
+        rows = torch.cat([torch.stack([e, j], 1), torch.stack([e, width + j], 1)])
+        return {names[id(experts.gate_up_proj)]: ((0, 1), rows), names[id(experts.down_proj)]: ((0, 2), torch.stack([e, j], 1))}
 
     def check(self, model: nn.Module) -> Dims:
         dims, layers = self.dims(model.config), self.layers(model)
