@@ -196,3 +196,19 @@ def test_a_study_enhances_expert_ffn_neurons(tok, tmp_path: Path, monkeypatch: p
     assert delta.entries and all(name.endswith(("experts.gate_up_proj", "experts.down_proj")) for name in delta.entries)
     cells = {(c["arm"], c["mask_lang"], c["lang"]): c["value"] for c in results["evaluations"]["ppl"]["cells"]}
     assert cells[("tune", "fr", "fr")] != cells[(None, None, "fr")]
+
+
+def test_expert_delta_entries_are_validated() -> None:
+    from neuronspec.enhance import DeltaEntry
+
+    model = tiny_model("mixtral")  # gate_up_proj [4, 24, 32]
+    name = "model.layers.0.mlp.experts.gate_up_proj"
+    ok = DeltaEntry((0, 1), torch.tensor([[3, 23]]), torch.ones(1, 32))
+    with apply_delta(model, Delta({name: ok})):
+        assert torch.equal(dict(model.named_parameters())[name][3, 23], torch.ones(32))
+    with pytest.raises(ValueError, match="out of range for size 24 along dim 1"):
+        apply_delta(model, Delta({name: DeltaEntry((0, 1), torch.tensor([[3, 24]]), torch.ones(1, 32))})).__enter__()
+    with pytest.raises(ValueError, match="do not fit"):
+        apply_delta(model, Delta({name: DeltaEntry((0, 2), torch.tensor([[3, 5]]), torch.ones(1, 32))})).__enter__()
+    with pytest.raises(ValueError, match=r"indices must be \[k, 2\]"):
+        DeltaEntry((0, 1), torch.tensor([3, 5]), torch.ones(2, 32))
