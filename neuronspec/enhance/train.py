@@ -95,23 +95,17 @@ def selected_slices(model: nn.Module, neurons: NeuronSet) -> dict[str, tuple[Dim
     """{parameter name: (dim, sorted coordinates)} owned by the neurons, merged over sites
     and layers (e.g. q and k neurons of GPT-2 share ``c_attn``). Routed expert neurons give
     (dims, sorted [k, 2] (expert, coordinate) pairs) of the 3-D expert weights
-    (``MixtralAdapter.expert_slices``)."""
+    (``MixtralAdapter.trained_slices``)."""
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
     check_fits(neurons, dims)
     found: dict[str, tuple[Dims, list[Tensor]]] = {}
     for site, layer, idx in neurons.items():
-        routed_ffn = adapter.routed_ffn and site == "ffn"
-        parts_of = [(sl.name, sl.dim, sl.index_fn(idx)) for sl in adapter.weight_slices(model, layer, site)]
-        if routed_ffn:  # the routed neurons' slices of the 3-D expert weights replace the adapter's flattened rows
-            gate_up = adapter.experts(model, layer).gate_up_proj  # type: ignore[attr-defined]
-            flat = next(n for n, p in model.named_parameters() if p is gate_up)
-            parts_of = [part for part in parts_of if part[0] != flat]
-            expert = adapter.expert_slices(model, layer, idx)  # type: ignore[attr-defined]
-            parts_of += [(name, dim, coords) for name, (dim, coords) in expert.items()]
+        if adapter.routed_ffn and site == "ffn":  # expert neurons: slices of the 3-D expert weights
+            parts_of = adapter.trained_slices(model, layer, idx)  # type: ignore[attr-defined]
+        else:
+            parts_of = [(sl.name, sl.dim, sl.index_fn(idx)) for sl in adapter.weight_slices(model, layer, site)]
         for name, sl_dim, coords in parts_of:
-            if not coords.numel():  # e.g. the shared expert's slices when only routed neurons are selected
-                continue
             dim, parts = found.setdefault(name, (sl_dim, []))
             if dim != sl_dim:
                 raise NotImplementedError(f"{name}: neurons select slices along two dims ({dim} and {sl_dim});"

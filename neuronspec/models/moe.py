@@ -15,7 +15,7 @@ act(0)·0 = 0; a shared one's rows and down-projection column, as in a dense MLP
 activation statistics of LAPE, LinguaFranca and Sharing (methods/activations_moe.py: 0 where
 the expert was not routed) and Integrated Gradients (methods/attribution_moe.py), and
 neuron-restricted fine-tuning (enhance/expert_tap.py trains a routed neuron's gate and up rows
-and down-projection column, :meth:`MixtralAdapter.expert_slices`). Attention sites are Llama's.
+and down-projection column, :meth:`MixtralAdapter.trained_slices`). Attention sites are Llama's.
 """
 
 from __future__ import annotations
@@ -161,20 +161,24 @@ class MixtralAdapter(GatedAdapter):
                        for m, dim in ((mlp.up_proj, 0), (mlp.gate_proj, 0), (mlp.down_proj, 1))]
         return slices
 
-    def expert_slices(self, model: nn.Module, i: int, idx: Tensor) -> dict[str, tuple[tuple[int, int], Tensor]]:
-        """{parameter name: (dims, [k, 2] (expert, coordinate) pairs)} of the routed ffn neurons among
-        `idx` in layer `i`: rows (e, j) and (e, I + j) of ``gate_up_proj`` [E, 2I, H] along dims (0, 1)
-        and column j of expert e's ``down_proj`` [E, H, I] along dims (0, 2). Shared-expert neurons
-        are left to :meth:`weight_slices` (one dense MLP)."""
+    def trained_slices(self, model: nn.Module, i: int, idx: Tensor) -> list[tuple[str, int | tuple[int, int], Tensor]]:
+        """(parameter name, dim(s), coordinates) that neuron fine-tuning trains for ffn neurons `idx` of
+        layer `i`. A routed neuron (e, j): rows (e, j) and (e, I + j) of ``gate_up_proj`` [E, 2I, H] along
+        dims (0, 1) and column j of ``down_proj[e]`` ([E, H, I], dims (0, 2)), as [k, 2] (expert,
+        coordinate) pairs; a shared-expert neuron: its dense MLP's rows and column (:meth:`weight_slices`)."""
         width, routed_n = self.expert_width(model.config), self.num_experts(model.config) * self.expert_width(model.config)
-        idx = idx[idx < routed_n]
-        if not len(idx):
-            return {}
         experts = self.experts(model, i)
         names = {id(p): n for n, p in model.named_parameters()}
-        e, j = expert_of(idx, width)
-        rows = torch.cat([torch.stack([e, j], 1), torch.stack([e, width + j], 1)])
-        return {names[id(experts.gate_up_proj)]: ((0, 1), rows), names[id(experts.down_proj)]: ((0, 2), torch.stack([e, j], 1))}
+        out: list[tuple[str, int | tuple[int, int], Tensor]] = []
+        e, j = expert_of(idx[idx < routed_n], width)
+        if len(e):
+            rows = torch.cat([torch.stack([e, j], 1), torch.stack([e, width + j], 1)])
+            out += [(names[id(experts.gate_up_proj)], (0, 1), rows),
+                    (names[id(experts.down_proj)], (0, 2), torch.stack([e, j], 1))]
+        if bool((idx >= routed_n).any()):
+            flat = names[id(experts.gate_up_proj)]  # weight_slices' flattened rows of the routed experts
+            out += [(sl.name, sl.dim, sl.index_fn(idx)) for sl in self.weight_slices(model, i, "ffn") if sl.name != flat]
+        return out
 
     def check(self, model: nn.Module) -> Dims:
         dims, layers = self.dims(model.config), self.layers(model)
