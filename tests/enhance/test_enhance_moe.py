@@ -212,3 +212,14 @@ def test_expert_delta_entries_are_validated() -> None:
         apply_delta(model, Delta({name: DeltaEntry((0, 2), torch.tensor([[3, 5]]), torch.ones(1, 32))})).__enter__()
     with pytest.raises(ValueError, match=r"indices must be \[k, 2\]"):
         DeltaEntry((0, 1), torch.tensor([3, 5]), torch.ones(2, 32))
+
+
+def test_bfloat16_experts_train_with_a_float32_master(tok) -> None:
+    """(Widths of 16: transformers' grouped expert matmul needs 16-byte strides in bfloat16.)"""
+    model = tiny_model("mixtral", intermediate_size=16).to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    r = train_neurons(model, tok, TEXTS, NeuronSet.from_dict({"ffn": {0: [1, 20, 50]}}), FAST, restore=False)
+    assert all(e.values.dtype == torch.bfloat16 for e in r.delta.entries.values())
+    assert all(torch.isfinite(torch.tensor(r.losses)))
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj"}
