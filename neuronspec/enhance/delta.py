@@ -1,7 +1,9 @@
 """A fine-tune of selected neurons as data: only the rows/columns that changed.
 
 A :class:`Delta` maps parameter names to (dim, indices, values): ``param.index_select(dim,
-indices)`` is replaced by ``values``. It is tiny (proportional to the neurons), saved as
+indices)`` is replaced by ``values``; for a mixture-of-experts' 3-D expert weights, whose neuron
+slices are picked by (expert, row or column) pairs, ``dim`` is a pair of dims and ``indices`` holds
+one pair per slice (:func:`read_slices`). It is tiny (proportional to the neurons), saved as
 one safetensors file written atomically, and applied to a loaded base model in place
 for as long as needed (:func:`apply_delta`), so an enhanced arm costs what the base
 model costs and the base is bit-identical afterwards.
@@ -28,16 +30,29 @@ _FORMAT = "neuronspec.Delta"
 _VERSION = "1"
 
 
+Dims = int | tuple[int, ...]
+
+
 @dataclass(frozen=True)
 class DeltaEntry:
-    """``param.index_select(dim, indices) <- values`` (values have the param's shape there)."""
+    """``param.index_select(dim, indices) <- values`` (values have the param's shape there); with a
+    tuple ``dim``, ``indices`` is [k, len(dim)] and values [k, the param's other dims]
+    (:func:`read_slices`)."""
 
-    dim: int
-    indices: Tensor  # int64 [k], sorted unique
+    dim: Dims
+    indices: Tensor  # int64 [k] (or [k, len(dim)]), sorted unique
     values: Tensor
 
     def __post_init__(self) -> None:
-        if self.indices.dim() != 1 or self.indices.dtype != torch.int64:
+        if self.indices.dtype != torch.int64:
+            raise ValueError("indices must be int64")
+        if isinstance(self.dim, tuple):
+            if self.indices.dim() != 2 or self.indices.shape[1] != len(self.dim) or len(set(self.dim)) != len(self.dim):
+                raise ValueError(f"indices must be [k, {len(self.dim)}] for dims {self.dim}")
+            if self.values.shape[0] != self.indices.shape[0]:
+                raise ValueError(f"values have {self.values.shape[0]} slices, indices {self.indices.shape[0]}")
+            return
+        if self.indices.dim() != 1:
             raise ValueError("indices must be a 1-D int64 tensor")
         if not 0 <= self.dim < self.values.dim():
             raise ValueError(f"dim {self.dim} out of range for values of shape {tuple(self.values.shape)}")
@@ -95,12 +110,40 @@ class Delta:
             raise ValueError(f"{path}: not a saved Delta (format {meta.get('format')!r})")
         dims = json.loads(meta["dims"])
         tensors = load_file(str(path))
-        entries = {name: DeltaEntry(int(dim), tensors[f"{name}/indices"], tensors[f"{name}/values"])
+        entries = {name: DeltaEntry(tuple(dim) if isinstance(dim, list) else int(dim), tensors[f"{name}/indices"], tensors[f"{name}/values"])
                    for name, dim in dims.items()}
         return cls(entries, json.loads(meta.get("metadata", "{}")))
 
 
 # ---- application --------------------------------------------------------------------
+
+
+def _joint(param: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """A view of `param` with `dims` moved to the front (writing it writes the parameter)."""
+    return param.movedim(dims, tuple(range(len(dims))))
+
+
+def read_slices(param: Tensor, dim: Dims, indices: Tensor) -> Tensor:
+    """The slices of `param` a :class:`DeltaEntry` with (dim, indices) replaces: ``index_select``
+    for an int dim; for a tuple, ``param[i0, i1, ...]`` over the rows of `indices` with those dims
+    moved to the front (e.g. dims (0, 2) of a [E, H, I] weight: expert e's column j, as [k, H])."""
+    if isinstance(dim, tuple):
+        return _joint(param, dim)[tuple(indices.t())]
+    return param.index_select(dim, indices)
+
+
+def write_slices(param: Tensor, dim: Dims, indices: Tensor, values: Tensor) -> None:
+    """In place: the inverse of :func:`read_slices`."""
+    if isinstance(dim, tuple):
+        _joint(param, dim).index_put_(tuple(indices.t()), values)
+    else:
+        param.index_copy_(dim, indices, values)
+
+
+def _expected_shape(shape: list[int], dim: Dims, k: int) -> list[int]:
+    if isinstance(dim, tuple):
+        return [k] + [n for d, n in enumerate(shape) if d not in dim]
+    return [*shape[:dim], k, *shape[dim + 1:]]
 
 
 def _targets(model: nn.Module, delta: Delta) -> list[tuple[Tensor, DeltaEntry]]:
@@ -110,32 +153,35 @@ def _targets(model: nn.Module, delta: Delta) -> list[tuple[Tensor, DeltaEntry]]:
         if name not in params:
             raise KeyError(f"delta names {name!r}, which this model does not have")
         p = params[name]
-        expected = list(p.shape)
-        expected[e.dim] = e.indices.numel()
-        if list(e.values.shape) != expected:
+        dims = e.dim if isinstance(e.dim, tuple) else (e.dim,)
+        if max(dims) >= p.dim():
+            raise ValueError(f"{name}: delta dims {e.dim} out of range for parameter {tuple(p.shape)}")
+        if list(e.values.shape) != _expected_shape(list(p.shape), e.dim, e.indices.shape[0]):
             raise ValueError(f"{name}: delta values {tuple(e.values.shape)} do not fit parameter {tuple(p.shape)} "
                              f"along dim {e.dim}")
-        if e.indices.numel() and (int(e.indices.min()) < 0 or int(e.indices.max()) >= p.shape[e.dim]):
-            raise ValueError(f"{name}: delta index out of range for size {p.shape[e.dim]} along dim {e.dim}")
+        cols = e.indices.reshape(e.indices.shape[0], len(dims))
+        for c, d in enumerate(dims):
+            if cols.numel() and (int(cols[:, c].min()) < 0 or int(cols[:, c].max()) >= p.shape[d]):
+                raise ValueError(f"{name}: delta index out of range for size {p.shape[d]} along dim {d}")
         out.append((p, e))
     return out
 
 
-def write_delta(model: nn.Module, delta: Delta) -> list[tuple[Tensor, int, Tensor, Tensor]]:
+def write_delta(model: nn.Module, delta: Delta) -> list[tuple[Tensor, Dims, Tensor, Tensor]]:
     """Write the delta into `model` in place; return (param, dim, indices, originals) to undo it."""
     undo = []
     with torch.no_grad():
         for p, e in _targets(model, delta):
             idx = e.indices.to(p.device)
-            undo.append((p, e.dim, idx, p.index_select(e.dim, idx)))
-            p.index_copy_(e.dim, idx, e.values.to(device=p.device, dtype=p.dtype))
+            undo.append((p, e.dim, idx, read_slices(p, e.dim, idx).clone()))
+            write_slices(p, e.dim, idx, e.values.to(device=p.device, dtype=p.dtype))
     return undo
 
 
-def _undo(undo: list[tuple[Tensor, int, Tensor, Tensor]]) -> None:
+def _undo(undo: list[tuple[Tensor, Dims, Tensor, Tensor]]) -> None:
     with torch.no_grad():
         for p, dim, idx, original in reversed(undo):
-            p.index_copy_(dim, idx, original)
+            write_slices(p, dim, idx, original)
 
 
 @contextmanager

@@ -14,6 +14,9 @@ for output rows), never the full weight gradient. Hence:
   selected slices of the full gradient; tests check that against plain autograd);
 - parameters outside the set are never written.
 
+Routed expert neurons of a mixture-of-experts layer own slices of 3-D expert weights; their
+tap is on the experts module (expert_tap.py), the rest is the same.
+
 The loss is the mean next-token NLL over the real tokens of an effective batch; the
 unembedding runs a chunk of tokens at a time and each chunk's gradient w.r.t. the hidden
 states is taken at once, so the full [tokens, vocab] logits never exist (Gemma 3's
@@ -45,7 +48,8 @@ from ..evaluate.logprobs import (
 from ..models.forward import encode, iter_batches
 from ..models.masks import NeuronSet, check_fits
 from ..models.sites import adapter_for
-from .delta import Delta, DeltaEntry
+from .delta import Delta, DeltaEntry, Dims, read_slices, write_slices
+from .expert_tap import expert_hook, gate_up_order
 from .settings import EnhanceSettings, lr_at
 
 
@@ -87,25 +91,27 @@ class EnhanceResult:
 # ---- which slices ---------------------------------------------------------------------
 
 
-def selected_slices(model: nn.Module, neurons: NeuronSet) -> dict[str, tuple[int, Tensor]]:
+def selected_slices(model: nn.Module, neurons: NeuronSet) -> dict[str, tuple[Dims, Tensor]]:
     """{parameter name: (dim, sorted coordinates)} owned by the neurons, merged over sites
-    and layers (e.g. q and k neurons of GPT-2 share ``c_attn``)."""
+    and layers (e.g. q and k neurons of GPT-2 share ``c_attn``). Routed expert neurons give
+    (dims, sorted [k, 2] (expert, coordinate) pairs) of the 3-D expert weights
+    (``MixtralAdapter.trained_slices``)."""
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
     check_fits(neurons, dims)
-    if adapter.routed_ffn and "ffn" in neurons.sites():
-        raise NotImplementedError("training expert (MoE) ffn neurons is not supported: their down-projection "
-                                  "columns are not one slice of a parameter (models/moe.py)")
-    found: dict[str, tuple[int, list[Tensor]]] = {}
+    found: dict[str, tuple[Dims, list[Tensor]]] = {}
     for site, layer, idx in neurons.items():
-        for sl in adapter.weight_slices(model, layer, site):
-            coords = sl.index_fn(idx)
-            dim, parts = found.setdefault(sl.name, (sl.dim, []))
-            if dim != sl.dim:
-                raise NotImplementedError(f"{sl.name}: neurons select slices along two dims ({dim} and {sl.dim});"
+        if adapter.routed_ffn and site == "ffn":  # expert neurons: slices of the 3-D expert weights
+            parts_of = adapter.trained_slices(model, layer, idx)  # type: ignore[attr-defined]
+        else:
+            parts_of = [(sl.name, sl.dim, sl.index_fn(idx)) for sl in adapter.weight_slices(model, layer, site)]
+        for name, sl_dim, coords in parts_of:
+            dim, parts = found.setdefault(name, (sl_dim, []))
+            if dim != sl_dim:
+                raise NotImplementedError(f"{name}: neurons select slices along two dims ({dim} and {sl_dim});"
                                           " not supported")
             parts.append(coords)
-    return {name: (dim, torch.unique(torch.cat(parts))) for name, (dim, parts) in found.items()}
+    return {name: (dim, torch.unique(torch.cat(parts), dim=0)) for name, (dim, parts) in found.items()}
 
 
 def full_adam_state_bytes(model: nn.Module) -> int:
@@ -162,9 +168,9 @@ class _Tap(torch.autograd.Function):
 class _Slot:
     name: str
     param: Tensor
-    dim: int
+    dim: Dims
     coords: Tensor  # on the param's device
-    kind: str
+    kind: str  # "out", "in", "bias" (_Tap) or "expert" (expert_tap.py)
     transpose: bool
     compact: nn.Parameter  # float32 master copy of the selected slices
     original: Tensor  # the slices before training (param dtype)
@@ -185,16 +191,18 @@ def _make_slots(model: nn.Module, neurons: NeuronSet) -> list[_Slot]:
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
         param = getattr(module, attr)
-        out_dim, in_dim = _linear_layout(module)
-        if attr == "bias":
+        if isinstance(dim, tuple):
+            kind, transpose = "expert", False
+        elif attr == "bias":
             kind, transpose = "bias", False
         elif attr == "weight":
+            out_dim, in_dim = _linear_layout(module)
             kind = "out" if dim == out_dim else "in"
             transpose = (out_dim, in_dim) == (1, 0)
         else:
             raise NotImplementedError(f"{name}: not a weight or bias of its module")
         coords = coords.to(param.device)
-        original = param.detach().index_select(dim, coords).clone()
+        original = read_slices(param.detach(), dim, coords).clone()
         compact = nn.Parameter(original.float().clone())
         slots.append(_Slot(name, param, dim, coords, kind, transpose, compact, original))
     return slots
@@ -206,6 +214,10 @@ def _register_taps(model: nn.Module, slots: list[_Slot]) -> list[Any]:
         by_module.setdefault(s.name.rpartition(".")[0], []).append(s)
     handles = []
     for module_name, group in by_module.items():
+        if group[0].kind == "expert":
+            handles.append(_register_expert_tap(model.get_submodule(module_name), group))
+            continue
+
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Tensor, group: list[_Slot] = group) -> Tensor:
             x = args[0] if args else next(iter(kwargs.values()))
             for s in group:
@@ -215,11 +227,22 @@ def _register_taps(model: nn.Module, slots: list[_Slot]) -> list[Any]:
     return handles
 
 
+def _register_expert_tap(experts: nn.Module, group: list[_Slot]) -> Any:
+    """One tap per experts module, for its gate_up_proj rows and down_proj columns together."""
+    by_attr = {s.name.rpartition(".")[2]: s for s in group}
+    if set(by_attr) != {"gate_up_proj", "down_proj"}:
+        raise NotImplementedError(f"expert neurons train their gate_up_proj rows and down_proj columns together, "
+                                  f"got {sorted(by_attr)}")
+    gu, down = by_attr["gate_up_proj"], by_attr["down_proj"]
+    order = gate_up_order(down.coords, gu.coords, experts.gate_up_proj.shape[1] // 2)
+    return experts.register_forward_hook(expert_hook(gu.compact, down.compact, down.coords, order))
+
+
 def _write(slots: list[_Slot], originals: bool = False) -> None:
     with torch.no_grad():
         for s in slots:
             src = s.original if originals else s.compact.detach().to(s.param.dtype)
-            s.param.index_copy_(s.dim, s.coords, src)
+            write_slices(s.param, s.dim, s.coords, src)
 
 
 # ---- loss -----------------------------------------------------------------------------
@@ -367,7 +390,7 @@ def train_neurons(model: nn.Module, tokenizer: Any, texts: Sequence[str], neuron
                 lrs.append(lr)
                 if on_step is not None:
                     on_step(StepInfo(step, total_steps, losses[-1], lr, norm, n_tok, time.perf_counter() - t0))
-        entries = {s.name: DeltaEntry(s.dim, s.coords.cpu().clone(), s.param.detach().index_select(s.dim, s.coords)
+        entries = {s.name: DeltaEntry(s.dim, s.coords.cpu().clone(), read_slices(s.param.detach(), s.dim, s.coords)
                                       .cpu().clone()) for s in slots}
         state_bytes = optimizer_state_bytes(optimizer)
         ok = True

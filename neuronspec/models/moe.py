@@ -13,8 +13,9 @@ Supported for expert neurons: PLND importance, ``deactivate`` (hooks), ``zeroed`
 ``zero_weights`` / export (a routed neuron's gate and up rows are zeroed, which silences it:
 act(0)·0 = 0; a shared one's rows and down-projection column, as in a dense MLP), and the
 activation statistics of LAPE, LinguaFranca and Sharing (methods/activations_moe.py: 0 where
-the expert was not routed) and Integrated Gradients (methods/attribution_moe.py). Not yet:
-neuron-restricted fine-tuning of expert neurons - it raises saying so. Attention sites are Llama's.
+the expert was not routed) and Integrated Gradients (methods/attribution_moe.py), and
+neuron-restricted fine-tuning (enhance/expert_tap.py trains a routed neuron's gate and up rows
+and down-projection column, :meth:`MixtralAdapter.trained_slices`). Attention sites are Llama's.
 """
 
 from __future__ import annotations
@@ -159,6 +160,25 @@ class MixtralAdapter(GatedAdapter):
             slices += [WeightSlice(names[id(m.weight)], m.weight, dim, shared_of)
                        for m, dim in ((mlp.up_proj, 0), (mlp.gate_proj, 0), (mlp.down_proj, 1))]
         return slices
+
+    def trained_slices(self, model: nn.Module, i: int, idx: Tensor) -> list[tuple[str, int | tuple[int, int], Tensor]]:
+        """(parameter name, dim(s), coordinates) that neuron fine-tuning trains for ffn neurons `idx` of
+        layer `i`. A routed neuron (e, j): rows (e, j) and (e, I + j) of ``gate_up_proj`` [E, 2I, H] along
+        dims (0, 1) and column j of ``down_proj[e]`` ([E, H, I], dims (0, 2)), as [k, 2] (expert,
+        coordinate) pairs; a shared-expert neuron: its dense MLP's rows and column (:meth:`weight_slices`)."""
+        width, routed_n = self.expert_width(model.config), self.num_experts(model.config) * self.expert_width(model.config)
+        experts = self.experts(model, i)
+        names = {id(p): n for n, p in model.named_parameters()}
+        out: list[tuple[str, int | tuple[int, int], Tensor]] = []
+        e, j = expert_of(idx[idx < routed_n], width)
+        if len(e):
+            rows = torch.cat([torch.stack([e, j], 1), torch.stack([e, width + j], 1)])
+            out += [(names[id(experts.gate_up_proj)], (0, 1), rows),
+                    (names[id(experts.down_proj)], (0, 2), torch.stack([e, j], 1))]
+        if bool((idx >= routed_n).any()):
+            flat = names[id(experts.gate_up_proj)]  # weight_slices' flattened rows of the routed experts
+            out += [(sl.name, sl.dim, sl.index_fn(idx)) for sl in self.weight_slices(model, i, "ffn") if sl.name != flat]
+        return out
 
     def check(self, model: nn.Module) -> Dims:
         dims, layers = self.dims(model.config), self.layers(model)

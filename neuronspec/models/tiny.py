@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 
 #: "ministral" has no adapter of its own: the layout-checked Llama one serves it (models/generic.py)
 ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma3_text", "gpt2", "bloom", "qwen3", "phi3", "gpt_neox", "ministral", "gemma2", "olmo2")
-#: mixture-of-experts families: no attribution or enhancement of expert neurons (models/moe.py)
+#: mixture-of-experts families: ffn neurons are expert neurons (models/moe.py)
 MOE_ARCHITECTURES = ("mixtral", "qwen2_moe")
 
 

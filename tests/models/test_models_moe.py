@@ -29,11 +29,19 @@ def test_ffn_neurons_are_every_experts_intermediate_coordinates() -> None:
     assert torch.equal(a.down_weight(m, 1)[:, 2 * cfg.intermediate_size + 5], down[2, :, 5])
 
 
-def test_what_expert_neurons_do_not_support_yet_says_so() -> None:
-    m = tiny_model("mixtral")
-    with pytest.raises(NotImplementedError, match="training expert"):
-        selected_slices(m, NeuronSet.from_dict({"ffn": {0: [3]}}))
+def test_a_trained_expert_neuron_owns_its_gate_up_rows_and_down_column() -> None:
+    m = tiny_model("mixtral")  # 4 experts of width 12: neuron 27 is expert 2, index 3
+    got = selected_slices(m, NeuronSet.from_dict({"ffn": {0: [27]}}))
+    experts = "model.layers.0.mlp.experts."
+    assert set(got) == {experts + "gate_up_proj", experts + "down_proj"}
+    assert got[experts + "gate_up_proj"][0] == (0, 1) and got[experts + "gate_up_proj"][1].tolist() == [[2, 3], [2, 15]]
+    assert got[experts + "down_proj"][0] == (0, 2) and got[experts + "down_proj"][1].tolist() == [[2, 3]]
     assert selected_slices(m, NeuronSet.from_dict({"attn.v": {0: [3]}}))  # attention neurons train as in Llama
+    q = tiny_model("qwen2_moe")  # 4 experts of width 8, then the shared expert's 16: neuron 40 is shared #8
+    shared = "model.layers.0.mlp.shared_expert."
+    got = selected_slices(q, NeuronSet.from_dict({"ffn": {0: [40]}}))
+    assert {n: (d, c.tolist()) for n, (d, c) in got.items()} == {
+        shared + "gate_proj.weight": (0, [8]), shared + "up_proj.weight": (0, [8]), shared + "down_proj.weight": (1, [8])}
 
 
 @pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
