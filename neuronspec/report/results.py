@@ -241,8 +241,7 @@ def derive(metric: str, cells: list[Cell], baseline: str) -> dict[str, Any]:
         # deactivation should hurt its own language most; enhancement should help it most
         higher = lower_better != (arm in enhance_arms)  # perplexity: damage = higher; accuracy: damage = lower
         # a row whose set is empty changed nothing: reported as empty, never a win
-        empty = [ml for ml in masks if any(c.deactivated == 0 or c.neurons == 0
-                                           for c in cells if c.arm == arm and c.mask_lang == ml)]
+        empty = [ml for ml in masks if _own_set_empty(cells, arm, ml)]
         spread = {ml: {lang: _spread(v)[1] for lang, v in r.items()} for ml, r in m_draws.items()} if several else None
         matrices[arm] = Matrix(rows=masks, cols=langs, change=m, diagonal_largest=_diagonal_wins(m, masks, higher, empty),
                                diagonal_ties=_diagonal_wins(m, masks, higher, empty, ties=True),
