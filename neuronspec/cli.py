@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -322,6 +323,13 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    """A warning as the CLI's reader needs it — what happened, not the line of neuronspec that said
+    so — printed literally (it may quote the study) and without control characters."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    err.print(f"warning{kind}: {message}", style="yellow", markup=False, soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Idle OpenMP workers sleep instead of spinning. On a machine whose cores are shared with
     # other work, spinning workers of 2 threads made Gemma 3 270M's perplexity 2.7x and
@@ -329,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # passive waiting keeps 2 threads within ~20% of 1 thread there (docs/benchmarks.md). Read by the
     # OpenMP runtime when torch loads, which is later than this (the CLI imports it lazily).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    warnings.showwarning = _show_warning
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from neuronspec.evaluate.logprobs import token_logprobs
-from neuronspec.evaluate.prefix import PrefixStore, first_layer, shared_prefix
+from neuronspec.evaluate.prefix import PrefixStore, first_layer, shared_prefix, weights_digest
 from neuronspec.models.forward import can_pack, iter_batches, iter_packed
-from neuronspec.models.masks import NeuronSet, deactivate
+from neuronspec.models.masks import NeuronSet, deactivate, zeroed
 from neuronspec.models.tiny import ARCHITECTURES, tiny_model
 
 
@@ -73,6 +73,26 @@ def test_changed_weights_or_batches_are_not_replayed() -> None:
         changed = token_logprobs(model, seqs, batch_size=8)
     assert store.hits == 0
     assert all(torch.equal(a, b) for a, b in zip(changed, token_logprobs(model, seqs, batch_size=8)))
+
+
+def test_weights_digest_follows_every_in_place_write() -> None:
+    """The digest is cached per parameter until the parameter is written: a mask zeroing and
+    restoring rows comes back to the same digest, any write that stays changes it, and a
+    reloaded model (new storage) has its own."""
+    model = tiny_model("gemma3")
+    first = weights_digest(model)
+    assert weights_digest(model) == first
+    with zeroed(model, _arm(2)):
+        inside = weights_digest(model)
+    assert inside != first and weights_digest(model) == first
+    up = model.model.layers[1].mlp.up_proj.weight
+    with torch.no_grad():
+        kept = up[3, 5].item()
+        up.index_fill_(0, torch.tensor([3]), 0.0)  # a write that stays
+        changed = weights_digest(model)
+        up[3, 5] = kept  # one element back, the rest of row 3 still zero
+    assert changed != first and weights_digest(model) not in (first, changed)
+    assert weights_digest(tiny_model("gemma3")) != first  # same values, another model's storage
 
 
 def test_memory_budget_evicts_the_oldest() -> None:

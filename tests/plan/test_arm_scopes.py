@@ -9,6 +9,7 @@ import pytest
 import torch
 from tiny_studies import STUDY, make_corpus
 
+from neuronspec.cli import main
 from neuronspec.models.masks import NeuronSet
 from neuronspec.models.sites import Dims, site_width
 from neuronspec.plan.compile import compile_study
@@ -81,6 +82,33 @@ def test_a_study_with_the_papers_arms_stores_equal_counts(tmp_path: Path, tiny_m
         early = mask("early", lang)
         assert {s: late.count(s) for s in late.sites()} == {s: early.count(s) for s in early.sites()}
         assert {layer for _, layer, _ in late.items()} <= {2}  # the `late` partition is layer 2 of the tiny model
+
+
+def test_a_set_smaller_than_count_is_kept_whole_and_said(tmp_path: Path, tiny_model_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Equal counts are what `count` is for: a set below it cannot be topped up, so the run says so."""
+    monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
+    text = STUDY.format(model=tiny_model_dir, corpus=make_corpus(tmp_path / "c.jsonl"))
+    head, _, tail = text.partition("arms:\n")
+    arms = ARMS.format().replace("count: 5", "count: 100000")
+    text = head + "arms:\n" + arms + tail.split("evaluate:", 1)[0].split("\n", 2)[2] + "evaluate:" + tail.split("evaluate:", 1)[1]
+    loaded = load_study(text=text, name="s.yaml")
+    plan = compile_study(loaded)
+    store = Store(tmp_path / ".neuronspec")
+    with pytest.warns(UserWarning, match=r"mask/few: en set has \d+ neurons .*fewer than count 100000"):
+        run_plan(plan, store, loaded.study, only=["mask/few"])
+    sets = store.entry_dir(plan.stages["sets"].key)
+    kept = NeuronSet.load(store.entry_dir(plan.stages["mask/few"].key) / "mask.en.safetensors")
+    assert kept == NeuronSet.load(sets / "specific.en.safetensors")
+    # the CLI says it in one line, without the line of neuronspec that raised it
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    assert main(["run", str(path), "--store", str(tmp_path / "cli-store"), "--only", "mask/few", "-q"]) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "fewer than count" in line]
+    assert said and all(line.startswith("warning: mask/few: ") for line in said), said
+    assert "warnings.warn" not in err and "UserWarning" not in err
 
 
 def test_scope_and_count_are_checked_where_they_are_written(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,9 @@ def mask(ctx: Context, stage: Stage, s: Mask, out: Path) -> None:
     for i, lang in enumerate(langs if family else [None]):
         chosen = load_set(entry, s.neurons, lang).restrict(layers=layers, sites=s.sites)
         if s.count is not None:
+            if 0 < chosen.count() < s.count:  # equal counts are the point of `count` (an empty set is reported as such)
+                warnings.warn(f"{stage.id}: {lang or 'the'} set has {chosen.count()} neurons in these layers/sites, "
+                              f"fewer than count {s.count}: the arm keeps all of them", stacklevel=1)
             chosen = chosen.subsample(s.count, seed=(s.seed or 0) + 1000 * i)
         _save_mask(out, summary, chosen, lang)
     write_json(out / artifacts.RESULT, {"family": family, "counts": jsonable(summary)})
