@@ -323,11 +323,13 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+def _warning_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
     """A warning as the CLI's reader needs it — what happened, not the line of neuronspec that said
-    so — printed literally (it may quote the study) and without control characters."""
+    so — with control characters escaped (it may quote the study). A formatter, not a replacement
+    of `showwarning`, so code that records warnings (`pytest.warns`, the API's callers) still does."""
     kind = "" if category is UserWarning else f" ({category.__name__})"
-    err.print(f"warning{kind}: {message}", style="yellow", markup=False, soft_wrap=True)
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(message))
+    return f"warning{kind}: {text}\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -337,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # passive waiting keeps 2 threads within ~20% of 1 thread there (docs/benchmarks.md). Read by the
     # OpenMP runtime when torch loads, which is later than this (the CLI imports it lazily).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    warnings.showwarning = _show_warning
+    warnings.formatwarning = _warning_line
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)

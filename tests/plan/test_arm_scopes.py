@@ -3,13 +3,14 @@ set arms of equal size — checked on the masks the stages store, against their 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from tiny_studies import STUDY, make_corpus
 
-from neuronspec.cli import main
 from neuronspec.models.masks import NeuronSet
 from neuronspec.models.sites import Dims, site_width
 from neuronspec.plan.compile import compile_study
@@ -85,8 +86,7 @@ def test_a_study_with_the_papers_arms_stores_equal_counts(tmp_path: Path, tiny_m
 
 
 def test_a_set_smaller_than_count_is_kept_whole_and_said(tmp_path: Path, tiny_model_dir: Path,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Equal counts are what `count` is for: a set below it cannot be topped up, so the run says so."""
     monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
     text = STUDY.format(model=tiny_model_dir, corpus=make_corpus(tmp_path / "c.jsonl"))
@@ -104,8 +104,10 @@ def test_a_set_smaller_than_count_is_kept_whole_and_said(tmp_path: Path, tiny_mo
     # the CLI says it in one line, without the line of neuronspec that raised it
     path = tmp_path / "s.yaml"
     path.write_text(text)
-    assert main(["run", str(path), "--store", str(tmp_path / "cli-store"), "--only", "mask/few", "-q"]) == 0
-    err = capsys.readouterr().err
+    done = subprocess.run([sys.executable, "-m", "neuronspec", "run", str(path), "--store", str(tmp_path / "cli-store"),
+                           "--only", "mask/few", "-q"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    err = done.stderr
     said = [line for line in err.splitlines() if "fewer than count" in line]
     assert said and all(line.startswith("warning: mask/few: ") for line in said), said
     assert "warnings.warn" not in err and "UserWarning" not in err
