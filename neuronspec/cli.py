@@ -339,8 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # passive waiting keeps 2 threads within ~20% of 1 thread there (docs/benchmarks.md). Read by the
     # OpenMP runtime when torch loads, which is later than this (the CLI imports it lazily).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    warnings.formatwarning = _warning_line
     args = build_parser().parse_args(argv)
+    previous, warnings.formatwarning = warnings.formatwarning, _warning_line  # put back for in-process callers
     try:
         return int(args.fn(args) or 0)
     except BrokenPipeError:  # `neuronspec diff --md | head`: the reader left; that is not an error
@@ -359,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/yellow]: finished stages are cached; run again to resume")
         return 130
+    finally:
+        warnings.formatwarning = previous
 
 
 if __name__ == "__main__":

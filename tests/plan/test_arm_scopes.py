@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from tiny_studies import STUDY, make_corpus
 
+from neuronspec.cli import main
 from neuronspec.models.masks import NeuronSet
 from neuronspec.models.sites import Dims, site_width
 from neuronspec.plan.compile import compile_study
@@ -111,6 +113,9 @@ def test_a_set_smaller_than_count_is_kept_whole_and_said(tmp_path: Path, tiny_mo
     said = [line for line in err.splitlines() if "fewer than count" in line]
     assert said and all(line.startswith("warning: mask/few: ") for line in said), said
     assert "warnings.warn" not in err and "UserWarning" not in err
+    before = warnings.formatwarning
+    assert main(["validate", str(path)]) == 0
+    assert warnings.formatwarning is before  # an in-process caller keeps its own format
 
 
 def test_scope_and_count_are_checked_where_they_are_written(tmp_path: Path) -> None:
