@@ -60,12 +60,17 @@ ARMS = """\
 """
 
 
+def _with_arms(tmp_path: Path, model_dir: Path, arms: str) -> str:
+    """The tiny study with `arms` in place of its own."""
+    text = STUDY.format(model=model_dir, corpus=make_corpus(tmp_path / "c.jsonl"))
+    head, _, tail = text.partition("arms:\n")
+    return head + "arms:\n" + arms + tail.split("evaluate:", 1)[0].split("\n", 2)[2] + "evaluate:" + tail.split("evaluate:", 1)[1]
+
+
 def test_a_study_with_the_papers_arms_stores_equal_counts(tmp_path: Path, tiny_model_dir: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
-    text = STUDY.format(model=tiny_model_dir, corpus=make_corpus(tmp_path / "c.jsonl"))
-    head, _, tail = text.partition("arms:\n")
-    text = head + "arms:\n" + ARMS.format() + tail.split("evaluate:", 1)[0].split("\n", 2)[2] + "evaluate:" + tail.split("evaluate:", 1)[1]
+    text = _with_arms(tmp_path, tiny_model_dir, ARMS.format())
     path = tmp_path / "s.yaml"
     path.write_text(text)
     loaded = load_study(path)
@@ -91,10 +96,7 @@ def test_a_set_smaller_than_count_is_kept_whole_and_said(tmp_path: Path, tiny_mo
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Equal counts are what `count` is for: a set below it cannot be topped up, so the run says so."""
     monkeypatch.setenv("NEURONSPEC_HOME", str(tmp_path / "home"))
-    text = STUDY.format(model=tiny_model_dir, corpus=make_corpus(tmp_path / "c.jsonl"))
-    head, _, tail = text.partition("arms:\n")
-    arms = ARMS.format().replace("count: 5", "count: 100000")
-    text = head + "arms:\n" + arms + tail.split("evaluate:", 1)[0].split("\n", 2)[2] + "evaluate:" + tail.split("evaluate:", 1)[1]
+    text = _with_arms(tmp_path, tiny_model_dir, ARMS.format().replace("count: 5", "count: 100000"))
     loaded = load_study(text=text, name="s.yaml")
     plan = compile_study(loaded)
     store = Store(tmp_path / ".neuronspec")
